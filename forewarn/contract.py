@@ -1,0 +1,302 @@
+"""The message contract: typed, frozen messages and a validating decoder.
+
+Every message is JSON (UTF-8) with a schema version ``v``. Decoding never raises on bad
+input: it returns a :class:`Rejected` record carrying a :class:`Reason` code and the
+original bytes, so a bad payload can flow to the dead-letter topic instead of stopping a
+stream (errors are data).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Alert",
+    "AlertSeverity",
+    "AlertState",
+    "DecodeLimits",
+    "Decoder",
+    "GatewayBatch",
+    "MaintenanceEvent",
+    "MaintenanceKind",
+    "Prediction",
+    "Reason",
+    "Rejected",
+    "Telemetry",
+    "encode",
+    "site_of",
+]
+
+SCHEMA_VERSION: Final = 1
+
+# Event time bounds: 2000-01-01 .. 2100-01-01 UTC, in epoch milliseconds.
+TS_MIN_MS: Final = 946_684_800_000
+TS_MAX_MS: Final = 4_102_444_800_000
+
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^/\s#+]+/[^/\s#+]+$")]
+_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+_NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+_Values = Annotated[dict[str, float], msgspec.Meta(max_length=256)]
+
+
+class Reason(enum.StrEnum):
+    """Why a payload was rejected; the value is what goes into the dead-letter headers."""
+
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    BAD_VALUE = "bad_value"
+    NON_FINITE = "non_finite"
+    TOO_LARGE = "too_large"
+    TS_OUT_OF_RANGE = "ts_out_of_range"
+    UNKNOWN_VERSION = "unknown_version"
+    TOPIC_MISMATCH = "topic_mismatch"
+
+
+class Telemetry(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """One reading of one machine. ``ts`` is event time (UTC epoch ms); ``seq`` counts
+    readings per machine and is the identity used to drop duplicates."""
+
+    v: int
+    machine_id: _Id
+    asset_type: _Name
+    ts: int
+    seq: _NonNegInt
+    sensors: _Values
+    settings: _Values = {}
+
+    @property
+    def site(self) -> str:
+        return site_of(self.machine_id)
+
+
+class GatewayBatch(msgspec.Struct, frozen=True, gc=False):
+    """Many readings in one message, as plant gateways send them."""
+
+    v: int
+    gateway_id: _Id
+    readings: list[Telemetry]
+
+
+MaintenanceKind = Literal["failure", "repair", "inspection"]
+
+
+class MaintenanceEvent(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """Ground truth: something that happened to a machine."""
+
+    v: int
+    machine_id: _Id
+    ts: int
+    event: MaintenanceKind
+    failure_mode: str | None = None
+    asset_type: str | None = None
+
+
+class Prediction(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """A model's output for the window ending at reading (machine_id, seq)."""
+
+    v: int
+    machine_id: str
+    asset_type: str
+    ts: int
+    seq: int
+    model: str
+    model_version: str
+    scored_at: int
+    p_fail: float | None = None
+    rul: float | None = None
+    ingest_ts: int | None = None
+
+
+AlertState = Literal["open", "update", "resolved", "acknowledged"]
+AlertSeverity = Literal["info", "warning", "critical"]
+
+
+class Alert(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """One event in an alert's life; all events of one alert share ``alert_id``."""
+
+    v: int
+    alert_id: str
+    machine_id: str
+    state: AlertState
+    severity: AlertSeverity
+    rule: str
+    opened_at: int
+    ts: int
+    model: str | None = None
+    model_version: str | None = None
+    asset_type: str | None = None
+    p_fail: float | None = None
+    rul: float | None = None
+    message: str | None = None
+    acknowledged_by: str | None = None
+
+
+class Rejected(msgspec.Struct, frozen=True, gc=False):
+    """A payload (or one reading of a batch) that did not pass validation."""
+
+    reason: Reason
+    detail: str
+    raw: bytes
+
+
+class DecodeLimits(msgspec.Struct, frozen=True):
+    """Size and time bounds enforced by :class:`Decoder`."""
+
+    max_message_bytes: int = 16 * 1024
+    max_batch_bytes: int = 4 * 1024 * 1024
+    ts_min_ms: int = TS_MIN_MS
+    ts_max_ms: int = TS_MAX_MS
+
+
+class _Version(msgspec.Struct):
+    v: object = None
+
+
+class _RawBatch(msgspec.Struct, frozen=True, gc=False):
+    v: int
+    gateway_id: _Id
+    readings: list[msgspec.Raw]
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    """Serialise any contract message to compact JSON bytes."""
+    return _encoder.encode(message)
+
+
+def site_of(machine_id: str) -> str:
+    """``"site-a/pump-0042"`` → ``"site-a"``."""
+    return machine_id.partition("/")[0]
+
+
+_NON_FINITE_TOKENS: Final = (b"NaN", b"Infinity")
+
+
+def _reason_for(error: msgspec.MsgspecError, raw: bytes) -> Reason:
+    text = str(error)
+    if not isinstance(error, msgspec.ValidationError):
+        # JSON has no NaN/Infinity; encoders that emit them anyway make malformed JSON.
+        return Reason.NON_FINITE if any(t in raw for t in _NON_FINITE_TOKENS) else Reason.NOT_JSON
+    if "Number out of range" in text:
+        return Reason.NON_FINITE
+    if "missing required field" in text:
+        return Reason.MISSING_FIELD
+    if "length <=" in text:
+        return Reason.TOO_LARGE
+    if "Expected `object`, got" in text and " - at `$" not in text:
+        return Reason.NOT_OBJECT
+    if ">=" in text or "<=" in text or "matching regex" in text or "length >=" in text:
+        return Reason.BAD_VALUE
+    return Reason.WRONG_TYPE
+
+
+def _all_finite(values: dict[str, float]) -> bool:
+    # One sum is much cheaper than a check per value; only when it is not finite do we
+    # look closer (a sum of huge finite values can overflow).
+    if math.isfinite(sum(values.values())):
+        return True
+    return all(math.isfinite(x) for x in values.values())
+
+
+class Decoder:
+    """Validating decoder for every inbound message type. Reuse one instance: the
+    msgspec decoders it holds are compiled once."""
+
+    def __init__(self, limits: DecodeLimits | None = None) -> None:
+        self.limits = limits or DecodeLimits()
+        self._telemetry = msgspec.json.Decoder(Telemetry)
+        self._batch = msgspec.json.Decoder(_RawBatch)
+        self._maintenance = msgspec.json.Decoder(MaintenanceEvent)
+        self._version = msgspec.json.Decoder(_Version)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _rejected_from(self, error: msgspec.MsgspecError, raw: bytes) -> Rejected:
+        reason = _reason_for(error, raw)
+        if reason in (Reason.MISSING_FIELD, Reason.WRONG_TYPE, Reason.BAD_VALUE):
+            # A payload of another schema version usually fails on its shape first.
+            try:
+                version = self._version.decode(raw).v
+            except msgspec.MsgspecError:
+                version = SCHEMA_VERSION
+            if version is not None and version != SCHEMA_VERSION:
+                return Rejected(Reason.UNKNOWN_VERSION, f"schema version {version!r}", raw)
+        return Rejected(reason, str(error)[:300], raw)
+
+    def _check_ts(self, ts: int, raw: bytes) -> Rejected | None:
+        if self.limits.ts_min_ms <= ts <= self.limits.ts_max_ms:
+            return None
+        return Rejected(Reason.TS_OUT_OF_RANGE, f"ts {ts} outside the accepted range", raw)
+
+    def _check_reading(self, reading: Telemetry, raw: bytes) -> Telemetry | Rejected:
+        if reading.v != SCHEMA_VERSION:
+            return Rejected(Reason.UNKNOWN_VERSION, f"schema version {reading.v!r}", raw)
+        bad_ts = self._check_ts(reading.ts, raw)
+        if bad_ts is not None:
+            return bad_ts
+        if not _all_finite(reading.sensors) or (reading.settings and not _all_finite(reading.settings)):
+            return Rejected(Reason.NON_FINITE, "a sensor or setting value is NaN or infinite", raw)
+        return reading
+
+    # -- public API ----------------------------------------------------------------------
+
+    def telemetry(self, raw: bytes) -> Telemetry | Rejected:
+        """Decode one reading."""
+        if len(raw) > self.limits.max_message_bytes:
+            return Rejected(Reason.TOO_LARGE, f"{len(raw)} bytes > {self.limits.max_message_bytes}", raw)
+        try:
+            reading = self._telemetry.decode(raw)
+        except msgspec.MsgspecError as error:
+            return self._rejected_from(error, raw)
+        except RecursionError:
+            return Rejected(Reason.TOO_LARGE, "nesting too deep", raw)
+        return self._check_reading(reading, raw)
+
+    def batch(self, raw: bytes) -> tuple[str | None, list[Telemetry], list[Rejected]]:
+        """Decode a gateway batch into its good readings and its rejected ones.
+
+        One bad reading does not sink the others: each is validated on its own and a bad
+        one comes back as a :class:`Rejected` holding just that reading's bytes. When the
+        envelope itself is bad, the whole payload is one rejection and the gateway id is
+        ``None``.
+        """
+        if len(raw) > self.limits.max_batch_bytes:
+            return None, [], [Rejected(Reason.TOO_LARGE, f"{len(raw)} bytes > {self.limits.max_batch_bytes}", raw)]
+        try:
+            envelope = self._batch.decode(raw)
+        except msgspec.MsgspecError as error:
+            return None, [], [self._rejected_from(error, raw)]
+        except RecursionError:
+            return None, [], [Rejected(Reason.TOO_LARGE, "nesting too deep", raw)]
+        if envelope.v != SCHEMA_VERSION:
+            return None, [], [Rejected(Reason.UNKNOWN_VERSION, f"schema version {envelope.v!r}", raw)]
+        good: list[Telemetry] = []
+        bad: list[Rejected] = []
+        for item in envelope.readings:
+            item_raw = bytes(item)
+            result = self.telemetry(item_raw)
+            (bad if isinstance(result, Rejected) else good).append(result)  # type: ignore[arg-type]
+        return envelope.gateway_id, good, bad
+
+    def maintenance(self, raw: bytes) -> MaintenanceEvent | Rejected:
+        """Decode one maintenance event."""
+        if len(raw) > self.limits.max_message_bytes:
+            return Rejected(Reason.TOO_LARGE, f"{len(raw)} bytes > {self.limits.max_message_bytes}", raw)
+        try:
+            event = self._maintenance.decode(raw)
+        except msgspec.MsgspecError as error:
+            return self._rejected_from(error, raw)
+        except RecursionError:
+            return Rejected(Reason.TOO_LARGE, "nesting too deep", raw)
+        if event.v != SCHEMA_VERSION:
+            return Rejected(Reason.UNKNOWN_VERSION, f"schema version {event.v!r}", raw)
+        return self._check_ts(event.ts, raw) or event
