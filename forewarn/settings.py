@@ -1,0 +1,217 @@
+"""Typed, frozen settings.
+
+Each service has one settings object, built once at its entry point from, in rising order of
+precedence: ``forewarn.toml`` (or the file named by ``FOREWARN_CONFIG``), ``FOREWARN_*``
+environment variables (nested sections joined by ``__``, e.g. ``FOREWARN_KAFKA__BOOTSTRAP_SERVERS``)
+and CLI flags. Secrets are :class:`~pydantic.SecretStr` and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from forewarn.errors import ConfigError
+
+__all__ = [
+    "KafkaSettings",
+    "MqttSettings",
+    "ServiceSettings",
+    "StackSettings",
+    "TopicSettings",
+    "config_path",
+    "load_settings",
+]
+
+ENV_PREFIX = "FOREWARN_"
+CONFIG_ENV = "FOREWARN_CONFIG"
+DEFAULT_CONFIG = "forewarn.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """How to reach Kafka. The same fields work for the local stack and a secured cluster."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "forewarn"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    # Any other librdkafka property, passed through as is (e.g. {"linger.ms": "20"}).
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    def librdkafka(self) -> dict[str, Any]:
+        """The librdkafka configuration dict for these settings (secrets revealed here only)."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username is not None:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        for key, path in (("ssl.ca.location", self.ssl_ca_location),
+                          ("ssl.certificate.location", self.ssl_certificate_location),
+                          ("ssl.key.location", self.ssl_key_location)):
+            if path is not None:
+                conf[key] = str(path)
+        if self.ssl_key_password is not None:
+            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        conf.update(self.extra)
+        return conf
+
+
+class MqttSettings(_Section):
+    """How to reach the MQTT broker (Mosquitto locally, the plant's broker at the edge)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    protocol: Literal["5", "3.1.1", "auto"] = "auto"
+    keepalive_s: int = Field(30, ge=5)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+
+class TopicSettings(_Section):
+    """Kafka topic names (one prefix for all) and sizes."""
+
+    prefix: str = ""
+    partitions: int = Field(6, ge=1, description="partitions of the keyed topics")
+    replication_factor: int = Field(1, ge=1)
+
+
+class StackSettings(_Section):
+    """The local Mosquitto + Kafka stack that ``forewarn stack`` runs."""
+
+    home: Path = Path(".forewarn")
+    cache_dir: Path | None = Field(None, description="where the Kafka jars are cached; default HOME/cache")
+    # The brokers listen where the clients look: Mosquitto on mqtt.port, Kafka on the port of
+    # kafka.bootstrap_servers. A non-local address there means a remote broker: none is run.
+    controller_port: int = Field(9093, ge=1, le=65535)
+    kafka_home: Path | None = Field(None, description="an existing Kafka install to run instead of Maven's jars")
+    kafka_heap: str = "768m"
+    mosquitto_bin: str = "mosquitto"
+    max_queued_messages: int = Field(2_000_000, ge=0)
+    max_inflight_messages: int = Field(1000, ge=0)
+    startup_timeout_s: float = Field(90.0, gt=0)
+
+    @property
+    def cache(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.home / "cache"
+
+
+class ServiceSettings(BaseSettings):
+    """Base of every service's settings: the connections all of them share.
+
+    Subclass it and add your own section, e.g. ``bridge: BridgeOptions = BridgeOptions()``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    mqtt: MqttSettings = MqttSettings()
+    topics: TopicSettings = TopicSettings()
+    stack: StackSettings = StackSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: flags (init kwargs) > environment > forewarn.toml.
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_path())
+        return (init_settings, env_settings, toml)
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def config_path() -> Path:
+    """The TOML file settings are read from: ``$FOREWARN_CONFIG`` or ./forewarn.toml."""
+    return Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG))
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"kafka.bootstrap_servers": x}`` → ``{"kafka": {"bootstrap_servers": x}}``; None means unset."""
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        if value is None:
+            continue
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(cls: type[S], overrides: dict[str, Any] | None = None) -> S:
+    """Build ``cls`` from forewarn.toml, the environment and ``overrides``.
+
+    ``overrides`` maps dotted paths (``"kafka.bootstrap_servers"``) to flag values; ``None``
+    values are ignored so unset flags do not mask the environment or the file. A section
+    given by a flag is merged into what the environment and file say, not replacing it.
+    Raises :class:`ConfigError` with one readable line when the result is invalid.
+    """
+    path = config_path()
+    if CONFIG_ENV in os.environ and not path.is_file():
+        raise ConfigError(f"config file {path} not found", hint=f"fix {CONFIG_ENV} or create the file")
+    try:
+        base = cls()
+        if not overrides:
+            return base
+        flags = _nest(overrides)
+        merged = _deep_merge(base.model_dump(), flags)
+        return cls.model_validate(merged)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid setting {where}: {first['msg']}",
+                          hint=f"check {path}, FOREWARN_* variables and flags") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read settings: {error}", hint=f"check {path}") from None

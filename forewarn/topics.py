@@ -1,0 +1,127 @@
+"""The topic registry: every Kafka topic Forewarn uses, with its size and retention, and
+the MQTT topic layout.
+
+``telemetry`` and ``maintenance`` are keyed by machine_id and must have the same number of
+partitions, so one scoring worker sees both the readings and the repairs of a machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from forewarn.settings import TopicSettings
+
+__all__ = [
+    "MQTT_ROOT",
+    "TopicSpec",
+    "Topics",
+    "alert_topic",
+    "batch_topic",
+    "maintenance_topic",
+    "mqtt_subscriptions",
+    "prediction_topic",
+    "telemetry_topic",
+    "topic_specs",
+]
+
+DAY_MS: Final = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One Kafka topic: its logical role, real name, partitions and topic-level configs."""
+
+    role: str
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Real topic names for the roles, with the configured prefix applied."""
+
+    telemetry: str
+    maintenance: str
+    dlq: str
+    predictions: str
+    alerts: str
+    models: str
+    scoring_state: str
+
+    @classmethod
+    def from_settings(cls, settings: TopicSettings) -> Topics:
+        p = settings.prefix
+        return cls(
+            telemetry=f"{p}telemetry",
+            maintenance=f"{p}maintenance",
+            dlq=f"{p}telemetry.dlq",
+            predictions=f"{p}predictions",
+            alerts=f"{p}alerts",
+            models=f"{p}models",
+            scoring_state=f"{p}scoring.state",
+        )
+
+
+def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
+    """Every topic Forewarn needs, as ``forewarn topics create`` makes them."""
+    t = Topics.from_settings(settings)
+    n, rf = settings.partitions, settings.replication_factor
+    delete = {"cleanup.policy": "delete"}
+    return [
+        TopicSpec("telemetry", t.telemetry, n, rf, {**delete, "retention.ms": str(7 * DAY_MS)},
+                  "one record per reading, keyed by machine_id, timestamp = event time"),
+        TopicSpec("maintenance", t.maintenance, n, rf, {**delete, "retention.ms": "-1"},
+                  "failure/repair/inspection events (ground truth), keyed by machine_id; kept forever"),
+        TopicSpec("dlq", t.dlq, max(1, n // 2), rf, {**delete, "retention.ms": str(30 * DAY_MS)},
+                  "rejected payloads: original bytes, reason and MQTT topic in headers"),
+        TopicSpec("predictions", t.predictions, n, rf, {**delete, "retention.ms": str(30 * DAY_MS)},
+                  "model outputs per window, keyed by machine_id"),
+        TopicSpec("alerts", t.alerts, n, rf, {**delete, "retention.ms": str(365 * DAY_MS)},
+                  "alert lifecycle events, keyed by machine_id"),
+        TopicSpec("models", t.models, 1, rf, {"cleanup.policy": "compact", "max.message.bytes": "52428800",
+                                             "min.compaction.lag.ms": "0"},
+                  "model bundles, compacted, keyed by model name (asset type)"),
+        TopicSpec("scoring_state", t.scoring_state, n, rf, {"cleanup.policy": "compact"},
+                  "scoring workers' window state changelog, compacted, keyed by machine_id"),
+    ]
+
+
+# -- MQTT ------------------------------------------------------------------------------
+
+MQTT_ROOT: Final = "forewarn"
+
+
+def telemetry_topic(machine_id: str) -> str:
+    """``site-a/pump-1`` → ``forewarn/site-a/pump-1/telemetry``."""
+    return f"{MQTT_ROOT}/{machine_id}/telemetry"
+
+
+def maintenance_topic(machine_id: str) -> str:
+    return f"{MQTT_ROOT}/{machine_id}/maintenance"
+
+
+def prediction_topic(machine_id: str) -> str:
+    return f"{MQTT_ROOT}/{machine_id}/prediction"
+
+
+def alert_topic(machine_id: str) -> str:
+    return f"{MQTT_ROOT}/{machine_id}/alert"
+
+
+def batch_topic(site: str, gateway_id: str) -> str:
+    """A gateway batch; ``gateway_id`` may be given as ``site/gw`` or just ``gw``."""
+    gateway = gateway_id.rsplit("/", 1)[-1]
+    return f"{MQTT_ROOT}/{site}/gateway/{gateway}/batch"
+
+
+def mqtt_subscriptions() -> list[str]:
+    """The MQTT topic filters that carry inbound data (telemetry, batches, maintenance)."""
+    return [
+        f"{MQTT_ROOT}/+/+/telemetry",
+        f"{MQTT_ROOT}/+/gateway/+/batch",
+        f"{MQTT_ROOT}/+/+/maintenance",
+    ]
