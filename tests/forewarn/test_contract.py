@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import json
+import math
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from forewarn.contract import (
+    Alert,
+    DecodeLimits,
+    Decoder,
+    MaintenanceEvent,
+    Prediction,
+    Reason,
+    Rejected,
+    Telemetry,
+    encode,
+)
+
+GOOD = {
+    "v": 1, "machine_id": "site-a/pump-0042", "asset_type": "pump", "ts": 1764212345123, "seq": 1842,
+    "sensors": {"bearing_temp_c": 71.2, "vib_rms_mm_s": 2.3}, "settings": {"load_pct": 80.0},
+}
+decoder = Decoder()
+
+
+def raw(**changes: object) -> bytes:
+    body = {**GOOD, **changes}
+    return json.dumps({k: v for k, v in body.items() if v is not ...}).encode()
+
+
+def test_valid_reading_decodes_to_frozen_struct() -> None:
+    reading = decoder.telemetry(raw())
+    assert isinstance(reading, Telemetry)
+    assert reading.machine_id == "site-a/pump-0042" and reading.site == "site-a"
+    assert reading.sensors["bearing_temp_c"] == 71.2
+    with pytest.raises(AttributeError):
+        reading.seq = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    (b"not json", Reason.NOT_JSON),
+    (b"\xff\xfe\x00", Reason.NOT_JSON),
+    (b"[1, 2]", Reason.NOT_OBJECT),
+    (raw(seq=...), Reason.MISSING_FIELD),
+    (raw(machine_id=...), Reason.MISSING_FIELD),
+    (raw(ts="yesterday"), Reason.WRONG_TYPE),
+    (raw(sensors={"t": "hot"}), Reason.WRONG_TYPE),
+    (raw(sensors=[1, 2]), Reason.WRONG_TYPE),
+    (raw().replace(b"71.2", b"NaN"), Reason.NON_FINITE),
+    (raw().replace(b"71.2", b"-Infinity"), Reason.NON_FINITE),
+    (raw().replace(b"71.2", b"1e999"), Reason.NON_FINITE),
+    (raw(ts=5), Reason.TS_OUT_OF_RANGE),
+    (raw(ts=9_999_999_999_999), Reason.TS_OUT_OF_RANGE),
+    (raw(v=2), Reason.UNKNOWN_VERSION),
+    (json.dumps({"v": 7, "other": "shape"}).encode(), Reason.UNKNOWN_VERSION),
+    (raw(seq=-1), Reason.BAD_VALUE),
+    (raw(machine_id="no-site-part"), Reason.BAD_VALUE),
+    (raw(machine_id="a/b/c"), Reason.BAD_VALUE),
+    (raw(machine_id="x" * 300 + "/y"), Reason.TOO_LARGE),
+    (raw(sensors={f"s{i}": 1.0 for i in range(300)}), Reason.TOO_LARGE),
+    (b" " * 20_000, Reason.TOO_LARGE),
+    (b'{"v":1,"deep":' + b"[" * 3000 + b"]" * 3000 + b"}", Reason.TOO_LARGE),
+])
+def test_every_rejection_has_its_reason(payload: bytes, reason: Reason) -> None:
+    result = decoder.telemetry(payload)
+    assert isinstance(result, Rejected), result
+    assert result.reason == reason, result.detail
+    assert result.raw == payload
+
+
+def test_batch_keeps_good_readings_and_rejects_bad_ones_individually() -> None:
+    bad = raw(sensors={"t": "hot"})
+    batch = b'{"v":1,"gateway_id":"site-a/gw-1","readings":[' + raw() + b"," + bad + b"," + raw(seq=1843) + b"]}"
+    gateway, good, rejected = decoder.batch(batch)
+    assert gateway == "site-a/gw-1"
+    assert [r.seq for r in good] == [1842, 1843]
+    assert [r.reason for r in rejected] == [Reason.WRONG_TYPE]
+    assert json.loads(rejected[0].raw) == json.loads(bad)
+
+
+def test_batch_with_bad_envelope_is_one_rejection() -> None:
+    gateway, good, rejected = decoder.batch(b'{"v":1,"readings":[]}')
+    assert gateway is None and good == [] and rejected[0].reason == Reason.MISSING_FIELD
+
+
+def test_limits_are_configurable() -> None:
+    tight = Decoder(DecodeLimits(max_message_bytes=50))
+    result = tight.telemetry(raw())
+    assert isinstance(result, Rejected) and result.reason == Reason.TOO_LARGE
+
+
+def test_maintenance_event() -> None:
+    event = decoder.maintenance(
+        b'{"v":1,"machine_id":"s/m","ts":1764212345123,"event":"failure","failure_mode":"bearing"}'
+    )
+    assert isinstance(event, MaintenanceEvent) and event.failure_mode == "bearing"
+    wrong = decoder.maintenance(b'{"v":1,"machine_id":"s/m","ts":1764212345123,"event":"exploded"}')
+    assert (isinstance(wrong, Rejected) and wrong.reason == Reason.BAD_VALUE) or wrong.reason == Reason.WRONG_TYPE
+
+
+# -- properties -------------------------------------------------------------------------
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+part = st.text(st.characters(blacklist_characters="/#+", blacklist_categories=("Zs", "Cc", "Cs", "Zl", "Zp")),
+               min_size=1, max_size=20)
+readings = st.builds(
+    Telemetry,
+    v=st.just(1),
+    machine_id=st.builds(lambda a, b: f"{a}/{b}", part, part),
+    asset_type=st.text(min_size=1, max_size=20),
+    ts=st.integers(946_684_800_000, 4_102_444_800_000),
+    seq=st.integers(0, 2**62),
+    sensors=st.dictionaries(st.text(max_size=30), finite, max_size=30),
+    settings=st.dictionaries(st.text(max_size=30), finite, max_size=3),
+)
+
+
+@given(readings)
+def test_encode_decode_round_trip(reading: Telemetry) -> None:
+    assert decoder.telemetry(encode(reading)) == reading
+
+
+@given(st.binary(max_size=2000))
+@settings(max_examples=300)
+def test_arbitrary_bytes_never_raise(data: bytes) -> None:
+    for decode in (decoder.telemetry, decoder.maintenance):
+        result = decode(data)
+        assert isinstance(result, Rejected | Telemetry | MaintenanceEvent)
+    gateway, good, bad = decoder.batch(data)
+    assert bad or good or gateway is not None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=30,
+)
+
+
+@given(st.dictionaries(st.sampled_from([*list(GOOD), "extra"]), json_values, max_size=9))
+def test_arbitrary_json_objects_are_decoded_or_rejected_with_a_reason(obj: dict[str, object]) -> None:
+    data = json.dumps(obj).encode()
+    result = decoder.telemetry(data)
+    if isinstance(result, Rejected):
+        assert result.reason in Reason
+    else:
+        assert all(math.isfinite(x) for x in result.sensors.values())
+
+
+def test_outbound_messages_round_trip() -> None:
+    p = Prediction(v=1, machine_id="s/m", asset_type="pump", ts=1, seq=2, model="pump", model_version="3",
+                   scored_at=4, p_fail=0.5, rul=12.0, ingest_ts=3)
+    a = Alert(v=1, alert_id="a1", machine_id="s/m", state="open", severity="warning", rule="p_fail", opened_at=1, ts=1,
+              p_fail=0.9, model_version="3")
+    assert msgspec.json.decode(encode(p), type=Prediction) == p
+    assert msgspec.json.decode(encode(a), type=Alert) == a

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from forewarn.settings import TopicSettings
+from forewarn.topics import Topics, batch_topic, mqtt_subscriptions, telemetry_topic, topic_specs
+
+
+def test_registry_names_every_topic_with_prefix() -> None:
+    specs = {s.role: s for s in topic_specs(TopicSettings(prefix="plant1.", partitions=12))}
+    assert set(specs) >= {"telemetry", "maintenance", "dlq", "predictions", "alerts", "models"}
+    assert specs["telemetry"].name == "plant1.telemetry"
+    assert specs["models"].config["cleanup.policy"] == "compact"
+    assert specs["models"].partitions == 1
+    # Readings and repairs of a machine must reach the same scoring worker.
+    assert specs["telemetry"].partitions == specs["maintenance"].partitions == 12
+    assert Topics.from_settings(TopicSettings(prefix="x-")).dlq == "x-telemetry.dlq"
+
+
+def test_mqtt_layout() -> None:
+    assert telemetry_topic("site-a/pump-1") == "forewarn/site-a/pump-1/telemetry"
+    assert batch_topic("site-a", "site-a/gw-1") == "forewarn/site-a/gateway/gw-1/batch"
+    assert "forewarn/+/gateway/+/batch" in mqtt_subscriptions()
