@@ -1,0 +1,189 @@
+"""Live mode: the fleet publishes telemetry and maintenance events over MQTT, paced.
+
+One sample period of simulated time takes ``sample_period_s / speed`` wall seconds
+(``speed=0``: no pacing, as fast as the broker takes it). :func:`run_live` returns when
+``ticks`` periods are done or ``stop`` is set (the CLI sets it on SIGTERM/SIGINT); before
+returning it waits until every QoS ≥ 1 publish has been acknowledged by the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from paho.mqtt.client import MQTTMessageInfo
+
+from forewarn.mqtt import MqttClient, batch_topic, maintenance_topic, telemetry_topic
+from simulators.faults import FaultReport
+from simulators.fleet import Fleet, FleetConfig
+from simulators.outbox import Delivery, Outbox, Outgoing
+
+__all__ = ["LiveSummary", "MqttSink", "Pacer", "run_live", "topic_for"]
+
+log = logging.getLogger(__name__)
+
+
+def topic_for(message: Outgoing) -> str:
+    """The MQTT topic of a message."""
+    if message.kind == "telemetry":
+        return telemetry_topic(message.source)
+    if message.kind == "batch":
+        return batch_topic(message.site, message.source)
+    return maintenance_topic(message.source)
+
+
+class MqttSink:
+    """Publishes messages with an :class:`MqttClient`, keeping at most ``max_pending``
+    unacknowledged QoS ≥ 1 publishes (back-pressure instead of an unbounded queue)."""
+
+    def __init__(self, client: MqttClient, qos: int = 1, max_pending: int = 20_000) -> None:
+        self.client = client
+        self.qos = qos
+        self.max_pending = max_pending
+        self._pending: deque[MQTTMessageInfo] = deque()
+
+    def send(self, message: Outgoing) -> None:
+        info = self.client.publish(topic_for(message), message.payload, qos=self.qos)
+        if self.qos == 0:
+            return
+        pending = self._pending
+        pending.append(info)
+        if len(pending) >= self.max_pending:
+            while pending and pending[0].is_published():
+                pending.popleft()
+            while len(pending) >= self.max_pending:
+                pending.popleft().wait_for_publish(5.0)
+
+    @property
+    def unacked(self) -> int:
+        while self._pending and self._pending[0].is_published():
+            self._pending.popleft()
+        return sum(1 for info in self._pending if not info.is_published())
+
+    def wait_acked(self, timeout_s: float = 30.0) -> int:
+        """Wait until every publish is acknowledged; returns how many are still not."""
+        deadline = time.monotonic() + timeout_s
+        while self._pending:
+            info = self._pending[0]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                info.wait_for_publish(min(left, 1.0))
+            except RuntimeError:
+                # Not connected right now; paho resends after the reconnect.
+                time.sleep(min(left, 0.1))
+            if info.is_published():
+                self._pending.popleft()
+        return self.unacked
+
+
+class Pacer:
+    """Sleeps so that period ``k`` starts at ``k * period_s`` wall seconds after start.
+
+    Waiting uses ``stop`` so a stop request wakes it at once. Returns False when stopped.
+    """
+
+    def __init__(self, period_s: float, stop: threading.Event, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period_s = period_s
+        self.stop = stop
+        self.clock = clock
+        self.start = clock()
+        self.behind_s = 0.0
+
+    def wait(self, k: int) -> bool:
+        if self.period_s <= 0:
+            return not self.stop.is_set()
+        delay = self.start + k * self.period_s - self.clock()
+        self.behind_s = max(0.0, -delay)
+        if delay > 0:
+            return not self.stop.wait(delay)
+        return not self.stop.is_set()
+
+
+@dataclass
+class LiveSummary:
+    """What a live run published."""
+
+    ticks: int = 0
+    readings: int = 0
+    messages: int = 0
+    failures: int = 0
+    repairs: int = 0
+    seconds: float = 0.0
+    unacked: int = 0
+    report: FaultReport = field(default_factory=FaultReport)
+
+    @property
+    def rate(self) -> float:
+        return self.readings / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_live(
+    fleet_config: FleetConfig,
+    client: MqttClient,
+    *,
+    outbox_factory: Callable[[MqttSink, list[str]], Outbox] | None = None,
+    qos: int = 1,
+    speed: float = 60.0,
+    ticks: int | None = None,
+    stop: threading.Event | None = None,
+    progress_s: float = 10.0,
+    progress: Callable[[str], None] | None = None,
+    report_path: Path | None = None,
+    delivery: Delivery = "single",
+    batch_size: int = 100,
+) -> LiveSummary:
+    """Simulate ``fleet_config`` and publish it through the connected ``client``."""
+    stop = stop or threading.Event()
+    fleet = Fleet(fleet_config)
+    sink = MqttSink(client, qos)
+    if outbox_factory is not None:
+        outbox = outbox_factory(sink, fleet.machine_ids)
+    else:
+        outbox = Outbox(sink, fleet.machine_ids, seed=fleet_config.seed, delivery=delivery, batch_size=batch_size)
+    summary = LiveSummary(report=outbox.report)
+    period_wall = fleet_config.sample_period_s / speed if speed > 0 else 0.0
+    pacer = Pacer(period_wall, stop)
+    started = last_report = time.monotonic()
+    last_readings = 0
+    log.info("live: %s machines, period %ss, speed %sx, %s delivery, QoS %s", fleet.size,
+             fleet_config.sample_period_s, speed, delivery, qos)
+    k = 0
+    while (ticks is None or k < ticks) and pacer.wait(k):
+        blocks, events = fleet.step()
+        summary.readings += outbox.publish(blocks, events)
+        for event in events:
+            if event.event == "failure":
+                summary.failures += 1
+            elif event.event == "repair":
+                summary.repairs += 1
+        k += 1
+        now = time.monotonic()
+        if now - last_report >= progress_s:
+            rate = (summary.readings - last_readings) / (now - last_report)
+            line = (f"t+{k * fleet_config.sample_period_s:.0f}s simulated: {summary.readings} readings "
+                    f"({rate:,.0f}/s), {outbox.report.messages} messages, {summary.failures} failures, "
+                    f"{sink.unacked} unacked")
+            if pacer.behind_s > period_wall > 0:
+                line += f", {pacer.behind_s:.1f}s behind schedule"
+            if progress is not None:
+                progress(line)
+            log.info("%s", line)
+            last_report, last_readings = now, summary.readings
+    outbox.close()
+    summary.readings = outbox.report.readings_sent
+    summary.messages = outbox.report.messages
+    summary.ticks = k
+    summary.unacked = sink.wait_acked(30.0) if qos else 0
+    summary.seconds = time.monotonic() - started
+    if summary.unacked:
+        log.warning("live: %s publishes were not acknowledged before stopping", summary.unacked)
+    if report_path is not None:
+        report_path.write_text(outbox.report.to_json())
+    return summary
