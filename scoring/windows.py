@@ -1,0 +1,369 @@
+"""Count-based per-machine windows: the one implementation used offline by training and
+online by the scoring workers (no training/serving skew).
+
+A :class:`WindowStore` keeps, per key (a machine, or in training a machine's run), a ring
+buffer of its last ``window`` readings and a little bookkeeping. :meth:`WindowStore.update`
+takes a whole poll batch as numpy arrays and returns, fully vectorised, the window that ends
+at every reading whose window is complete. Training feeds each run in one call; a worker
+feeds each poll batch; both get the same windows for the same readings in the same order
+(``tests/scoring/test_windows.py`` proves it).
+
+Stated policies, applied per key in arrival order:
+
+* **Duplicates and late readings** (only when ``seq`` is given): a reading whose ``seq`` is
+  not greater than the highest ``seq`` already accepted for its key is dropped. Duplicates
+  therefore never change windows; a reading that arrives after a newer one is discarded.
+* **Gaps**: when ``max_gap`` is set and ``seq`` jumps by more than ``max_gap`` the window
+  restarts at that reading (a window never spans a long outage).
+* **Missing values** (NaN): a sensor's missing value is replaced by its last observed value
+  for that key (or by ``fill_values`` before any was seen). At most ``max_imputed``
+  consecutive readings may be imputed per sensor; a reading beyond that bound, or one that
+  has nothing to impute from, breaks the window, which restarts after it.
+
+The state is explicit and snapshot-able (:meth:`WindowStore.snapshot`,
+:meth:`WindowStore.restore`, :meth:`WindowSnapshot.to_bytes`), so a worker can persist it or
+rebuild it after a crash.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["WindowBatch", "WindowSnapshot", "WindowStore", "sliding_windows"]
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+_NO_SEQ = -1
+
+
+class WindowBatch(NamedTuple):
+    """What one :meth:`WindowStore.update` call produced.
+
+    ``rows``: indices into the input batch of the readings whose window is complete, in
+    input order; ``windows``: float32 ``(len(rows), window, n_features)``, oldest reading
+    first; ``accepted``: a mask over the input batch, False for dropped duplicates or late
+    readings.
+    """
+
+    rows: IntArray
+    windows: FloatArray
+    accepted: BoolArray
+
+
+@dataclass(frozen=True)
+class WindowSnapshot:
+    """A copy of a :class:`WindowStore`'s complete state."""
+
+    window: int
+    n_features: int
+    max_gap: int | None
+    max_imputed: int
+    fill_values: FloatArray
+    keys: tuple[str, ...]
+    ring: FloatArray
+    pos: IntArray
+    count: IntArray
+    last_seq: IntArray
+    last_valid: FloatArray
+    imputed: IntArray
+
+    def to_bytes(self) -> bytes:
+        """Serialise as an ``.npz`` archive (no pickle)."""
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            params=np.array([self.window, self.n_features, -1 if self.max_gap is None else self.max_gap,
+                             self.max_imputed], dtype=np.int64),
+            fill_values=self.fill_values,
+            keys=np.array(self.keys, dtype=np.str_),
+            ring=self.ring, pos=self.pos, count=self.count, last_seq=self.last_seq,
+            last_valid=self.last_valid, imputed=self.imputed,
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> WindowSnapshot:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            window, n_features, max_gap, max_imputed = (int(v) for v in archive["params"])
+            return cls(
+                window=window, n_features=n_features, max_gap=None if max_gap < 0 else max_gap,
+                max_imputed=max_imputed, fill_values=archive["fill_values"].astype(np.float32),
+                keys=tuple(str(k) for k in archive["keys"]),
+                ring=archive["ring"].astype(np.float32), pos=archive["pos"].astype(np.int64),
+                count=archive["count"].astype(np.int64), last_seq=archive["last_seq"].astype(np.int64),
+                last_valid=archive["last_valid"].astype(np.float32),
+                imputed=archive["imputed"].astype(np.int64),
+            )
+
+
+def sliding_windows(values: npt.ArrayLike, window: int) -> FloatArray:
+    """All complete windows of one key's readings, fed in one batch through a fresh
+    :class:`WindowStore` (so the offline path is the online path)."""
+    data = np.asarray(values, dtype=np.float32)
+    if data.ndim != 2:
+        raise ValueError(f"values must be 2-D (readings x features), got shape {data.shape}")
+    store = WindowStore(window, data.shape[1])
+    return store.update(np.zeros(len(data), dtype=np.int64), data).windows
+
+
+def _group_floor_cummax(marks: npt.NDArray[np.int64], floor: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Running maximum of ``marks`` within consecutive groups, where ``floor`` (one below each
+    group's first position, broadcast per row) stands for "nothing yet in this group".
+
+    Works because rows are sorted by group and every position of an earlier group is below
+    the floor of a later one."""
+    return np.maximum.accumulate(np.maximum(marks, floor), axis=0)
+
+
+class WindowStore:
+    """Per-key ring buffers of the last ``window`` readings, updated per batch with numpy."""
+
+    def __init__(
+        self,
+        window: int,
+        n_features: int,
+        *,
+        max_gap: int | None = None,
+        max_imputed: int = 5,
+        fill_values: npt.ArrayLike | None = None,
+        capacity: int = 256,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        if n_features < 1:
+            raise ValueError(f"n_features must be >= 1, got {n_features}")
+        if max_gap is not None and max_gap < 1:
+            raise ValueError(f"max_gap must be >= 1 or None, got {max_gap}")
+        if max_imputed < 0:
+            raise ValueError(f"max_imputed must be >= 0, got {max_imputed}")
+        self.window = window
+        self.n_features = n_features
+        self.max_gap = max_gap
+        self.max_imputed = max_imputed
+        if fill_values is None:
+            self.fill_values = np.full(n_features, np.nan, dtype=np.float32)
+        else:
+            self.fill_values = np.asarray(fill_values, dtype=np.float32).reshape(n_features)
+        self._slots: dict[str, int] = {}
+        self._keys: list[str] = []
+        capacity = max(capacity, 1)
+        self._ring = np.zeros((capacity, window, n_features), dtype=np.float32)
+        self._pos = np.zeros(capacity, dtype=np.int64)
+        self._count = np.zeros(capacity, dtype=np.int64)
+        self._last_seq = np.full(capacity, _NO_SEQ, dtype=np.int64)
+        self._last_valid = np.tile(self.fill_values, (capacity, 1))
+        self._imputed = np.zeros((capacity, n_features), dtype=np.int64)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._slots
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self._keys)
+
+    def ready(self, key: str) -> bool:
+        """Whether ``key``'s next reading completes a window (it has ``window - 1`` readings)."""
+        slot = self._slots.get(key)
+        return slot is not None and self._count[slot] >= self.window - 1
+
+    def last_seq(self, key: str) -> int | None:
+        slot = self._slots.get(key)
+        if slot is None or self._last_seq[slot] == _NO_SEQ:
+            return None
+        return int(self._last_seq[slot])
+
+    def reset(self, key: str) -> None:
+        """Restart ``key``'s window (e.g. after a repair); its seq high-water mark is kept."""
+        slot = self._slots.get(key)
+        if slot is not None:
+            self._count[slot] = 0
+            self._imputed[slot] = 0
+
+    def snapshot(self) -> WindowSnapshot:
+        n = len(self._keys)
+        return WindowSnapshot(
+            window=self.window, n_features=self.n_features, max_gap=self.max_gap,
+            max_imputed=self.max_imputed, fill_values=self.fill_values.copy(), keys=tuple(self._keys),
+            ring=self._ring[:n].copy(), pos=self._pos[:n].copy(), count=self._count[:n].copy(),
+            last_seq=self._last_seq[:n].copy(), last_valid=self._last_valid[:n].copy(),
+            imputed=self._imputed[:n].copy(),
+        )
+
+    @classmethod
+    def restore(cls, snapshot: WindowSnapshot) -> WindowStore:
+        store = cls(snapshot.window, snapshot.n_features, max_gap=snapshot.max_gap,
+                    max_imputed=snapshot.max_imputed, fill_values=snapshot.fill_values,
+                    capacity=max(len(snapshot.keys), 1))
+        n = len(snapshot.keys)
+        store._keys = list(snapshot.keys)
+        store._slots = {key: i for i, key in enumerate(snapshot.keys)}
+        store._ring[:n] = snapshot.ring
+        store._pos[:n] = snapshot.pos
+        store._count[:n] = snapshot.count
+        store._last_seq[:n] = snapshot.last_seq
+        store._last_valid[:n] = snapshot.last_valid
+        store._imputed[:n] = snapshot.imputed
+        return store
+
+    def _grow(self, needed: int) -> None:
+        capacity = len(self._pos)
+        if needed <= capacity:
+            return
+        new = max(needed, capacity * 2)
+        extra = new - capacity
+        self._ring = np.concatenate([self._ring, np.zeros((extra, self.window, self.n_features), np.float32)])
+        self._pos = np.concatenate([self._pos, np.zeros(extra, np.int64)])
+        self._count = np.concatenate([self._count, np.zeros(extra, np.int64)])
+        self._last_seq = np.concatenate([self._last_seq, np.full(extra, _NO_SEQ, np.int64)])
+        self._last_valid = np.concatenate([self._last_valid, np.tile(self.fill_values, (extra, 1))])
+        self._imputed = np.concatenate([self._imputed, np.zeros((extra, self.n_features), np.int64)])
+
+    def _slots_for(self, keys: Sequence[str] | npt.NDArray[np.generic]) -> IntArray:
+        unique, inverse = np.unique(np.asarray(keys), return_inverse=True)
+        slot_of_unique = np.empty(len(unique), dtype=np.int64)
+        for i, key in enumerate(unique.tolist()):
+            name = str(key)
+            slot = self._slots.get(name)
+            if slot is None:
+                slot = len(self._keys)
+                self._slots[name] = slot
+                self._keys.append(name)
+            slot_of_unique[i] = slot
+        self._grow(len(self._keys))
+        return slot_of_unique[inverse.reshape(-1)]
+
+    # -- the update ----------------------------------------------------------------------
+
+    def update(
+        self,
+        keys: Sequence[str] | npt.NDArray[np.generic],
+        values: npt.ArrayLike,
+        seq: npt.ArrayLike | None = None,
+    ) -> WindowBatch:
+        """Append a batch of readings (in arrival order) and return the completed windows.
+
+        ``keys``: one key per reading; ``values``: ``(n, n_features)``, NaN for missing;
+        ``seq``: optional per-key sequence numbers used for the duplicate/late/gap policies.
+        """
+        data = np.asarray(values, dtype=np.float32)
+        n = len(data)
+        if data.ndim != 2 or data.shape[1] != self.n_features:
+            raise ValueError(f"values must have shape (n, {self.n_features}), got {data.shape}")
+        if len(keys) != n:
+            raise ValueError(f"{len(keys)} keys for {n} readings")
+        w, f = self.window, self.n_features
+        empty = WindowBatch(np.zeros(0, np.int64), np.zeros((0, w, f), np.float32), np.ones(n, np.bool_))
+        if n == 0:
+            return empty
+        slots = self._slots_for(keys)
+        order = np.argsort(slots, kind="stable")
+        s_slots = slots[order]
+        accepted = np.ones(n, dtype=np.bool_)
+        gap_reset = np.zeros(n, dtype=np.bool_)
+        seq_sorted: IntArray | None = None
+        if seq is not None:
+            seq_arr = np.asarray(seq, dtype=np.int64).reshape(-1)
+            if len(seq_arr) != n:
+                raise ValueError(f"{len(seq_arr)} seq values for {n} readings")
+            if (seq_arr < 0).any():
+                raise ValueError("seq must be >= 0")
+            seq_sorted = seq_arr[order]
+            # Highest seq seen before each reading of its key: earlier in the batch or in state.
+            shift = np.int64(1) << np.int64(40)
+            if int(seq_sorted.max()) >= int(shift):
+                raise ValueError("seq must be < 2**40")
+            combined = s_slots * shift + seq_sorted
+            running = np.maximum.accumulate(combined)
+            prev_in_batch = np.empty(n, dtype=np.int64)
+            prev_in_batch[0] = -1
+            prev_in_batch[1:] = running[:-1]
+            same_group = prev_in_batch >= s_slots * shift
+            prev = np.maximum(np.where(same_group, prev_in_batch - s_slots * shift, _NO_SEQ),
+                              self._last_seq[s_slots])
+            keep_sorted = seq_sorted > prev
+            accepted[order] = keep_sorted
+            if self.max_gap is not None:
+                gap_reset_sorted = keep_sorted & (prev != _NO_SEQ) & (seq_sorted - prev > self.max_gap)
+                gap_reset[order] = gap_reset_sorted
+            order = order[keep_sorted]
+            s_slots = s_slots[keep_sorted]
+            seq_sorted = seq_sorted[keep_sorted]
+        m = len(order)
+        if m == 0:
+            return WindowBatch(empty.rows, empty.windows, accepted)
+
+        # Group layout of the kept, sorted readings.
+        starts_mask = np.ones(m, dtype=np.bool_)
+        starts_mask[1:] = s_slots[1:] != s_slots[:-1]
+        group_start = np.maximum.accumulate(np.where(starts_mask, np.arange(m), 0))
+        position = np.arange(m, dtype=np.int64)
+        k = position - group_start  # index of the reading within its key in this batch
+        ends_mask = np.ones(m, dtype=np.bool_)
+        ends_mask[:-1] = starts_mask[1:]
+
+        # Missing values: carry the last observed value forward, at most max_imputed times.
+        raw = data[order]
+        missing = np.isnan(raw)
+        floor = (group_start - 1)[:, None]
+        last_pos = _group_floor_cummax(np.where(missing, -1, position[:, None]), floor)
+        from_state = last_pos == floor
+        safe_pos = np.where(from_state, 0, last_pos)
+        filled = np.where(from_state, self._last_valid[s_slots], raw[safe_pos, np.arange(f)[None, :]])
+        consecutive = np.where(from_state, self._imputed[s_slots] + k[:, None] + 1, position[:, None] - last_pos)
+        broken = np.asarray(((consecutive > self.max_imputed) & missing).any(axis=1)
+                            | np.isnan(filled).any(axis=1), dtype=np.bool_)
+
+        # Where does the unbroken stretch that each reading belongs to start?
+        # A broken reading restarts the stretch after itself; at a key's last reading that mark
+        # would spill into the next key's group, and the saved count covers it instead.
+        restart = np.where(broken, np.where(ends_mask, -1, position + 1), np.where(gap_reset[order], position, -1))
+        seg_start = _group_floor_cummax(restart, group_start - 1)
+        in_batch_start = seg_start >= group_start
+        count = np.where(in_batch_start, position - seg_start + 1, self._count[s_slots] + k + 1)
+        complete = (count >= w) & ~broken
+
+        # Gather the windows: offsets w-1..0 back from each completing reading; negative
+        # offsets into this batch come from the key's ring buffer.
+        emit = np.flatnonzero(complete)
+        if len(emit):
+            back = np.arange(-(w - 1), 1, dtype=np.int64)[None, :]
+            t = k[emit][:, None] + back
+            e_slots = s_slots[emit][:, None]
+            from_batch = t >= 0
+            batch_idx = np.where(from_batch, group_start[emit][:, None] + t, 0)
+            ring_idx = (self._pos[e_slots] + t) % w
+            windows = np.where(from_batch[:, :, None], filled[batch_idx], self._ring[e_slots, ring_idx])
+            rows = order[emit]
+            by_input = np.argsort(rows, kind="stable")
+            rows, windows = rows[by_input], windows[by_input]
+        else:
+            rows, windows = empty.rows, empty.windows
+
+        # Write the newest (at most w) readings of each key into its ring and save the state.
+        n_in_group = np.diff(np.append(np.flatnonzero(starts_mask), m))
+        group_size = np.repeat(n_in_group, n_in_group)
+        write = k >= group_size - w
+        w_slots = s_slots[write]
+        self._ring[w_slots, (self._pos[w_slots] + k[write]) % w] = filled[write]
+        last = np.flatnonzero(ends_mask)
+        l_slots = s_slots[last]
+        self._pos[l_slots] = (self._pos[l_slots] + n_in_group) % w
+        self._count[l_slots] = np.where(broken[last], 0, np.minimum(count[last], w))
+        self._last_valid[l_slots] = filled[last]
+        self._imputed[l_slots] = np.where(missing[last], consecutive[last], 0)
+        if seq_sorted is not None:
+            self._last_seq[l_slots] = seq_sorted[last]
+        return WindowBatch(rows.astype(np.int64), windows.astype(np.float32, copy=False), accepted)
