@@ -95,6 +95,15 @@ def _java() -> str:
     return found
 
 
+def _cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, base64url; like Kafka, never starting with '-'
+    (the storage tool would read it as an option)."""
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
+
+
 class KafkaBroker:
     """The local Kafka of the stack."""
 
@@ -190,7 +199,7 @@ class KafkaBroker:
         """Format the KRaft storage once; later starts reuse it (data persists)."""
         if (self.data / "meta.properties").is_file():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _cluster_id()
         result = subprocess.run(
             self._java_argv(classpath, STORAGE_TOOL, "format", "-t", cluster_id,
                             "-c", str(self.config_file.resolve()), "--ignore-formatted"),
