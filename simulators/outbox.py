@@ -192,7 +192,7 @@ class Outbox:
             for item in self._burst_buffer.pop(machine):
                 self._emit(machine, *item)
         for machine in sorted(self._held):
-            for item in self._held.pop(machine):
+            for item in self._held.pop(machine):  # nothing came after it: in order after all
                 self._emit(machine, *item)
         self._burst_left[:] = 0
         self._flush_batches()
@@ -243,21 +243,25 @@ class Outbox:
                 self.report.count("burst", copies)
                 self._burst_left[m] -= 1
                 if self._burst_left[m] == 0:
-                    for item in self._burst_buffer.pop(m):
+                    released = self._burst_buffer.pop(m)
+                    for item in released:
                         self._emit(m, *item)
-                    self._release_held(m)
+                    if any(item[1] is None for item in released):
+                        self._release_held(m)
                 continue
             if cat == Category.OUT_OF_ORDER and m not in self._held:
                 self._held[m] = items
-                self.report.count("out_of_order")
                 continue
             for item in items:
                 self._emit(m, *item)
-            self._release_held(m)
+            if poison is None:
+                self._release_held(m)
 
     def _release_held(self, machine: int) -> None:
+        """Send a held-back reading after a later, decodable one: that is one out-of-order delivery."""
         held = self._held.pop(machine, None)
         if held:
+            self.report.count("out_of_order", len(held))
             for item in held:
                 self._emit(machine, *item)
 

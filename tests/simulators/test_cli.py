@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+
+import click
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from forewarn.cli import cli
+from simulators.cli import simulate
+from simulators.live import Pacer
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["simulate", *args], env=env, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_history_writes_the_long_format(tmp_path: Path) -> None:
+    code, output = invoke("history", "--machines", "3", "--asset-type", "pump", "--seed", "4", "--out",
+                          str(tmp_path / "h"), "--truth", "--report", str(tmp_path / "report.json"))
+    assert code == 0, output
+    assert "3 machines" in output and "3 failures" in output
+    assert {p.name for p in (tmp_path / "h").iterdir()} == {"readings.parquet", "events.parquet", "truth.parquet"}
+    assert set(pq.read_table(tmp_path / "h" / "readings.parquet")["asset_type"].to_pylist()) == {"pump"}
+    assert json.loads((tmp_path / "report.json").read_text())["readings"] > 0
+
+
+def test_environment_and_flags_in_that_order(tmp_path: Path) -> None:
+    env = {"FOREWARN_SIMULATOR__MACHINES": "2", "FOREWARN_SIMULATOR__ASSET_TYPES": '["motor"]',
+           "FOREWARN_SIMULATE_FORMAT": "csv"}
+    code, output = invoke("history", "--out", str(tmp_path / "a"), env=env)
+    assert code == 0, output
+    assert "2 machines" in output and (tmp_path / "a" / "readings.csv").is_file()
+    code, output = invoke("history", "--out", str(tmp_path / "b"), "--machines", "1", env=env)
+    assert "1 machines" in output
+
+
+@pytest.mark.parametrize("args, message", [
+    (("history",), "exactly one of --out DIR and --to-kafka"),
+    (("history", "--out", "x", "--to-kafka"), "exactly one of --out DIR and --to-kafka"),
+    (("history", "--out", "x", "--fault-duplicate", "0.1"), "delivery faults only apply"),
+    (("history", "--out", "x", "--start", "yesterday"), "not an ISO-8601 time"),
+])
+def test_errors_are_one_actionable_line(args: tuple[str, ...], message: str) -> None:
+    code, output = invoke(*args)
+    assert code == 2
+    assert output.startswith("error: ") and message in output and output.count("\n") == 1
+
+
+def test_unreachable_broker_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    code, output = invoke("live", "--mqtt-port", port, "--ticks", "1")
+    assert code == 2 and output.count("\n") == 1 and "MQTT" in output
+    path = tmp_path / "r.csv"
+    path.write_text("machine_id,time,x_c\na/b,1,1.0\n")
+    code, output = invoke("replay", str(path), "--asset-type", "x", "--mqtt-port", port)
+    assert code == 2 and output.count("\n") == 1 and "MQTT" in output
+
+
+@pytest.mark.parametrize("name", ["live", "history", "replay"])
+def test_every_flag_shows_its_environment_variable(name: str) -> None:
+    command = simulate.commands[name]
+    ctx = click.Context(command, info_name=name)
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name != "help":
+            record = param.get_help_record(ctx)
+            assert record is not None and "env var" in record[1], param.opts
+    assert CliRunner().invoke(cli, ["simulate", name, "--help"]).exit_code == 0
+
+
+def test_pacer_keeps_the_schedule_and_wakes_on_stop() -> None:
+    now = [0.0]
+    stop = threading.Event()
+    pacer = Pacer(0.5, stop, clock=lambda: now[0])
+    assert pacer.wait(0)
+    now[0] = 2.0  # behind schedule: no waiting
+    assert pacer.wait(1) and pacer.behind_s == 1.5
+    stop.set()
+    assert not pacer.wait(10)
+    assert Pacer(0.0, threading.Event()).wait(5)
