@@ -1,0 +1,111 @@
+"""``forewarn bridge`` and ``forewarn dlq replay|stats``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+import click
+
+from bridge.settings import BridgeSettings
+from forewarn.cli_options import Flag, flags, kafka_options, mqtt_options, settings_from
+from forewarn.contract import Reason
+from forewarn.topics import Topics
+
+__all__ = ["bridge", "dlq"]
+
+BRIDGE_FLAGS = (
+    Flag("--client-id", "bridge.client_id",
+         "Stable MQTT client id; it names the persistent session (default forewarn-bridge-<hostname>). "
+         "Give each bridge process its own."),
+    Flag("--share-group", "bridge.share_group",
+         "Shared-subscription group ($share/<group>/...); bridges in one group split the load. "
+         "Empty: plain subscription."),
+    Flag("--receive-maximum", "bridge.receive_maximum",
+         "Unacknowledged MQTT messages the broker may send at once (MQTT 5 Receive Maximum).",
+         click.IntRange(1, 65535)),
+    Flag("--max-in-flight", "bridge.max_in_flight",
+         "Records produced but not yet confirmed by Kafka before intake pauses.", click.IntRange(1)),
+    Flag("--session-expiry", "bridge.session_expiry_s",
+         "Seconds the broker keeps the session (and queues messages) while the bridge is away.",
+         click.IntRange(0)),
+    Flag("--metrics-port", "bridge.metrics_port", "Serve Prometheus metrics on this port (0 = any free port).",
+         click.IntRange(0, 65535)),
+    Flag("--metrics-host", "bridge.metrics_host", "Address the metrics endpoint listens on."),
+    Flag("--shutdown-timeout", "bridge.shutdown_timeout_s",
+         "Seconds a shutdown waits for Kafka to confirm what is in flight.", click.FloatRange(0)),
+    Flag("--check-topics", "bridge.check_topics", "Check at start that the Kafka topics exist.",
+         is_flag=True, secondary="--no-check-topics"),
+)
+
+
+@click.command()
+@kafka_options
+@mqtt_options
+@flags(*BRIDGE_FLAGS)
+def bridge() -> None:
+    """Forward MQTT telemetry, gateway batches and maintenance events to Kafka.
+
+    Subscribes with QoS 1 on a persistent session (clean start off) through a shared
+    subscription, and acknowledges each MQTT message only once Kafka confirmed every record
+    made from it: a crash can duplicate, never lose. Invalid payloads go to the dead-letter
+    topic with their reason. SIGTERM or Ctrl-C: stop intake, wait for Kafka, acknowledge,
+    disconnect.
+    """
+    from bridge.service import Bridge
+
+    settings = settings_from(BridgeSettings)
+    service = Bridge(settings)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        click.echo(f"{signal.Signals(signum).name}: draining and stopping", err=True)
+        service.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service.start()
+    click.echo(f"bridge {settings.bridge.client_id}: MQTT {settings.mqtt.host}:{settings.mqtt.port} -> Kafka "
+               f"{settings.kafka.bootstrap_servers} (topics {service.topics.telemetry}, {service.topics.maintenance}, "
+               f"{service.topics.dlq}); SIGTERM or Ctrl-C stops it", err=True)
+    service.run()
+
+
+@click.group()
+def dlq() -> None:
+    """Inspect and replay the dead-letter topic (telemetry.dlq)."""
+
+
+@dlq.command("stats")
+@kafka_options
+def dlq_stats() -> None:
+    """Count dead-letter records by reason."""
+    from bridge.dlq import stats
+
+    settings = settings_from(BridgeSettings)
+    counts = stats(settings.kafka, Topics.from_settings(settings.topics))
+    for reason, n in counts.most_common():
+        click.echo(f"{reason:20} {n:>10}")
+    click.echo(f"{'total':20} {sum(counts.values()):>10}")
+
+
+@dlq.command("replay")
+@click.option("--reason", type=click.Choice([r.value for r in Reason]), default=None,
+              help="Replay only records rejected for this reason (default: all).")
+@kafka_options
+def dlq_replay(reason: str | None) -> None:
+    """Re-validate dead-letter records and re-send those that pass now (after a contract fix).
+
+    Reads the whole topic; what still fails stays where it is. Running it twice sends twice:
+    consumers drop duplicates by (machine_id, seq).
+    """
+    from bridge.dlq import replay
+
+    settings = settings_from(BridgeSettings)
+    result = replay(settings.kafka, Topics.from_settings(settings.topics), reason)
+    click.echo(f"scanned {result.scanned}, matched {result.matched}, replayed {result.replayed_payloads} "
+               f"payload(s) as {result.records_sent} record(s)")
+    for why, n in result.still_invalid.most_common():
+        click.echo(f"still invalid: {why:20} {n:>8}")
+    if result.matched and not result.replayed_payloads:
+        sys.exit(1)

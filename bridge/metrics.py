@@ -1,0 +1,56 @@
+"""Prometheus metrics of one bridge, in a registry of its own (several bridges may share a
+process in tests; the default registry would refuse the second)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["BridgeMetrics"]
+
+log = logging.getLogger(__name__)
+
+_ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class BridgeMetrics:
+    """received, forwarded, rejected by reason, in flight, Kafka errors, acknowledgement latency."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.received = Counter("forewarn_bridge_received", "MQTT messages received, by kind", ["kind"], registry=r)
+        self.forwarded = Counter("forewarn_bridge_forwarded",
+                                 "Kafka records confirmed by Kafka, by topic role", ["topic"], registry=r)
+        self.rejected = Counter("forewarn_bridge_rejected",
+                                "payloads or readings sent to the dead-letter topic, by reason", ["reason"], registry=r)
+        self.acked = Counter("forewarn_bridge_acked", "MQTT messages acknowledged after Kafka confirmed them",
+                             registry=r)
+        self.kafka_errors = Counter("forewarn_bridge_kafka_errors",
+                                    "records Kafka failed to deliver (they are re-sent)", registry=r)
+        self.in_flight = Gauge("forewarn_bridge_in_flight_records",
+                               "records produced whose MQTT message is not yet acknowledged", registry=r)
+        self.in_flight_messages = Gauge("forewarn_bridge_in_flight_messages",
+                                        "MQTT messages received and not yet acknowledged", registry=r)
+        self.kafka_waiting = Gauge("forewarn_bridge_kafka_waiting",
+                                   "1 while records wait longer than the warning period for Kafka", registry=r)
+        self.ack_latency = Histogram("forewarn_bridge_ack_latency_seconds",
+                                     "time from receiving an MQTT message to acknowledging it",
+                                     buckets=_ACK_BUCKETS, registry=r)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 - scraped from elsewhere
+        """Start the HTTP endpoint; returns the port it listens on (useful with port 0)."""
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        bound = int(self._server.server_port)
+        log.info("metrics on http://%s:%s/metrics", host, bound)
+        return bound
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

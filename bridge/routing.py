@@ -1,0 +1,190 @@
+"""From one MQTT message to the Kafka records it becomes.
+
+Pure and broker-free: :class:`Router` decodes with the contract's :class:`~forewarn.contract.Decoder`,
+checks that the MQTT topic agrees with the payload, and returns ready-to-produce records —
+good readings for ``telemetry`` (keyed by machine_id, timestamp = event time, an ``ingest_ts``
+header), maintenance events for ``maintenance``, and everything else for the dead-letter topic
+with the original bytes and ``reason``/``detail``/``mqtt_topic``/``received_at``/``kind`` headers.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final, NamedTuple
+
+from forewarn.contract import Decoder, Reason, Rejected, Telemetry, encode
+from forewarn.topics import MQTT_ROOT, Topics
+
+__all__ = [
+    "INGEST_HEADER",
+    "Kind",
+    "Record",
+    "Routed",
+    "Router",
+]
+
+INGEST_HEADER: Final = "ingest_ts"
+"""Header on every forwarded record: epoch ms when the bridge received the MQTT message."""
+
+_ROOT: Final = MQTT_ROOT + "/"
+_ROOT_LEN: Final = len(_ROOT)
+_TELEMETRY: Final = "/telemetry"
+_MAINTENANCE: Final = "/maintenance"
+_BATCH: Final = "/batch"
+
+Headers = list[tuple[str, bytes]]
+
+
+class Kind(enum.StrEnum):
+    """What an MQTT message (or a dead-letter record) is; the DLQ ``kind`` header."""
+
+    TELEMETRY = "telemetry"
+    BATCH = "batch"
+    READING = "reading"  # one reading of a gateway batch, alone in the DLQ
+    MAINTENANCE = "maintenance"
+    UNKNOWN = "unknown"
+
+
+class Record(NamedTuple):
+    """One Kafka record to produce."""
+
+    topic: str
+    value: bytes
+    key: str | None
+    timestamp_ms: int | None
+    headers: Headers
+
+
+class Routed(NamedTuple):
+    """The records one MQTT message became, and the reasons of its rejected parts."""
+
+    kind: Kind
+    records: list[Record]
+    rejected: list[str]
+
+
+def parse_topic(mqtt_topic: str) -> tuple[Kind, str]:
+    """``forewarn/s/m/telemetry`` → (TELEMETRY, "s/m"); batch → (BATCH, "s/gw"); else UNKNOWN."""
+    if not mqtt_topic.startswith(_ROOT):
+        return Kind.UNKNOWN, ""
+    parts = mqtt_topic.split("/")
+    if len(parts) == 4 and parts[1] and parts[2]:
+        if parts[3] == "telemetry":
+            return Kind.TELEMETRY, f"{parts[1]}/{parts[2]}"
+        if parts[3] == "maintenance":
+            return Kind.MAINTENANCE, f"{parts[1]}/{parts[2]}"
+    if len(parts) == 5 and parts[2] == "gateway" and parts[4] == "batch" and parts[1] and parts[3]:
+        return Kind.BATCH, f"{parts[1]}/{parts[3]}"
+    return Kind.UNKNOWN, ""
+
+
+class Router:
+    """Turns MQTT messages into Kafka records. One instance per bridge (the decoder is compiled once)."""
+
+    def __init__(self, topics: Topics, decoder: Decoder | None = None, dlq_max_bytes: int = 512 * 1024) -> None:
+        self.topics = topics
+        self.decoder = decoder or Decoder()
+        self.dlq_max_bytes = dlq_max_bytes
+        self._telemetry = topics.telemetry
+        self._decode_telemetry = self.decoder.telemetry
+
+    # -- the dead-letter record ----------------------------------------------------------
+
+    def dead_letter(self, rejected: Rejected, mqtt_topic: str, kind: Kind, received_ms: int) -> Record:
+        raw = rejected.raw
+        headers: Headers = [
+            ("reason", str(rejected.reason).encode()),
+            ("detail", rejected.detail.encode("utf-8", "replace")),
+            ("mqtt_topic", mqtt_topic.encode("utf-8", "replace")),
+            ("received_at", str(received_ms).encode()),
+            ("kind", str(kind).encode()),
+        ]
+        if len(raw) > self.dlq_max_bytes:
+            headers.append(("truncated_from", str(len(raw)).encode()))
+            raw = raw[: self.dlq_max_bytes]
+        return Record(self.topics.dlq, raw, mqtt_topic, received_ms, headers)
+
+    def _mismatch(self, raw: bytes, found: str, mqtt_topic: str) -> Rejected:
+        return Rejected(Reason.TOPIC_MISMATCH, f"payload id {found!r} does not match MQTT topic {mqtt_topic!r}", raw)
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def route(self, mqtt_topic: str, payload: bytes, received_ms: int) -> Routed:
+        """The records for one MQTT message received at ``received_ms`` (epoch ms)."""
+        # Fast path: a single reading, by far the most common message.
+        if mqtt_topic.endswith(_TELEMETRY) and mqtt_topic.startswith(_ROOT):
+            machine_id = mqtt_topic[_ROOT_LEN:-len(_TELEMETRY)]
+            result = self._decode_telemetry(payload)
+            if type(result) is Telemetry:
+                if result.machine_id == machine_id:
+                    record = Record(self._telemetry, payload, machine_id, result.ts,
+                                    [(INGEST_HEADER, b"%d" % received_ms)])
+                    return Routed(Kind.TELEMETRY, [record], [])
+                result = self._mismatch(payload, result.machine_id, mqtt_topic)
+            assert isinstance(result, Rejected)
+            return Routed(Kind.TELEMETRY, [self.dead_letter(result, mqtt_topic, Kind.TELEMETRY, received_ms)],
+                          [str(result.reason)])
+        kind, ident = parse_topic(mqtt_topic)
+        if kind is Kind.BATCH:
+            return self._route_batch(mqtt_topic, ident, payload, received_ms)
+        if kind is Kind.MAINTENANCE:
+            event = self.decoder.maintenance(payload)
+            if isinstance(event, Rejected):
+                bad = event
+            elif event.machine_id != ident:
+                bad = self._mismatch(payload, event.machine_id, mqtt_topic)
+            else:
+                record = Record(self.topics.maintenance, payload, event.machine_id, event.ts,
+                                [(INGEST_HEADER, b"%d" % received_ms)])
+                return Routed(kind, [record], [])
+            return Routed(kind, [self.dead_letter(bad, mqtt_topic, kind, received_ms)], [str(bad.reason)])
+        # A telemetry topic with a malformed layout (e.g. an empty level), or any other topic.
+        bad = Rejected(Reason.TOPIC_MISMATCH, f"MQTT topic {mqtt_topic!r} is not a Forewarn inbound topic", payload)
+        return Routed(kind, [self.dead_letter(bad, mqtt_topic, kind, received_ms)], [str(bad.reason)])
+
+    def _route_batch(self, mqtt_topic: str, gateway: str, payload: bytes, received_ms: int) -> Routed:
+        gateway_id, good, bad = self.decoder.batch(payload)
+        if gateway_id is None:
+            return Routed(Kind.BATCH, [self.dead_letter(r, mqtt_topic, Kind.BATCH, received_ms) for r in bad],
+                          [str(r.reason) for r in bad])
+        if gateway_id != gateway:
+            rejected = self._mismatch(payload, gateway_id, mqtt_topic)
+            return Routed(Kind.BATCH, [self.dead_letter(rejected, mqtt_topic, Kind.BATCH, received_ms)],
+                          [str(rejected.reason)])
+        site_prefix = gateway.partition("/")[0] + "/"
+        headers: Headers = [(INGEST_HEADER, b"%d" % received_ms)]
+        telemetry = self._telemetry
+        records: list[Record] = []
+        reasons: list[str] = []
+        for reading in good:
+            raw = encode(reading)
+            if reading.machine_id.startswith(site_prefix):
+                records.append(Record(telemetry, raw, reading.machine_id, reading.ts, headers))
+            else:
+                bad.append(self._mismatch(raw, reading.machine_id, mqtt_topic))
+        for rejected in bad:
+            records.append(self.dead_letter(rejected, mqtt_topic, Kind.READING, received_ms))
+            reasons.append(str(rejected.reason))
+        return Routed(Kind.BATCH, records, reasons)
+
+    def internal_error(self, mqtt_topic: str, payload: bytes, received_ms: int) -> Routed:
+        """The dead-letter record for a payload routing failed on unexpectedly (a bug, not bad data)."""
+        bad = Rejected(Reason.BAD_VALUE, "internal error while routing; see the bridge's log", payload)
+        return Routed(Kind.UNKNOWN, [self.dead_letter(bad, mqtt_topic, Kind.UNKNOWN, received_ms)], [str(bad.reason)])
+
+    def route_dead_letter(self, mqtt_topic: str, kind: str, payload: bytes, received_ms: int) -> Routed:
+        """Re-validate a dead-letter record (for ``dlq replay``): same checks as on arrival."""
+        if kind == Kind.READING:
+            _kind, gateway = parse_topic(mqtt_topic)
+            site_prefix = gateway.partition("/")[0] + "/"
+            result = self._decode_telemetry(payload)
+            if isinstance(result, Rejected):
+                return Routed(Kind.READING, [], [str(result.reason)])
+            if not result.machine_id.startswith(site_prefix):
+                return Routed(Kind.READING, [], [str(Reason.TOPIC_MISMATCH)])
+            record = Record(self._telemetry, payload, result.machine_id, result.ts,
+                            [(INGEST_HEADER, b"%d" % received_ms)])
+            return Routed(Kind.READING, [record], [])
+        routed = self.route(mqtt_topic, payload, received_ms)
+        dlq = self.topics.dlq
+        return Routed(routed.kind, [r for r in routed.records if r.topic != dlq], routed.rejected)

@@ -1,0 +1,354 @@
+"""The bridge service: MQTT (QoS 1, persistent shared-subscription session) → Kafka, at least once.
+
+Threads: paho's network thread only appends each received message to an inbox (a deque);
+the bridge's own loop (the thread that calls :meth:`Bridge.run`) decodes, produces, serves
+Kafka's delivery reports and sends the PUBACKs. So the producer and every piece of state are
+touched by one thread, and paho's thread never blocks (keep-alives keep flowing even while
+Kafka is away).
+
+At least once: a message's PUBACK is sent only when Kafka confirmed every record made from it.
+Acknowledgements go out in the order messages arrived (as MQTT asks), so one slow record holds
+back the ones behind it; a record Kafka failed to deliver is re-sent, never skipped.
+
+Backpressure: the broker sends at most ``receive_maximum`` unacknowledged messages (MQTT 5
+Receive Maximum; ``max_inflight_messages`` on Mosquitto for 3.1.1), and the loop stops taking
+from the inbox while ``max_in_flight`` records are unacknowledged. When Kafka is away nothing
+gets confirmed, so nothing gets acknowledged and Mosquitto keeps the session's messages.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from types import TracebackType
+from typing import Any, Self
+
+from bridge._acks import AckWriter
+from bridge.errors import BridgeError
+from bridge.metrics import BridgeMetrics
+from bridge.routing import Record, Router
+from bridge.settings import BridgeSettings
+from forewarn.contract import Decoder
+from forewarn.errors import KafkaError
+from forewarn.kafka import KafkaAdmin, KafkaProducer
+from forewarn.mqtt import MqttClient
+from forewarn.ports import MqttLike, ProducerLike
+from forewarn.topics import Topics, mqtt_subscriptions
+
+__all__ = ["Bridge", "subscriptions"]
+
+log = logging.getLogger(__name__)
+
+_STEP_MESSAGES = 2000  # messages handled between two polls of the producer
+_IDLE_WAIT_S = 0.005
+
+
+def subscriptions(share_group: str) -> list[str]:
+    """The MQTT filters the bridge subscribes to (shared when ``share_group`` is set)."""
+    filters = mqtt_subscriptions()
+    return [f"$share/{share_group}/{f}" for f in filters] if share_group else filters
+
+
+class _Pending:
+    """One MQTT message between its arrival and its acknowledgement."""
+
+    __slots__ = ("attempts", "epoch", "error", "failed", "mid", "qos", "received", "records", "remaining")
+
+    def __init__(self, mid: int, qos: int, epoch: int, received: float, records: list[Record]) -> None:
+        self.mid = mid
+        self.qos = qos
+        self.epoch = epoch
+        self.received = received
+        self.records = records
+        self.remaining = len(records)
+        self.failed = False
+        self.error: Any = None
+        self.attempts = 0
+
+    def on_delivery(self, error: Any, _message: Any) -> None:
+        self.remaining -= 1
+        if error is not None:
+            self.failed = True
+            self.error = error
+
+
+class Bridge:
+    """MQTT → Kafka. ``run()`` blocks until :meth:`stop` (e.g. from a signal handler), then drains.
+
+    ``producer`` and ``mqtt`` default to the real adapters built from ``settings``; unit tests
+    pass the in-memory fakes of :mod:`forewarn.testing`.
+    """
+
+    def __init__(self, settings: BridgeSettings, *, producer: ProducerLike | None = None,
+                 mqtt: MqttLike | None = None, metrics: BridgeMetrics | None = None,
+                 decoder: Decoder | None = None) -> None:
+        self.settings = settings
+        self.options = settings.bridge
+        self.topics = Topics.from_settings(settings.topics)
+        self.router = Router(self.topics, decoder, self.options.dlq_max_bytes)
+        self.metrics = metrics or BridgeMetrics()
+        self._own_producer = producer is None
+        self.producer: ProducerLike = producer if producer is not None else KafkaProducer(
+            settings.kafka, **{"queue.buffering.max.messages": max(100_000, 2 * self.options.max_in_flight)})
+        self._own_mqtt = mqtt is None
+        self.mqtt: MqttLike = mqtt if mqtt is not None else MqttClient(
+            settings.mqtt, self.options.client_id, clean_start=False,
+            session_expiry_s=self.options.session_expiry_s, manual_ack=True,
+            receive_maximum=self.options.receive_maximum)
+        self.mqtt.on_message = self._on_message
+        if isinstance(self.mqtt, MqttClient):
+            self.mqtt.on_connected = self._on_connected
+        self._acks = AckWriter(self.mqtt)
+        self._inbox: collections.deque[tuple[Any, int, float]] = collections.deque()
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._live: dict[int, _Pending] = {}  # mid -> newest pending message with that id
+        self._retry: list[tuple[float, _Pending]] = []
+        self._epoch = 0  # bumped on every (re)connect: ids of an older connection are never acknowledged
+        self._intake = False
+        self._stop = threading.Event()
+        self._started = False
+        self.in_flight = 0  # records of unacknowledged messages
+        self._last_progress = time.monotonic()
+        self._waiting_since: float | None = None
+        self._last_wait_log = 0.0
+        self._next_housekeeping = 0.0
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._roles = {self.topics.telemetry: "forwarded:telemetry", self.topics.maintenance: "forwarded:maintenance",
+                       self.topics.dlq: "forwarded:dlq"}
+
+    # -- paho's network thread -----------------------------------------------------------
+
+    def _on_message(self, message: Any) -> None:
+        if self._intake:
+            self._inbox.append((message, self._epoch, time.time()))
+
+    def _on_connected(self, session_present: bool) -> None:
+        self._epoch += 1
+        if not session_present:
+            log.info("mqtt session was not present: a new session starts (nothing was queued for it)")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve metrics, check Kafka's topics, connect to MQTT and subscribe."""
+        if self._started:
+            return
+        if self.options.metrics_port is not None:
+            self.metrics.serve(self.options.metrics_port, self.options.metrics_host)
+        if self.options.check_topics and isinstance(self.producer, KafkaProducer):
+            self._check_topics()
+        self._intake = True
+        filters = subscriptions(self.options.share_group)
+        self.mqtt.connect()
+        self.mqtt.subscribe(filters, qos=1)
+        self._started = True
+        log.info("bridge %s subscribed to %s; forwarding to %s, %s and %s", self.options.client_id,
+                 ", ".join(filters), self.topics.telemetry, self.topics.maintenance, self.topics.dlq)
+
+    def _check_topics(self) -> None:
+        try:
+            metadata = KafkaAdmin(self.settings.kafka).ping(timeout_s=10)
+        except KafkaError as error:
+            log.warning("Kafka is not reachable at start (%s); MQTT messages stay unacknowledged until it is",
+                        error.one_line())
+            return
+        missing = [t for t in (self.topics.telemetry, self.topics.maintenance, self.topics.dlq)
+                   if t not in metadata.topics]
+        if missing:
+            raise BridgeError(f"Kafka topic(s) missing: {', '.join(missing)}",
+                              hint="run `forewarn topics create` with the same topic prefix")
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to drain and return (safe from signal handlers and other threads)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Start (if needed), forward until :meth:`stop`, then drain and disconnect."""
+        self.start()
+        try:
+            while not self._stop.is_set():
+                self.step()
+        finally:
+            self.close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def step(self, wait_s: float = _IDLE_WAIT_S) -> int:
+        """One round: handle what arrived (within the in-flight bound), serve delivery
+        reports, acknowledge, housekeeping. Returns how many messages were handled."""
+        inbox = self._inbox
+        handled = 0
+        limit = self.options.max_in_flight
+        while inbox and self.in_flight < limit and handled < _STEP_MESSAGES:
+            self._handle(*inbox.popleft())
+            handled += 1
+        served = self.producer.poll(0.0 if handled or not self._pending else wait_s)
+        if not handled and not self._pending and not inbox:
+            time.sleep(wait_s)  # nothing at all to do (the fakes' poll does not wait)
+        if served:
+            self._last_progress = time.monotonic()
+        if self._pending:
+            self._acknowledge()
+        now = time.monotonic()
+        if now >= self._next_housekeeping:
+            self._housekeeping(now)
+        return handled
+
+    def _handle(self, message: Any, epoch: int, received: float) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = repr(message._topic)
+        received_ms = int(received * 1000)
+        try:
+            routed = self.router.route(topic, message.payload, received_ms)
+        except Exception:  # a bug in routing must not stop the stream nor lose the payload
+            log.exception("routing failed for a message on %s; sending it to the dead-letter topic", topic)
+            routed = self.router.internal_error(topic, message.payload, received_ms)
+        counts = self._counts
+        counts["received:" + routed.kind] += 1
+        for reason in routed.rejected:
+            counts["rejected:" + reason] += 1
+        pending = _Pending(message.mid, message.qos, epoch, time.monotonic(), routed.records)
+        if pending.qos:
+            self._live[pending.mid] = pending
+        self._pending.append(pending)
+        self.in_flight += len(routed.records)
+        self._produce(pending, routed.records)
+
+    def _produce(self, pending: _Pending, records: list[Record]) -> None:
+        produce = self.producer.produce
+        callback = pending.on_delivery
+        for topic, value, key, timestamp_ms, headers in records:
+            try:
+                produce(topic, value, key, headers=headers, timestamp_ms=timestamp_ms, on_delivery=callback)
+            except KafkaError as error:  # refused locally (e.g. unknown topic): retry later
+                pending.remaining -= 1
+                pending.failed = True
+                pending.error = error
+
+    def _acknowledge(self) -> None:
+        pending = self._pending
+        live = self._live
+        epoch = self._epoch
+        acks = self._acks
+        counts = self._counts
+        observe = self.metrics.ack_latency.observe
+        now = time.monotonic()
+        roles = self._roles
+        while pending:
+            head = pending[0]
+            if head.remaining:
+                break
+            if head.failed:
+                self._schedule_retry(head, now)
+                break
+            pending.popleft()
+            self.in_flight -= len(head.records)
+            for record in head.records:
+                counts[roles[record.topic]] += 1
+            if not head.qos:
+                continue
+            if live.get(head.mid) is head:
+                del live[head.mid]
+                if head.epoch == epoch:
+                    acks.ack(head.mid)
+                    observe(now - head.received)
+                    counts["acked"] += 1
+        acks.flush()
+
+    def _schedule_retry(self, pending: _Pending, now: float) -> None:
+        pending.failed = False
+        pending.attempts += 1
+        pending.remaining = len(pending.records)
+        self._counts["kafka_errors"] += 1
+        delay = min(self.options.retry_backoff_s * pending.attempts, 30.0)
+        log.warning("Kafka did not take a record (%s); re-sending the %s record(s) of that MQTT message in %.1fs "
+                    "(attempt %s)", pending.error, len(pending.records), delay, pending.attempts + 1)
+        self._retry.append((now + delay, pending))
+
+    def _housekeeping(self, now: float) -> None:
+        self._next_housekeeping = now + 0.5
+        if self._retry:
+            due = [p for t, p in self._retry if t <= now]
+            self._retry = [(t, p) for t, p in self._retry if t > now]
+            for pending in due:
+                self._produce(pending, pending.records)
+        self._flush_metrics()
+        self._watch_kafka(now)
+
+    def _watch_kafka(self, now: float) -> None:
+        period = self.options.kafka_wait_log_s
+        stalled = bool(self._pending) and now - self._last_progress >= period
+        if stalled:
+            if self._waiting_since is None:
+                self._waiting_since = self._last_progress
+                self.metrics.kafka_waiting.set(1)
+            if now - self._last_wait_log >= period:
+                self._last_wait_log = now
+                log.warning("waiting for Kafka: %s records of %s MQTT messages unconfirmed for %.0fs; not "
+                            "acknowledging MQTT (the broker keeps the messages), %s more waiting in the inbox",
+                            self.in_flight, len(self._pending), now - self._waiting_since, len(self._inbox))
+        elif self._waiting_since is not None and now - self._last_progress < period:
+            log.warning("Kafka confirms records again after %.0fs; acknowledging MQTT again",
+                        now - self._waiting_since)
+            self._waiting_since = None
+            self.metrics.kafka_waiting.set(0)
+
+    def _flush_metrics(self) -> None:
+        m = self.metrics
+        for name, n in self._counts.items():
+            what, _, label = name.partition(":")
+            if what == "received":
+                m.received.labels(label).inc(n)
+            elif what == "rejected":
+                m.rejected.labels(label).inc(n)
+            elif what == "forwarded":
+                m.forwarded.labels(label).inc(n)
+            elif what == "acked":
+                m.acked.inc(n)
+            elif what == "kafka_errors":
+                m.kafka_errors.inc(n)
+        self._counts.clear()
+        m.in_flight.set(self.in_flight)
+        m.in_flight_messages.set(len(self._pending) + len(self._inbox))
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop intake, wait (up to ``shutdown_timeout_s``) for Kafka, acknowledge what it
+        confirmed, disconnect. Messages not confirmed stay on the broker for the next run."""
+        if not self._started:
+            return
+        self._started = False
+        self._intake = False
+        dropped = len(self._inbox)
+        self._inbox.clear()  # never acknowledged: the broker sends them again next session
+        deadline = time.monotonic() + self.options.shutdown_timeout_s
+        while self._pending and time.monotonic() < deadline:
+            self.producer.poll(0.05)
+            self._acknowledge()
+            now = time.monotonic()
+            if now >= self._next_housekeeping:
+                self._housekeeping(now)
+        self._flush_metrics()
+        if self._pending:
+            log.warning("shutting down with %s MQTT messages (%s records) not confirmed by Kafka; the broker "
+                        "will send them again", len(self._pending), self.in_flight)
+        log.info("bridge stopped; %s received messages left unacknowledged for the next session", dropped)
+        try:
+            self.mqtt.disconnect()
+        finally:
+            if self._own_producer:
+                self.producer.close(timeout_s=0.0 if self._pending else 5.0)
+            self.metrics.close()

@@ -1,0 +1,42 @@
+"""The bridge's settings: the shared connections plus a ``[bridge]`` section."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from forewarn.settings import ServiceSettings
+
+__all__ = ["BridgeOptions", "BridgeSettings"]
+
+
+def _default_client_id() -> str:
+    return f"forewarn-bridge-{socket.gethostname()}"
+
+
+class BridgeOptions(BaseModel):
+    """How the bridge subscribes, how much it keeps in flight, where it reports."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client_id: str = Field(default_factory=_default_client_id, min_length=1, max_length=128,
+                           description="stable MQTT client id: the persistent session's name")
+    share_group: str = Field("forewarn-bridge", pattern=r"^[^/#+]*$",
+                             description="shared subscription group ($share/<group>/...); empty = no sharing")
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="how long Mosquitto keeps the offline session")
+    receive_maximum: int = Field(1000, ge=1, le=65535, description="unacknowledged MQTT messages the broker may send")
+    max_in_flight: int = Field(100_000, ge=1, description="records produced but not yet confirmed by Kafka")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus endpoint port; unset = off")
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
+    dlq_max_bytes: int = Field(512 * 1024, ge=1024, description="longer rejected payloads are truncated in the DLQ")
+    kafka_wait_log_s: float = Field(10.0, gt=0, description="period of the 'waiting for Kafka' log line")
+    retry_backoff_s: float = Field(1.0, gt=0, description="pause before re-sending records Kafka refused")
+    shutdown_timeout_s: float = Field(30.0, ge=0, description="how long a shutdown waits for Kafka")
+    check_topics: bool = Field(True, description="check at start that the Kafka topics exist")
+
+
+class BridgeSettings(ServiceSettings):
+    """Settings of ``forewarn bridge`` and ``forewarn dlq``."""
+
+    bridge: BridgeOptions = BridgeOptions()
