@@ -200,6 +200,8 @@ class Bridge:
         if self._pending:
             self._acknowledge()
         now = time.monotonic()
+        if self._retry:
+            self._resend_due(now)
         if now >= self._next_housekeeping:
             self._housekeeping(now)
         return handled
@@ -277,13 +279,15 @@ class Bridge:
                     "(attempt %s)", pending.error, len(pending.records), delay, pending.attempts + 1)
         self._retry.append((now + delay, pending))
 
-    def _housekeeping(self, now: float) -> None:
-        self._next_housekeeping = now + 0.5
-        if self._retry:
-            due = [p for t, p in self._retry if t <= now]
+    def _resend_due(self, now: float) -> None:
+        due = [p for t, p in self._retry if t <= now]
+        if due:
             self._retry = [(t, p) for t, p in self._retry if t > now]
             for pending in due:
                 self._produce(pending, pending.records)
+
+    def _housekeeping(self, now: float) -> None:
+        self._next_housekeeping = now + 0.5
         self._flush_metrics()
         self._watch_kafka(now)
 
@@ -339,6 +343,7 @@ class Bridge:
             self.producer.poll(0.05)
             self._acknowledge()
             now = time.monotonic()
+            self._resend_due(now)
             if now >= self._next_housekeeping:
                 self._housekeeping(now)
         self._flush_metrics()

@@ -1,0 +1,185 @@
+"""Shared helpers for the bridge's tests: payloads, publishing and counting (real brokers)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from forewarn.kafka import KafkaConsumer
+from forewarn.settings import KafkaSettings
+from forewarn.topics import batch_topic, telemetry_topic
+
+TS0 = 1_764_212_345_123
+
+
+def reading(machine_id: str, seq: int, **extra: Any) -> dict[str, Any]:
+    return {"v": 1, "machine_id": machine_id, "asset_type": "pump", "ts": TS0 + seq * 1000, "seq": seq,
+            "sensors": {"bearing_temp_c": 71.2 + seq % 7, "vibration_rms": 0.8}, **extra}
+
+
+def reading_bytes(machine_id: str, seq: int) -> bytes:
+    return json.dumps(reading(machine_id, seq), separators=(",", ":")).encode()
+
+
+def batch_bytes(gateway_id: str, readings: Iterable[dict[str, Any]]) -> bytes:
+    return json.dumps({"v": 1, "gateway_id": gateway_id, "readings": list(readings)}, separators=(",", ":")).encode()
+
+
+def single_load(machines: int, per_machine: int, site: str = "site-a") -> list[tuple[str, bytes, tuple[str, int]]]:
+    """(mqtt topic, payload, identity) for ``machines`` × ``per_machine`` single readings, interleaved."""
+    ids = [f"{site}/pump-{i:04d}" for i in range(machines)]
+    return [(telemetry_topic(m), reading_bytes(m, seq), (m, seq)) for seq in range(per_machine) for m in ids]
+
+
+def batch_load(gateways: int, batches: int, size: int, site: str = "site-b") -> list[tuple[str, bytes, int]]:
+    """(mqtt topic, payload, readings) for gateway batches of ``size`` readings."""
+    out = []
+    for g in range(gateways):
+        gw = f"{site}/gw-{g}"
+        for b in range(batches):
+            readings = [reading(f"{site}/m{g}-{i:03d}", b) for i in range(size)]
+            out.append((batch_topic(site, gw), batch_bytes(gw, readings), size))
+    return out
+
+
+def publish_all(settings: Any, messages: Iterable[tuple[str, bytes]], client_id: str | None = None,
+                qos: int = 1) -> int:
+    """Publish with QoS 1 as fast as the broker takes them; returns how many. Waits for every PUBACK."""
+    from paho.mqtt import client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                         client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv311)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(settings.host, settings.port, keepalive=60)
+    client.loop_start()
+    n = 0
+    last = None
+    try:
+        for topic, payload in messages:
+            last = client.publish(topic, payload, qos=qos)
+            n += 1
+        if last is not None:
+            last.wait_for_publish(120)
+        deadline = time.monotonic() + 120
+        while client._out_messages and time.monotonic() < deadline:  # every PUBACK back
+            time.sleep(0.01)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return n
+
+
+def count_telemetry(kafka: KafkaSettings, topic: str, expect: set[tuple[str, int]] | None = None,
+                    timeout_s: float = 60.0, idle_s: float = 5.0) -> Counter[tuple[str, int]]:
+    """Read ``topic`` from the start: how often each (machine_id, seq) is there. Stops when every
+    expected identity was seen (and ``idle_s`` passed without more), or at the timeout."""
+    consumer = KafkaConsumer(kafka, f"count-{uuid.uuid4().hex}", [topic])
+    seen: Counter[tuple[str, int]] = Counter()
+    deadline = time.monotonic() + timeout_s
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            messages = consumer.consume(5000, 0.5)
+            if messages:
+                last = time.monotonic()
+            for m in messages:
+                doc = json.loads(m.value())
+                seen[(doc["machine_id"], doc["seq"])] += 1
+            if expect is not None and expect.issubset(seen.keys()) and time.monotonic() - last > min(idle_s, 1.0):
+                break
+            if expect is None and seen and time.monotonic() - last > idle_s:
+                break
+    finally:
+        consumer.close()
+    return seen
+
+
+def consume_records(kafka: KafkaSettings, topic: str, expect: int, timeout_s: float = 30.0) -> list[Any]:
+    consumer = KafkaConsumer(kafka, f"read-{uuid.uuid4().hex}", [topic])
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < expect and time.monotonic() < deadline:
+            got.extend(consumer.consume(1000, 0.5))
+    finally:
+        consumer.close()
+    return got
+
+
+# -- the bridge as a real process ------------------------------------------------------------
+
+def topic_size(kafka: KafkaSettings, topic: str) -> int:
+    """How many records ``topic`` holds (sum of high watermarks; the topics start at 0)."""
+    import confluent_kafka
+
+    consumer = KafkaConsumer(kafka, f"size-{uuid.uuid4().hex}")
+    try:
+        client = consumer.client
+        parts = client.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(client.get_watermark_offsets(confluent_kafka.TopicPartition(topic, p), timeout=10)[1]
+                   for p in parts)
+    finally:
+        consumer.close()
+
+
+class BridgeProcess:
+    """``python -m forewarn.cli bridge ...`` as a subprocess, with its stderr in a file."""
+
+    def __init__(self, log_path: Any, kafka: KafkaSettings, mqtt: Any, prefix: str, client_id: str,
+                 group: str, *extra: str) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.log_path = log_path
+        self.argv = [sys.executable, "-m", "forewarn.cli", "--log-level", "warning", "bridge",
+                     "--bootstrap-servers", kafka.bootstrap_servers, "--mqtt-host", mqtt.host,
+                     "--mqtt-port", str(mqtt.port), "--topic-prefix", prefix, "--client-id", client_id,
+                     "--share-group", group, *extra]
+        self._log = open(log_path, "ab")  # closed in stop()/kill()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FOREWARN_")}
+        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def log(self) -> str:
+        from pathlib import Path
+
+        return Path(self.log_path).read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 30.0) -> BridgeProcess:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if "stops it" in self.log():
+                return self
+            if self.process.poll() is not None:
+                raise AssertionError(f"bridge exited with {self.process.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"bridge not ready in {timeout_s}s:\n{self.log()}")
+
+    def kill9(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+        self._log.close()
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout_s)
+        self._log.close()
+        return int(self.process.returncode)
+
+
+def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return bool(predicate())
