@@ -1,0 +1,211 @@
+"""Alert rules as a per-machine state machine.
+
+Two rules per machine: ``p_fail`` (the failure probability) and ``rul`` (remaining useful
+life; only when a limit is configured). For each rule and machine:
+
+* **open** when the rule is *hot* for ``consecutive`` predictions in a row (``p_fail >=
+  threshold``, or ``rul < rul_below``) and no alert of that rule is open: one open alert per
+  machine and rule, never a storm;
+* **update** while open, only when the severity changes (``warning`` ↔ ``critical``);
+* **resolve** after ``resolve_consecutive`` predictions in a row have recovered past the
+  hysteresis band (``p_fail < threshold - hysteresis``; ``rul >= rul_below * (1 +
+  rul_hysteresis)``), or at once on a ``repair`` maintenance event.
+
+After a repair, predictions with ``ts`` at or before the repair are ignored and the next
+``quiet_after_repair`` predictions cannot open an alert (their windows still hold readings
+from before the repair). Every event carries the evidence (p_fail, rul) and the model
+version. The state is explicit (:class:`MachineAlerts`) so it goes into the changelog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from forewarn.contract import SCHEMA_VERSION, Alert, AlertSeverity, AlertState
+
+__all__ = ["AlertEngine", "AlertRules", "MachineAlerts", "RuleState"]
+
+RULES = ("p_fail", "rul")
+
+
+class RuleState(msgspec.Struct, array_like=True):
+    """One rule of one machine."""
+
+    streak: int = 0  # hot predictions in a row (while closed)
+    calm: int = 0  # recovered predictions in a row (while open)
+    alert_id: str | None = None
+    opened_at: int = 0
+    severity: str = "warning"
+
+
+class MachineAlerts(msgspec.Struct, array_like=True):
+    """Every rule of one machine, plus the repair bookkeeping."""
+
+    rules: dict[str, RuleState] = msgspec.field(default_factory=dict)
+    repair_ts: int = -1
+    quiet: int = 0
+
+    def idle(self) -> bool:
+        return self.quiet == 0 and all(r.streak == 0 and r.alert_id is None for r in self.rules.values())
+
+
+@dataclass(frozen=True)
+class AlertRules:
+    """Thresholds for one model (from its bundle, overridden by settings)."""
+
+    p_fail: float = 0.5
+    consecutive: int = 3
+    rul_below: float | None = None
+    hysteresis: float = 0.1
+    rul_hysteresis: float = 0.2
+    resolve_consecutive: int = 3
+    critical_p_fail: float = 0.9
+    critical_rul_fraction: float = 0.5
+    quiet_after_repair: int = 0
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Predictions of one batch for one model, as parallel arrays (in per-machine order)."""
+
+    machine_ids: Sequence[str]
+    ts: npt.NDArray[np.int64]
+    p_fail: npt.NDArray[np.float32] | None
+    rul: npt.NDArray[np.float32] | None
+    model: str
+    model_version: str
+    asset_type: str
+
+
+class AlertEngine:
+    """Holds :class:`MachineAlerts` per machine and turns predictions into alert events."""
+
+    def __init__(self) -> None:
+        self.machines: dict[str, MachineAlerts] = {}
+        self.opened = 0
+
+    # -- state -----------------------------------------------------------------------------
+
+    def get(self, machine_id: str) -> MachineAlerts | None:
+        return self.machines.get(machine_id)
+
+    def put(self, machine_id: str, state: MachineAlerts | None) -> None:
+        if state is None:
+            self.machines.pop(machine_id, None)
+        else:
+            self.machines[machine_id] = state
+
+    def forget(self, machine_ids: Sequence[str]) -> None:
+        for m in machine_ids:
+            self.machines.pop(m, None)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def observe(self, scored: Scored, rules: AlertRules) -> tuple[list[Alert], set[str]]:
+        """Apply one batch of predictions; returns the alert events and the machines whose
+        alert state changed. Machines with nothing hot and no state are skipped in numpy."""
+        n = len(scored.machine_ids)
+        if n == 0:
+            return [], set()
+        hot = np.zeros(n, dtype=np.bool_)
+        if scored.p_fail is not None:
+            hot |= scored.p_fail >= rules.p_fail
+        if scored.rul is not None and rules.rul_below is not None:
+            hot |= scored.rul < rules.rul_below
+        known = self.machines
+        if known:
+            look = np.fromiter((m in known for m in scored.machine_ids), dtype=np.bool_, count=n)
+            hot |= look
+        events: list[Alert] = []
+        changed: set[str] = set()
+        for i in np.flatnonzero(hot).tolist():
+            machine = scored.machine_ids[i]
+            state = known.get(machine)
+            if state is None:
+                state = MachineAlerts()
+                known[machine] = state
+            p = None if scored.p_fail is None else float(scored.p_fail[i])
+            r = None if scored.rul is None else float(scored.rul[i])
+            self._one(machine, int(scored.ts[i]), p, r, state, rules, scored, events)
+            changed.add(machine)
+            if state.idle():
+                del known[machine]
+        return events, changed
+
+    def _one(self, machine: str, ts: int, p: float | None, r: float | None, state: MachineAlerts,
+             rules: AlertRules, scored: Scored, events: list[Alert]) -> None:
+        if ts <= state.repair_ts:
+            return  # a late reading from before the last repair
+        can_open = state.quiet == 0
+        if state.quiet > 0:
+            state.quiet -= 1
+        for rule in RULES:
+            if rule == "p_fail":
+                if p is None:
+                    continue
+                is_hot = p >= rules.p_fail
+                recovered = p < rules.p_fail - rules.hysteresis
+                critical = p >= rules.critical_p_fail
+            else:
+                if r is None or rules.rul_below is None:
+                    continue
+                is_hot = r < rules.rul_below
+                recovered = r >= rules.rul_below * (1.0 + rules.rul_hysteresis)
+                critical = r < rules.rul_below * rules.critical_rul_fraction
+            rs = state.rules.get(rule)
+            if rs is None:
+                if not is_hot:
+                    continue
+                rs = state.rules[rule] = RuleState()
+            severity: AlertSeverity = "critical" if critical else "warning"
+            if rs.alert_id is None:
+                rs.streak = rs.streak + 1 if is_hot else 0
+                if rs.streak >= rules.consecutive and can_open:
+                    rs.alert_id = f"{machine}/{rule}/{ts}"
+                    rs.opened_at, rs.severity, rs.streak, rs.calm = ts, severity, 0, 0
+                    self.opened += 1
+                    events.append(self._event(machine, rule, rs, "open", ts, p, r, scored,
+                                              f"{rule} rule hot for {rules.consecutive} predictions"))
+            else:
+                rs.calm = rs.calm + 1 if recovered else 0
+                if rs.calm >= rules.resolve_consecutive:
+                    events.append(self._event(machine, rule, rs, "resolved", ts, p, r, scored,
+                                              f"{rule} recovered for {rules.resolve_consecutive} predictions"))
+                    rs.alert_id, rs.calm, rs.streak = None, 0, 0
+                elif is_hot and severity != rs.severity:
+                    rs.severity = severity
+                    events.append(self._event(machine, rule, rs, "update", ts, p, r, scored, f"severity {severity}"))
+            if rs.alert_id is None and rs.streak == 0:
+                del state.rules[rule]
+
+    def repair(self, machine: str, ts: int, quiet: int) -> list[Alert]:
+        """A repair resolves every open alert of the machine and quiets it for a while."""
+        state = self.machines.get(machine)
+        if state is None:
+            state = self.machines[machine] = MachineAlerts()
+        events: list[Alert] = []
+        for rule, rs in list(state.rules.items()):
+            if rs.alert_id is not None:
+                events.append(Alert(SCHEMA_VERSION, rs.alert_id, machine, "resolved", _sev(rs.severity), rule,
+                                    rs.opened_at, ts, message="repaired"))
+            del state.rules[rule]
+        state.repair_ts = max(state.repair_ts, ts)
+        state.quiet = quiet
+        if state.idle() and state.repair_ts < 0:
+            del self.machines[machine]
+        return events
+
+    @staticmethod
+    def _event(machine: str, rule: str, rs: RuleState, kind: AlertState, ts: int, p: float | None, r: float | None,
+               scored: Scored, message: str) -> Alert:
+        return Alert(SCHEMA_VERSION, rs.alert_id or "", machine, kind, _sev(rs.severity), rule, rs.opened_at, ts,
+                     scored.model, scored.model_version, scored.asset_type, p, r, message)
+
+
+def _sev(value: str) -> AlertSeverity:
+    return "critical" if value == "critical" else "warning"

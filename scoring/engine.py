@@ -1,0 +1,291 @@
+"""The broker-free heart of a worker: readings in, predictions, alerts and state out.
+
+One :meth:`ScoringEngine.process` call handles one poll batch: readings are grouped by asset
+type, pushed through that type's :class:`~scoring.state.MachineWindows` in one vectorised
+update (duplicates, late readings, gaps and imputation follow the policies of
+:mod:`scoring.windows`), every completed window whose reading's ``seq`` is a multiple of the
+stride is scored in one onnxruntime call per model, and the predictions feed the alert rules.
+The engine also says which machines changed, so the worker can write their state to the
+changelog in the same transaction.
+
+Predictions depend only on each machine's sequence of readings, never on how the stream was
+cut into batches or on maintenance events, so a restored worker predicts exactly what an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from forewarn.contract import SCHEMA_VERSION, Alert, MaintenanceEvent, Prediction, Telemetry, encode
+from scoring.alerts import AlertEngine, AlertRules, Scored
+from scoring.model import OnnxModel
+from scoring.registry import ModelRegistry
+from scoring.settings import AlertOptions, ScoringOptions
+from scoring.state import MachineRecord, MachineWindows, PartitionState
+
+__all__ = ["BatchResult", "Incoming", "ScoringEngine", "ShadowReport"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One decoded reading and where it came from."""
+
+    reading: Telemetry
+    partition: int
+    ingest_ts: int | None = None
+
+
+@dataclass
+class ShadowReport:
+    """Agreement of a candidate with the model in service over the windows both scored."""
+
+    asset_type: str
+    candidate: str
+    n: int = 0
+    same_decision: int = 0
+    abs_p_fail: float = 0.0
+    abs_rul: float = 0.0
+
+    @property
+    def agreement(self) -> float:
+        return self.same_decision / self.n if self.n else 1.0
+
+
+@dataclass
+class BatchResult:
+    predictions: list[tuple[str, bytes]] = field(default_factory=list)  # (machine_id, JSON)
+    prediction_ts: list[tuple[int, int | None]] = field(default_factory=list)  # (event ts, ingest ts)
+    alerts: list[Alert] = field(default_factory=list)
+    dirty: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
+    accepted: int = 0
+    dropped: int = 0
+    unscored: int = 0
+    inference_s: dict[str, float] = field(default_factory=dict)
+    per_asset: dict[str, int] = field(default_factory=dict)
+    shadow: list[ShadowReport] = field(default_factory=list)
+
+
+def _signature(model: OnnxModel) -> str:
+    return f"{model.window}x{model.n_features}:" + ",".join(model.meta.input.feature_names)
+
+
+def rules_for(model: OnnxModel, options: AlertOptions) -> AlertRules:
+    """The bundle's thresholds, overridden by whatever the settings set."""
+    t = model.meta.thresholds
+    consecutive = options.consecutive or t.consecutive
+    return AlertRules(
+        p_fail=options.p_fail if options.p_fail is not None else t.p_fail,
+        consecutive=consecutive,
+        rul_below=options.rul_below if options.rul_below is not None else t.rul_below,
+        hysteresis=options.hysteresis, rul_hysteresis=options.rul_hysteresis,
+        resolve_consecutive=options.resolve_consecutive or consecutive,
+        critical_p_fail=options.critical_p_fail, critical_rul_fraction=options.critical_rul_fraction,
+        quiet_after_repair=options.quiet_after_repair if options.quiet_after_repair is not None else model.window,
+    )
+
+
+class ScoringEngine:
+    """Windows, models and alert state of the machines a worker owns."""
+
+    def __init__(self, registry: ModelRegistry, options: ScoringOptions,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self.options = options
+        self.clock = clock
+        self.stores: dict[str, MachineWindows] = {}
+        self._store_sig: dict[str, str] = {}
+        self.alerts = AlertEngine()
+        self.machine_asset: dict[str, str] = {}
+        self.machine_partition: dict[str, int] = {}
+        self._warned: set[str] = set()
+
+    # -- windows per asset type -------------------------------------------------------------
+
+    def store_for(self, asset: str) -> tuple[OnnxModel, MachineWindows] | None:
+        """The model serving ``asset`` and its window store (a new, empty store when the model's
+        input differs from what the current store holds)."""
+        model = self.registry.serving.get(asset)
+        if model is None:
+            return None
+        sig = _signature(model)
+        store = self.stores.get(asset)
+        if store is None or self._store_sig.get(asset) != sig:
+            if store is not None:
+                log.warning("%s: %s has a different input (%s); windows restart", asset, model.bundle.label, sig)
+            store = MachineWindows(model.window, model.n_features, max_gap=self.options.max_gap,
+                                   max_imputed=self.options.max_imputed, fill_values=model.meta.fill_values)
+            self.stores[asset] = store
+            self._store_sig[asset] = sig
+        return model, store
+
+    # -- the batch --------------------------------------------------------------------------
+
+    def process(self, readings: list[Incoming], maintenance: list[tuple[MaintenanceEvent, int]]) -> BatchResult:
+        result = BatchResult()
+        by_asset: dict[str, list[Incoming]] = defaultdict(list)
+        for item in readings:
+            by_asset[item.reading.asset_type].append(item)
+        for asset, items in by_asset.items():
+            self._process_asset(asset, items, result)
+        for event, partition in maintenance:
+            if event.event != "repair":
+                continue
+            known = event.asset_type or self.machine_asset.get(event.machine_id)
+            model = self.registry.serving.get(known) if known else None
+            quiet = self.options.alerts.quiet_after_repair
+            if quiet is None:
+                quiet = model.window if model is not None else 0
+            result.alerts.extend(self.alerts.repair(event.machine_id, event.ts, quiet))
+            self.machine_partition[event.machine_id] = partition
+            result.dirty[partition].add(event.machine_id)
+        return result
+
+    def _process_asset(self, asset: str, items: list[Incoming], result: BatchResult) -> None:
+        found = self.store_for(asset)
+        if found is None:
+            result.unscored += len(items)
+            if asset not in self._warned:
+                self._warned.add(asset)
+                log.warning("no model serves asset type %r; its readings are not scored", asset)
+            return
+        model, store = found
+        spec = model.meta.input.features
+        nan = float("nan")
+        n = len(items)
+        keys = [it.reading.machine_id for it in items]
+        seq = np.fromiter((it.reading.seq for it in items), dtype=np.int64, count=n)
+        values = np.empty((n, len(spec)), dtype=np.float32)
+        columns = [(j, f.name, f.kind == "sensor") for j, f in enumerate(spec)]
+        for i, it in enumerate(items):
+            sensors, settings = it.reading.sensors, it.reading.settings
+            values[i] = [sensors.get(name, nan) if is_sensor else settings.get(name, nan)
+                         for _, name, is_sensor in columns]
+        batch = store.update(keys, values, seq)
+        accepted = int(batch.accepted.sum())
+        result.accepted += accepted
+        result.dropped += n - accepted
+        for it in items:
+            m = it.reading.machine_id
+            if m not in self.machine_asset:
+                self.machine_asset[m] = asset
+            self.machine_partition[m] = it.partition
+            result.dirty[it.partition].add(m)
+        rows = batch.rows
+        windows = batch.windows
+        stride = self.options.stride
+        if stride > 1 and len(rows):
+            keep = seq[rows] % stride == 0
+            rows, windows = rows[keep], windows[keep]
+        if not len(rows):
+            return
+        started = time.perf_counter()
+        scores = model.predict(windows)
+        result.inference_s[asset] = result.inference_s.get(asset, 0.0) + time.perf_counter() - started
+        result.per_asset[asset] = result.per_asset.get(asset, 0) + len(rows)
+        candidate = self.registry.candidates.get(asset)
+        if candidate is not None and _signature(candidate) == _signature(model):
+            result.shadow.append(self._shadow(asset, model, candidate, windows, scores.p_fail, scores.rul))
+        now = int(self.clock() * 1000)
+        name, version = model.meta.name, model.meta.version
+        p_list = scores.p_fail.tolist() if scores.p_fail is not None else None
+        r_list = scores.rul.tolist() if scores.rul is not None else None
+        row_list = rows.tolist()
+        machine_ids: list[str] = []
+        ts = np.empty(len(row_list), dtype=np.int64)
+        for j, row in enumerate(row_list):
+            it = items[row]
+            reading = it.reading
+            prediction = Prediction(SCHEMA_VERSION, reading.machine_id, asset, reading.ts, reading.seq, name,
+                                    version, now, None if p_list is None else p_list[j],
+                                    None if r_list is None else r_list[j], it.ingest_ts)
+            result.predictions.append((reading.machine_id, encode(prediction)))
+            result.prediction_ts.append((reading.ts, it.ingest_ts))
+            machine_ids.append(reading.machine_id)
+            ts[j] = reading.ts
+        scored = Scored(machine_ids, ts, scores.p_fail, scores.rul, name, version, asset)
+        events, _changed = self.alerts.observe(scored, rules_for(model, self.options.alerts))
+        result.alerts.extend(events)
+
+    def _shadow(self, asset: str, model: OnnxModel, candidate: OnnxModel, windows: npt.NDArray[np.float32],
+                p_fail: npt.NDArray[np.float32] | None, rul: npt.NDArray[np.float32] | None) -> ShadowReport:
+        other = candidate.predict(windows)
+        report = ShadowReport(asset, candidate.bundle.label, n=len(windows))
+        threshold = rules_for(model, self.options.alerts).p_fail
+        if p_fail is not None and other.p_fail is not None:
+            report.same_decision = int(((p_fail >= threshold) == (other.p_fail >= threshold)).sum())
+            report.abs_p_fail = float(np.abs(p_fail - other.p_fail).mean())
+        else:
+            report.same_decision = report.n
+        if rul is not None and other.rul is not None:
+            report.abs_rul = float(np.abs(rul - other.rul).mean())
+        return report
+
+    # -- state for the changelog ------------------------------------------------------------
+
+    def export(self, machines: set[str]) -> list[tuple[str, MachineRecord]]:
+        """The current state of ``machines`` as changelog records."""
+        out: list[tuple[str, MachineRecord]] = []
+        by_asset: dict[str, list[str]] = defaultdict(list)
+        loose: list[str] = []
+        for m in machines:
+            asset = self.machine_asset.get(m)
+            if asset is not None and asset in self.stores and m in self.stores[asset]:
+                by_asset[asset].append(m)
+            else:
+                loose.append(m)
+        for asset, keys in by_asset.items():
+            sig = self._store_sig[asset]
+            for key, blob in zip(keys, self.stores[asset].export(keys), strict=True):
+                out.append((key, MachineRecord(asset, sig, blob, self.alerts.get(key))))
+        for m in loose:
+            out.append((m, MachineRecord(self.machine_asset.get(m, ""), "", b"", self.alerts.get(m))))
+        return out
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """Drop the state of machines in ``partitions`` (they moved to another worker)."""
+        gone = [m for m, p in self.machine_partition.items() if p in partitions]
+        by_asset: dict[str, list[str]] = defaultdict(list)
+        for m in gone:
+            asset = self.machine_asset.get(m)
+            if asset is not None:
+                by_asset[asset].append(m)
+            del self.machine_partition[m]
+        for asset, keys in by_asset.items():
+            if asset in self.stores:
+                self.stores[asset].forget(keys)
+        self.alerts.forget(gone)
+
+    def restore(self, state: PartitionState) -> int:
+        """Load one partition's changelog state; returns the machines whose window was kept."""
+        self.forget_partitions({state.partition})
+        kept = 0
+        by_asset: dict[str, tuple[list[str], list[bytes]]] = defaultdict(lambda: ([], []))
+        for machine, record in state.records.items():
+            self.machine_partition[machine] = state.partition
+            if record.asset_type:
+                self.machine_asset[machine] = record.asset_type
+            self.alerts.put(machine, record.alerts)
+            if not record.window:
+                continue
+            found = self.store_for(record.asset_type)
+            if found is None or self._store_sig.get(record.asset_type) != record.window_sig:
+                log.warning("%s: saved window (%s) does not fit the model in service; it restarts", machine,
+                            record.window_sig)
+                continue
+            keys, blobs = by_asset[record.asset_type]
+            keys.append(machine)
+            blobs.append(record.window)
+        for asset, (keys, blobs) in by_asset.items():
+            self.stores[asset].load(keys, blobs)
+            kept += len(keys)
+        return kept

@@ -1,0 +1,47 @@
+"""Prometheus metrics of a scoring worker (one registry per worker, so tests can run several)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["ScoringMetrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0, 300.0)
+_BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 20_000, 50_000)
+
+
+@dataclass
+class ScoringMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.readings = Counter("forewarn_scoring_readings", "Telemetry readings consumed", ["outcome"], registry=r)
+        self.predictions = Counter("forewarn_scoring_predictions", "Predictions committed", ["asset_type"],
+                                   registry=r)
+        self.batch_size = Histogram("forewarn_scoring_batch_readings", "Readings per transaction",
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.inference = Histogram("forewarn_scoring_inference_seconds", "onnxruntime time per batch",
+                                   ["asset_type"], registry=r)
+        self.transaction = Histogram("forewarn_scoring_transaction_seconds", "Time to commit one transaction",
+                                     registry=r)
+        self.latency = Histogram("forewarn_scoring_latency_seconds",
+                                 "Reading's event time (or ingest time) to committed prediction",
+                                 ["since"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.lag = Gauge("forewarn_scoring_consumer_lag", "Telemetry records not yet consumed", ["partition"],
+                         registry=r)
+        self.alerts = Counter("forewarn_scoring_alerts", "Alert events", ["state", "rule"], registry=r)
+        self.models = Counter("forewarn_scoring_model_offers", "Bundles offered", ["role", "outcome"], registry=r)
+        self.agreement = Gauge("forewarn_scoring_shadow_agreement",
+                               "Share of predictions where the candidate takes the same alert decision",
+                               ["asset_type"], registry=r)
+        self.shadow_delta = Gauge("forewarn_scoring_shadow_p_fail_mae",
+                                  "Mean |p_fail(candidate) - p_fail(serving)|", ["asset_type"], registry=r)
+        self.restore = Histogram("forewarn_scoring_restore_seconds", "Time to rebuild state after an assignment",
+                                 registry=r)
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, registry=self.registry)

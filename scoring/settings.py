@@ -1,0 +1,64 @@
+"""The scoring worker's settings: the shared connections plus a ``scoring`` section.
+
+Set them in ``forewarn.toml`` (``[scoring]``), with ``FOREWARN_SCORING__*`` environment
+variables (e.g. ``FOREWARN_SCORING__STRIDE=5``) or with the ``forewarn score`` flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from forewarn.settings import ServiceSettings
+
+__all__ = ["AlertOptions", "ScoringOptions", "ScoringSettings"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AlertOptions(_Section):
+    """Alert rules. ``None`` means: take the value from the model bundle's thresholds."""
+
+    p_fail: float | None = Field(None, gt=0, le=1, description="open when p_fail >= this")
+    consecutive: int | None = Field(None, ge=1, description="... for this many predictions in a row")
+    rul_below: float | None = Field(None, gt=0, description="open when rul < this (for consecutive predictions)")
+    hysteresis: float = Field(0.1, ge=0, lt=1, description="resolve when p_fail < p_fail - hysteresis")
+    rul_hysteresis: float = Field(0.2, ge=0, description="resolve when rul >= rul_below * (1 + this)")
+    resolve_consecutive: int | None = Field(None, ge=1, description="recovered predictions to resolve; "
+                                            "default: consecutive")
+    critical_p_fail: float = Field(0.9, gt=0, le=1, description="severity critical at or above this p_fail")
+    critical_rul_fraction: float = Field(0.5, gt=0, le=1,
+                                         description="severity critical when rul < rul_below * this")
+    quiet_after_repair: int | None = Field(None, ge=0, description="predictions after a repair that cannot "
+                                           "open an alert; default: the model's window length")
+
+
+class ScoringOptions(_Section):
+    """How the worker consumes, scores and commits."""
+
+    group_id: str = "forewarn-scoring"
+    worker_id: str | None = Field(None, description="stable name of this worker (its transactional.id); "
+                                  "default: host name + pid")
+    models_dir: Path | None = Field(None, description="bundles to serve before/besides the models topic")
+    stride: int = Field(1, ge=1, description="score readings whose seq is a multiple of this")
+    max_gap: int | None = Field(10, ge=1, description="a seq jump larger than this restarts a window")
+    max_imputed: int = Field(5, ge=0, description="consecutive readings a sensor may be imputed for")
+    max_batch: int = Field(20_000, ge=1, description="records per transaction at most")
+    commit_interval_ms: int = Field(100, ge=1, description="longest time a transaction collects records")
+    poll_timeout_ms: int = Field(50, ge=1)
+    transaction_timeout_ms: int = Field(10_000, ge=1000, description="a killed worker's open transaction "
+                                        "blocks its partitions at most this long")
+    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0 = all cores)")
+    shadow: bool = Field(True, description="run '<asset>.candidate' bundles from the models topic in shadow")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port")
+    restore_timeout_s: float = Field(120.0, gt=0)
+    alerts: AlertOptions = AlertOptions()
+
+
+class ScoringSettings(ServiceSettings):
+    """Everything ``forewarn score`` needs."""
+
+    scoring: ScoringOptions = ScoringOptions()
