@@ -151,7 +151,9 @@ class LongFormatWriter:
         ids = _ids(machine_ids, machines)
         time = pa.array(ts, TIME)
         seq = pa.array(np.concatenate([b.seq for b in blocks])[order], pa.int64())
-        columns: dict[str, pa.Array] = {"machine_id": ids, "asset_type": pa.array([first.asset_type] * n),
+        asset = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)),
+                                               pa.array([first.asset_type])).cast(pa.string())
+        columns: dict[str, pa.Array] = {"machine_id": ids, "asset_type": asset,
                                         "time": time, "seq": seq}
         null = pa.nulls(n, pa.float64())
         for name in self.sensor_columns:
