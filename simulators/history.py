@@ -72,7 +72,7 @@ def write_history(config: FleetConfig, out: Path, fmt: FileFormat = "parquet", *
     """
     started = time.perf_counter()
     faults = faults or FaultConfig()
-    report = FaultReport()
+    report = FaultReport(config=dataclasses.asdict(faults))
     summary = HistorySummary(report=report)
     specs = [asset_spec(name) for name in config.asset_types]
     with LongFormatWriter(out, specs, fmt, truth=truth) as writer:
@@ -106,7 +106,7 @@ def write_history_to_sink(config: FleetConfig, sink: Sink, *, ticks: int | None 
     delivery faults included."""
     started = time.perf_counter()
     faults = faults or FaultConfig()
-    report = FaultReport()
+    report = FaultReport(config=dataclasses.asdict(faults))
     summary = HistorySummary(report=report)
     for k, chunk in enumerate(chunks(config)):
         fleet = Fleet(chunk)
@@ -117,6 +117,5 @@ def write_history_to_sink(config: FleetConfig, sink: Sink, *, ticks: int | None 
             _count(summary, step_events)
         outbox.close()
         summary.machines += fleet.size
-    report.config = {k: v for k, v in dataclasses.asdict(faults).items()}
     summary.seconds = time.perf_counter() - started
     return summary

@@ -190,3 +190,22 @@ def test_history_to_kafka(stack: RunningStack, fresh_topics: Callable[..., tuple
                for t, k, v in got if t == topics.telemetry)
 
 
+
+
+def test_replay_cli_publishes_a_history_file(stack: RunningStack, subscriber: Subscriber, tmp_path: Path) -> None:
+    out = tmp_path / "h"
+    result = CliRunner().invoke(cli, ["simulate", "history", "--machines", "3", "--asset-type", "pump",
+                                      "--runs", "2", "--format", "csv", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    env = {"FOREWARN_MQTT__PORT": str(stack.mqtt_port)}
+    report = tmp_path / "replay.json"
+    result = CliRunner().invoke(cli, ["simulate", "replay", str(out / "readings.csv"), "--rate", "0", "--delivery",
+                                      "batch", "--report", str(report)], env=env)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["events"] == 3 * 3  # failure, repair, failure per machine, from events.csv next to the file
+    assert subscriber.wait_for(lambda: subscriber.count() >= data["messages"], 30)
+    readings, rejected, events = decode_all(subscriber.messages)
+    rows = (out / "readings.csv").read_text().count("\n") - 1
+    assert not rejected and len(readings) == rows == data["readings_sent"]
+    assert sorted(e.event for e in events) == ["failure"] * 6 + ["repair"] * 3

@@ -151,6 +151,21 @@ def test_faults_do_not_change_the_underlying_readings() -> None:
     assert all(good_a.get((r.machine_id, r.seq), r) == r for _, r in b.readings)
 
 
+@pytest.mark.parametrize("delivery", ["single", "batch"])
+def test_same_seed_same_messages_byte_for_byte(delivery: Delivery) -> None:
+    def messages(seed: int) -> list[bytes]:
+        fleet = Fleet(FleetConfig(machines=30, seed=seed, stagger=True))
+        sink = ListSink()
+        outbox = Outbox(sink, fleet.machine_ids, faults=ALL_FAULTS, seed=seed, delivery=delivery)
+        for _ in range(40):
+            outbox.publish(*fleet.step())
+        outbox.close()
+        return [m.payload for m in sink.messages]
+
+    assert messages(8) == messages(8)
+    assert messages(8) != messages(9)
+
+
 def test_fault_config_is_validated() -> None:
     with pytest.raises(SimulatorError):
         FaultConfig(duplicate=1.5)
