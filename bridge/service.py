@@ -192,13 +192,13 @@ class Bridge:
         while inbox and self.in_flight < limit and handled < _STEP_MESSAGES:
             self._handle(*inbox.popleft())
             handled += 1
-        served = self.producer.poll(0.0 if handled or not self._pending else wait_s)
+        self.producer.poll(0.0 if handled or not self._pending else wait_s)
         if not handled and not self._pending and not inbox:
             time.sleep(wait_s)  # nothing at all to do (the fakes' poll does not wait)
-        if served:
-            self._last_progress = time.monotonic()
         if self._pending:
             self._acknowledge()
+        else:
+            self._last_progress = time.monotonic()
         now = time.monotonic()
         if self._retry:
             self._resend_due(now)
@@ -256,6 +256,7 @@ class Bridge:
                 self._schedule_retry(head, now)
                 break
             pending.popleft()
+            self._last_progress = now
             self.in_flight -= len(head.records)
             for record in head.records:
                 counts[roles[record.topic]] += 1
