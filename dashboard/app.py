@@ -1,0 +1,24 @@
+"""The Forewarn dashboard: ``streamlit run dashboard/app.py`` (or ``forewarn dashboard``).
+
+Pages live in ``dashboard/pages/``; the process-wide store and Kafka consumer come from
+:mod:`dashboard.runtime`.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import ui
+
+st.set_page_config(page_title="Forewarn", page_icon=":material/monitor_heart:", layout="wide")
+
+pages = [
+    st.Page("pages/fleet.py", title="Fleet", icon=":material/factory:", default=True),
+    st.Page("pages/machine.py", title="Machine", icon=":material/precision_manufacturing:"),
+    st.Page("pages/alerts.py", title="Alerts", icon=":material/notifications_active:"),
+    st.Page("pages/models.py", title="Models", icon=":material/model_training:"),
+    st.Page("pages/pipeline.py", title="Pipeline", icon=":material/account_tree:"),
+]
+navigation = st.navigation(pages)
+ui.sidebar_status()
+navigation.run()

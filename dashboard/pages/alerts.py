@@ -1,0 +1,89 @@
+"""Alerts: open, acknowledged and resolved alerts with severity and duration; acknowledge
+alerts from the page (an ``acknowledged`` event on the alerts topic)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import actions, charts, queries, ui
+from dashboard.errors import DashboardError
+
+STATUSES = ["open", "acknowledged", "resolved"]
+SEVERITIES = ["critical", "warning", "info"]
+
+st.title("Alerts")
+store = ui.runtime().store
+
+c1, c2, c3, c4 = st.columns([2, 2, 1, 2])
+statuses = c1.multiselect("Status", STATUSES, default=["open", "acknowledged"], key="alert_status")
+severities = c2.multiselect("Severity", SEVERITIES, key="alert_severity")
+site = c3.selectbox("Site", ["all", *queries.sites(store)], key="alert_site")
+machine = c4.text_input("Machine id contains", key="alert_machine")
+
+notice = st.session_state.pop("ack_notice", None)
+if notice:
+    st.success(notice, icon=":material/done_all:")
+
+
+@st.fragment(run_every=ui.refresh_every())
+def alerts_view() -> None:
+    rt = ui.runtime()
+    everything = queries.alert_list(rt.store)
+    if everything.empty:
+        ui.empty_state("No alerts yet.", "Scoring workers open an alert when a machine's p(fail) stays above the "
+                       "model's threshold; with a healthy fleet that may take a while.")
+        return
+    counts = everything["status"].value_counts()
+    m = st.columns(4)
+    m[0].metric("Open", int(counts.get("open", 0)))
+    m[1].metric("Acknowledged", int(counts.get("acknowledged", 0)))
+    m[2].metric("Resolved", int(counts.get("resolved", 0)))
+    active = everything[everything["status"] != "resolved"]
+    m[3].metric("Critical, not resolved", int((active["severity"] == "critical").sum()))
+
+    frame = queries.alert_list(rt.store, statuses, severities, None if site == "all" else site, machine or None)
+    if frame.empty:
+        st.info("No alert matches these filters.")
+        return
+    table = frame.assign(
+        opened=charts.to_time(frame["opened_at"]),
+        resolved=charts.to_time(frame["resolved_at"]),
+        duration=frame["duration_ms"].map(ui.duration),
+    )[["machine_id", "severity", "status", "rule", "opened", "duration", "resolved", "p_fail", "rul",
+       "model_version", "acknowledged_by", "message"]]
+    st.caption(f"{len(table):,} alerts (durations of unresolved alerts run to the newest data)")
+    st.dataframe(table, hide_index=True, width="stretch", height=420, key="alert_table", column_config={
+        "machine_id": "Machine", "severity": "Severity", "status": "Status", "rule": "Rule",
+        "opened": st.column_config.DatetimeColumn("Opened (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+        "resolved": st.column_config.DatetimeColumn("Resolved (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+        "duration": "Duration",
+        "p_fail": st.column_config.ProgressColumn("p(fail)", min_value=0.0, max_value=1.0, format="%.2f"),
+        "rul": st.column_config.NumberColumn("RUL", format="%.0f"),
+        "model_version": "Model version", "acknowledged_by": "Acknowledged by", "message": "Message",
+    })
+
+    pending = frame[frame["status"] == "open"]
+    with st.expander(f"Acknowledge alerts ({len(pending)} open in this view)", expanded=not pending.empty):
+        if pending.empty:
+            st.caption("Nothing to acknowledge here.")
+            return
+        labels = {str(r.alert_id): f"{r.machine_id} · {r.severity} · {r.rule}" for r in pending.itertuples()}
+        chosen = st.multiselect("Alerts", list(labels), format_func=lambda a: labels[a], key="ack_alerts")
+        who = st.text_input("Acknowledged by", key="ack_by", placeholder="your name")
+        if st.button("Acknowledge", key="ack_button", type="primary", disabled=not chosen):
+            if not who.strip():
+                st.warning("Say who acknowledges (your name), then press Acknowledge again.")
+                return
+            rows = [r for r in pending.to_dict("records") if str(r["alert_id"]) in chosen]
+            try:
+                sent = actions.acknowledge(rt, rows, who.strip())
+            except DashboardError as error:
+                st.error(error.one_line())
+                return
+            st.session_state["ack_notice"] = (f"Acknowledged {sent} alert{'s' if sent != 1 else ''} as "
+                                              f"{who.strip()}; the table shows it once it is back from Kafka.")
+            st.session_state.pop("ack_alerts", None)
+            st.rerun()
+
+
+alerts_view()

@@ -1,0 +1,103 @@
+"""Machine: sensor trends, p_fail and RUL over time with the alert thresholds; alerts,
+maintenance events and model-version changes marked on the time axis."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, queries, ui
+
+RANGES = {"6 h": 6 * 3600_000, "24 h": 24 * 3600_000, "7 d": 7 * 24 * 3600_000, "All": None}
+
+st.title("Machine")
+store = ui.runtime().store
+site_list = queries.sites(store)
+if not site_list:
+    ui.empty_state("No machines yet.")
+    st.stop()
+
+# A machine chosen on the Fleet page (or in the URL) preselects the pickers.
+wanted = st.query_params.get("machine") or st.session_state.get("machine")
+if wanted and st.session_state.get("machine_pick") != wanted:
+    site_of_wanted = str(wanted).partition("/")[0]
+    if site_of_wanted in site_list:
+        st.session_state["machine_site"] = site_of_wanted
+        st.session_state["machine_pick"] = wanted
+
+c1, c2, c3 = st.columns([1, 2, 2])
+site = c1.selectbox("Site", site_list, key="machine_site")
+machines = queries.machine_ids(store, site)
+if not machines:
+    ui.empty_state("No machines at this site yet.")
+    st.stop()
+if st.session_state.get("machine_pick") not in machines:
+    st.session_state["machine_pick"] = machines[0]
+machine = str(c2.selectbox("Machine", machines, key="machine_pick"))
+span = c3.segmented_control("Time range", list(RANGES), default="24 h", required=True, key="machine_range")
+st.session_state["machine"] = machine
+st.query_params["machine"] = machine
+
+
+@st.fragment(run_every=ui.refresh_every())
+def machine_view(machine: str, span: str) -> None:
+    rt = ui.runtime()
+    store = rt.store
+    fleet = store.read("SELECT * FROM machines WHERE machine_id = ?", [machine])
+    if fleet.empty:
+        ui.empty_state(f"{machine} is not in the store (any more).")
+        return
+    row = fleet.iloc[0]
+    last = int(max(row["ts"] if row["ts"] == row["ts"] and row["ts"] is not None else 0,
+                   row["telemetry_ts"] if row["telemetry_ts"] == row["telemetry_ts"]
+                   and row["telemetry_ts"] is not None else 0))
+    window = RANGES.get(span)
+    since = last - window if window is not None and last else None
+    predictions = queries.machine_predictions(store, machine, since)
+    events = queries.machine_events(store, machine, since)
+    changes = queries.version_changes(predictions)
+    infos = queries.model_infos(store)
+    version = str(row["model_version"]) if row["model_version"] is not None else None
+    model = infos.get((str(row["asset_type"]), version or "")) or queries.latest_models(store).get(
+        str(row["asset_type"]))
+    open_alerts = store.scalar("SELECT count(*) FROM alerts WHERE machine_id = ? AND status <> 'resolved'",
+                               [machine])
+
+    m = st.columns(5)
+    p_fail = row["p_fail"]
+    m[0].metric("p(fail)", "–" if p_fail is None or p_fail != p_fail else f"{p_fail:.2f}")
+    m[1].metric("RUL", "–" if row["rul"] is None or row["rul"] != row["rul"] else
+                f"{row['rul']:.0f} {model.rul_unit if model else ''}")
+    m[2].metric("Open alerts", int(open_alerts or 0))
+    m[3].metric("Last seen (UTC)", charts.to_time(last).strftime("%Y-%m-%d %H:%M:%S") if last else "–")
+    m[4].metric("Model", version or "–")
+
+    if predictions.empty:
+        ui.empty_state("No predictions for this machine in the chosen range.",
+                       "Scoring workers publish one per reading once a machine has a full window.")
+    else:
+        threshold = model.threshold if model else queries.DEFAULT_THRESHOLD
+        st.altair_chart(charts.prediction_chart(predictions, "p_fail", "p(fail)", threshold, events, changes),
+                        width="stretch")
+        st.altair_chart(charts.prediction_chart(predictions, "rul", f"RUL ({model.rul_unit if model else 'readings'})",
+                                                model.rul_below if model else None, events, changes),
+                        width="stretch")
+
+    sensors = queries.machine_sensors(store, machine)
+    if not sensors:
+        ui.empty_state("No sensor readings sampled for this machine yet.",
+                       f"The dashboard keeps every {rt.settings.dashboard.telemetry_sample_every}th reading.")
+    else:
+        picked = st.multiselect("Sensors", sensors, default=sensors[: min(4, len(sensors))],
+                                key=f"sensors_{row['asset_type']}")
+        telemetry = queries.machine_telemetry(store, machine, picked, since)
+        if picked and not telemetry.empty:
+            st.altair_chart(charts.sensor_chart(telemetry, events, changes), width="stretch")
+    if not events.empty:
+        st.subheader("Events")
+        st.dataframe(events.assign(time=charts.to_time(events["ts"]))[["time", "kind", "detail"]],
+                     hide_index=True, width="stretch",
+                     column_config={"time": st.column_config.DatetimeColumn("Time (UTC)",
+                                                                           format="YYYY-MM-DD HH:mm:ss")})
+
+
+machine_view(machine, str(span))

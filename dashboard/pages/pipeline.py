@@ -1,0 +1,81 @@
+"""Pipeline: throughput, consumer lag per group, dead-letter rate by reason, end-to-end
+latency percentiles."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, queries, ui
+
+st.title("Pipeline")
+
+
+@st.fragment(run_every=ui.refresh_every())
+def pipeline_view() -> None:
+    store = ui.runtime().store
+    flow = queries.throughput(store)
+    lag = queries.consumer_lag(store)
+    dlq = queries.dlq_by_reason(store)
+    latency = queries.latency_percentiles(store)
+    if flow.empty and lag.empty and dlq.empty:
+        ui.empty_state("No records have reached the dashboard yet.")
+        return
+
+    recent = flow[flow["bucket"] >= flow["bucket"].max() - 10_000] if not flow.empty else flow
+    rate = recent.groupby("role")["n"].sum() / 10 if not recent.empty else {}
+    bad = float(dlq["n"].sum()) if not dlq.empty else 0.0
+    total = bad + float(flow[flow["role"] == "telemetry"]["n"].sum()) if not flow.empty else bad
+    m = st.columns(5)
+    m[0].metric("Telemetry / s", f"{rate.get('telemetry', 0):,.0f}")
+    m[1].metric("Predictions / s", f"{rate.get('predictions', 0):,.0f}")
+    m[2].metric("Alert events / s", f"{rate.get('alerts', 0):,.1f}")
+    m[3].metric("Dead-letter rate", f"{(bad / total * 100) if total else 0:.2f} %",
+                help="rejected payloads / (accepted readings + rejected), over the last hour")
+    p95 = latency["p95"].iloc[0] if not latency.empty and latency["n"].iloc[0] else None
+    m[4].metric("Ingest → scored p95", ui.duration(p95) or "–")
+
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Throughput")
+        if flow.empty:
+            st.caption("No records yet.")
+        else:
+            st.altair_chart(charts.throughput_chart(flow), width="stretch")
+            st.caption("Records per second as they reach the dashboard (a catch-up after a restart shows as a peak).")
+    with right:
+        st.subheader("Consumer lag")
+        if lag.empty:
+            st.caption("No consumer group has committed offsets on these topics yet.")
+        else:
+            st.altair_chart(charts.lag_chart(lag), width="stretch")
+            st.dataframe(lag[["group_id", "role", "partitions", "lag", "end_offset"]], hide_index=True,
+                         width="stretch", column_config={"group_id": "Group", "role": "Topic",
+                                                         "partitions": "Partitions", "lag": "Lag",
+                                                         "end_offset": "End offset"})
+
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Dead letters by reason")
+        if dlq.empty:
+            st.caption("No rejected payloads. ")
+        else:
+            st.altair_chart(charts.dlq_chart(dlq), width="stretch")
+            samples = queries.dlq_samples(store)
+            st.dataframe(samples.assign(received=charts.to_time(samples["received_at"]))[
+                ["received", "reason", "mqtt_topic", "detail", "size"]], hide_index=True, width="stretch",
+                column_config={"received": st.column_config.DatetimeColumn("Received (UTC)",
+                                                                          format="HH:mm:ss")})
+    with right:
+        st.subheader("End-to-end latency")
+        if latency.empty or not latency["n"].iloc[0]:
+            st.caption("No predictions with an ingest time in the last minutes.")
+        else:
+            shown = latency.copy()
+            for column in ("p50", "p95", "p99"):
+                shown[column] = shown[column].map(ui.duration)
+            st.dataframe(shown, hide_index=True, width="stretch",
+                         column_config={"stage": "Stage", "n": "Predictions"})
+            st.caption("Over the predictions scored in the last 5 minutes of the workers' clock.")
+
+
+pipeline_view()

@@ -1,0 +1,44 @@
+"""The dashboard's settings: the shared connections plus a ``[dashboard]`` section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from forewarn.settings import ServiceSettings
+
+__all__ = ["DashboardOptions", "DashboardSettings"]
+
+
+class DashboardOptions(BaseModel):
+    """Where the dashboard listens, where it keeps its store and how much it keeps."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    port: int = Field(8501, ge=1, le=65535, description="HTTP port of the dashboard")
+    address: str = Field("127.0.0.1", description="address the dashboard listens on (0.0.0.0 = every interface)")
+    store: str = Field(":memory:", description="DuckDB file of the embedded store; ':memory:' keeps it in RAM")
+    group_id: str = Field("forewarn-dashboard", min_length=1,
+                          description="Kafka group id the dashboard commits its positions under (for lag)")
+    consume: bool = Field(True, description="run the background Kafka consumer (off = show the store only)")
+    refresh_s: float = Field(2.0, ge=0.5, le=300, description="how often pages refresh their data")
+    retention_hours: float = Field(168.0, gt=0, description="event-time span kept in the store")
+    max_predictions: int = Field(2_000_000, ge=1000, description="most predictions kept (oldest dropped first)")
+    max_telemetry_rows: int = Field(2_000_000, ge=1000, description="most sampled sensor values kept")
+    max_alert_events: int = Field(500_000, ge=1000, description="most alert events kept")
+    telemetry_sample_every: int = Field(5, ge=1, description="keep every n-th reading of a machine (by seq)")
+    drift_window: int = Field(20_000, ge=100, description="recent sensor values per asset type used for drift")
+    lag_every_s: float = Field(10.0, gt=0, description="how often consumer-group lag is sampled")
+    prune_every_s: float = Field(30.0, gt=0, description="how often retention is enforced")
+    poll_batch: int = Field(5000, ge=1, description="records read per poll")
+
+    @property
+    def store_path(self) -> Path | None:
+        return None if self.store == ":memory:" else Path(self.store)
+
+
+class DashboardSettings(ServiceSettings):
+    """Settings of ``forewarn dashboard``."""
+
+    dashboard: DashboardOptions = DashboardOptions()
