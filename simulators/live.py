@@ -11,12 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from paho.mqtt.client import MQTTMessageInfo
+from typing import Any
 
 from forewarn.mqtt import MqttClient, batch_topic, maintenance_topic, telemetry_topic
 from simulators.faults import FaultReport
@@ -38,49 +36,52 @@ def topic_for(message: Outgoing) -> str:
 
 
 class MqttSink:
-    """Publishes messages with an :class:`MqttClient`, keeping at most ``max_pending``
-    unacknowledged QoS ≥ 1 publishes (back-pressure instead of an unbounded queue)."""
+    """Publishes messages with a connected :class:`MqttClient` and tracks the broker's
+    acknowledgements (paho's ``on_publish``), keeping at most ``max_pending``
+    unacknowledged QoS ≥ 1 publishes: when the broker is slow or away, :meth:`send`
+    blocks (back-pressure) instead of queueing without bound. Publishes made while
+    disconnected are resent by paho after the reconnect."""
 
     def __init__(self, client: MqttClient, qos: int = 1, max_pending: int = 20_000) -> None:
         self.client = client
         self.qos = qos
-        self.max_pending = max_pending
-        self._pending: deque[MQTTMessageInfo] = deque()
+        self.max_pending = max(1, min(max_pending, 60_000))  # below the 16-bit message id space
+        self._cond = threading.Condition()
+        self._pending: set[int] = set()
+        self._early: set[int] = set()  # acknowledged before publish() returned their id
+        if qos:
+            client.client.on_publish = self._on_publish
+
+    def _on_publish(self, _client: Any, _userdata: Any, mid: int, _reason: Any, _properties: Any) -> None:
+        with self._cond:
+            if mid in self._pending:
+                self._pending.discard(mid)
+                self._cond.notify_all()
+            else:
+                self._early.add(mid)
 
     def send(self, message: Outgoing) -> None:
         info = self.client.publish(topic_for(message), message.payload, qos=self.qos)
         if self.qos == 0:
             return
-        pending = self._pending
-        pending.append(info)
-        if len(pending) >= self.max_pending:
-            while pending and pending[0].is_published():
-                pending.popleft()
-            while len(pending) >= self.max_pending:
-                pending.popleft().wait_for_publish(5.0)
+        with self._cond:
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+            else:
+                self._pending.add(info.mid)
+            while len(self._pending) >= self.max_pending:
+                self._cond.wait(1.0)
 
     @property
     def unacked(self) -> int:
-        while self._pending and self._pending[0].is_published():
-            self._pending.popleft()
-        return sum(1 for info in self._pending if not info.is_published())
+        with self._cond:
+            return len(self._pending)
 
     def wait_acked(self, timeout_s: float = 30.0) -> int:
         """Wait until every publish is acknowledged; returns how many are still not."""
-        deadline = time.monotonic() + timeout_s
-        while self._pending:
-            info = self._pending[0]
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                info.wait_for_publish(min(left, 1.0))
-            except RuntimeError:
-                # Not connected right now; paho resends after the reconnect.
-                time.sleep(min(left, 0.1))
-            if info.is_published():
-                self._pending.popleft()
-        return self.unacked
+        with self._cond:
+            self._cond.wait_for(lambda: not self._pending, timeout_s)
+            return len(self._pending)
 
 
 class Pacer:

@@ -209,3 +209,32 @@ def test_replay_cli_publishes_a_history_file(stack: RunningStack, subscriber: Su
     rows = (out / "readings.csv").read_text().count("\n") - 1
     assert not rejected and len(readings) == rows == data["readings_sent"]
     assert sorted(e.event for e in events) == ["failure"] * 6 + ["repair"] * 3
+
+
+def test_live_rides_out_a_broker_restart(stack: RunningStack, subscriber: Subscriber) -> None:
+    config = FleetConfig(machines=20, sample_period_s=1.0, stagger=True, seed=3)
+    client = MqttClient(stack.mqtt_settings, f"sim-{uuid.uuid4().hex[:8]}")
+    client.connect()
+    stop = threading.Event()
+    result: list[object] = []
+
+    def work() -> None:
+        try:
+            result.append(run_live(config, client, qos=1, speed=20, stop=stop))
+        except BaseException as error:
+            result.append(error)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        assert subscriber.wait_for(lambda: subscriber.count() > 200, 30)
+        stack.restart_mosquitto()
+        before = subscriber.count()
+        assert subscriber.wait_for(lambda: subscriber.count() > before + 200, 60), "no traffic after the restart"
+    finally:
+        stop.set()
+        worker.join(60)
+        client.disconnect()
+    summary = result[0]
+    assert not isinstance(summary, BaseException), repr(summary)
+    assert summary.unacked == 0  # type: ignore[attr-defined]
