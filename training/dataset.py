@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -21,7 +22,7 @@ import pandas as pd
 
 from training.errors import DataError
 
-__all__ = ["Events", "Readings", "find_file", "load_events", "load_readings", "run_to_failure_events"]
+__all__ = ["Events", "Readings", "find_file", "guess_settings", "load_events", "load_readings", "run_to_failure_events"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,15 @@ _UNIT_SUFFIXES: Final = {
     "_pa": "Pa", "_mm_s": "mm/s", "_g": "g", "_rpm": "rpm", "_hz": "Hz", "_a": "A", "_v": "V",
     "_kw": "kW", "_w": "W", "_pct": "%", "_m3_h": "m3/h", "_l_min": "l/min", "_nm": "N·m", "_db": "dB",
 }
+
+
+_SETTING_NAME = re.compile(r"setting|setpoint|set_point|operating|op_?cond", re.IGNORECASE)
+
+
+def guess_settings(columns: list[str]) -> list[str]:
+    """Columns whose names say they are operating settings (``setting1``, ``speed_setpoint_rpm``,
+    ``op_setting_2``); pass ``--settings`` to say so explicitly."""
+    return [c for c in columns if _SETTING_NAME.search(c)]
 
 
 def unit_from_name(name: str) -> str | None:
@@ -143,6 +153,10 @@ def _parse_time(frame: pd.DataFrame, path: Path, csv: bool) -> tuple[np.ndarray[
     numeric = pd.to_numeric(text, errors="coerce")
     if numeric.notna().all():
         return _parse_time(frame.assign(time=numeric), path, csv)
+    if pd.notna(numeric.iloc[0]):
+        i = int(np.argmax(numeric.isna().to_numpy()))
+        raise DataError(f"{_where(path, csv, i)}, column 'time': {text.iloc[i]!r} is not a cycle index "
+                        "like the rows before it")
     stamps = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
     bad = stamps.isna().to_numpy()
     if bad.any():
@@ -215,6 +229,7 @@ def load_readings(path: str | Path, *, asset_type: str | None = None,
         if not keep.any():
             raise DataError(f"{file}: no readings with asset_type {asset_type!r} (found: {', '.join(types)})")
         frame = frame[keep]
+        types = [asset_type]
     frame = frame.sort_values(["machine_id", "time", *(["seq"] if "seq" in frame.columns else [])],
                               kind="stable").reset_index(drop=True)
     before = len(frame)

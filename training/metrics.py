@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["alert_metrics", "asymmetric_score", "choose_threshold", "failure_metrics", "pr_auc", "rul_metrics"]
+__all__ = [
+    "alert_metrics",
+    "asymmetric_score",
+    "choose_alert_threshold",
+    "choose_threshold",
+    "failure_metrics",
+    "pr_auc",
+    "rul_metrics",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -158,3 +166,30 @@ def choose_threshold(p_fail: npt.ArrayLike, fail: npt.ArrayLike, *, min_precisio
         if precision > best_precision:
             best_precision, fallback = precision, thr
     return float(best if best_f1 >= 0 else fallback)
+
+
+def choose_alert_threshold(p_fail: npt.ArrayLike, fail: npt.ArrayLike, rul_raw: npt.ArrayLike, run: npt.ArrayLike,
+                           age: npt.ArrayLike, run_failed: npt.NDArray[np.bool_], *, horizon: float,
+                           consecutive: int, min_precision: float = 0.9) -> float:
+    """The threshold whose alerts (as :func:`alert_metrics` counts them) reach
+    ``min_precision`` with the longest median lead time, capped at the horizon so that extra
+    lead past it does not buy false alarms (ties: the most precise). Falls back to
+    :func:`choose_threshold` when no threshold is precise enough."""
+    p = np.asarray(p_fail, np.float64)
+    labelled = np.isfinite(np.asarray(fail, np.float64))
+    if not labelled.any():
+        return 0.5
+    candidates = np.unique(np.quantile(p[labelled], np.linspace(0.3, 0.995, 80)))
+    best: tuple[float, float, float] | None = None
+    for thr in candidates.tolist():
+        found = alert_metrics(p, rul_raw, run, age, run_failed, threshold=thr, consecutive=consecutive,
+                              horizon=horizon)
+        precision = found["alert_precision"]
+        if not found["alerts"] or not precision >= min_precision:
+            continue
+        key = (min(found["median_lead_time"], horizon), precision, thr)
+        if best is None or key > best:
+            best = key
+    if best is None:
+        return choose_threshold(p, fail, min_precision=min_precision)
+    return float(best[2])

@@ -41,7 +41,7 @@ from training.baseline import AgeBaseline, LinearBaseline
 from training.dataset import Events, Readings, unit_from_name
 from training.errors import DataError, TrainingError
 from training.labels import LabelledWindows, RulUnit, label_runs, make_windows
-from training.metrics import alert_metrics, choose_threshold, failure_metrics, rul_metrics
+from training.metrics import alert_metrics, choose_alert_threshold, failure_metrics, rul_metrics
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate_bundle", "feature_stats", "predict_frame", "train"]
 
@@ -71,6 +71,7 @@ class TrainConfig:
     settings: tuple[str, ...] = ()
     verbose: int = 0
     promote: bool = False
+    model_options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def heads(self) -> list[Literal["rul", "p_fail"]]:
@@ -190,7 +191,7 @@ def train(readings: Readings, events: Events, config: TrainConfig, models_dir: s
           asset_type: str | None = None, lineage: dict[str, Any] | None = None) -> TrainResult:
     """Train one asset type's model and write its bundle under ``models_dir``."""
     from training.export import check_parity, serving_function, to_onnx
-    from training.models import ModelConfig, build_model, seed_everything
+    from training.models import ModelConfig, Normaliser, build_model, seed_everything
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -235,10 +236,10 @@ def train(readings: Readings, events: Events, config: TrainConfig, models_dir: s
     import keras
 
     seed_everything(config.seed)
-    mean = np.array([s.mean for s in stats], dtype=np.float32)
-    scale = np.array([s.std if s.std > 1e-6 * max(1.0, abs(s.mean)) else 1.0 for s in stats], dtype=np.float32)
-    model_config = ModelConfig(architecture=config.architecture)
-    model = build_model(config.window, mean, scale, config.heads, model_config)
+    setting_idx = [i for i, c in enumerate(columns) if c in config.settings]
+    normaliser = Normaliser.fit(train_values[:, keep], setting_idx)
+    model_config = ModelConfig(architecture=config.architecture, **dict(config.model_options))
+    model = build_model(config.window, normaliser, config.heads, model_config)
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)),
@@ -270,7 +271,9 @@ def train(readings: Readings, events: Events, config: TrainConfig, models_dir: s
     val_pred = score_windows(scorer, val_w)
     thresholds = Thresholds(consecutive=config.consecutive)
     if "p_fail" in val_pred:
-        thr = choose_threshold(val_pred["p_fail"], val_w.fail, min_precision=config.min_precision)
+        thr = choose_alert_threshold(val_pred["p_fail"], val_w.fail, val_w.rul, val_w.run, val_w.age,
+                                     val_w.run_failed, horizon=config.horizon, consecutive=config.consecutive,
+                                     min_precision=config.min_precision)
         thresholds = Thresholds(p_fail=thr, consecutive=config.consecutive, rul_below=config.horizon / 2)
     elif "rul" in val_pred:
         thresholds = Thresholds(p_fail=0.5, consecutive=config.consecutive, rul_below=config.horizon / 2)

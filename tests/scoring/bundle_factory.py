@@ -1,0 +1,46 @@
+"""Tiny bundles without TensorFlow: an ONNX graph made with onnx.helper."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from scoring.bundle import FeatureSpec, FeatureStats, InputSpec, ModelMeta, Targets, Thresholds, sha256_hex
+
+
+def tiny_onnx(window: int = 4, n_features: int = 2, *, input_name: str = "window",
+              heads: tuple[str, ...] = ("rul", "p_fail")) -> bytes:
+    """rul = 10 * mean(window); p_fail = sigmoid(mean(window))."""
+    nodes = [helper.make_node("ReduceMean", [input_name], ["m"], axes=[1, 2], keepdims=0)]
+    outputs = []
+    if "rul" in heads:
+        nodes.append(helper.make_node("Mul", ["m", "ten"], ["rul"]))
+        outputs.append(helper.make_tensor_value_info("rul", TensorProto.FLOAT, ["batch"]))
+    if "p_fail" in heads:
+        nodes.append(helper.make_node("Sigmoid", ["m"], ["p_fail"]))
+        outputs.append(helper.make_tensor_value_info("p_fail", TensorProto.FLOAT, ["batch"]))
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", window, n_features])],
+        outputs, initializer=[helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def tiny_meta(onnx_bytes: bytes, window: int = 4, n_features: int = 2, *, version: str = "20260101T000000Z",
+              heads: tuple[str, ...] = ("rul", "p_fail")) -> ModelMeta:
+    names = [f"s{i}_c" for i in range(n_features)]
+    stats = [FeatureStats(name=n, mean=1.0, std=0.5, min=0.0, max=2.0, median=1.0, missing_fraction=0.0,
+                          bin_edges=[0.5, 1.0, 1.5], proportions=[0.25, 0.25, 0.25, 0.25]) for n in names]
+    return ModelMeta(
+        name="pump", asset_type="pump", version=version, created_at="2026-01-01T00:00:00+00:00",
+        input=InputSpec(name="window", window=window, features=[FeatureSpec(n, unit="degC") for n in names]),
+        targets=Targets(heads=list(heads), rul_cap=125.0, horizon=30.0),  # type: ignore[arg-type]
+        thresholds=Thresholds(p_fail=0.7, consecutive=2), feature_stats=stats, sha256=sha256_hex(onnx_bytes))
+
+
+def windows(n: int = 5, window: int = 4, n_features: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(1.0, 0.5, size=(n, window, n_features)).astype(np.float32)
