@@ -84,6 +84,7 @@ class TrainResult:
     meta: ModelMeta
     metrics: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    keras_model: Any = None  # the trained Keras model, for in-process use (benchmarks)
 
 
 def _library_versions() -> dict[str, str]:
@@ -321,7 +322,8 @@ def train(readings: Readings, events: Events, config: TrainConfig, models_dir: s
 
     make_current = config.promote or current_version(models_dir, asset) is None
     path = write_bundle(models_dir, meta, onnx_bytes, make_current=make_current)
-    return TrainResult(bundle_path=path, meta=read_bundle(path).meta, metrics=metrics, timings=timings)
+    return TrainResult(bundle_path=path, meta=read_bundle(path).meta, metrics=metrics, timings=timings,
+                       keras_model=model)
 
 
 def _bundle_windows(bundle: Bundle, readings: Readings, events: Events | None) -> LabelledWindows:
