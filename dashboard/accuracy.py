@@ -65,9 +65,9 @@ FROM labelled GROUP BY ALL ORDER BY asset_type, model_version
 # previous failure; attributed to the model version that opened the alert.
 _LEAD_SQL: Final = """
 WITH failures AS (
-    SELECT machine_id, asset_type, ts AS f_ts,
-           lag(ts) OVER (PARTITION BY machine_id ORDER BY ts) AS prev_ts
-    FROM maintenance WHERE event = 'failure'),
+    SELECT f.machine_id, coalesce(f.asset_type, m.asset_type) AS asset_type, f.ts AS f_ts,
+           lag(f.ts) OVER (PARTITION BY f.machine_id ORDER BY f.ts) AS prev_ts
+    FROM maintenance f LEFT JOIN machines m USING (machine_id) WHERE f.event = 'failure'),
 opens AS (
     SELECT alert_id, machine_id, min(opened_at) AS opened_at, arg_min(model_version, ts) AS model_version,
            arg_min(asset_type, ts) AS asset_type
@@ -106,7 +106,8 @@ def live_accuracy(store: Store) -> pd.DataFrame:
     frame["recall"] = (tp / (tp + fn)).where(tp + fn > 0)
     lead = store.read(_LEAD_SQL)
     frame = frame.merge(lead, on=["asset_type", "model_version"], how="left")
-    failures = store.read("SELECT asset_type, count(*) AS failures FROM maintenance WHERE event = 'failure' "
+    failures = store.read("SELECT coalesce(f.asset_type, m.asset_type) AS asset_type, count(*) AS failures "
+                          "FROM maintenance f LEFT JOIN machines m USING (machine_id) WHERE f.event = 'failure' "
                           "GROUP BY ALL")
     frame = frame.merge(failures, on="asset_type", how="left")
     frame["failures_warned"] = frame["failures_warned"].fillna(0).astype("int64")

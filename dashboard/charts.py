@@ -10,12 +10,13 @@ import pandas as pd
 
 __all__ = [
     "RISK_COLORS",
+    "alerts_chart",
     "dlq_chart",
     "fleet_risk_chart",
     "lag_chart",
     "prediction_chart",
     "psi_chart",
-    "sensor_chart",
+    "sensor_charts",
     "throughput_chart",
     "to_time",
 ]
@@ -46,7 +47,7 @@ def fleet_risk_chart(fleet: pd.DataFrame) -> Chart:
         tooltip=["site", "asset_type", "risk", alt.Tooltip("size:Q", title="machines")],
     ).transform_calculate(
         risk_rank="indexof(" + str(RISK_ORDER) + ", datum.risk)",
-    ).properties(height=alt.Step(26))
+    ).properties(height=alt.Step(22), width=900).configure_legend(orient="bottom")
 
 
 def _event_rules(events: pd.DataFrame, changes: pd.DataFrame) -> list[alt.Chart]:
@@ -85,16 +86,16 @@ def prediction_chart(predictions: pd.DataFrame, field: str, title: str, threshol
     return alt.layer(*layers).properties(height=height)
 
 
-def sensor_chart(telemetry: pd.DataFrame, events: pd.DataFrame, changes: pd.DataFrame) -> Chart:
+def sensor_charts(telemetry: pd.DataFrame, events: pd.DataFrame, changes: pd.DataFrame) -> list[Chart]:
     """One small chart per sensor (each in its own unit), events marked on the time axis."""
-    charts = []
+    charts: list[Chart] = []
     for sensor, part in telemetry.groupby("sensor", sort=True):
         data = part.assign(time=to_time(part["ts"]))[["time", "value"]]
         line = alt.Chart(data).mark_line(color="#4c78a8").encode(
             x=alt.X("time:T", title=None), y=alt.Y("value:Q", title=str(sensor), scale=alt.Scale(zero=False)),
             tooltip=[alt.Tooltip("time:T", format="%Y-%m-%d %H:%M:%S"), alt.Tooltip("value:Q", format=".3f")])
         charts.append(alt.layer(line, *_event_rules(events, changes)).properties(height=130))
-    return alt.vconcat(*charts).resolve_scale(color="shared")
+    return charts
 
 
 def psi_chart(drift: pd.DataFrame) -> Chart:
@@ -128,3 +129,15 @@ def lag_chart(frame: pd.DataFrame) -> Chart:
         color=alt.Color("group_id:N", title="group"),
         tooltip=["group_id", "topic", "lag", "partitions"]).transform_calculate(
         label="datum.group_id + ' · ' + datum.role").properties(height=alt.Step(24))
+
+
+def alerts_chart(alerts: pd.DataFrame) -> Chart:
+    """Alerts opened over time, stacked by severity."""
+    data = alerts.assign(time=to_time(alerts["opened_at"]))[["time", "severity", "status"]]
+    return alt.Chart(data).mark_bar().encode(
+        x=alt.X("yearmonthdatehours(time):T", title="opened (hour)"),
+        y=alt.Y("count():Q", title="alerts"),
+        color=alt.Color("severity:N", scale=alt.Scale(domain=["critical", "warning", "info"],
+                                                      range=["#d62728", "#ff9f1c", "#1f77b4"])),
+        tooltip=[alt.Tooltip("yearmonthdatehours(time):T", title="hour"), "severity", "count()"],
+    ).properties(height=160)

@@ -117,6 +117,9 @@ def populate(store: Store, machines: int = 200, predictions: int = 20_000, sites
                 "rul": float(row.rul), "message": f"p_fail {row.p_fail:.2f} above 0.50", "acknowledged_by": None,
                 "received_at": int(row.ts)}
         events.append({**base, "state": "open", "ts": int(row.ts)})
+        if n % 3 == 0:
+            events.append({**base, "state": "update", "severity": "critical", "ts": int(row.ts) + 1_200_000,
+                           "p_fail": min(1.0, float(row.p_fail) + 0.3)})
         if n % 4 == 1:
             events.append({**base, "state": "acknowledged", "ts": int(row.ts) + 600_000,
                            "acknowledged_by": "operator"})

@@ -51,23 +51,27 @@ def duration(ms: Any) -> str:
 
 
 def sidebar_status() -> None:
-    """The consumer's state and what the store holds, in the sidebar."""
+    """The consumer's state and what the store holds, in the sidebar (refreshed on its own)."""
+    with st.sidebar:
+        st.fragment(run_every=refresh_every())(_status)()
+
+
+def _status() -> None:
     rt = runtime()
     status = rt.status
-    with st.sidebar:
-        if status is None:
-            st.caption("Showing the store only (the Kafka consumer is off).")
-        else:
-            label = {"running": ":green[●] consuming", "waiting": ":orange[●] waiting",
-                     "starting": ":orange[●] starting", "failed": ":red[●] failed",
-                     "stopped": ":gray[●] stopped"}.get(status.state, status.state)
-            st.markdown(f"**Kafka** {label}  \n`{rt.settings.kafka.bootstrap_servers}`"
-                        + (f" · prefix `{rt.settings.topics.prefix}`" if rt.settings.topics.prefix else ""))
-            if status.detail:
-                st.caption(status.detail)
-            if status.last_batch_ms:
-                ago = time.time() - status.last_batch_ms / 1000
-                st.caption(f"{status.records:,} records read · last batch {ago:.0f} s ago")
-        counts = rt.store.counts()
-        st.caption(f"Store: {counts['machines']:,} machines · {counts['predictions']:,} predictions · "
-                   f"{counts['alert_events']:,} alert events · {counts['telemetry']:,} sensor values")
+    if status is None:
+        st.caption("Showing the store only (the Kafka consumer is off).")
+    else:
+        label = {"running": ":green[●] consuming", "waiting": ":orange[●] waiting",
+                 "starting": ":orange[●] starting", "failed": ":red[●] failed",
+                 "stopped": ":gray[●] stopped"}.get(status.state, status.state)
+        st.markdown(f"**Kafka** {label}  \n`{rt.settings.kafka.bootstrap_servers}`"
+                    + (f" · prefix `{rt.settings.topics.prefix}`" if rt.settings.topics.prefix else ""))
+        if status.detail:
+            st.caption(status.detail)
+        if status.last_batch_ms:
+            ago = time.time() - status.last_batch_ms / 1000
+            st.caption(f"{status.records:,} records read · last batch {ago:.0f} s ago")
+    counts = rt.store.counts()
+    st.caption(f"Store: {counts['machines']:,} machines · {counts['predictions']:,} predictions · "
+               f"{counts['alert_events']:,} alert events · {counts['telemetry']:,} sensor values")

@@ -40,6 +40,7 @@ def alerts_view() -> None:
     m[2].metric("Resolved", int(counts.get("resolved", 0)))
     active = everything[everything["status"] != "resolved"]
     m[3].metric("Critical, not resolved", int((active["severity"] == "critical").sum()))
+    st.altair_chart(charts.alerts_chart(everything), width="stretch")
 
     frame = queries.alert_list(rt.store, statuses, severities, None if site == "all" else site, machine or None)
     if frame.empty:

@@ -27,17 +27,13 @@ def fleet_view() -> None:
     cols[4].metric("Open alerts", f"{summary['open_alerts']:,}")
     cols[5].metric("With predictions", f"{summary['predicted']:,}")
 
-    left, right = st.columns([2, 3])
-    with left:
-        st.altair_chart(charts.fleet_risk_chart(frame), width="stretch")
-    with right:
-        f1, f2, f3 = st.columns(3)
-        sites = f1.multiselect("Site", sorted(frame["site"].unique()), key="fleet_sites")
-        assets = f2.multiselect("Asset type", sorted(frame["asset_type"].dropna().unique()), key="fleet_assets")
-        risks = f3.multiselect("Risk", charts.RISK_ORDER, key="fleet_risks")
-        f4, f5 = st.columns([3, 2])
-        search = f4.text_input("Machine id contains", key="fleet_search")
-        only_alerts = f5.toggle("Only with open alerts", key="fleet_only_alerts")
+    st.altair_chart(charts.fleet_risk_chart(frame), width="content")
+    f1, f2, f3, f4, f5 = st.columns([2, 2, 2, 3, 2], vertical_alignment="bottom")
+    sites = f1.multiselect("Site", sorted(frame["site"].unique()), key="fleet_sites")
+    assets = f2.multiselect("Asset type", sorted(frame["asset_type"].dropna().unique()), key="fleet_assets")
+    risks = f3.multiselect("Risk", charts.RISK_ORDER, key="fleet_risks")
+    search = f4.text_input("Machine id contains", key="fleet_search")
+    only_alerts = f5.toggle("Only with open alerts", key="fleet_only_alerts")
     shown = frame
     if sites:
         shown = shown[shown["site"].isin(sites)]

@@ -17,8 +17,10 @@ if not site_list:
     st.stop()
 
 # A machine chosen on the Fleet page (or in the URL) preselects the pickers.
+# Applied once per new value, so the pickers stay free to choose another machine.
 wanted = st.query_params.get("machine") or st.session_state.get("machine")
-if wanted and st.session_state.get("machine_pick") != wanted:
+if wanted and wanted != st.session_state.get("machine_applied"):
+    st.session_state["machine_applied"] = wanted
     site_of_wanted = str(wanted).partition("/")[0]
     if site_of_wanted in site_list:
         st.session_state["machine_site"] = site_of_wanted
@@ -34,7 +36,7 @@ if st.session_state.get("machine_pick") not in machines:
     st.session_state["machine_pick"] = machines[0]
 machine = str(c2.selectbox("Machine", machines, key="machine_pick"))
 span = c3.segmented_control("Time range", list(RANGES), default="24 h", required=True, key="machine_range")
-st.session_state["machine"] = machine
+st.session_state["machine"] = st.session_state["machine_applied"] = machine
 st.query_params["machine"] = machine
 
 
@@ -62,14 +64,15 @@ def machine_view(machine: str, span: str) -> None:
     open_alerts = store.scalar("SELECT count(*) FROM alerts WHERE machine_id = ? AND status <> 'resolved'",
                                [machine])
 
-    m = st.columns(5)
+    m = st.columns(3)
     p_fail = row["p_fail"]
     m[0].metric("p(fail)", "–" if p_fail is None or p_fail != p_fail else f"{p_fail:.2f}")
     m[1].metric("RUL", "–" if row["rul"] is None or row["rul"] != row["rul"] else
                 f"{row['rul']:.0f} {model.rul_unit if model else ''}")
     m[2].metric("Open alerts", int(open_alerts or 0))
-    m[3].metric("Last seen (UTC)", charts.to_time(last).strftime("%Y-%m-%d %H:%M:%S") if last else "–")
-    m[4].metric("Model", version or "–")
+    seen = charts.to_time(last).strftime("%Y-%m-%d %H:%M:%S UTC") if last else "never"
+    st.caption(f"{row['asset_type']} · last seen {seen} · model {version or 'none yet'}"
+               + (f" (threshold p(fail) ≥ {model.threshold:.2f})" if model else ""))
 
     if predictions.empty:
         ui.empty_state("No predictions for this machine in the chosen range.",
@@ -91,7 +94,8 @@ def machine_view(machine: str, span: str) -> None:
                                 key=f"sensors_{row['asset_type']}")
         telemetry = queries.machine_telemetry(store, machine, picked, since)
         if picked and not telemetry.empty:
-            st.altair_chart(charts.sensor_chart(telemetry, events, changes), width="stretch")
+            for chart in charts.sensor_charts(telemetry, events, changes):
+                st.altair_chart(chart, width="stretch")
     if not events.empty:
         st.subheader("Events")
         st.dataframe(events.assign(time=charts.to_time(events["ts"]))[["time", "kind", "detail"]],

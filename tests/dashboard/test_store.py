@@ -1,0 +1,135 @@
+"""The store, the record decoding and the live-accuracy arithmetic, without Streamlit or a broker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dashboard import accuracy, queries
+from dashboard.actions import acknowledgement
+from dashboard.cli import streamlit_command
+from dashboard.ingest import Ingest
+from dashboard.settings import DashboardSettings
+from dashboard.store import Retention, Store
+from forewarn.cli import cli
+from forewarn.contract import Alert, MaintenanceEvent, Prediction, Telemetry, encode
+from forewarn.testing import FakeMessage
+from forewarn.topics import Topics
+
+TOPICS = Topics.from_settings(DashboardSettings().topics)
+T0 = 1_764_201_600_000
+
+
+def msg(topic: str, value: bytes | None, offset: int, partition: int = 0,
+        headers: list[tuple[str, bytes]] | None = None) -> FakeMessage:
+    return FakeMessage(topic, partition, offset, None, value, headers, T0)
+
+
+def prediction(machine: str, seq: int, p_fail: float, rul: float, version: str = "v1") -> Prediction:
+    return Prediction(v=1, machine_id=machine, asset_type="pump", ts=T0 + seq * 60_000, seq=seq, model="pump",
+                      model_version=version, scored_at=T0 + seq * 60_000 + 50, p_fail=p_fail, rul=rul,
+                      ingest_ts=T0 + seq * 60_000 + 5)
+
+
+def test_records_land_in_the_store_with_their_offsets() -> None:
+    store = Store()
+    ingest = Ingest(TOPICS, sample_every=2)
+    records = [
+        msg(TOPICS.predictions, encode(prediction("a/p1", 10, 0.2, 80)), 0),
+        msg(TOPICS.predictions, encode(prediction("a/p1", 9, 0.9, 5)), 1),  # older: does not win
+        msg(TOPICS.predictions, b"not json", 2),
+        msg(TOPICS.telemetry, encode(Telemetry(v=1, machine_id="a/p2", asset_type="pump", ts=T0, seq=4,
+                                               sensors={"x": 1.0, "y": 2.0})), 0, 1),
+        msg(TOPICS.telemetry, encode(Telemetry(v=1, machine_id="a/p2", asset_type="pump", ts=T0 + 1, seq=5,
+                                               sensors={"x": 1.5, "y": 2.5})), 1, 1),
+        msg(TOPICS.maintenance, encode(MaintenanceEvent(v=1, machine_id="a/p1", ts=T0, event="failure",
+                                                        failure_mode="bearing_wear")), 7),
+        msg(TOPICS.dlq, b"\xff", 3, headers=[("reason", b"not_json"), ("mqtt_topic", b"forewarn/a/p9/telemetry")]),
+    ]
+    batch = ingest.batch(records, now_ms=T0 + 10_000)
+    store.write(batch)
+    assert ingest.bad == {"predictions": 1}
+    assert store.offsets() == {(TOPICS.predictions, 0): 3, (TOPICS.telemetry, 1): 2, (TOPICS.maintenance, 0): 8,
+                               (TOPICS.dlq, 0): 4}
+    fleet = queries.fleet(store).set_index("machine_id")
+    assert fleet.loc["a/p1", "p_fail"] == pytest.approx(0.2)  # the newest reading wins
+    assert fleet.loc["a/p2", "last_seen"] == T0 + 1 and fleet.loc["a/p2", "risk"] == "no prediction"
+    assert store.counts()["telemetry"] == 2  # only seq 4 was sampled (every 2nd)
+    assert list(queries.dlq_by_reason(store)["reason"]) == ["not_json"]
+
+
+def test_alert_lifecycle_and_acknowledgement_round_trip() -> None:
+    store = Store()
+    ingest = Ingest(TOPICS)
+    opened = Alert(v=1, alert_id="a1", machine_id="a/p1", state="open", severity="warning", rule="p_fail",
+                   opened_at=T0, ts=T0, p_fail=0.6, model_version="v1")
+    store.write(ingest.batch([msg(TOPICS.alerts, encode(opened), 0)], T0))
+    row = queries.alert_list(store).iloc[0].to_dict()
+    assert row["status"] == "open"
+    ack = acknowledgement(row, "Ada", T0 + 1000)
+    assert (ack.state, ack.acknowledged_by, ack.severity, ack.p_fail) == ("acknowledged", "Ada", "warning", 0.6)
+    resolved = Alert(v=1, alert_id="a1", machine_id="a/p1", state="resolved", severity="warning", rule="p_fail",
+                     opened_at=T0, ts=T0 + 5000)
+    store.write(ingest.batch([msg(TOPICS.alerts, encode(ack), 1)], T0 + 1000))
+    after_ack = queries.alert_list(store).iloc[0]
+    assert (after_ack["status"], after_ack["acknowledged_by"], after_ack["severity"]) == ("acknowledged", "Ada",
+                                                                                         "warning")
+    store.write(ingest.batch([msg(TOPICS.alerts, encode(resolved), 2)], T0 + 5000))
+    final = queries.alert_list(store).iloc[0]
+    assert final["status"] == "resolved" and final["duration_ms"] == 5000
+
+
+def test_retention_bounds_rows_by_count_and_event_time() -> None:
+    store = Store(retention=Retention(hours=1, max_predictions=1000))
+    ingest = Ingest(TOPICS)
+    records = [msg(TOPICS.predictions, encode(prediction("a/p1", seq, 0.1, 50)), seq) for seq in range(1500)]
+    store.write(ingest.batch(records, T0))
+    dropped = store.prune()
+    left = store.read("SELECT min(seq) AS lo, count(*) AS n FROM predictions").iloc[0]
+    # One hour of one-minute readings survives the time rule; the count cap is not reached.
+    assert int(left["n"]) == 61 and int(left["lo"]) == 1439 and dropped["predictions"] == 1439
+
+
+def test_live_accuracy_labels_predictions_by_later_failures() -> None:
+    store = Store()
+    ingest = Ingest(TOPICS)
+    records = []
+    # p1 fails after reading 100: its predictions in the last 30 readings are positives.
+    for seq in range(40, 101):
+        p = 0.9 if seq >= 80 else 0.1
+        records.append(msg(TOPICS.predictions, encode(prediction("a/p1", seq, p, float(100 - seq))), seq))
+    # p2 never fails and is seen long enough: negatives, one false alarm at seq 10.
+    for seq in range(0, 101):
+        records.append(msg(TOPICS.predictions, encode(prediction("a/p2", seq, 0.9 if seq == 10 else 0.1, 125.0)),
+                           200 + seq))
+    failure = MaintenanceEvent(v=1, machine_id="a/p1", ts=T0 + 100 * 60_000 + 1, event="failure")
+    records.append(msg(TOPICS.maintenance, encode(failure), 0))
+    store.write(ingest.batch(records, T0))
+    row = accuracy.live_accuracy(store).iloc[0]
+    # p1 positives: seq 70..100 (31); predicted positives 80..100 (21) → tp 21, fn 10.
+    # p2: labelled seq 0..70 (71) of which one false alarm; p1 seq 40..69 negatives, not flagged.
+    assert (row["tp"], row["fn"], row["fp"]) == (21, 10, 1)
+    assert row["precision"] == pytest.approx(21 / 22) and row["recall"] == pytest.approx(21 / 31)
+    assert row["rul_mae"] == pytest.approx(0.0)  # rul was exact for the run that failed
+    assert row["failures"] == 1
+
+
+def test_psi_is_zero_for_the_same_distribution_and_grows_with_shift() -> None:
+    base = np.array([0.1, 0.2, 0.4, 0.2, 0.1])
+    assert accuracy.psi(base, base) == pytest.approx(0.0)
+    assert accuracy.psi(base, np.array([0.05, 0.1, 0.3, 0.3, 0.25])) > accuracy.PSI_MODERATE
+
+
+def test_cli_help_names_env_vars_and_the_command_is_streamlit() -> None:
+    result = CliRunner().invoke(cli, ["dashboard", "--help"])
+    assert result.exit_code == 0
+    for env in ("FOREWARN_DASHBOARD__PORT", "FOREWARN_KAFKA__BOOTSTRAP_SERVERS", "FOREWARN_DASHBOARD__STORE"):
+        assert env in result.output.replace("\n", "").replace(" ", "")
+    command = streamlit_command(DashboardSettings(dashboard={"port": 8600}))
+    assert command[1:4] == ["-m", "streamlit", "run"] and "8600" in command
+
+
+def test_cli_bad_setting_is_one_line() -> None:
+    result = CliRunner().invoke(cli, ["dashboard", "--refresh", "0.1"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
