@@ -113,7 +113,8 @@ class Block:
     """Readings of one asset type at (about) the same time, as arrays.
 
     ``machine`` indexes the stream's machine registry (``Fleet.machine_ids``); ``missing``
-    marks sensor values absent from the reading (``None``: all present).
+    and ``settings_missing`` mark sensor and setting values absent from the reading
+    (``None``: all present).
     """
 
     asset_type: str
@@ -126,6 +127,7 @@ class Block:
     settings: FloatArray
     missing: BoolArray | None = None
     truth: Truth | None = None
+    settings_missing: BoolArray | None = None
 
     def __len__(self) -> int:
         return int(self.machine.shape[0])
@@ -137,7 +139,8 @@ class Block:
             truth = Truth(truth.health[rows], truth.rul[rows], truth.failure_mode[rows], truth.mode_names)
         return Block(self.asset_type, self.sensor_names, self.setting_names, self.machine[rows], self.ts[rows],
                      self.seq[rows], self.sensors[rows], self.settings[rows],
-                     None if self.missing is None else self.missing[rows], truth)
+                     None if self.missing is None else self.missing[rows], truth,
+                     None if self.settings_missing is None else self.settings_missing[rows])
 
 
 def _decimals(resolution: FloatArray) -> FloatArray:

@@ -71,9 +71,12 @@ def _reading_dict(block: Block, i: int, machine_id: str, ts: int, values: list[f
     if block.missing is not None:
         for j in np.flatnonzero(block.missing[i]).tolist():
             del sensors[block.sensor_names[j]]
+    setting_values = dict(zip(block.setting_names, settings, strict=True))
+    if block.settings_missing is not None:
+        for j in np.flatnonzero(block.settings_missing[i]).tolist():
+            del setting_values[block.setting_names[j]]
     return {"v": SCHEMA_VERSION, "machine_id": machine_id, "asset_type": block.asset_type, "ts": ts,
-            "seq": int(block.seq[i]), "sensors": sensors,
-            "settings": dict(zip(block.setting_names, settings, strict=True))}
+            "seq": int(block.seq[i]), "sensors": sensors, "settings": setting_values}
 
 
 def encode_readings(block: Block, machine_ids: Sequence[str],
@@ -100,6 +103,8 @@ def encode_readings(block: Block, machine_ids: Sequence[str],
     special = ~np.isfinite(block.sensors).all(axis=1)
     if block.missing is not None:
         special |= block.missing.any(axis=1)
+    if block.settings_missing is not None:
+        special |= block.settings_missing.any(axis=1)
     for i in np.flatnonzero(special).tolist():
         obj = _reading_dict(block, i, ids[i], times[i], values[i], settings[i])
         out[i] = json.dumps(obj, separators=(",", ":")).encode()

@@ -108,9 +108,9 @@ class ReplayData:
 
         sensors, missing = matrix(columns.sensors)
         settings, setting_nulls = matrix(columns.settings)
-        settings[setting_nulls] = 0.0
         return Block(columns.asset_type, tuple(columns.sensors), tuple(columns.settings), self.machine[idx],
-                     self.ts[idx], self.seq[idx], sensors, settings, missing if missing.any() else None)
+                     self.ts[idx], self.seq[idx], sensors, settings, missing if missing.any() else None,
+                     settings_missing=setting_nulls if setting_nulls.any() else None)
 
 
 def _times_ms(column: pa.ChunkedArray, start_ms: int, period_ms: int) -> npt.NDArray[np.int64]:

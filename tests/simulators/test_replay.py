@@ -71,7 +71,7 @@ def test_replaying_a_history_reproduces_its_rows(make_history: MakeHistory, fmt:
 def test_cycle_indexed_file_without_site_or_asset_type(tmp_path: Path) -> None:
     path = tmp_path / "cmapss.csv"
     path.write_text("machine_id,time,op_setting_1,sensor_2,sensor_3\n"
-                    "1,1,0.5,641.8,1589.7\n1,2,0.5,642.1,\n2,1,0.7,642.4,1590.1\n")
+                    "1,1,0.5,641.8,1589.7\n1,2,0.5,642.1,\n2,1,,642.4,1590.1\n")
     data = load_replay(path, asset_type="turbofan", settings=["op_setting_1"], start_ms=1_767_225_600_000,
                        period_ms=1000, failure_at_end=True)
     readings, events = replay(data, delivery="batch", batch_size=10)
@@ -80,6 +80,7 @@ def test_cycle_indexed_file_without_site_or_asset_type(tmp_path: Path) -> None:
     assert readings[0].ts == 1_767_225_601_000 and readings[2].ts == 1_767_225_602_000
     assert readings[2].sensors == {"sensor_2": 642.1}  # the empty cell is a missing field
     assert readings[0].settings == {"op_setting_1": 0.5} and readings[0].asset_type == "turbofan"
+    assert readings[1].settings == {}  # an empty setting cell is left out too
     assert [(e.machine_id, e.event, e.ts) for e in events] == [
         ("replay/2", "failure", 1_767_225_601_000), ("replay/1", "failure", 1_767_225_602_000)]
 
