@@ -38,17 +38,26 @@ failures AS (
     FROM (SELECT machine_id, ts FROM maintenance WHERE event = 'failure') f
     ASOF LEFT JOIN (SELECT machine_id, ts, seq FROM predictions) p
         ON f.machine_id = p.machine_id AND f.ts >= p.ts),
-labelled AS (
-    SELECT p.model_version, p.asset_type, p.p_fail, p.rul, p.seq, f.f_seq,
-           (p.p_fail >= coalesce(k.threshold, $threshold)) AS predicted,
-           coalesce(k.horizon, $horizon) AS horizon, coalesce(k.rul_cap, $rul_cap) AS rul_cap,
-           CASE WHEN f.f_seq IS NOT NULL AND f.f_seq - p.seq BETWEEN 0 AND coalesce(k.horizon, $horizon) THEN TRUE
-                WHEN m.seq - p.seq >= coalesce(k.horizon, $horizon) THEN FALSE END AS actual
-    FROM predictions p
+failed AS (SELECT DISTINCT machine_id FROM failures),
+-- Only machines that failed need the as-of join; every other prediction is negative once
+-- the horizon has passed (the machine's newest reading is far enough ahead).
+joined AS (
+    SELECT p.model_version, p.asset_type, p.p_fail, p.rul, p.seq, p.machine_id, f.f_seq
+    FROM (SELECT * FROM predictions WHERE machine_id IN (SELECT machine_id FROM failed)) p
     ASOF LEFT JOIN failures f ON p.machine_id = f.machine_id AND p.ts <= f.f_ts
-    LEFT JOIN machines m ON m.machine_id = p.machine_id
-    LEFT JOIN params k ON k.model_version = p.model_version AND k.asset_type = p.asset_type
-    WHERE p.p_fail IS NOT NULL OR p.rul IS NOT NULL)
+    UNION ALL
+    SELECT model_version, asset_type, p_fail, rul, seq, machine_id, NULL AS f_seq
+    FROM predictions WHERE machine_id NOT IN (SELECT machine_id FROM failed)),
+labelled AS (
+    SELECT j.model_version, j.asset_type, j.p_fail, j.rul, j.seq, j.f_seq,
+           (j.p_fail >= coalesce(k.threshold, $threshold)) AS predicted,
+           coalesce(k.rul_cap, $rul_cap) AS rul_cap,
+           CASE WHEN j.f_seq IS NOT NULL AND j.f_seq - j.seq BETWEEN 0 AND coalesce(k.horizon, $horizon) THEN TRUE
+                WHEN m.seq - j.seq >= coalesce(k.horizon, $horizon) THEN FALSE END AS actual
+    FROM joined j
+    LEFT JOIN machines m ON m.machine_id = j.machine_id
+    LEFT JOIN params k ON k.model_version = j.model_version AND k.asset_type = j.asset_type
+    WHERE j.p_fail IS NOT NULL OR j.rul IS NOT NULL)
 SELECT asset_type, model_version, count(*) AS predictions,
        count(actual) AS labelled,
        count(*) FILTER (WHERE actual AND predicted) AS tp,

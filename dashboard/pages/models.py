@@ -10,8 +10,17 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import accuracy, charts, queries, ui
+from dashboard.store import Store
 
 st.title("Models")
+
+
+@st.cache_data(ttl=30, show_spinner="Joining predictions with failures…", max_entries=4)
+def _live_accuracy(_store: Store, data_version: tuple[int, ...]) -> pd.DataFrame:
+    # The join over every stored prediction is the page's heaviest query: computed at most
+    # once per 30 s and per change of the store's contents, shared by every session.
+    del data_version
+    return accuracy.live_accuracy(_store)
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
@@ -58,7 +67,9 @@ def models_view() -> None:
     st.caption("A prediction counts as positive when its machine failed within the model's horizon after it, "
                "negative when it did not and the horizon has passed; others are not yet known. Precision and "
                "recall use the model's alert threshold; RUL error is measured on runs that ended in a failure.")
-    live = accuracy.live_accuracy(store)
+    counts = store.counts()
+    live = _live_accuracy(store, (id(store), counts["predictions"], counts["maintenance"], counts["alert_events"],
+                                  counts["models"]))
     if live.empty or int(live["labelled"].sum()) == 0:
         ui.empty_state("No outcome known yet.", "Accuracy needs failures (maintenance events) or enough later "
                        "readings after each prediction.")
