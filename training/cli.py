@@ -125,6 +125,8 @@ def _train_options(func: F) -> F:
              env="TRAIN_TEST_FRACTION", help="Machines held out for the test metrics."),
         _opt("--val-fraction", type=click.FloatRange(0.01, 0.9), default=0.15, show_default=True,
              env="TRAIN_VAL_FRACTION", help="Of the rest, machines for early stopping and thresholds."),
+        _opt("--folds", type=click.IntRange(0, 20), default=0, show_default=True, env="TRAIN_FOLDS",
+             help="Also run grouped k-fold cross-validation by machine (K > 1) and report it."),
         _opt("--promote", is_flag=True, env="TRAIN_PROMOTE",
              help="Point `current` at the new version (always done when there is none)."),
         _opt("--out", "models_dir", type=_PATH, default=Path("models"), show_default=True, env="MODELS_DIR",
@@ -143,8 +145,8 @@ def _train_options(func: F) -> F:
 def train(data: Path | None, events: Path | None, run_to_failure: bool, from_kafka: bool, asset_type: str | None,
           target: str, window: int, rul_cap: float, horizon: float, rul_unit: str, features: str | None,
           setting_names: str | None, architecture: str, epochs: int, batch_size: int, patience: int, seed: int,
-          max_windows: int | None, test_fraction: float, val_fraction: float, promote: bool, models_dir: Path,
-          quiet: bool, as_json: bool) -> None:
+          max_windows: int | None, test_fraction: float, val_fraction: float, folds: int, promote: bool,
+          models_dir: Path, quiet: bool, as_json: bool) -> None:
     """Train a model on run-to-failure history and write a bundle.
 
     Reads the generic long format (readings + events, or --run-to-failure), or Kafka with
@@ -192,7 +194,7 @@ def train(data: Path | None, events: Path | None, run_to_failure: bool, from_kaf
                     target=target, window=window, rul_cap=rul_cap, horizon=horizon, rul_unit=rul_unit,  # type: ignore[arg-type]
                     architecture=architecture, epochs=epochs, batch_size=batch_size,  # type: ignore[arg-type]
                     patience=patience, seed=seed, max_windows=max_windows, test_fraction=test_fraction,
-                    val_fraction=val_fraction, settings=tuple(settings_cols or ()), promote=promote,
+                    val_fraction=val_fraction, settings=tuple(settings_cols or ()), promote=promote, folds=folds,
                     verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2))
                 result = run_train(subset, event_data, config, models_dir, asset_type=kind, lineage=lineage)
                 if as_json:
@@ -205,6 +207,10 @@ def train(data: Path | None, events: Path | None, run_to_failure: bool, from_kaf
                            f"(RUL in {meta.targets.rul_unit}, cap {meta.targets.rul_cap:g}, "
                            f"horizon {meta.targets.horizon:g}, p_fail threshold {meta.thresholds.p_fail:.3f}):")
                 click.echo(_table(result.metrics, ["model", "baseline_age", "baseline_linear"]))
+                cv = result.metrics.get("cross_validation")
+                if cv:
+                    parts = [f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in cv.items() if isinstance(v, dict)]
+                    click.echo(f"{len(cv['folds'])}-fold cross-validation by machine: " + ", ".join(parts))
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -41,7 +41,7 @@ from training.baseline import AgeBaseline, LinearBaseline
 from training.dataset import Events, Readings, unit_from_name
 from training.errors import DataError, TrainingError
 from training.labels import LabelledWindows, RulUnit, label_runs, make_windows
-from training.metrics import alert_metrics, choose_alert_threshold, failure_metrics, rul_metrics
+from training.metrics import alert_metrics, choose_alert_threshold, failure_metrics, pr_auc, rul_metrics
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate_bundle", "feature_stats", "predict_frame", "train"]
 
@@ -72,6 +72,7 @@ class TrainConfig:
     verbose: int = 0
     promote: bool = False
     model_options: tuple[tuple[str, Any], ...] = ()
+    folds: int = 0
 
     @property
     def heads(self) -> list[Literal["rul", "p_fail"]]:
@@ -188,11 +189,70 @@ def _asset_type(readings: Readings, asset_type: str | None) -> str:
     return "default"
 
 
+def _fit(train_w: LabelledWindows, val_w: LabelledWindows, normaliser: Any, model_config: Any,
+         config: TrainConfig) -> tuple[Any, Any]:
+    """Build and fit one network with early stopping on ``val_w``; seeds fixed first."""
+    import keras
+
+    from training.models import build_model, seed_everything
+
+    seed_everything(config.seed)
+    model = build_model(config.window, normaliser, config.heads, model_config)
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)),
+    ]
+    history = model.fit(train_w.x, _targets(train_w, config), validation_data=(val_w.x, _targets(val_w, config)),
+                        epochs=config.epochs, batch_size=config.batch_size, shuffle=True, callbacks=callbacks,
+                        verbose=config.verbose)
+    return model, history
+
+
+def _cross_validate(train_w: LabelledWindows, val_w: LabelledWindows, normaliser: Any, model_config: Any,
+                    config: TrainConfig) -> dict[str, Any]:
+    """Grouped k-fold over the training and validation machines (each fold's machines are
+    held out together; early stopping on the held-out fold, so the figures are slightly
+    optimistic). Returns per-fold RUL RMSE/MAE and PR-AUC with their mean and std."""
+    machines = np.unique(np.concatenate([train_w.machine, val_w.machine]))
+    order = np.random.default_rng(config.seed + 1).permutation(machines)
+    folds = np.array_split(order, config.folds)
+    both = _concat(train_w, val_w)
+    per_fold: list[dict[str, float]] = []
+    for i, held in enumerate(folds):
+        mask = np.isin(both.machine, held)
+        model, _ = _fit(both.take(~mask), both.take(mask), normaliser, model_config, config)
+        outputs = model.predict(both.x[mask], batch_size=2048, verbose=0)
+        fold = both.take(mask)
+        figures: dict[str, float] = {"fold": i, "machines": len(held)}
+        if "rul" in outputs:
+            rul = np.clip(np.asarray(outputs["rul"]).reshape(-1) * config.rul_cap, 0, config.rul_cap)
+            found = rul_metrics(rul, fold.rul, config.rul_cap, fold.run)
+            figures.update(rul_rmse=found.get("rmse", np.nan), rul_mae=found.get("mae", np.nan))
+        if "p_fail" in outputs:
+            known = np.isfinite(fold.fail)
+            figures["pr_auc"] = pr_auc(np.asarray(outputs["p_fail"]).reshape(-1)[known], fold.fail[known])
+        per_fold.append(figures)
+        log.info("fold %d/%d: %s", i + 1, config.folds, figures)
+    summary: dict[str, Any] = {"folds": per_fold}
+    for key in ("rul_rmse", "rul_mae", "pr_auc"):
+        values = [f[key] for f in per_fold if key in f]
+        if values:
+            summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+    return summary
+
+
+def _concat(a: LabelledWindows, b: LabelledWindows) -> LabelledWindows:
+    return LabelledWindows(x=np.concatenate([a.x, b.x]), rul=np.concatenate([a.rul, b.rul]),
+                           fail=np.concatenate([a.fail, b.fail]), age=np.concatenate([a.age, b.age]),
+                           run=np.concatenate([a.run, b.run]), machine=np.concatenate([a.machine, b.machine]),
+                           time=np.concatenate([a.time, b.time]), run_failed=a.run_failed)
+
+
 def train(readings: Readings, events: Events, config: TrainConfig, models_dir: str | Path, *,
           asset_type: str | None = None, lineage: dict[str, Any] | None = None) -> TrainResult:
     """Train one asset type's model and write its bundle under ``models_dir``."""
     from training.export import check_parity, serving_function, to_onnx
-    from training.models import ModelConfig, Normaliser, build_model, seed_everything
+    from training.models import ModelConfig, Normaliser
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -234,21 +294,14 @@ def train(readings: Readings, events: Events, config: TrainConfig, models_dir: s
     log.info("%s: %d train / %d validation / %d test windows of %d readings x %d features",
              asset, len(train_w), len(val_w), len(test_w), config.window, len(columns))
 
-    import keras
 
-    seed_everything(config.seed)
     setting_idx = [i for i, c in enumerate(columns) if c in config.settings]
     normaliser = Normaliser.fit(train_values[:, keep], setting_idx)
     model_config = ModelConfig(architecture=config.architecture, **dict(config.model_options))
-    model = build_model(config.window, normaliser, config.heads, model_config)
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)),
-    ]
+    if config.folds > 1:
+        cv = _cross_validate(train_w, val_w, normaliser, model_config, config)
     t1 = time.perf_counter()
-    history = model.fit(train_w.x, _targets(train_w, config), validation_data=(val_w.x, _targets(val_w, config)),
-                        epochs=config.epochs, batch_size=config.batch_size, shuffle=True, callbacks=callbacks,
-                        verbose=config.verbose)
+    model, history = _fit(train_w, val_w, normaliser, model_config, config)
     timings["fit_s"] = time.perf_counter() - t1
     epochs_run = len(history.history.get("loss", []))
 
@@ -292,6 +345,7 @@ def train(readings: Readings, events: Events, config: TrainConfig, models_dir: s
                                              consecutive=config.consecutive, **common),
         "validation": _metrics(val_pred, val_w, thresholds=thresholds, **common),
         "parity_max_abs_diff": parity,
+        **({"cross_validation": cv} if config.folds > 1 else {}),
         "baseline_params": {"age_mean_life": age_base.mean_life},
     }
     timings["total_s"] = time.perf_counter() - t0

@@ -142,3 +142,14 @@ def test_garbage_in_is_one_line(tmp_path, content, expected):
     assert outcome.exit_code == 2
     assert expected in outcome.output and str(path) in outcome.output
     assert outcome.output.count("\n") == 1
+
+
+def test_grouped_cross_validation(data, tmp_path):
+    import dataclasses
+
+    readings = load_readings(data)
+    config = dataclasses.replace(TINY, folds=2, epochs=1)
+    result = train(readings, load_events(data, readings.time_kind), config, tmp_path)
+    cv = result.metrics["cross_validation"]
+    assert len(cv["folds"]) == 2 and sum(f["machines"] for f in cv["folds"]) == 10  # 12 minus 2 test machines
+    assert np.isfinite(cv["rul_rmse"]["mean"])
