@@ -125,10 +125,9 @@ def alert_metrics(p_fail: npt.ArrayLike, rul_raw: npt.ArrayLike, run: npt.ArrayL
             if j - i >= consecutive:
                 opened = i + consecutive - 1
                 alerts += 1
-                still_open_in_horizon = failed and r[j - 1] <= horizon
-                true_alerts += int(still_open_in_horizon)
-                if failed and j == n:
-                    lead = float(r[opened])
+                if failed and r[opened] <= horizon:
+                    true_alerts += 1
+                    lead = max(lead, float(r[opened]))
             i = j
         if failed:
             leads.append(lead)
@@ -172,8 +171,7 @@ def choose_alert_threshold(p_fail: npt.ArrayLike, fail: npt.ArrayLike, rul_raw: 
                            age: npt.ArrayLike, run_failed: npt.NDArray[np.bool_], *, horizon: float,
                            consecutive: int, min_precision: float = 0.9) -> float:
     """The threshold whose alerts (as :func:`alert_metrics` counts them) reach
-    ``min_precision`` with the longest median lead time, capped at the horizon so that extra
-    lead past it does not buy false alarms (ties: the most precise). Falls back to
+    ``min_precision`` with the longest median lead time (ties: the most precise). Falls back to
     :func:`choose_threshold` when no threshold is precise enough."""
     p = np.asarray(p_fail, np.float64)
     labelled = np.isfinite(np.asarray(fail, np.float64))
@@ -187,7 +185,7 @@ def choose_alert_threshold(p_fail: npt.ArrayLike, fail: npt.ArrayLike, rul_raw: 
         precision = found["alert_precision"]
         if not found["alerts"] or not precision >= min_precision:
             continue
-        key = (min(found["median_lead_time"], horizon), precision, thr)
+        key = (found["median_lead_time"], precision, thr)
         if best is None or key > best:
             best = key
     if best is None:

@@ -55,6 +55,7 @@ class ModelConfig:
     fail_loss_weight: float = 0.3
     input_noise: float = 0.0
     l2: float = 0.0
+    deltas: bool = False
 
 
 def seed_everything(seed: int) -> None:
@@ -195,6 +196,10 @@ def build_model(window: int, normaliser: Normaliser, heads: list[Head],
     x = normaliser.layer()(inputs)
     if config.input_noise > 0:
         x = layers.GaussianNoise(config.input_noise, name="noise")(x)
+    if config.deltas:
+        # Offset-free channels: each reading minus the window's mean (machine-to-machine offsets cancel).
+        centred = layers.Lambda(lambda t: t - ops.mean(t, axis=1, keepdims=True), name="centre")(x)
+        x = layers.Concatenate(name="with_deltas")([x, centred])
     if config.architecture == "conv":
         trunk = _conv_trunk(x, config)
         last = layers.Flatten(name="last_step")(layers.Cropping1D((window - 1, 0), name="crop")(trunk))

@@ -80,12 +80,17 @@ def test_rul_metrics_and_pr_auc():
 
 
 def test_alert_metrics_lead_time_and_precision():
-    # One failed run: alert opens when RUL = 3 (two consecutive windows needed).
+    # One failed run: a two-window alert opens at RUL 2 (true); a lone window does not open one.
     p = [0.1, 0.1, 0.9, 0.1, 0.9, 0.9, 0.9, 0.9]
     rul = [7, 6, 5, 4, 3, 2, 1, 0]
     m = alert_metrics(p, rul, [0] * 8, list(range(8)), np.array([True]), threshold=0.5, consecutive=2, horizon=3)
     assert m["alerts"] == 1 and m["alert_precision"] == 1.0
     assert m["median_lead_time"] == 2  # opened at the second window above: RUL 2
+    # Opened before the horizon: a false (premature) alert, and no lead.
+    early = [0.9] * 8
+    m1 = alert_metrics(early, rul, [0] * 8, list(range(8)), np.array([True]), threshold=0.5, consecutive=2,
+                       horizon=3)
+    assert m1["alerts"] == 1 and m1["alert_precision"] == 0.0 and m1["median_lead_time"] == 0
     # An alert in a censored run is a false alert.
     m2 = alert_metrics([0.9, 0.9], [np.nan, np.nan], [0, 0], [0, 1], np.array([False]), threshold=0.5,
                        consecutive=2, horizon=3)
