@@ -38,7 +38,7 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             for _ in range(100):
                 try:
-                    urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).close()
+                    urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).close()  # noqa: S310 - our local http URL
                     break
                 except OSError:
                     time.sleep(0.3)

@@ -154,7 +154,8 @@ def test_dashboard_shows_machines_and_predictions_in_chromium(dashboard_process:
             page.goto(f"{url}/machine?machine={MACHINES[0]}", wait_until="domcontentloaded")
             expect(page.locator('[data-testid="stMetric"]', has_text="p(fail)")).to_contain_text("0.95",
                                                                                              timeout=30_000)
-            expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(4, timeout=30_000)  # p(fail), RUL, two sensors
+            # p(fail), RUL and one chart per sensor (two).
+            expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(4, timeout=30_000)
             page.wait_for_timeout(1500)
             machine = _save(page, "e2e-machine", tmp_path)
         finally:
