@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -75,6 +76,9 @@ class BatchResult:
     shadow: list[ShadowReport] = field(default_factory=list)
 
 
+_telemetry = msgspec.json.Decoder(Telemetry)
+
+
 def _signature(model: OnnxModel) -> str:
     return f"{model.window}x{model.n_features}:" + ",".join(model.meta.input.feature_names)
 
@@ -108,6 +112,9 @@ class ScoringEngine:
         self.machine_asset: dict[str, str] = {}
         self.machine_partition: dict[str, int] = {}
         self._warned: set[str] = set()
+        self.held: dict[str, dict[int, Incoming]] = {}
+        self._touched_held: list[tuple[str, int]] = []
+        self._held_delta = 0
 
     # -- windows per asset type -------------------------------------------------------------
 
@@ -159,6 +166,12 @@ class ScoringEngine:
                 log.warning("no model serves asset type %r; its readings are not scored", asset)
             return
         model, store = found
+        n_in = len(items)
+        items = self._reorder(store, items)
+        result.dropped += n_in - len(items) - self._held_delta
+        if not items:
+            self._mark_dirty(items, asset, result)
+            return
         spec = model.meta.input.features
         nan = float("nan")
         n = len(items)
@@ -174,12 +187,7 @@ class ScoringEngine:
         accepted = int(batch.accepted.sum())
         result.accepted += accepted
         result.dropped += n - accepted
-        for it in items:
-            m = it.reading.machine_id
-            if m not in self.machine_asset:
-                self.machine_asset[m] = asset
-            self.machine_partition[m] = it.partition
-            result.dirty[it.partition].add(m)
+        self._mark_dirty(items, asset, result)
         rows = batch.rows
         windows = batch.windows
         stride = self.options.stride
@@ -216,6 +224,67 @@ class ScoringEngine:
         events, _changed = self.alerts.observe(scored, rules_for(model, self.options.alerts))
         result.alerts.extend(events)
 
+    def _mark_dirty(self, items: list[Incoming], asset: str, result: BatchResult) -> None:
+        for it in items:
+            m = it.reading.machine_id
+            if m not in self.machine_asset:
+                self.machine_asset[m] = asset
+            self.machine_partition[m] = it.partition
+            result.dirty[it.partition].add(m)
+        for m, partition in self._touched_held:
+            self.machine_asset.setdefault(m, asset)
+            self.machine_partition[m] = partition
+            result.dirty[partition].add(m)
+        self._touched_held.clear()
+
+    def _reorder(self, store: MachineWindows, items: list[Incoming]) -> list[Incoming]:
+        """Put each machine's readings back in seq order, holding at most ``reorder_slack``
+        readings that arrived ahead of a missing one (see the README's policy). Depends only
+        on each machine's arrival order, never on batch boundaries."""
+        slack = self.options.reorder_slack
+        held_all = self.held
+        out: list[Incoming] = []
+        last: dict[str, int] = {}
+        self._held_delta = 0
+        for it in items:
+            m = it.reading.machine_id
+            s = it.reading.seq
+            if m in last:
+                top = last[m]
+            else:
+                seen = store.last_seq(m)
+                top = -1 if seen is None else seen  # a machine never seen starts at seq 0
+            held = held_all.get(m)
+            if held is None and (s <= top + 1 or slack == 0):
+                out.append(it)
+                last[m] = max(s, top)
+                continue
+            if held is None:
+                held = held_all[m] = {}
+            self._touched_held.append((m, it.partition))
+            if s <= top:
+                out.append(it)  # a duplicate or late reading: the window store drops it
+            elif s == top + 1:
+                out.append(it)
+                top = s
+                while top + 1 in held:
+                    top += 1
+                    out.append(held.pop(top))
+                    self._held_delta -= 1
+            elif s not in held:  # (a duplicate of a held reading is dropped)
+                held[s] = it
+                self._held_delta += 1
+                if len(held) > slack:
+                    for key in sorted(held):
+                        out.append(held[key])
+                    self._held_delta -= len(held)
+                    top = max(held)
+                    held.clear()
+            if not held:
+                del held_all[m]
+            last[m] = top
+        return out
+
     def _shadow(self, asset: str, model: OnnxModel, candidate: OnnxModel, windows: npt.NDArray[np.float32],
                 p_fail: npt.NDArray[np.float32] | None, rul: npt.NDArray[np.float32] | None) -> ShadowReport:
         other = candidate.predict(windows)
@@ -246,10 +315,18 @@ class ScoringEngine:
         for asset, keys in by_asset.items():
             sig = self._store_sig[asset]
             for key, blob in zip(keys, self.stores[asset].export(keys), strict=True):
-                out.append((key, MachineRecord(asset, sig, blob, self.alerts.get(key))))
+                out.append((key, MachineRecord(asset, sig, blob, self.alerts.get(key), self._held_of(key))))
         for m in loose:
-            out.append((m, MachineRecord(self.machine_asset.get(m, ""), "", b"", self.alerts.get(m))))
+            out.append((m, MachineRecord(self.machine_asset.get(m, ""), "", b"", self.alerts.get(m),
+                                         self._held_of(m))))
         return out
+
+    def _held_of(self, machine: str) -> list[tuple[bytes, int]]:
+        held = self.held.get(machine)
+        if not held:
+            return []
+        return [(encode(it.reading), -1 if it.ingest_ts is None else it.ingest_ts)
+                for _, it in sorted(held.items())]
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop the state of machines in ``partitions`` (they moved to another worker)."""
@@ -260,6 +337,7 @@ class ScoringEngine:
             if asset is not None:
                 by_asset[asset].append(m)
             del self.machine_partition[m]
+            self.held.pop(m, None)
         for asset, keys in by_asset.items():
             if asset in self.stores:
                 self.stores[asset].forget(keys)
@@ -275,6 +353,11 @@ class ScoringEngine:
             if record.asset_type:
                 self.machine_asset[machine] = record.asset_type
             self.alerts.put(machine, record.alerts)
+            if record.held:
+                self.held[machine] = {}
+                for raw, ingest in record.held:
+                    reading = _telemetry.decode(raw)
+                    self.held[machine][reading.seq] = Incoming(reading, state.partition, None if ingest < 0 else ingest)
             if not record.window:
                 continue
             found = self.store_for(record.asset_type)

@@ -46,6 +46,8 @@ class ScoringOptions(_Section):
     stride: int = Field(1, ge=1, description="score readings whose seq is a multiple of this")
     max_gap: int | None = Field(10, ge=1, description="a seq jump larger than this restarts a window")
     max_imputed: int = Field(5, ge=0, description="consecutive readings a sensor may be imputed for")
+    reorder_slack: int = Field(2, ge=0, description="readings held back per machine waiting for a missing "
+                               "earlier seq (0: late readings are dropped)")
     max_batch: int = Field(20_000, ge=1, description="records per transaction at most")
     commit_interval_ms: int = Field(100, ge=1, description="longest time a transaction collects records")
     poll_timeout_ms: int = Field(50, ge=1)

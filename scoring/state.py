@@ -54,6 +54,7 @@ class MachineRecord(msgspec.Struct, frozen=True, array_like=True):
     window_sig: str
     window: bytes
     alerts: MachineAlerts | None = None
+    held: list[tuple[bytes, int]] = []  # readings held back for reordering: (JSON, ingest_ts or -1)
 
 
 _marker_encoder = msgspec.msgpack.Encoder()

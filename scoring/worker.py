@@ -99,15 +99,20 @@ class ScoringWorker:
             "queue.buffering.max.messages": 1_000_000,
         })
         self._producer.init_transactions()
+        overrides: dict[str, object] = {
+            "partition.assignment.strategy": "range",
+            "max.poll.interval.ms": 300_000,
+            "session.timeout.ms": 6_000,
+            "heartbeat.interval.ms": 1_000,
+            "fetch.wait.max.ms": 20,
+            "queued.min.messages": 200_000,
+        }
+        if self.options.worker_id:
+            # Static membership: a restarted worker gets its partitions back without waiting for
+            # the session of its killed predecessor to time out.
+            overrides["group.instance.id"] = self.options.worker_id
         consumer = KafkaConsumer(self.settings.kafka, self.options.group_id,
-                                 [self.topics.telemetry, self.topics.maintenance], **{
-                                     "partition.assignment.strategy": "range",
-                                     "max.poll.interval.ms": 300_000,
-                                     "session.timeout.ms": 10_000,
-                                     "heartbeat.interval.ms": 1_000,
-                                     "fetch.wait.max.ms": 20,
-                                     "queued.min.messages": 200_000,
-                                 })
+                                 [self.topics.telemetry, self.topics.maintenance], **overrides)
         consumer.on_rebalance(self._on_assign, self._on_revoke)
         self._consumer = consumer
         if self.options.metrics_port is not None:
@@ -320,21 +325,15 @@ class ScoringWorker:
         ends = {tp.partition: client.get_watermark_offsets(tp, timeout=10.0)[1] for tp in parts}
         client.assign(parts)
         deadline = time.monotonic() + timeout_s
-        latest: dict[str, bytes | None] = {}
-        order: list[str] = []
         while time.monotonic() < deadline:
             positions = {tp.partition: tp.offset for tp in client.position(parts)}
             if all(positions[p] >= ends[p] or ends[p] == 0 for p in ends):
                 break
+            # Every record in order (not only the latest per key): when the newest bundle of a
+            # key is bad, the one before it keeps serving, as it would have without a restart.
             for message in self._models.consume(100, 0.2):
                 key = (message.key() or b"").decode(errors="replace")
-                latest[key] = message.value()
-                if key in order:
-                    order.remove(key)
-                order.append(key)
-        # Serving models before candidates, so a candidate can be compared right away.
-        for key in sorted(order, key=lambda k: k.endswith(".candidate")):
-            self._record_offer(self.registry.offer(key, latest[key]))
+                self._record_offer(self.registry.offer(key, message.value()))
 
     def _poll_models(self, timeout_s: float) -> None:
         if self._models is None:
