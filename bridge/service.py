@@ -25,6 +25,7 @@ import time
 from types import TracebackType
 from typing import Any, Self
 
+from bridge import _fastread
 from bridge._acks import AckWriter
 from bridge.errors import BridgeError
 from bridge.metrics import BridgeMetrics
@@ -142,6 +143,8 @@ class Bridge:
         self._intake = True
         filters = subscriptions(self.options.share_group)
         self.mqtt.connect()
+        if isinstance(self.mqtt, MqttClient):
+            _fastread.install(self.mqtt.client)
         self.mqtt.subscribe(filters, qos=1)
         self._started = True
         log.info("bridge %s subscribed to %s; forwarding to %s, %s and %s", self.options.client_id,

@@ -1,0 +1,232 @@
+"""Bridge drain benchmark: MQTT persistent session → Kafka (acks=all), ours against quixstreams' MQTTSource.
+
+For each run: create the subscriber's persistent session, stop the subscriber, publish N QoS 1
+messages into the offline session, start the subscriber and time the drain into Kafka: from the
+first record's arrival to the N-th, watching the topic's high watermarks. CPU seconds are the
+subscriber's (and its children's) user+system time over the same interval.
+
+Runs: ours with single readings, ours with gateway batches of 100, and quixstreams' community
+``MQTTSource`` (paho, auto-acknowledging on receipt) producing the same single readings to Kafka.
+quixstreams' source uses a clean session; the benchmark subclasses it only to turn that off,
+since a drain from an offline session needs a persistent one.
+
+    python benchmarks/bridge.py [--messages 200000] [--batches 2000] [--batch-size 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import write_result
+from forewarn.kafka import KafkaAdmin
+from forewarn.settings import TopicSettings
+from forewarn.topics import Topics, TopicSpec, topic_specs
+from tests.bridge.helpers import BridgeProcess, batch_load, publish_all, single_load, topic_size
+from tests.conftest import make_stack
+
+
+def _cpu(proc: psutil.Process) -> float:
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def _drain(pid: int, kafka: Any, topic: str, expect: int, base: int = 0, timeout_s: float = 600,
+           ready: Any = None) -> dict[str, float]:
+    """Watch ``topic`` until it holds ``expect`` more records than ``base``. The drain is timed from
+    ``ready()`` turning true (subscriber connected) when given, else from the first record."""
+    import confluent_kafka
+
+    from forewarn.kafka import KafkaConsumer
+
+    proc = psutil.Process(pid)
+    started = time.monotonic()
+    t_first = cpu_first = None
+    watcher = KafkaConsumer(kafka, f"watch-{uuid.uuid4().hex[:6]}").client
+    parts = [confluent_kafka.TopicPartition(topic, p)
+             for p in watcher.list_topics(topic, timeout=10).topics[topic].partitions]
+
+    def size() -> int:
+        return sum(watcher.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in parts)
+
+    while ready is not None and not ready():
+        time.sleep(0.005)
+    if ready is not None:
+        t_first, cpu_first = time.monotonic(), _cpu(proc)
+    while time.monotonic() - started < timeout_s:
+        n = size() - base
+        now = time.monotonic()
+        if n > 0 and t_first is None:
+            t_first, cpu_first = now, _cpu(proc)
+        if n >= expect:
+            assert t_first is not None and cpu_first is not None
+            seconds = max(now - t_first, 1e-3)
+            cpu = _cpu(proc) - cpu_first
+            watcher.close()
+            return {"records": n, "seconds": round(seconds, 3), "since_start_s": round(now - started, 3),
+                    "cpu_s": round(cpu, 3)}
+        time.sleep(0.005)
+    raise SystemExit(f"drain of {topic} did not finish in {timeout_s}s ({topic_size(kafka, topic) - base}/{expect})")
+
+
+# -- quixstreams peer (run as a subprocess of this file) ------------------------------------
+
+
+try:  # the peer's class must live at module level: quixstreams pickles a source into its own process
+    from paho.mqtt import client as _paho
+    from quixstreams.sources.community.mqtt import MQTTSource as _MQTTSource
+
+    class PersistentMQTTSource(_MQTTSource):  # type: ignore[misc]
+        """quixstreams' MQTTSource, with clean_session=False (else an offline drain has nothing to drain)."""
+
+        def setup(self) -> None:
+            self._client = _paho.Client(callback_api_version=_paho.CallbackAPIVersion.VERSION2,
+                                        client_id=self._client_id, protocol=self._protocol, clean_session=False)
+            self._client.on_message = self._mqtt_on_message
+            self._client.connect(self._server, self._port)
+            self._client.subscribe(self._topic, qos=self._qos)
+            self._client.loop_start()
+except ImportError:  # quixstreams is a dev extra
+    PersistentMQTTSource = None
+
+
+def quix_peer(bootstrap: str, mqtt_port: int, client_id: str, topic: str) -> None:
+    from quixstreams import Application
+
+    app = Application(broker_address=bootstrap, consumer_group=f"bench-{uuid.uuid4().hex[:6]}",
+                      auto_create_topics=False, loglevel="WARNING")
+    source = PersistentMQTTSource(topic="forewarn/+/+/telemetry", client_id=client_id, server="127.0.0.1",
+                                  port=mqtt_port, version="3.1.1", tls_enabled=False, qos=1)
+    app.add_source(source, topic=app.topic(topic))
+    print("quix peer running", file=sys.stderr, flush=True)
+    app.run()
+
+
+class QuixProcess:
+    def __init__(self, log: Path, bootstrap: str, mqtt_port: int, client_id: str, topic: str) -> None:
+        self.log_path = log
+        self._log = open(log, "ab")  # closed in stop()
+        self.process = subprocess.Popen([sys.executable, __file__, "--quix-peer", bootstrap, str(mqtt_port),
+                                         client_id, topic], stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, seconds: float = 15.0) -> QuixProcess:
+        deadline = time.monotonic() + 60
+        while "quix peer running" not in self.log_path.read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("quix peer did not start:\n" + self.log_path.read_text(errors="replace"))
+            time.sleep(0.1)
+        time.sleep(seconds)  # the source starts in a child process after the app is up
+        return self
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=int(os.environ.get("BENCH_MESSAGES", "200000")))
+    parser.add_argument("--batches", type=int, default=int(os.environ.get("BENCH_BATCHES", "2000")))
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--skip-quix", action="store_true")
+    parser.add_argument("--receive-maximum", type=int, default=int(os.environ.get("BENCH_RECEIVE_MAXIMUM", "1000")))
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
+    local = make_stack(home)
+    print(f"starting the stack in {home}", file=sys.stderr)
+    local.up()
+    figures: dict[str, Any] = {"load": f"{os.getloadavg()[0]:.2f} (1-min load average at start)",
+                               "receive_maximum": args.receive_maximum}
+    try:
+        kafka, mqtt = local.kafka_settings, local.mqtt_settings
+        settings = TopicSettings(prefix="bench.", partitions=6)
+        KafkaAdmin(kafka).ensure_topics([*topic_specs(settings), TopicSpec("quix", "bench.quix", 6, 1)])
+        topics = Topics.from_settings(settings)
+        n = args.messages
+        single = [(t, p) for t, p, _i in single_load(machines=200, per_machine=n // 200)]
+        batches = [(t, p) for t, p, _r in batch_load(gateways=20, batches=args.batches // 20, size=args.batch_size)]
+        readings_in_batches = len(batches) * args.batch_size
+
+        def ours(label: str, load: list[tuple[str, bytes]], expect: int) -> dict[str, float]:
+            client_id = f"bench-{label}"
+            bridge_args = (home / f"{label}.log", kafka, mqtt, settings.prefix, client_id, f"g-{label}",
+                           "--receive-maximum", str(args.receive_maximum))
+            BridgeProcess(*bridge_args).wait_ready().stop()  # the persistent session and its subscription
+            t0 = time.monotonic()
+            publish_all(mqtt, load)
+            print(f"{label}: published {len(load)} messages in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+            base = topic_size(kafka, topics.telemetry)
+            bridge = BridgeProcess(*bridge_args)
+            try:
+                return _drain(bridge.process.pid, kafka, topics.telemetry, expect, base,
+                              ready=lambda: "stops it" in bridge.log())
+            finally:
+                bridge.stop()
+
+        run = ours("single", single, len(single))
+        figures["ours_single"] = {**run, "messages": len(single), "msg_per_s": round(len(single) / run["seconds"]),
+                                  "cpu_s_per_1000_msgs": round(1000 * run["cpu_s"] / len(single), 4)}
+        print(figures["ours_single"], file=sys.stderr)
+        run = ours("batch", batches, readings_in_batches)
+        figures["ours_batches"] = {**run, "messages": len(batches), "batch_size": args.batch_size,
+                                   "readings_per_s": round(readings_in_batches / run["seconds"]),
+                                   "msg_per_s": round(len(batches) / run["seconds"]),
+                                   "cpu_s_per_1000_readings": round(1000 * run["cpu_s"] / readings_in_batches, 4)}
+        print(figures["ours_batches"], file=sys.stderr)
+
+        if not args.skip_quix:
+            quix_log = home / "quix.log"
+            QuixProcess(quix_log, kafka.bootstrap_servers, mqtt.port, "bench-quix", "bench.quix").wait_ready().stop()
+            t0 = time.monotonic()
+            publish_all(mqtt, single)
+            print(f"quix: published {len(single)} messages in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+            quix = QuixProcess(quix_log, kafka.bootstrap_servers, mqtt.port, "bench-quix", "bench.quix")
+            try:
+                run = _drain(quix.process.pid, kafka, "bench.quix", len(single))
+            finally:
+                quix.stop()
+            figures["quixstreams_mqtt_source_single"] = {
+                **run, "messages": len(single), "msg_per_s": round(len(single) / run["seconds"]),
+                "cpu_s_per_1000_msgs": round(1000 * run["cpu_s"] / len(single), 4),
+                "note": "acknowledges on receipt (at-most-once across a crash), no validation; timed from its first "
+                        "record in Kafka (ours from the moment it is connected: conservative for us)"}
+            figures["ratio_ours_to_quix_single"] = round(
+                figures["ours_single"]["msg_per_s"] / figures["quixstreams_mqtt_source_single"]["msg_per_s"], 2)
+        figures["targets"] = {"single_msg_per_s": 15_000, "batch_readings_per_s": 150_000, "ratio_to_quix": 1.5}
+    finally:
+        local.down()
+    write_result("bridge", figures)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--quix-peer":
+        quix_peer(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    else:
+        main()
