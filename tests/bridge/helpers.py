@@ -62,7 +62,12 @@ def publish_all(settings: Any, messages: Iterable[tuple[str, bytes]], client_id:
     last = None
     try:
         for topic, payload in messages:
-            last = client.publish(topic, payload, qos=qos)
+            while True:
+                try:
+                    last = client.publish(topic, payload, qos=qos)
+                    break
+                except ValueError:  # paho's own queue is full: let it drain
+                    time.sleep(0.01)
             n += 1
         if last is not None:
             last.wait_for_publish(120)
