@@ -127,7 +127,8 @@ def alert_metrics(p_fail: npt.ArrayLike, rul_raw: npt.ArrayLike, run: npt.ArrayL
                 alerts += 1
                 if failed and r[opened] <= horizon:
                     true_alerts += 1
-                    lead = max(lead, float(r[opened]))
+                if failed and r[j - 1] <= horizon:  # open inside the horizon before the failure
+                    lead = max(lead, min(float(r[opened]), horizon))
             i = j
         if failed:
             leads.append(lead)
@@ -169,7 +170,7 @@ def choose_threshold(p_fail: npt.ArrayLike, fail: npt.ArrayLike, *, min_precisio
 
 def choose_alert_threshold(p_fail: npt.ArrayLike, fail: npt.ArrayLike, rul_raw: npt.ArrayLike, run: npt.ArrayLike,
                            age: npt.ArrayLike, run_failed: npt.NDArray[np.bool_], *, horizon: float,
-                           consecutive: int, min_precision: float = 0.9) -> float:
+                           consecutive: int, min_precision: float = 0.85) -> float:
     """The threshold whose alerts (as :func:`alert_metrics` counts them) reach
     ``min_precision`` with the longest median lead time (ties: the most precise). Falls back to
     :func:`choose_threshold` when no threshold is precise enough."""

@@ -45,7 +45,7 @@ Head = Literal["rul", "p_fail"]
 @dataclass(frozen=True)
 class ModelConfig:
     architecture: Architecture = "conv"
-    filters: int = 32
+    filters: int = 16
     kernel_size: int = 3
     dilations: tuple[int, ...] = (1, 2, 4, 8)
     dense: int = 64

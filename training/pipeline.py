@@ -53,7 +53,7 @@ Target = Literal["rul", "failure", "both"]
 @dataclass(frozen=True)
 class TrainConfig:
     target: Target = "both"
-    window: int = 30
+    window: int = 50
     rul_cap: float = 125.0
     horizon: float = 30.0
     rul_unit: RulUnit = "readings"
@@ -66,7 +66,7 @@ class TrainConfig:
     test_fraction: float = 0.2
     max_windows: int | None = None
     max_imputed: int = 5
-    min_precision: float = 0.9
+    min_precision: float = 0.85
     consecutive: int = 3
     settings: tuple[str, ...] = ()
     verbose: int = 0

@@ -86,11 +86,16 @@ def test_alert_metrics_lead_time_and_precision():
     m = alert_metrics(p, rul, [0] * 8, list(range(8)), np.array([True]), threshold=0.5, consecutive=2, horizon=3)
     assert m["alerts"] == 1 and m["alert_precision"] == 1.0
     assert m["median_lead_time"] == 2  # opened at the second window above: RUL 2
-    # Opened before the horizon: a false (premature) alert, and no lead.
+    # Opened before the horizon and open until the failure: a false (premature) alert that
+    # did warn, lead capped at the horizon; one closed before the horizon gives no lead.
     early = [0.9] * 8
     m1 = alert_metrics(early, rul, [0] * 8, list(range(8)), np.array([True]), threshold=0.5, consecutive=2,
                        horizon=3)
-    assert m1["alerts"] == 1 and m1["alert_precision"] == 0.0 and m1["median_lead_time"] == 0
+    assert m1["alerts"] == 1 and m1["alert_precision"] == 0.0 and m1["median_lead_time"] == 3
+    closed = [0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1]
+    m2 = alert_metrics(closed, rul, [0] * 8, list(range(8)), np.array([True]), threshold=0.5, consecutive=2,
+                       horizon=3)
+    assert m2["alert_precision"] == 0.0 and m2["median_lead_time"] == 0
     # An alert in a censored run is a false alert.
     m2 = alert_metrics([0.9, 0.9], [np.nan, np.nan], [0, 0], [0, 1], np.array([False]), threshold=0.5,
                        consecutive=2, horizon=3)
