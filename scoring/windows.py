@@ -342,10 +342,10 @@ class WindowStore:
             back = np.arange(-(w - 1), 1, dtype=np.int64)[None, :]
             t = k[emit][:, None] + back
             e_slots = s_slots[emit][:, None]
-            from_batch = t >= 0
-            batch_idx = np.where(from_batch, group_start[emit][:, None] + t, 0)
-            ring_idx = (self._pos[e_slots] + t) % w
-            windows = np.where(from_batch[:, :, None], filled[batch_idx], self._ring[e_slots, ring_idx])
+            windows = self._ring[e_slots, (self._pos[e_slots] + t) % w]
+            eb, wb = np.nonzero(t >= 0)
+            if len(eb):
+                windows[eb, wb] = filled[group_start[emit][eb] + t[eb, wb]]
             rows = order[emit]
             by_input = np.argsort(rows, kind="stable")
             rows, windows = rows[by_input], windows[by_input]
