@@ -55,22 +55,27 @@ def to_onnx(serve: Any, heads: list[str]) -> bytes:
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     concrete = serve.get_concrete_function()
-    frozen = convert_variables_to_constants_v2(concrete)
-    graph_def = frozen.graph.as_graph_def()
-    input_names = [t.name for t in frozen.inputs]
-    output_names = [t.name for t in frozen.outputs]
-    if len(input_names) != 1 or len(output_names) != len(heads):
-        raise ExportError(f"unexpected frozen graph: inputs {input_names}, outputs {output_names}")
-    tf_logger = logging.getLogger("tf2onnx")
-    level = tf_logger.level
-    tf_logger.setLevel(logging.ERROR)
+    # Both libraries log deprecation notes about their TF1-style internals at WARNING.
+    quiet = [logging.getLogger(name) for name in ("tf2onnx", "tensorflow")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
     try:
+        frozen = convert_variables_to_constants_v2(concrete)
+        graph_def = frozen.graph.as_graph_def()
+        input_names = [t.name for t in frozen.inputs]
+        output_names = [t.name for t in frozen.outputs]
+        if len(input_names) != 1 or len(output_names) != len(heads):
+            raise ExportError(f"unexpected frozen graph: inputs {input_names}, outputs {output_names}")
         proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=input_names,
                                                   output_names=output_names, opset=OPSET)
+    except ExportError:
+        raise
     except Exception as error:  # noqa: BLE001 - tf2onnx raises many error types
         raise ExportError(f"tf2onnx could not convert the model: {error}") from None
     finally:
-        tf_logger.setLevel(level)
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
     renames = {input_names[0]: INPUT_NAME, **dict(zip(output_names, heads, strict=True))}
     graph = proto.graph
     for node in graph.node:
