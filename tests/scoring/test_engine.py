@@ -190,3 +190,16 @@ def test_shadow_candidate_reports_agreement(data: FleetData) -> None:
     assert result.shadow and result.shadow[0].n == len(result.predictions)
     assert 0.5 < result.shadow[0].agreement <= 1.0
     assert {_decode.decode(v).model_version for _, v in result.predictions} == {"v1"}
+
+
+def test_a_missing_sensor_is_imputed_with_its_last_value(data: FleetData) -> None:
+    machine = data.readings[0].machine_id
+    mine = [r for r in data.readings if r.machine_id == machine][:30]
+    name = data.sensor_names[3]
+    holed = [msgspec.structs.replace(r, sensors={k: v for k, v in r.sensors.items() if k != name})
+             if i in (12, 13) else r for i, r in enumerate(mine)]
+    filled = [msgspec.structs.replace(r, sensors={**r.sensors, name: mine[11].sensors[name]})
+              if i in (12, 13) else r for i, r in enumerate(mine)]
+    assert run(make_engine(data), holed, [5, 13]) == run(make_engine(data), filled)
+    # a setting the bundle calls a sensor is still found
+    assert len(run(make_engine(data), holed)) == len(mine) - 7

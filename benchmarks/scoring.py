@@ -1,0 +1,365 @@
+"""Scoring throughput and latency, side by side with the obvious alternatives.
+
+1. Preload ``telemetry`` with N readings over M machines (default 1,000,000 over 10,000).
+2. The ceiling: the model's bare batched onnxruntime throughput on the same box.
+3. One scoring worker (stride 1, exactly-once transactions, state changelog) scores the topic;
+   readings/s from its first record to its last commit.
+4. A Quix Streams application doing the obvious thing (a per-record sliding window in its
+   state store and one onnxruntime call per record) scores a slice of the same topic.
+5. Latency: a worker process under a steady rate (default 5,000 readings/s); p50/p99 from the
+   reading's timestamp to the committed prediction, read with read_committed.
+
+The model is the newest bundle under ``--models-dir`` (e.g. from ``forewarn train``) when one
+is there, else a graph with the training default's shape and cost (``scoring.testing.conv_bundle``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import confluent_kafka
+import msgspec
+import numpy as np
+
+from benchmarks._common import write_result
+from forewarn.contract import Prediction
+from forewarn.kafka import KafkaAdmin
+from forewarn.settings import KafkaSettings, TopicSettings
+from forewarn.topics import Topics, topic_specs
+from scoring.bundle import Bundle, BundleError, encode_meta, read_bundle, resolve_bundle
+from scoring.model import OnnxModel
+from scoring.settings import ScoringOptions, ScoringSettings
+from scoring.testing import conv_bundle
+from scoring.worker import ScoringWorker
+from simulators.fleet import Fleet, FleetConfig
+from tests.conftest import REPO, make_stack
+
+log = logging.getLogger("bench.scoring")
+_prediction = msgspec.json.Decoder(Prediction)
+
+
+def load_model(models_dir: Path | None, features: list[str], settings: list[str]) -> tuple[Bundle, str]:
+    if models_dir is not None and models_dir.is_dir():
+        try:
+            bundle = read_bundle(resolve_bundle(models_dir, "pump"))
+            return bundle, f"trained ({bundle.label}, {bundle.meta.architecture.get('architecture', 'default')})"
+        except BundleError as error:
+            log.warning("no usable bundle in %s (%s); using the hand-made conv graph", models_dir, error)
+    bundle = conv_bundle("pump", [*features, *settings], settings=settings)
+    return bundle, "hand-made ONNX graph shaped like the training default (conv, 32 filters, dilations 1-8)"
+
+
+def fleet_payloads(machines: int, ticks: int, seed: int = 1) -> tuple[list[tuple[bytes, bytes, int]], list[str],
+                                                                     list[str]]:
+    fleet = Fleet(FleetConfig(asset_types=("pump",), machines=machines, sites=10, seed=seed, stagger=True))
+    out: list[tuple[bytes, bytes, int]] = []
+    names: list[str] = []
+    settings: list[str] = []
+    ids = [m.encode() for m in fleet.machine_ids]
+    for blocks, _events in fleet.run(ticks):
+        for block in blocks:
+            names, settings = list(block.sensor_names), list(block.setting_names)
+            head = [b'{"v":1,"machine_id":"' + ids[int(m)] + b'","asset_type":"pump","ts":' for m in block.machine]
+            sensors = block.sensors.tolist()
+            sets = block.settings.tolist()
+            for i, (ts, seq) in enumerate(zip(block.ts.tolist(), block.seq.tolist(), strict=True)):
+                body = ",".join(f'"{n}":{v}' for n, v in zip(names, sensors[i], strict=True))
+                sbody = ",".join(f'"{n}":{v}' for n, v in zip(settings, sets[i], strict=True))
+                value = head[i] + f'{ts},"seq":{seq},"sensors":{{{body}}},"settings":{{{sbody}}}}}'.encode()
+                out.append((ids[int(block.machine[i])], value, ts))
+    return out, names, settings
+
+
+def produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, int]]) -> float:
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
+                                         "compression.type": "lz4", "queue.buffering.max.messages": 500_000})
+    started = time.perf_counter()
+    for key, value, ts in records:
+        while True:
+            try:
+                producer.produce(topic, value, key, timestamp=ts)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    producer.flush(120)
+    return time.perf_counter() - started
+
+
+def ceiling(bundle: Bundle, n: int = 40_000) -> float:
+    model = OnnxModel(bundle, threads=0)
+    x = np.random.default_rng(0).normal(size=(n, model.window, model.n_features)).astype(np.float32)
+    model.predict(x[:4096])
+    started = time.perf_counter()
+    model.predict(x)
+    return n / (time.perf_counter() - started)
+
+
+def settings_for(bootstrap: str, prefix: str, **scoring: Any) -> ScoringSettings:
+    return ScoringSettings(kafka=KafkaSettings(bootstrap_servers=bootstrap),
+                           topics=TopicSettings(prefix=prefix, partitions=4),
+                           scoring=ScoringOptions(**scoring))
+
+
+def run_worker(bootstrap: str, prefix: str, total: int, models_dir: Path, name: str = "bench") -> dict[str, float]:
+    settings = settings_for(bootstrap, prefix, worker_id=name, group_id=f"{prefix}{name}", models_dir=models_dir,
+                            max_batch=20_000, commit_interval_ms=200)
+    worker = ScoringWorker(settings)
+    worker.start()
+    consumed = 0
+    first: float | None = None
+    inference = 0.0
+    batches = 0
+    try:
+        deadline = time.monotonic() + 3600
+        while consumed < total and time.monotonic() < deadline:
+            before = time.perf_counter()
+            got = worker.step()
+            if got and first is None:
+                first = before
+            consumed += got
+            batches += 1 if got else 0
+        elapsed = time.perf_counter() - (first or time.perf_counter())
+        inference = _inference_seconds(worker)
+    finally:
+        worker.stop()
+        worker.close()
+    return {"readings": consumed, "seconds": round(elapsed, 2), "readings_per_s": round(consumed / elapsed),
+            "transactions": batches, "inference_seconds": round(inference, 2)}
+
+
+def _inference_seconds(worker: ScoringWorker) -> float:
+    for metric in worker.metrics.inference.collect():
+        return sum(s.value for s in metric.samples if s.name.endswith("_sum"))
+    return 0.0
+
+
+def run_quix(bootstrap: str, topic: str, bundle: Bundle, limit: int, state_dir: Path, max_s: float) -> dict[str, Any]:
+    import onnxruntime as ort
+    from quixstreams import Application
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(bundle.onnx, sess_options=options, providers=["CPUExecutionProvider"])
+    spec = bundle.meta.input
+    window = spec.window
+    columns = [(f.name, f.kind == "sensor") for f in spec.features]
+    app = Application(broker_address=bootstrap, consumer_group=f"quix-bench-{os.getpid()}",
+                      auto_offset_reset="earliest", state_dir=str(state_dir),
+                      loglevel=os.environ.get("QUIX_LOGLEVEL", "WARNING"),
+                      processing_guarantee="exactly-once")
+    source = app.topic(topic, value_deserializer="json")
+    sink = app.topic(topic.replace("telemetry", "quix-predictions"), value_serializer="json")
+    sdf = app.dataframe(source)
+    seen = {"n": 0, "scored": 0, "first": 0.0, "last": 0.0}
+
+    def score(value: dict[str, Any], state: Any) -> dict[str, Any] | None:
+        if seen["n"] == 0:
+            seen["first"] = time.perf_counter()
+        seen["n"] += 1
+        sensors, settings = value["sensors"], value.get("settings", {})
+        row = [sensors.get(n, settings.get(n, 0.0)) if is_sensor else settings.get(n, sensors.get(n, 0.0))
+               for n, is_sensor in columns]
+        buffer = state.get("window", [])
+        buffer.append(row)
+        buffer = buffer[-window:]
+        state.set("window", buffer)
+        if seen["n"] >= limit or time.perf_counter() - seen["first"] > max_s:
+            seen["last"] = time.perf_counter()
+            app.stop()
+        if len(buffer) < window:
+            return None
+        rul, p_fail = session.run(["rul", "p_fail"], {spec.name: np.asarray([buffer], dtype=np.float32)})
+        seen["scored"] += 1
+        return {"machine_id": value["machine_id"], "seq": value["seq"], "p_fail": float(p_fail.reshape(-1)[0]),
+                "rul": float(rul.reshape(-1)[0])}
+
+    sdf = sdf.apply(score, stateful=True).filter(lambda v: v is not None)
+    sdf.to_topic(sink)
+    app.run()
+    elapsed = (seen["last"] or time.perf_counter()) - seen["first"]
+    return {"readings": seen["n"], "scored": seen["scored"], "seconds": round(elapsed, 2),
+            "readings_per_s": round(seen["n"] / elapsed) if elapsed > 0 else 0, "processing_guarantee": "exactly-once"}
+
+
+def run_latency(bootstrap: str, prefix: str, models_dir: Path, rate: int, machines: int, seconds: float,
+                warmup_s: float, log_path: Path) -> dict[str, Any]:
+    topics = Topics.from_settings(TopicSettings(prefix=prefix))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("FOREWARN_CONFIG", None)
+    cmd = [sys.executable, "-m", "forewarn.cli", "--log-level", "info", "score", "--bootstrap-servers", bootstrap,
+           "--topic-prefix", prefix, "--worker-id", "latency", "--models-dir", str(models_dir),
+           "--commit-interval-ms", "50", "--max-batch", "5000"]
+    with log_path.open("wb") as out:
+        worker = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    payloads, _, _ = fleet_payloads(machines, 1, seed=7)
+    template = [(k, v) for k, v, _ in payloads]
+    latencies: list[float] = []
+    stop = threading.Event()
+    measure_from = [0.0]
+
+    def read() -> None:
+        consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{os.getpid()}",
+                                             "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+                                             "fetch.wait.max.ms": 5})
+        consumer.subscribe([topics.predictions])
+        while not stop.is_set():
+            for m in consumer.consume(2000, 0.05):
+                if m.error() is not None:
+                    continue
+                now = time.time() * 1000
+                p = _prediction.decode(m.value() or b"")
+                if measure_from[0] and p.ts >= measure_from[0]:
+                    latencies.append(now - p.ts)
+        consumer.close()
+
+    deadline = time.monotonic() + 120
+    while "assigned partitions" not in log_path.read_text(errors="replace"):
+        if time.monotonic() > deadline or worker.poll() is not None:
+            raise RuntimeError(f"latency worker did not start: {log_path.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.2)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 2})
+    tick = 0.02
+    per_tick = max(1, round(rate * tick))
+    seq = [0] * len(template)
+    started = time.monotonic()
+    sent = 0
+    i = 0
+    next_at = started
+    while time.monotonic() - started < warmup_s + seconds:
+        if not measure_from[0] and time.monotonic() - started >= warmup_s:
+            measure_from[0] = time.time() * 1000
+        now_ms = int(time.time() * 1000)
+        for _ in range(per_tick):
+            j = i % len(template)
+            key, value = template[j]
+            # Same reading, new seq and event time = now.
+            head, _, rest = value.partition(b',"ts":')
+            rest = rest.split(b',"sensors"', 1)[1]
+            producer.produce(topics.telemetry, head + b',"ts":' + str(now_ms).encode() + b',"seq":'
+                             + str(seq[j]).encode() + b',"sensors"' + rest, key,
+                             timestamp=now_ms, headers=[("ingest_ts", str(now_ms))])
+            seq[j] += 1
+            i += 1
+            sent += 1
+        producer.poll(0)
+        next_at += tick
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    producer.flush(30)
+    achieved = sent / (time.monotonic() - started)
+    time.sleep(2.0)
+    stop.set()
+    reader.join(10)
+    worker.terminate()
+    worker.wait(30)
+    arr = np.asarray(latencies)
+    if not len(arr):
+        return {"error": "no predictions measured", "worker_log_tail": log_path.read_text(errors="replace")[-1500:]}
+    return {"target_rate": rate, "achieved_rate": round(achieved), "machines": machines,
+            "measured_s": seconds, "predictions_measured": len(arr),
+            "p50_ms": round(float(np.percentile(arr, 50)), 1), "p99_ms": round(float(np.percentile(arr, 99)), 1),
+            "max_ms": round(float(arr.max()), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readings", type=int, default=1_000_000)
+    parser.add_argument("--machines", type=int, default=10_000)
+    parser.add_argument("--quix-readings", type=int, default=30_000)
+    parser.add_argument("--quix-machines", type=int, default=500)
+    parser.add_argument("--quix-max-s", type=float, default=90.0)
+    parser.add_argument("--rate", type=int, default=5_000)
+    parser.add_argument("--latency-machines", type=int, default=1_000)
+    parser.add_argument("--latency-s", type=float, default=30.0)
+    parser.add_argument("--models-dir", type=Path, default=Path(os.environ.get("FOREWARN_BENCH_MODELS", "models")))
+    parser.add_argument("--skip", action="append", default=[], choices=["worker", "quix", "latency"])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+
+    home = Path(tempfile.mkdtemp(prefix="fw-bench-scoring-"))
+    stack = make_stack(home)
+    figures: dict[str, Any] = {"load_average_before": os.getloadavg()}
+    try:
+        log.info("starting Kafka")
+        stack.up()
+        bootstrap = stack.kafka_settings.bootstrap_servers
+        ticks = max(1, args.readings // args.machines)
+        log.info("simulating %s machines x %s ticks", args.machines, ticks)
+        payloads, features, settings = fleet_payloads(args.machines, ticks)
+        bundle, model_kind = load_model(args.models_dir, features, settings)
+        models = home / "models"
+        (models / "pump" / bundle.meta.version).mkdir(parents=True)
+        (models / "pump" / bundle.meta.version / "model.onnx").write_bytes(bundle.onnx)
+        (models / "pump" / bundle.meta.version / "model.json").write_bytes(encode_meta(bundle.meta))
+        figures["model"] = {"kind": model_kind, "window": bundle.meta.input.window,
+                            "features": len(bundle.meta.input.features)}
+        figures["ceiling_windows_per_s"] = round(ceiling(bundle))
+        log.info("ceiling: %s windows/s", figures["ceiling_windows_per_s"])
+        prefix = f"bench{os.getpid()}."
+        admin = KafkaAdmin(stack.kafka_settings)
+        admin.ensure_topics(topic_specs(TopicSettings(prefix=prefix, partitions=4)))
+        topics = Topics.from_settings(TopicSettings(prefix=prefix))
+        produce_s = produce_all(bootstrap, topics.telemetry, payloads)
+        figures["preload"] = {"readings": len(payloads), "machines": args.machines, "seconds": round(produce_s, 1)}
+        log.info("preloaded %s readings in %.1fs", len(payloads), produce_s)
+        del payloads
+        if "worker" not in args.skip:
+            result = run_worker(bootstrap, prefix, figures["preload"]["readings"], models)
+            result["predictions"] = "stride 1; windows complete from the 30th reading of each machine"
+            figures["worker"] = result
+            figures["worker_vs_ceiling"] = round(result["readings_per_s"] / figures["ceiling_windows_per_s"], 3)
+            log.info("worker: %s", result)
+        if "quix" not in args.skip:
+            # The same shape on a slice (Quix is ~100x slower): fewer machines, enough readings each
+            # that most windows are complete, as in the full topic.
+            q_prefix = f"slice{os.getpid()}."
+            admin.ensure_topics(topic_specs(TopicSettings(prefix=q_prefix, partitions=4)))
+            q_topics = Topics.from_settings(TopicSettings(prefix=q_prefix))
+            q_ticks = max(1, args.quix_readings // args.quix_machines)
+            q_payloads, _, _ = fleet_payloads(args.quix_machines, q_ticks, seed=3)
+            produce_all(bootstrap, q_topics.telemetry, q_payloads)
+            quix = run_quix(bootstrap, q_topics.telemetry, bundle, len(q_payloads), home / "quix-state",
+                            args.quix_max_s)
+            quix["machines"] = args.quix_machines
+            figures["quix_streams"] = quix
+            log.info("quix: %s", quix)
+            same = run_worker(bootstrap, q_prefix, len(q_payloads), models, name="slice")
+            figures["worker_on_quix_slice"] = same
+            if quix["readings_per_s"]:
+                figures["worker_vs_quix_same_slice"] = round(same["readings_per_s"] / quix["readings_per_s"], 1)
+                if "worker" in figures:
+                    figures["worker_full_vs_quix"] = round(figures["worker"]["readings_per_s"]
+                                                           / quix["readings_per_s"], 1)
+            log.info("worker on the slice: %s", same)
+        if "latency" not in args.skip:
+            lat_prefix = f"lat{os.getpid()}."
+            admin.ensure_topics(topic_specs(TopicSettings(prefix=lat_prefix, partitions=4)))
+            figures["latency"] = run_latency(bootstrap, lat_prefix, models, args.rate, args.latency_machines,
+                                             args.latency_s, 10.0, home / "latency-worker.log")
+            log.info("latency: %s", figures["latency"])
+        figures["load_average_after"] = os.getloadavg()
+        figures["note"] = ("2-core box shared with other engineers' processes; figures are noisy. "
+                           "The worker figure includes JSON decoding, windowing, inference, encoding, the state "
+                           "changelog and Kafka transactions.")
+    finally:
+        stack.down()
+        shutil.rmtree(home, ignore_errors=True)
+    write_result("scoring", figures)
+
+
+if __name__ == "__main__":
+    main()
