@@ -118,9 +118,13 @@ class AlertEngine:
         if scored.rul is not None and rules.rul_below is not None:
             hot |= scored.rul < rules.rul_below
         known = self.machines
-        if known:
-            look = np.fromiter((m in known for m in scored.machine_ids), dtype=np.bool_, count=n)
-            hot |= look
+        ids = scored.machine_ids
+        # Every prediction of a machine that has state or turns hot in this batch is needed
+        # (a cold one resets a streak); the others are skipped without a Python loop.
+        interesting = set(known).union(ids[i] for i in np.flatnonzero(hot).tolist())
+        if not interesting:
+            return [], set()
+        hot = np.fromiter((m in interesting for m in ids), dtype=np.bool_, count=n)
         events: list[Alert] = []
         changed: set[str] = set()
         for i in np.flatnonzero(hot).tolist():

@@ -315,7 +315,11 @@ class ScoringWorker:
         """Read the compacted ``models`` topic from its start to its current end."""
         assert self._models is not None
         client = self._models.client
-        metadata = client.list_topics(self.topics.models, timeout=10.0)
+        try:
+            metadata = client.list_topics(self.topics.models, timeout=10.0)
+        except confluent_kafka.KafkaException as exc:
+            raise ScoringError(f"Kafka at {self.settings.kafka.bootstrap_servers} is unreachable ({exc.args[0]})",
+                               hint="start it with `forewarn stack up` or fix --bootstrap-servers") from None
         topic = metadata.topics.get(self.topics.models)
         if topic is None or topic.error is not None:
             raise ScoringError(f"topic {self.topics.models} does not exist",
