@@ -125,6 +125,12 @@ def _train_options(func: F) -> F:
              env="TRAIN_TEST_FRACTION", help="Machines held out for the test metrics."),
         _opt("--val-fraction", type=click.FloatRange(0.01, 0.9), default=0.15, show_default=True,
              env="TRAIN_VAL_FRACTION", help="Of the rest, machines for early stopping and thresholds."),
+        _opt("--alert-consecutive", "consecutive", type=click.IntRange(1, 100), default=2, show_default=True,
+             env="TRAIN_ALERT_CONSECUTIVE",
+             help="Windows in a row at or above the threshold that open an alert (recorded in model.json)."),
+        _opt("--min-precision", type=click.FloatRange(0.01, 1.0), default=0.85, show_default=True,
+             env="TRAIN_MIN_PRECISION",
+             help="Alert precision the p_fail threshold must reach on validation machines."),
         _opt("--folds", type=click.IntRange(0, 20), default=0, show_default=True, env="TRAIN_FOLDS",
              help="Also run grouped k-fold cross-validation by machine (K > 1) and report it."),
         _opt("--promote", is_flag=True, env="TRAIN_PROMOTE",
@@ -145,7 +151,8 @@ def _train_options(func: F) -> F:
 def train(data: Path | None, events: Path | None, run_to_failure: bool, from_kafka: bool, asset_type: str | None,
           target: str, window: int, rul_cap: float, horizon: float, rul_unit: str, features: str | None,
           setting_names: str | None, architecture: str, epochs: int, batch_size: int, patience: int, seed: int,
-          max_windows: int | None, test_fraction: float, val_fraction: float, folds: int, promote: bool,
+          max_windows: int | None, test_fraction: float, val_fraction: float, consecutive: int,
+          min_precision: float, folds: int, promote: bool,
           models_dir: Path, quiet: bool, as_json: bool) -> None:
     """Train a model on run-to-failure history and write a bundle.
 
@@ -195,6 +202,7 @@ def train(data: Path | None, events: Path | None, run_to_failure: bool, from_kaf
                     architecture=architecture, epochs=epochs, batch_size=batch_size,  # type: ignore[arg-type]
                     patience=patience, seed=seed, max_windows=max_windows, test_fraction=test_fraction,
                     val_fraction=val_fraction, settings=tuple(settings_cols or ()), promote=promote, folds=folds,
+                    consecutive=consecutive, min_precision=min_precision,
                     verbose=0 if quiet or as_json else (1 if sys.stderr.isatty() else 2))
                 result = run_train(subset, event_data, config, models_dir, asset_type=kind, lineage=lineage)
                 if as_json:

@@ -67,7 +67,7 @@ class TrainConfig:
     max_windows: int | None = None
     max_imputed: int = 5
     min_precision: float = 0.85
-    consecutive: int = 3
+    consecutive: int = 2
     settings: tuple[str, ...] = ()
     verbose: int = 0
     promote: bool = False
