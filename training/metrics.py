@@ -178,7 +178,9 @@ def choose_alert_threshold(p_fail: npt.ArrayLike, fail: npt.ArrayLike, rul_raw: 
     labelled = np.isfinite(np.asarray(fail, np.float64))
     if not labelled.any():
         return 0.5
-    candidates = np.unique(np.quantile(p[labelled], np.linspace(0.3, 0.995, 80)))
+    # Quantiles follow the scores; a fixed grid keeps steps small where few windows score high.
+    candidates = np.unique(np.concatenate([np.quantile(p[labelled], np.linspace(0.3, 0.995, 80)),
+                                           np.linspace(0.02, 0.99, 98)]))
     best: tuple[float, float, float] | None = None
     for thr in candidates.tolist():
         found = alert_metrics(p, rul_raw, run, age, run_failed, threshold=thr, consecutive=consecutive,
