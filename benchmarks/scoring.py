@@ -63,7 +63,11 @@ def load_model(models_dir: Path | None, features: list[str], settings: list[str]
 
 def fleet_payloads(machines: int, ticks: int, seed: int = 1) -> tuple[list[tuple[bytes, bytes, int]], list[str],
                                                                      list[str]]:
-    fleet = Fleet(FleetConfig(asset_types=("pump",), machines=machines, sites=10, seed=seed, stagger=True))
+    # Event times end now: the telemetry topic's 7-day retention would delete older records.
+    period_ms = 60_000
+    start_ms = int(time.time() * 1000) - (ticks + 1) * period_ms
+    fleet = Fleet(FleetConfig(asset_types=("pump",), machines=machines, sites=10, seed=seed, stagger=True,
+                              start_ms=start_ms, sample_period_s=period_ms / 1000))
     out: list[tuple[bytes, bytes, int]] = []
     names: list[str] = []
     settings: list[str] = []
@@ -112,9 +116,10 @@ def settings_for(bootstrap: str, prefix: str, **scoring: Any) -> ScoringSettings
                            scoring=ScoringOptions(**scoring))
 
 
-def run_worker(bootstrap: str, prefix: str, total: int, models_dir: Path, name: str = "bench") -> dict[str, float]:
+def run_worker(bootstrap: str, prefix: str, total: int, models_dir: Path, name: str = "bench",
+               max_batch: int = 20_000, commit_interval_ms: int = 200) -> dict[str, Any]:
     settings = settings_for(bootstrap, prefix, worker_id=name, group_id=f"{prefix}{name}", models_dir=models_dir,
-                            max_batch=20_000, commit_interval_ms=200)
+                            max_batch=max_batch, commit_interval_ms=commit_interval_ms)
     worker = ScoringWorker(settings)
     worker.start()
     consumed = 0
@@ -135,8 +140,16 @@ def run_worker(bootstrap: str, prefix: str, total: int, models_dir: Path, name: 
     finally:
         worker.stop()
         worker.close()
+    windows = _count(worker, "predictions")
     return {"readings": consumed, "seconds": round(elapsed, 2), "readings_per_s": round(consumed / elapsed),
-            "transactions": batches, "inference_seconds": round(inference, 2)}
+            "windows_scored": windows, "windows_per_s": round(windows / elapsed), "transactions": batches,
+            "max_batch": max_batch, "inference_seconds": round(inference, 2),
+            "inference_windows_per_s": round(windows / inference) if inference else None}
+
+
+def _count(worker: ScoringWorker, what: str) -> int:
+    metric = worker.metrics.predictions if what == "predictions" else worker.metrics.readings
+    return int(sum(s.value for m in metric.collect() for s in m.samples if s.name.endswith("_total")))
 
 
 def _inference_seconds(worker: ScoringWorker) -> float:
@@ -280,6 +293,8 @@ def main() -> None:
     parser.add_argument("--machines", type=int, default=10_000)
     parser.add_argument("--quix-readings", type=int, default=30_000)
     parser.add_argument("--quix-machines", type=int, default=500)
+    parser.add_argument("--max-batch", type=int, default=100_000, help="worker records per transaction")
+    parser.add_argument("--commit-interval-ms", type=int, default=1000)
     parser.add_argument("--quix-max-s", type=float, default=90.0)
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--latency-machines", type=int, default=1_000)
@@ -318,10 +333,14 @@ def main() -> None:
         log.info("preloaded %s readings in %.1fs", len(payloads), produce_s)
         del payloads
         if "worker" not in args.skip:
-            result = run_worker(bootstrap, prefix, figures["preload"]["readings"], models)
-            result["predictions"] = "stride 1; windows complete from the 30th reading of each machine"
+            result = run_worker(bootstrap, prefix, figures["preload"]["readings"], models,
+                                max_batch=args.max_batch, commit_interval_ms=args.commit_interval_ms)
+            result["note"] = "stride 1; a machine's windows are complete from its 30th reading"
             figures["worker"] = result
-            figures["worker_vs_ceiling"] = round(result["readings_per_s"] / figures["ceiling_windows_per_s"], 3)
+            figures["ceiling_after_windows_per_s"] = round(ceiling(bundle))
+            ceil = (figures["ceiling_windows_per_s"] + figures["ceiling_after_windows_per_s"]) / 2
+            figures["worker_readings_vs_ceiling"] = round(result["readings_per_s"] / ceil, 3)
+            figures["worker_windows_vs_ceiling"] = round(result["windows_per_s"] / ceil, 3)
             log.info("worker: %s", result)
         if "quix" not in args.skip:
             # The same shape on a slice (Quix is ~100x slower): fewer machines, enough readings each

@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -150,11 +151,13 @@ def test_simulator_duplicates_and_out_of_order_do_not_change_predictions(
         stack: RunningStack, fresh_topics: FreshTopics, data: FleetData, bundle: Bundle, tmp_path: Path) -> None:
     kafka = stack.kafka_settings
     results = []
+    # Recent event times: the telemetry topic's 7-day retention would delete older records.
+    start = datetime.fromtimestamp(time.time() // 86_400 * 86_400 - 86_400, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     for faults in ((), ("--fault-duplicate", "0.05", "--fault-out-of-order", "0.05")):
         settings, topics = fresh_topics(partitions=3)
         publish_model(kafka, topics, "pump", pack(bundle))
         subprocess.run([sys.executable, "-m", "forewarn.cli", "simulate", "history", "--to-kafka",
-                        "--asset-type", "pump", "--machines", "8", "--ticks", "120", "--seed", "11",
+                        "--asset-type", "pump", "--machines", "8", "--ticks", "120", "--seed", "11", "--start", start,
                         "--bootstrap-servers", kafka.bootstrap_servers, "--topic-prefix", settings.prefix, *faults],
                        cwd=REPO, check=True, capture_output=True, timeout=120)
         worker = Worker(kafka, settings, "w", tmp_path, *FAST).start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +27,10 @@ class FleetData:
 
 def simulate(machines: int = 12, ticks: int = 200, *, seed: int = 3, mtbf: float = 90.0,
              asset_type: str = "pump") -> FleetData:
+    # Event times end about now: the telemetry topic's 7-day retention deletes older records.
+    start_ms = int(time.time() * 1000) // 86_400_000 * 86_400_000 - 2 * 86_400_000
     fleet = Fleet(FleetConfig(asset_types=(asset_type,), machines=machines, sites=2, seed=seed, mtbf_cycles=mtbf,
-                              min_run_cycles=30, downtime_cycles=3, stagger=True))
+                              min_run_cycles=30, downtime_cycles=3, stagger=True, start_ms=start_ms))
     readings: list[Telemetry] = []
     events: list[MaintenanceEvent] = []
     ruls: list[int] = []
