@@ -17,16 +17,38 @@ Architectures:
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
-# TensorFlow's C++ start-up chatter (no GPU found, ...) is noise on CPU boxes; set it to 0 to see it.
+# TensorFlow's C++ start-up chatter (no GPU found, oneDNN notes, ...) is noise on CPU boxes;
+# set TF_CPP_MIN_LOG_LEVEL=0 to see it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras
-import numpy as np
-import numpy.typing as npt
-from keras import layers, ops
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with the process's stderr pointed at /dev/null: its first lines are
+    written by C++ before its log level applies. Python errors still surface afterwards."""
+    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("0", "1"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+_import_tensorflow_quietly()
+
+import keras  # noqa: E402 - after the quiet TensorFlow import above
+import numpy as np  # noqa: E402
+import numpy.typing as npt  # noqa: E402
+from keras import layers, ops  # noqa: E402
 
 __all__ = [
     "Architecture",
