@@ -27,7 +27,7 @@ import msgspec
 
 from forewarn.errors import ForewarnError
 
-__all__ = ["BufferFull", "FullPolicy", "Outbox", "OutboxRecord", "Stored"]
+__all__ = ["BufferFull", "FullPolicy", "Outbox", "OutboxRecord", "StateItem", "Stored"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     size INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 
 
@@ -74,6 +75,10 @@ class Stored:
     id: int
     record: OutboxRecord
 
+
+StateItem = tuple[str, bytes]
+_Bytes = bytes
+"""A (key, value) pair of the outbox's side table (the edge's per-machine state)."""
 
 _headers_encoder = msgspec.msgpack.Encoder()
 _headers_decoder = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
@@ -123,12 +128,15 @@ class Outbox:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def put_many(self, records: Sequence[OutboxRecord]) -> None:
+    def put_many(self, records: Sequence[OutboxRecord], state: Sequence[StateItem] = ()) -> None:
         """Store ``records`` durably in one transaction, all or nothing.
 
+        ``state`` (key, value) pairs are upserted into a side table in the same transaction
+        (the edge keeps its per-machine windows there, consistent with what it acknowledged);
+        they do not count against the size bound.
         Raises :class:`BufferFull` (policy ``block``) when they do not fit.
         """
-        if not records:
+        if not records and not state:
             return
         incoming = sum(r.size for r in records)
         rows = [(r.topic, r.key, r.value, _headers_encoder.encode(list(r.headers)) if r.headers else None, r.ts,
@@ -143,6 +151,8 @@ class Outbox:
             try:
                 self._db.executemany(
                     "INSERT INTO outbox (topic, key, value, headers, ts, size) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                if state:
+                    self._db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", state)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -212,6 +222,17 @@ class Outbox:
                 total += int(row[1])
             self._db.execute("COMMIT")
             self._check_fill()
+
+    def load_state(self) -> dict[str, _Bytes]:
+        """Every (key, value) stored with :meth:`put_many`'s ``state``."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, value FROM state").fetchall()
+        return {str(key): bytes(value) for key, value in rows}
+
+    def clear_state(self) -> None:
+        """Forget the side table (e.g. when the state no longer fits the model)."""
+        with self._lock:
+            self._db.execute("DELETE FROM state")
 
     def close(self) -> None:
         with self._lock:

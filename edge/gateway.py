@@ -1,0 +1,393 @@
+"""The edge gateway: a bridge and a scorer composed at the plant, with a durable outbox.
+
+Threads: paho's network thread only appends received messages to an inbox; the gateway's
+loop (the thread calling :meth:`EdgeGateway.run`) takes up to ``max_batch`` of them, routes
+them with the bridge's :class:`~bridge.routing.Router` (same validation, same dead-letter
+records, same ``ingest_ts`` header), scores the good readings with the scoring core's
+:class:`~scoring.engine.ScoringEngine` (same windows, bundle and alert rules as the
+data-centre workers), and commits telemetry, maintenance events, dead letters, predictions,
+alert events — and the touched machines' windows — to the SQLite outbox in one transaction.
+Only then are the MQTT messages acknowledged and the predictions and alerts published on the
+plant's broker (``forewarn/<site>/<machine>/prediction`` and ``.../alert``). A
+:class:`~edge.forwarder.Forwarder` thread drains the outbox to Kafka.
+
+So the ack point is the outbox commit: a ``kill -9`` before it means no PUBACK (the broker
+redelivers from the persistent session); after it, the records are on disk. A crash between
+the commit and the PUBACK duplicates a message; the windows drop the duplicate reading by
+(machine_id, seq), Kafka consumers do the same.
+
+When the buffer is full under the ``block`` policy, the scored batch is kept in memory and
+retried; no further message is taken or acknowledged, so the plant broker holds them.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import msgspec
+
+from bridge.routing import Router
+from edge.buffer import BufferFull, Outbox, OutboxRecord
+from edge.errors import EdgeError
+from edge.forwarder import Forwarder
+from edge.metrics import EdgeMetrics
+from edge.models import ModelSync
+from edge.settings import EdgeSettings
+from forewarn.contract import MaintenanceEvent, Telemetry, encode
+from forewarn.errors import MqttError
+from forewarn.kafka import KafkaProducer
+from forewarn.mqtt import MqttClient, alert_topic, prediction_topic
+from forewarn.ports import ConsumerLike, MqttLike, ProducerLike
+from forewarn.topics import MQTT_ROOT, Topics, mqtt_subscriptions
+from scoring.engine import Incoming, ScoringEngine
+from scoring.registry import ModelRegistry
+from scoring.state import MachineRecord, Marker, PartitionState, decode_record, encode_record
+
+__all__ = ["EdgeGateway", "subscriptions"]
+
+log = logging.getLogger(__name__)
+
+_IDLE_WAIT_S = 0.01
+_BLOCKED_RETRY_S = 0.5
+_telemetry = msgspec.json.Decoder(Telemetry)
+_maintenance = msgspec.json.Decoder(MaintenanceEvent)
+
+
+def subscriptions(sites: tuple[str, ...] = ()) -> list[str]:
+    """The MQTT filters the edge subscribes to: every site's inbound topics, or only ``sites``'."""
+    if not sites:
+        return mqtt_subscriptions()
+    return [f for site in sites for f in (f"{MQTT_ROOT}/{site}/+/telemetry", f"{MQTT_ROOT}/{site}/gateway/+/batch",
+                                          f"{MQTT_ROOT}/{site}/+/maintenance")]
+
+
+@dataclass
+class _Batch:
+    """Scored MQTT messages between scoring and the outbox commit."""
+
+    acks: list[tuple[int, int, int]] = field(default_factory=list)  # (mid, qos, epoch)
+    records: list[OutboxRecord] = field(default_factory=list)
+    state: list[tuple[str, bytes]] = field(default_factory=list)
+    predictions: list[tuple[str, bytes]] = field(default_factory=list)
+    alerts: list[tuple[str, bytes, str]] = field(default_factory=list)  # (machine_id, JSON, state)
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+class EdgeGateway:
+    """MQTT in, local scoring, outbox, Kafka out. ``run()`` blocks until :meth:`stop`.
+
+    ``mqtt``, ``producer`` and ``models_consumer`` default to the real adapters; unit tests
+    pass the in-memory fakes of :mod:`forewarn.testing`.
+    """
+
+    def __init__(self, settings: EdgeSettings, *, mqtt: MqttLike | None = None,
+                 producer: ProducerLike | None = None, models_consumer: ConsumerLike | None = None,
+                 metrics: EdgeMetrics | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.options = o = settings.edge
+        self.topics = Topics.from_settings(settings.topics)
+        self.router = Router(self.topics)
+        self._roles = {self.topics.telemetry: "telemetry", self.topics.maintenance: "maintenance",
+                       self.topics.dlq: "dlq"}
+        self.metrics = metrics or EdgeMetrics()
+        self.clock = clock
+        self.registry = ModelRegistry(threads=o.threads, shadow=False)
+        self.engine = ScoringEngine(self.registry, o.scoring_options(), clock)
+        self.models = ModelSync(self.registry, o.bundles_dir, kafka=settings.kafka if o.models_sync else None,
+                                models_topic=self.topics.models, group_id=f"{o.client_id}.models",
+                                consumer=models_consumer, seed_dir=o.models_dir)
+        self._own_producer = producer is None
+        self._producer = producer
+        self.mqtt: MqttLike = mqtt if mqtt is not None else MqttClient(
+            settings.mqtt, o.client_id, clean_start=False, session_expiry_s=o.session_expiry_s, manual_ack=True,
+            receive_maximum=o.receive_maximum)
+        self.mqtt.on_message = self._on_message
+        if isinstance(self.mqtt, MqttClient):
+            self.mqtt.on_connected = self._on_connected
+        self.outbox: Outbox | None = None
+        self.forwarder: Forwarder | None = None
+        self._inbox: collections.deque[tuple[Any, int, float]] = collections.deque()
+        self._blocked: _Batch | None = None
+        self._blocked_since = 0.0
+        self._next_retry = 0.0
+        self._epoch = 0
+        self._intake = False
+        self._stop = threading.Event()
+        self._started = False
+        self._next_housekeeping = 0.0
+        self._last_full_log = 0.0
+        self.stats: collections.Counter[str] = collections.Counter()
+
+    # -- paho's network thread -----------------------------------------------------------
+
+    def _on_message(self, message: Any) -> None:
+        if self._intake:
+            self._inbox.append((message, self._epoch, time.time()))
+
+    def _on_connected(self, session_present: bool) -> None:
+        self._epoch += 1  # ids of an older connection are never acknowledged on this one
+        if not session_present:
+            log.info("mqtt session was not present: a new session starts")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the buffer, load the bundles on disk, restore windows, start forwarding,
+        connect to the plant's broker and subscribe."""
+        if self._started:
+            return
+        o = self.options
+        try:
+            o.data_dir.mkdir(parents=True, exist_ok=True)
+            self.outbox = Outbox(o.buffer_path, max_bytes=o.buffer_max_bytes, policy=o.buffer_policy,
+                                 warn_fraction=o.buffer_warn_fraction, synchronous=o.buffer_sync)
+        except OSError as error:
+            raise EdgeError(f"cannot open the edge buffer under {o.data_dir}: {error}",
+                            hint="fix --data-dir or its permissions") from None
+        if len(self.outbox):
+            log.info("buffer holds %s records (%.1f MB) from before; forwarding them first", len(self.outbox),
+                     self.outbox.bytes / 1e6)
+        for offer in self.models.load_local():
+            self.metrics.models.labels(offer.outcome).inc()
+        self._restore_windows()
+        if self.options.metrics_port is not None:
+            self.metrics.serve(self.options.metrics_port, self.options.metrics_host)
+        if self._producer is None:
+            self._producer = KafkaProducer(self.settings.kafka, **{
+                "queue.buffering.max.messages": max(100_000, 2 * o.max_forward_in_flight), "linger.ms": 20})
+        self.forwarder = Forwarder(self.outbox, self._producer, self.topics, self.metrics, batch=o.forward_batch,
+                                   max_in_flight=o.max_forward_in_flight, log_period_s=o.uplink_log_s)
+        self.forwarder.start()
+        self._intake = True
+        filters = subscriptions(o.sites)
+        self.mqtt.connect()
+        self.mqtt.subscribe(filters, qos=1)
+        self._started = True
+        log.info("edge %s subscribed to %s; buffer %s (%s, bound %.0f MB); uplink %s", o.client_id,
+                 ", ".join(filters), o.buffer_path, o.buffer_policy, o.buffer_max_bytes / 1e6,
+                 self.settings.kafka.bootstrap_servers)
+
+    def _restore_windows(self) -> None:
+        assert self.outbox is not None
+        if not self.options.persist_windows:
+            return
+        saved = self.outbox.load_state()
+        if not saved:
+            return
+        records: dict[str, MachineRecord] = {}
+        for key, blob in saved.items():
+            try:
+                records[key] = decode_record(blob)
+            except msgspec.DecodeError:
+                log.warning("%s: saved window state unreadable; it restarts", key)
+        kept = self.engine.restore(PartitionState(0, Marker(-1, -1), records))
+        log.info("restored %s of %s machine windows from the buffer database", kept, len(records))
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish its batch and return (safe from signal handlers)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Start (if needed), work until :meth:`stop`, then drain and close."""
+        self.start()
+        try:
+            while not self._stop.is_set():
+                self.step()
+        finally:
+            self.close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def step(self, wait_s: float = _IDLE_WAIT_S) -> int:
+        """One round: models, then score and commit up to ``max_batch`` messages. Returns how
+        many messages were committed (and acknowledged)."""
+        for offer in self.models.poll():
+            self.metrics.models.labels(offer.outcome).inc()
+        now = time.monotonic()
+        if now >= self._next_housekeeping:
+            self._housekeeping(now)
+        if self._blocked is not None:
+            if now < self._next_retry:
+                time.sleep(min(wait_s * 5, self._next_retry - now))
+                return 0
+            batch = self._blocked
+        else:
+            inbox = self._inbox
+            n = min(len(inbox), self.options.max_batch)
+            if not n:
+                time.sleep(wait_s)
+                return 0
+            batch = self._score([inbox.popleft() for _ in range(n)])
+        return self._commit(batch)
+
+    def _score(self, messages: list[tuple[Any, int, float]]) -> _Batch:
+        started = time.perf_counter()
+        batch = _Batch()
+        counts = batch.counts
+        route = self.router.route
+        roles = self._roles
+        readings: list[Incoming] = []
+        events: list[tuple[MaintenanceEvent, int]] = []
+        records = batch.records
+        for message, epoch, received in messages:
+            try:
+                topic = message.topic
+            except UnicodeDecodeError:
+                topic = repr(message._topic)
+            received_ms = int(received * 1000)
+            try:
+                routed = route(topic, message.payload, received_ms)
+            except Exception:  # a bug in routing must not stop the stream nor lose the payload
+                log.exception("routing failed for a message on %s; sending it to the dead-letter topic", topic)
+                routed = self.router.internal_error(topic, message.payload, received_ms)
+            counts["received:" + routed.kind] += 1
+            for reason in routed.rejected:
+                counts["rejected:" + reason] += 1
+            for rec in routed.records:
+                role = roles[rec.topic]
+                key = rec.key.encode() if rec.key is not None else None
+                records.append(OutboxRecord(role, rec.value, key, tuple(rec.headers), rec.timestamp_ms))
+                if role == "telemetry":
+                    readings.append(Incoming(_telemetry.decode(rec.value), 0, received_ms))
+                elif role == "maintenance":
+                    events.append((_maintenance.decode(rec.value), 0))
+            if message.qos:
+                batch.acks.append((message.mid, message.qos, epoch))
+        result = self.engine.process(readings, events)
+        counts["readings:accepted"] += result.accepted
+        counts["readings:dropped"] += result.dropped
+        counts["readings:unscored"] += result.unscored
+        for machine_id, value in result.predictions:
+            records.append(OutboxRecord("predictions", value, machine_id.encode()))
+        batch.predictions = result.predictions
+        for alert in result.alerts:
+            value = encode(alert)
+            records.append(OutboxRecord("alerts", value, alert.machine_id.encode(), (), alert.ts))
+            batch.alerts.append((alert.machine_id, value, alert.state))
+        if self.options.persist_windows and result.dirty:
+            machines = set().union(*result.dirty.values())
+            batch.state = [(key, encode_record(record)) for key, record in self.engine.export(machines)]
+        self.metrics.step_seconds.observe(time.perf_counter() - started)
+        return batch
+
+    def _commit(self, batch: _Batch) -> int:
+        assert self.outbox is not None
+        try:
+            self.outbox.put_many(batch.records, batch.state)
+        except BufferFull as full:
+            now = time.monotonic()
+            if self._blocked is None:
+                self._blocked_since = now
+                self.metrics.buffer_blocked.set(1)
+                log.warning("%s; not acknowledging MQTT until the uplink drains it (the broker keeps the "
+                            "messages)", full)
+            self._blocked = batch
+            self._next_retry = now + _BLOCKED_RETRY_S
+            return 0
+        if self._blocked is not None:
+            log.warning("buffer has room again after %.0fs; acknowledging MQTT again",
+                        time.monotonic() - self._blocked_since)
+            self._blocked = None
+            self.metrics.buffer_blocked.set(0)
+        epoch = self._epoch
+        acked = 0
+        for mid, qos, message_epoch in batch.acks:
+            if message_epoch == epoch:
+                self.mqtt.ack(mid, qos)
+                acked += 1
+        self._publish(batch)
+        counts = batch.counts
+        counts["acked"] += acked
+        for record in batch.records:
+            counts["buffered:" + record.topic] += 1
+        self._count(counts)
+        return len(batch.acks)
+
+    def _publish(self, batch: _Batch) -> None:
+        qos = self.options.publish_qos
+        publish = self.mqtt.publish
+        try:
+            if self.options.publish_predictions:
+                for machine_id, value in batch.predictions:
+                    publish(prediction_topic(machine_id), value, qos)
+            for machine_id, value, _state in batch.alerts:
+                publish(alert_topic(machine_id), value, qos)
+        except (MqttError, OSError) as error:  # the plant broker is away: the outbox has them anyway
+            log.warning("local publish failed (%s); predictions and alerts still go to the buffer", error)
+
+    def _count(self, counts: collections.Counter[str]) -> None:
+        m = self.metrics
+        self.stats.update(counts)
+        for name, n in counts.items():
+            what, _, label = name.partition(":")
+            if what == "received":
+                m.received.labels(label).inc(n)
+            elif what == "rejected":
+                m.rejected.labels(label).inc(n)
+            elif what == "readings":
+                m.readings.labels(label).inc(n)
+            elif what == "buffered":
+                m.buffered.labels(label).inc(n)
+                if label == "predictions":
+                    m.predictions.inc(n)
+            elif what == "acked":
+                m.acked.inc(n)
+
+    def _housekeeping(self, now: float) -> None:
+        self._next_housekeeping = now + 1.0
+        box = self.outbox
+        if box is None:
+            return
+        m = self.metrics
+        m.buffer_records.set(len(box))
+        m.buffer_bytes.set(box.bytes)
+        m.buffer_fill.set(box.fill)
+        m.buffer_near_full.set(1 if box.near_full else 0)
+        m.evicted.set(box.counter("evicted"))
+        if box.near_full and now - self._last_full_log >= self.options.uplink_log_s:
+            self._last_full_log = now
+            log.warning("edge buffer near full: %.0f%% (%s records, %.1f of %.1f MB); policy %s", box.fill * 100,
+                        len(box), box.bytes / 1e6, box.max_bytes / 1e6, box.policy)
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop intake, disconnect MQTT (unprocessed messages stay unacknowledged on the
+        broker), forward what the buffer holds for up to ``shutdown_timeout_s``, close."""
+        if not self._started:
+            return
+        self._started = False
+        self._intake = False
+        dropped = len(self._inbox)
+        self._inbox.clear()
+        try:
+            self.mqtt.disconnect()
+        except (MqttError, OSError) as error:  # already gone; the broker keeps the session either way
+            log.warning("mqtt disconnect: %s", error)
+        left = 0
+        if self.forwarder is not None:
+            self.forwarder.stop()
+            left = self.forwarder.drain(self.options.shutdown_timeout_s)
+        if self._producer is not None and self._own_producer:
+            self._producer.close(timeout_s=0.0 if left else 5.0)
+        self.models.close()
+        if self.outbox is not None:
+            self.outbox.close()
+        self.metrics.close()
+        log.info("edge stopped: %s buffered records left for the next run, %s received messages left "
+                 "unacknowledged for the broker to resend", left, dropped)

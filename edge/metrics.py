@@ -1,0 +1,61 @@
+"""Prometheus metrics of one edge gateway, in a registry of its own."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["EdgeMetrics"]
+
+log = logging.getLogger(__name__)
+
+
+class EdgeMetrics:
+    """Intake, scoring, the buffer and the uplink."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.received = Counter("forewarn_edge_received", "MQTT messages received, by kind", ["kind"], registry=r)
+        self.rejected = Counter("forewarn_edge_rejected", "payloads or readings rejected, by reason", ["reason"],
+                                registry=r)
+        self.acked = Counter("forewarn_edge_acked", "MQTT messages acknowledged after their records were "
+                             "committed to the buffer", registry=r)
+        self.readings = Counter("forewarn_edge_readings", "readings by scoring outcome", ["outcome"], registry=r)
+        self.predictions = Counter("forewarn_edge_predictions", "predictions made locally", registry=r)
+        self.alerts = Counter("forewarn_edge_alerts", "alert events, by state", ["state"], registry=r)
+        self.buffered = Counter("forewarn_edge_buffered", "records committed to the buffer, by topic role",
+                                ["topic"], registry=r)
+        self.forwarded = Counter("forewarn_edge_forwarded", "records Kafka confirmed, by topic role", ["topic"],
+                                 registry=r)
+        self.kafka_errors = Counter("forewarn_edge_kafka_errors", "failed deliveries (re-sent)", registry=r)
+        self.buffer_records = Gauge("forewarn_edge_buffer_records", "records waiting in the buffer", registry=r)
+        self.buffer_bytes = Gauge("forewarn_edge_buffer_bytes", "bytes waiting in the buffer", registry=r)
+        self.buffer_fill = Gauge("forewarn_edge_buffer_fill_ratio", "buffer bytes / bound", registry=r)
+        self.buffer_near_full = Gauge("forewarn_edge_buffer_near_full", "1 above the warning fill", registry=r)
+        self.buffer_blocked = Gauge("forewarn_edge_buffer_blocked", "1 while the full buffer stops intake",
+                                    registry=r)
+        self.evicted = Gauge("forewarn_edge_buffer_evicted", "records evicted under drop_oldest (lifetime of the "
+                             "buffer file)", registry=r)
+        self.uplink_up = Gauge("forewarn_edge_uplink_up", "1 while Kafka confirms records", registry=r)
+        self.models = Counter("forewarn_edge_model_offers", "model bundles offered, by outcome", ["outcome"],
+                              registry=r)
+        self.step_seconds = Histogram("forewarn_edge_step_seconds", "decode + score + commit of one batch",
+                                      registry=r)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 - scraped from elsewhere
+        """Start the HTTP endpoint; returns the port it listens on (useful with port 0)."""
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        bound = int(self._server.server_port)
+        log.info("metrics on http://%s:%s/metrics", host, bound)
+        return bound
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

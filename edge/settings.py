@@ -1,0 +1,99 @@
+"""The edge gateway's settings: the shared connections plus an ``[edge]`` section.
+
+Set them in ``forewarn.toml`` (``[edge]``), with ``FOREWARN_EDGE__*`` environment variables
+(e.g. ``FOREWARN_EDGE__DATA_DIR=/var/lib/forewarn-edge``) or with the ``forewarn edge`` flags.
+At a plant, ``mqtt`` is the plant's broker and ``kafka`` the data centre's cluster (the uplink).
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from forewarn.settings import ServiceSettings
+from scoring.settings import AlertOptions, ScoringOptions
+
+__all__ = ["EdgeOptions", "EdgeSettings"]
+
+
+def _default_client_id() -> str:
+    return f"forewarn-edge-{socket.gethostname()}"
+
+
+class EdgeOptions(BaseModel):
+    """Where the edge keeps its data, how big its buffer may grow, what it subscribes to and
+    how it scores."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client_id: str = Field(default_factory=_default_client_id, min_length=1, max_length=128,
+                           description="stable MQTT client id: the persistent session's name")
+    data_dir: Path = Field(Path(".forewarn/edge"), description="buffer database and last good model bundles")
+    buffer_max_bytes: int = Field(512 * 1024 * 1024, ge=64 * 1024, description="size bound of the outbox")
+    buffer_policy: Literal["block", "drop_oldest"] = Field(
+        "block", description="when full: block = stop acknowledging MQTT (the plant broker keeps the messages); "
+        "drop_oldest = evict the oldest buffered records")
+    buffer_warn_fraction: float = Field(0.8, gt=0, le=1, description="log and flag near-full above this fill")
+    buffer_sync: Literal["NORMAL", "FULL"] = Field("NORMAL", description="SQLite synchronous: NORMAL survives "
+                                                   "kill -9, FULL also a power cut")
+    sites: tuple[str, ...] = Field((), description="sites to subscribe to (empty: every site on the broker)")
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="how long the broker keeps the offline session")
+    receive_maximum: int = Field(1000, ge=1, le=65535, description="unacknowledged MQTT messages the broker may send")
+    max_batch: int = Field(2000, ge=1, description="MQTT messages scored and committed together at most")
+    publish_qos: int = Field(1, ge=0, le=1, description="QoS of the local prediction/alert publications")
+    publish_predictions: bool = Field(True, description="publish every prediction on local MQTT (alerts always)")
+    persist_windows: bool = Field(True, description="keep the per-machine windows in the buffer database, so a "
+                                  "restarted edge predicts on without refilling them")
+    forward_batch: int = Field(5000, ge=1, description="records read from the buffer per forwarding round")
+    max_forward_in_flight: int = Field(50_000, ge=1, description="records handed to Kafka and not yet confirmed")
+    models_dir: Path | None = Field(None, description="bundles to seed the edge with (copied to DATA_DIR/models)")
+    models_sync: bool = Field(True, description="take new bundles from the Kafka models topic")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus endpoint port; unset = off")
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
+    shutdown_timeout_s: float = Field(10.0, ge=0, description="how long a shutdown keeps forwarding the buffer")
+    uplink_log_s: float = Field(30.0, gt=0, description="period of the 'uplink down' and 'buffer near full' lines")
+    # Scoring: the same engine and rules as the data-centre workers.
+    stride: int = Field(1, ge=1, description="score readings whose seq is a multiple of this")
+    max_gap: int | None = Field(10, ge=1)
+    max_imputed: int = Field(5, ge=0)
+    reorder_slack: int = Field(2, ge=0)
+    threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = all cores)")
+    alerts: AlertOptions = AlertOptions()
+
+    @field_validator("sites", mode="before")
+    @classmethod
+    def _split_sites(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(s.strip() for s in value.split(",") if s.strip())
+        return value
+
+    @field_validator("sites")
+    @classmethod
+    def _check_sites(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for site in value:
+            if any(c in site for c in "/+#"):
+                raise ValueError(f"site {site!r} may not contain '/', '+' or '#'")
+        return value
+
+    @property
+    def buffer_path(self) -> Path:
+        return self.data_dir / "outbox.db"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def scoring_options(self) -> ScoringOptions:
+        """The scoring core's options (the Kafka-only fields keep their defaults)."""
+        return ScoringOptions(stride=self.stride, max_gap=self.max_gap, max_imputed=self.max_imputed,
+                              reorder_slack=self.reorder_slack, threads=self.threads, shadow=False,
+                              alerts=self.alerts)
+
+
+class EdgeSettings(ServiceSettings):
+    """Everything ``forewarn edge`` needs."""
+
+    edge: EdgeOptions = EdgeOptions()
