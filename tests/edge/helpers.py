@@ -1,0 +1,52 @@
+"""Readings, bundles and settings shared by the edge tests and the edge benchmark."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from edge.settings import EdgeOptions, EdgeSettings
+from forewarn.contract import SCHEMA_VERSION, Telemetry, encode
+from forewarn.mqtt import telemetry_topic
+from forewarn.settings import KafkaSettings, MqttSettings, TopicSettings
+from scoring.bundle import Bundle, Thresholds
+from scoring.testing import linear_bundle
+
+FEATURES = ("temp", "vib")
+WINDOW = 5
+
+
+def edge_bundle(version: str = "v1", *, window: int = WINDOW, bias: float = 0.0) -> Bundle:
+    """A pump model whose p_fail crosses 0.5 when the window's mean temp+vib is above 0."""
+    return linear_bundle("pump", list(FEATURES), window=window, version=version, bias=bias,
+                         thresholds=Thresholds(p_fail=0.5, consecutive=2))
+
+
+def reading(machine: str, seq: int, *, hot: bool = False, start_ms: int | None = None) -> Telemetry:
+    base = start_ms if start_ms is not None else int(time.time() * 1000) - 3_600_000
+    level = 2.0 if hot else -2.0
+    wobble = ((seq * 7) % 5 - 2) * 0.1
+    return Telemetry(SCHEMA_VERSION, machine, "pump", base + seq * 1000, seq,
+                     {"temp": level + wobble, "vib": level - wobble})
+
+
+def fleet(machines: int, per_machine: int, *, site: str = "site-e", hot_every: int = 3) -> list[Telemetry]:
+    """Interleaved readings; every ``hot_every``-th machine runs hot in its second half (alerts)."""
+    start = int(time.time() * 1000) - 3_600_000
+    out: list[Telemetry] = []
+    for seq in range(per_machine):
+        for m in range(machines):
+            hot = hot_every > 0 and m % hot_every == 0 and seq >= per_machine // 2
+            out.append(reading(f"{site}/pump-{m:04d}", seq, hot=hot, start_ms=start))
+    return out
+
+
+def mqtt_messages(readings: list[Telemetry]) -> list[tuple[str, bytes]]:
+    return [(telemetry_topic(r.machine_id), encode(r)) for r in readings]
+
+
+def edge_settings(data_dir: Path, *, kafka: KafkaSettings | None = None, mqtt: MqttSettings | None = None,
+                  topics: TopicSettings | None = None, **options: Any) -> EdgeSettings:
+    return EdgeSettings(kafka=kafka or KafkaSettings(), mqtt=mqtt or MqttSettings(), topics=topics or TopicSettings(),
+                        edge=EdgeOptions(data_dir=data_dir, client_id="edge-test", **options))

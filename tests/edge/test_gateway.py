@@ -1,0 +1,213 @@
+"""The edge gateway with the in-memory fakes: ack point, buffer policy, forwarding, windows kept
+across restarts, model sync."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from edge.gateway import EdgeGateway, subscriptions
+from edge.models import ModelSync
+from edge.settings import EdgeOptions, EdgeSettings
+from forewarn.contract import Alert, Prediction
+from forewarn.testing import FakeConsumer, FakeMqtt, FakeProducer, InMemoryKafka
+from forewarn.topics import Topics
+from scoring.bundle import current_version, pack, write_bundle
+from scoring.engine import Incoming, ScoringEngine
+from scoring.registry import ModelRegistry
+from tests.conftest import REPO
+from tests.edge.helpers import edge_bundle, edge_settings, fleet, mqtt_messages
+
+_prediction = msgspec.json.Decoder(Prediction)
+_alert = msgspec.json.Decoder(Alert)
+
+
+class AwayProducer(FakeProducer):
+    """Kafka unreachable: records are accepted but never confirmed until ``up`` is set."""
+
+    def __init__(self, kafka: InMemoryKafka) -> None:
+        super().__init__(kafka)
+        self.up = False
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        if not self.up:
+            time.sleep(min(timeout_s, 0.01))
+            return 0
+        return super().poll(timeout_s)
+
+
+def seeded(tmp_path: Path, **options: Any) -> EdgeSettings:
+    models = tmp_path / "seed"
+    bundle = edge_bundle()
+    if not (models / "pump" / "v1").exists():
+        write_bundle(models, bundle.meta, bundle.onnx, make_current=True)
+    return edge_settings(tmp_path / "data", models_dir=models, models_sync=False, **options)
+
+
+def run_until(gw: EdgeGateway, done: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        gw.step(0.001)
+
+
+def reference(readings: list[Any]) -> list[tuple[str, int]]:
+    registry = ModelRegistry(threads=1)
+    registry.offer_bundle(edge_bundle())
+    engine = ScoringEngine(registry, EdgeOptions().scoring_options())
+    result = engine.process([Incoming(r, 0) for r in readings], [])
+    return sorted((m, _prediction.decode(v).seq) for m, v in result.predictions)
+
+
+def test_acknowledges_after_commit_scores_publishes_and_forwards(tmp_path: Path) -> None:
+    kafka, mqtt = InMemoryKafka(), FakeMqtt()
+    readings = fleet(6, 20)
+    with EdgeGateway(seeded(tmp_path), mqtt=mqtt, producer=FakeProducer(kafka)) as gw:
+        assert mqtt.subscriptions == subscriptions()
+        mids = [mqtt.deliver(t, p).mid for t, p in mqtt_messages(readings)]
+        run_until(gw, lambda: len(mqtt.acks) == len(mids))
+        assert mqtt.acks == mids
+        assert gw.forwarder is not None
+        run_until(gw, lambda: len(kafka.messages("predictions")) == len(reference(readings)))
+    topics = Topics.from_settings(gw.settings.topics)
+    assert len(kafka.messages(topics.telemetry)) == len(readings)
+    predicted = sorted((p.machine_id, p.seq) for p in
+                       (_prediction.decode(m.value() or b"") for m in kafka.messages(topics.predictions)))
+    assert predicted == reference(readings)
+    local = [m for m in mqtt.published if m.topic.endswith("/prediction")]
+    assert len(local) == len(predicted)
+    alerts = [_alert.decode(m.value() or b"") for m in kafka.messages(topics.alerts)]
+    assert {a.state for a in alerts} >= {"open"}
+    assert len([m for m in mqtt.published if m.topic.endswith("/alert")]) == len(alerts)
+    # per machine, telemetry arrives in seq order
+    for part in kafka.topic(topics.telemetry):
+        seen: dict[bytes, int] = {}
+        for m in part:
+            seq = msgspec.json.decode(m.value() or b"")["seq"]
+            assert seq > seen.get(m.key() or b"", -1)
+            seen[m.key() or b""] = seq
+
+
+def test_uplink_away_buffers_and_drains_in_order(tmp_path: Path) -> None:
+    kafka, mqtt = InMemoryKafka(), FakeMqtt()
+    producer = AwayProducer(kafka)
+    readings = fleet(3, 30)
+    with EdgeGateway(seeded(tmp_path, max_forward_in_flight=50), mqtt=mqtt, producer=producer) as gw:
+        for t, p in mqtt_messages(readings):
+            mqtt.deliver(t, p)
+        run_until(gw, lambda: len(mqtt.acks) == len(readings))
+        assert gw.outbox is not None and len(gw.outbox) > len(readings)  # telemetry + predictions + alerts
+        assert gw.forwarder is not None and gw.forwarder.in_flight <= 50
+        assert not kafka.messages("telemetry")
+        producer.up = True
+        run_until(gw, lambda: gw.outbox is not None and len(gw.outbox) == 0)
+    assert len(kafka.messages("telemetry")) >= len(readings)
+
+
+def test_block_policy_stops_acknowledging_until_the_buffer_drains(tmp_path: Path) -> None:
+    kafka, mqtt = InMemoryKafka(), FakeMqtt()
+    producer = AwayProducer(kafka)
+    readings = fleet(2, 200, hot_every=0)
+    settings = seeded(tmp_path, buffer_max_bytes=64 * 1024, max_batch=20, max_forward_in_flight=10)
+    with EdgeGateway(settings, mqtt=mqtt, producer=producer) as gw:
+        for t, p in mqtt_messages(readings):
+            mqtt.deliver(t, p)
+        deadline = time.monotonic() + 10
+        while gw._blocked is None:
+            assert time.monotonic() < deadline
+            gw.step(0.001)
+        acked = len(mqtt.acks)
+        assert 0 < acked < len(readings)
+        for _ in range(20):
+            gw.step(0.001)
+        assert len(mqtt.acks) == acked, "nothing is acknowledged while the buffer is full"
+        assert gw.metrics.buffer_blocked._value.get() == 1
+        producer.up = True
+        run_until(gw, lambda: len(mqtt.acks) == len(readings), timeout_s=30)
+        run_until(gw, lambda: gw.outbox is not None and len(gw.outbox) == 0, timeout_s=30)
+    seqs = sorted(msgspec.json.decode(m.value() or b"")["seq"] for m in kafka.messages("telemetry")
+                  if m.key() == b"site-e/pump-0000")
+    assert seqs == list(range(200))
+
+
+def test_drop_oldest_policy_keeps_acknowledging_and_counts_evictions(tmp_path: Path) -> None:
+    kafka, mqtt = InMemoryKafka(), FakeMqtt()
+    readings = fleet(2, 200, hot_every=0)
+    settings = seeded(tmp_path, buffer_max_bytes=64 * 1024, buffer_policy="drop_oldest", max_batch=20,
+                      shutdown_timeout_s=0.2, max_forward_in_flight=10)
+    with EdgeGateway(settings, mqtt=mqtt, producer=AwayProducer(kafka)) as gw:
+        for t, p in mqtt_messages(readings):
+            mqtt.deliver(t, p)
+        run_until(gw, lambda: len(mqtt.acks) == len(readings))
+        assert gw.outbox is not None
+        assert gw.outbox.counter("evicted") > 0 and gw.outbox.bytes <= 64 * 1024
+
+
+def test_restart_keeps_windows_so_predictions_match_an_uninterrupted_run(tmp_path: Path) -> None:
+    kafka = InMemoryKafka()
+    readings = fleet(4, 24)
+    half = len(readings) // 2
+    for part in (readings[:half], readings[half:]):
+        mqtt = FakeMqtt()
+        with EdgeGateway(seeded(tmp_path), mqtt=mqtt, producer=FakeProducer(kafka)) as gw:
+            for t, p in mqtt_messages(part):
+                mqtt.deliver(t, p)
+            run_until(gw, lambda mqtt=mqtt, part=part: len(mqtt.acks) == len(part))
+    predicted = sorted((p.machine_id, p.seq) for p in
+                       (_prediction.decode(m.value() or b"") for m in kafka.messages("predictions")))
+    assert predicted == reference(readings)
+
+
+def test_invalid_payload_goes_to_the_dead_letter_topic_and_is_acknowledged(tmp_path: Path) -> None:
+    kafka, mqtt = InMemoryKafka(), FakeMqtt()
+    with EdgeGateway(seeded(tmp_path), mqtt=mqtt, producer=FakeProducer(kafka)) as gw:
+        mid = mqtt.deliver("forewarn/site-e/pump-1/telemetry", b"{not json").mid
+        run_until(gw, lambda: mqtt.acks == [mid])
+        run_until(gw, lambda: len(kafka.messages("telemetry.dlq")) == 1)
+    headers = dict(kafka.messages("telemetry.dlq")[0].headers() or [])
+    assert headers["reason"] == b"not_json"
+
+
+def test_model_sync_keeps_the_last_good_bundle_on_disk(tmp_path: Path) -> None:
+    kafka = InMemoryKafka(partitions=1)
+    registry = ModelRegistry(threads=1)
+    disk = tmp_path / "models"
+    sync = ModelSync(registry, disk, consumer=FakeConsumer(kafka, ["models"]))
+    assert sync.load_local() == [] and not registry.serving
+    good = edge_bundle("v2")
+    kafka.append("models", pack(good), b"pump", None, 0, None)
+    offers = sync.poll()
+    assert [o.outcome for o in offers] == ["accepted"]
+    assert current_version(disk, "pump") == "v2"
+    tampered = pack(edge_bundle("v3"))[:-8] + b"garbage!"
+    kafka.append("models", tampered, b"pump", None, 0, None)
+    assert [o.outcome for o in sync.poll()] == ["refused"]
+    assert current_version(disk, "pump") == "v2"
+    # a new edge starts offline from what is on disk
+    other = ModelRegistry(threads=1)
+    ModelSync(other, disk).load_local()
+    assert other.serving["pump"].meta.version == "v2"
+
+
+def test_sites_setting_and_subscriptions() -> None:
+    options = EdgeOptions(sites="site-a, site-b")  # type: ignore[arg-type]
+    assert options.sites == ("site-a", "site-b")
+    assert subscriptions(options.sites)[:3] == ["forewarn/site-a/+/telemetry", "forewarn/site-a/gateway/+/batch",
+                                                "forewarn/site-a/+/maintenance"]
+    with pytest.raises(ValueError, match="may not contain"):
+        EdgeOptions(sites=("a/b",))
+
+
+def test_edge_imports_no_tensorflow_keras_or_streamlit() -> None:
+    code = ("import sys, edge.gateway, edge.cli, edge.models; "
+            "bad = [m for m in ('tensorflow', 'keras', 'streamlit', 'tf2onnx') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
