@@ -2,7 +2,8 @@
 
 paho's ``Client.ack()`` queues one packet and wakes the network thread through its socket pair,
 per acknowledgement: two system calls for four bytes. :class:`AckWriter` collects the
-acknowledgements of one round and, on a real paho client, queues them as one write.
+acknowledgements of one round and writes them as one buffer (the bridge's own
+:class:`~bridge._subscriber.Subscriber`, or a paho client's packet queue).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from bridge._subscriber import Subscriber
 from forewarn.errors import MqttError
 from forewarn.mqtt import MqttClient
 from forewarn.ports import MqttLike
@@ -33,6 +35,9 @@ class AckWriter:
     def flush(self) -> None:
         mids, self._mids = self._mids, []
         if not mids:
+            return
+        if isinstance(self.mqtt, Subscriber):
+            self.mqtt.ack_many(mids)
             return
         raw = self._raw_client()
         if raw is None:

@@ -25,8 +25,10 @@ import time
 from types import TracebackType
 from typing import Any, Self
 
-from bridge import _fastread
+import confluent_kafka
+
 from bridge._acks import AckWriter
+from bridge._subscriber import Subscriber
 from bridge.errors import BridgeError
 from bridge.metrics import BridgeMetrics
 from bridge.routing import Record, Router
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _STEP_MESSAGES = 2000  # messages handled between two polls of the producer
 _IDLE_WAIT_S = 0.005
+_BUSY_WAIT_S = 0.001  # wait for delivery reports while records are in flight: short, the socket may fill
 
 
 def subscriptions(share_group: str) -> list[str]:
@@ -94,13 +97,16 @@ class Bridge:
         self.producer: ProducerLike = producer if producer is not None else KafkaProducer(
             settings.kafka, **{"queue.buffering.max.messages": max(100_000, 2 * self.options.max_in_flight)})
         self._own_mqtt = mqtt is None
-        self.mqtt: MqttLike = mqtt if mqtt is not None else MqttClient(
+        self.mqtt: MqttLike = mqtt if mqtt is not None else Subscriber(
             settings.mqtt, self.options.client_id, clean_start=False,
-            session_expiry_s=self.options.session_expiry_s, manual_ack=True,
-            receive_maximum=self.options.receive_maximum)
+            session_expiry_s=self.options.session_expiry_s, receive_maximum=self.options.receive_maximum)
         self.mqtt.on_message = self._on_message
-        if isinstance(self.mqtt, MqttClient):
+        if isinstance(self.mqtt, MqttClient | Subscriber):
             self.mqtt.on_connected = self._on_connected
+        # The lean subscriber is read by the loop itself (no inbox: TCP is the backpressure).
+        self._reader = self.mqtt if isinstance(self.mqtt, Subscriber) else None
+        self._records_per_message = 1.0
+        self._kafka: Any = None  # confluent_kafka.Producer once started (the adapter's per-call overhead skipped)
         self._acks = AckWriter(self.mqtt)
         self._inbox: collections.deque[tuple[Any, int, float]] = collections.deque()
         self._pending: collections.deque[_Pending] = collections.deque()
@@ -140,11 +146,11 @@ class Bridge:
             self.metrics.serve(self.options.metrics_port, self.options.metrics_host)
         if self.options.check_topics and isinstance(self.producer, KafkaProducer):
             self._check_topics()
+        if isinstance(self.producer, KafkaProducer):
+            self._kafka = self.producer.client
         self._intake = True
         filters = subscriptions(self.options.share_group)
         self.mqtt.connect()
-        if isinstance(self.mqtt, MqttClient):
-            _fastread.install(self.mqtt.client)
         self.mqtt.subscribe(filters, qos=1)
         self._started = True
         log.info("bridge %s subscribed to %s; forwarding to %s, %s and %s", self.options.client_id,
@@ -189,25 +195,76 @@ class Bridge:
     def step(self, wait_s: float = _IDLE_WAIT_S) -> int:
         """One round: handle what arrived (within the in-flight bound), serve delivery
         reports, acknowledge, housekeeping. Returns how many messages were handled."""
-        inbox = self._inbox
         handled = 0
         limit = self.options.max_in_flight
-        while inbox and self.in_flight < limit and handled < _STEP_MESSAGES:
-            self._handle(*inbox.popleft())
-            handled += 1
-        self.producer.poll(0.0 if handled or not self._pending else wait_s)
-        if not handled and not self._pending and not inbox:
-            time.sleep(wait_s)  # nothing at all to do (the fakes' poll does not wait)
+        reader = self._reader
+        if reader is not None:
+            room = limit - self.in_flight
+            if room > 0 and self._intake:
+                want = max(1, min(_STEP_MESSAGES, int(room / self._records_per_message)))
+                messages = reader.read(want)
+                if messages:
+                    handled = self._handle_read(messages)
+        else:
+            inbox = self._inbox
+            while inbox and self.in_flight < limit and handled < _STEP_MESSAGES:
+                self._handle(*inbox.popleft())
+                handled += 1
+        self.producer.poll(0.0)
         if self._pending:
             self._acknowledge()
         else:
             self._last_progress = time.monotonic()
+        if not handled:  # nothing arrived: wait a little for delivery reports or the socket
+            if self._pending:
+                self.producer.poll(min(wait_s, _BUSY_WAIT_S))
+                self._acknowledge()
+            elif reader is not None:
+                reader.wait_readable(wait_s)
+            elif not self._inbox:
+                time.sleep(wait_s)  # nothing at all to do (the fakes' poll does not wait)
         now = time.monotonic()
         if self._retry:
             self._resend_due(now)
         if now >= self._next_housekeeping:
             self._housekeeping(now)
         return handled
+
+    def _handle_read(self, messages: list[tuple[str, bytes, int, int]]) -> int:
+        """Route and produce the messages of one read of the subscriber (all of the current connection)."""
+        received = time.time()
+        received_ms = int(received * 1000)
+        arrived = time.monotonic()
+        epoch = self._epoch
+        route = self.router.route
+        counts = self._counts
+        live = self._live
+        append = self._pending.append
+        produce = self._produce
+        records_total = 0
+        kinds: collections.Counter[str] = collections.Counter()
+        for topic, payload, qos, mid in messages:
+            try:
+                routed = route(topic, payload, received_ms)
+            except Exception:  # a bug in routing must not stop the stream nor lose the payload
+                log.exception("routing failed for a message on %s; sending it to the dead-letter topic", topic)
+                routed = self.router.internal_error(topic, payload, received_ms)
+            kinds[routed.kind] += 1
+            if routed.rejected:
+                for reason in routed.rejected:
+                    counts["rejected:" + reason] += 1
+            records = routed.records
+            pending = _Pending(mid, qos, epoch, arrived, records)
+            if qos:
+                live[mid] = pending
+            append(pending)
+            records_total += len(records)
+            produce(pending, records)
+        for kind, n in kinds.items():
+            counts["received:" + kind] += n
+        self.in_flight += records_total
+        self._records_per_message = max(1.0, records_total / len(messages))
+        return len(messages)
 
     def _handle(self, message: Any, epoch: int, received: float) -> None:
         try:
@@ -232,8 +289,24 @@ class Bridge:
         self._produce(pending, routed.records)
 
     def _produce(self, pending: _Pending, records: list[Record]) -> None:
-        produce = self.producer.produce
         callback = pending.on_delivery
+        raw = self._kafka
+        if raw is not None:  # confluent_kafka.Producer directly: no adapter call per record
+            for topic, value, key, timestamp_ms, headers in records:
+                while True:
+                    try:
+                        raw.produce(topic, value, key, on_delivery=callback, timestamp=timestamp_ms or 0,
+                                    headers=headers)
+                        break
+                    except BufferError:  # librdkafka's queue is full: serve delivery reports, retry
+                        raw.poll(0.05)
+                    except confluent_kafka.KafkaException as error:  # refused locally (e.g. unknown topic): retry later
+                        pending.remaining -= 1
+                        pending.failed = True
+                        pending.error = error
+                        break
+            return
+        produce = self.producer.produce
         for topic, value, key, timestamp_ms, headers in records:
             try:
                 produce(topic, value, key, headers=headers, timestamp_ms=timestamp_ms, on_delivery=callback)
@@ -292,6 +365,8 @@ class Bridge:
 
     def _housekeeping(self, now: float) -> None:
         self._next_housekeeping = now + 0.5
+        if self._reader is not None:
+            self._reader.housekeeping()  # keep-alive and reconnects, also while intake is paused
         self._flush_metrics()
         self._watch_kafka(now)
 
