@@ -26,6 +26,11 @@ __all__ = [
 ]
 
 DAY_MS: Final = 24 * 3600 * 1000
+# Records carry event time as their timestamp. Kafka 4 rejects timestamps more than an hour
+# ahead of the broker's clock by default (INVALID_RECORD); a simulator running faster than
+# real time, a plant clock that is off, or a replay of old data must not be refused for it.
+_ANY_TIME: Final = {"message.timestamp.after.max.ms": str(2**63 - 1),
+                    "message.timestamp.before.max.ms": str(2**63 - 1)}
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
     """Every topic Forewarn needs, as ``forewarn topics create`` makes them."""
     t = Topics.from_settings(settings)
     n, rf = settings.partitions, settings.replication_factor
-    delete = {"cleanup.policy": "delete"}
+    delete = {"cleanup.policy": "delete", **_ANY_TIME}
     return [
         TopicSpec("telemetry", t.telemetry, n, rf, {**delete, "retention.ms": str(7 * DAY_MS)},
                   "one record per reading, keyed by machine_id, timestamp = event time"),
@@ -82,10 +87,10 @@ def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
                   "model outputs per window, keyed by machine_id"),
         TopicSpec("alerts", t.alerts, n, rf, {**delete, "retention.ms": str(365 * DAY_MS)},
                   "alert lifecycle events, keyed by machine_id"),
-        TopicSpec("models", t.models, 1, rf, {"cleanup.policy": "compact", "max.message.bytes": "52428800",
+        TopicSpec("models", t.models, 1, rf, {"cleanup.policy": "compact", "max.message.bytes": "52428800", **_ANY_TIME,
                                              "min.compaction.lag.ms": "0"},
                   "model bundles, compacted, keyed by model name (asset type)"),
-        TopicSpec("scoring_state", t.scoring_state, n, rf, {"cleanup.policy": "compact"},
+        TopicSpec("scoring_state", t.scoring_state, n, rf, {"cleanup.policy": "compact", **_ANY_TIME},
                   "scoring workers' window state changelog, compacted, keyed by machine_id"),
     ]
 

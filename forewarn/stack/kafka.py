@@ -53,6 +53,9 @@ group.initial.rebalance.delay.ms=0
 message.max.bytes=52428800
 replica.fetch.max.bytes=52428800
 log.cleaner.backoff.ms=1000
+# Accept event-time timestamps however far ahead (a sped-up simulator) or behind (replays).
+log.message.timestamp.after.max.ms=9223372036854775807
+log.message.timestamp.before.max.ms=9223372036854775807
 transaction.remove.expired.transaction.cleanup.interval.ms=60000
 """
 

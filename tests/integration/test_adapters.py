@@ -117,3 +117,16 @@ def test_mqtt_connection_refused_is_one_line() -> None:
     with pytest.raises(MqttError) as info:
         client.connect(timeout_s=2)
     assert "forewarn stack up" in info.value.one_line()
+
+
+def test_event_time_far_from_now_is_accepted(stack: RunningStack, fresh_topics: Any) -> None:
+    """A simulator running faster than real time writes timestamps hours ahead; Kafka 4 would
+    refuse them by default (INVALID_RECORD) without the registry's topic configs."""
+    _settings, topics = fresh_topics(partitions=1)
+    now_ms = int(time.time() * 1000)
+    errors: list[Any] = []
+    with KafkaProducer(stack.kafka_settings) as producer:
+        for ts in (now_ms + 3 * 24 * 3600 * 1000, 946_684_800_000):
+            producer.produce(topics.telemetry, b"x", key="s/m", timestamp_ms=ts,
+                             on_delivery=lambda err, _msg: errors.append(err))
+    assert errors == [None, None]
