@@ -39,6 +39,8 @@ SCORING_FLAGS = (
     Flag("--transaction-timeout-ms", "scoring.transaction_timeout_ms",
          "Kafka transaction timeout: how long a killed worker's open transaction can block its partitions.",
          click.IntRange(1000)),
+    Flag("--session-timeout-ms", "scoring.session_timeout_ms",
+         "Consumer group session timeout: how long a dead worker keeps its partitions.", click.IntRange(6000)),
     Flag("--threads", "scoring.threads", "onnxruntime intra-op threads (0 = all cores).", click.IntRange(0)),
     Flag("--shadow", "scoring.shadow", "Run '<asset>.candidate' bundles of the models topic in shadow.",
          is_flag=True, secondary="--no-shadow"),

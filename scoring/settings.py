@@ -53,6 +53,9 @@ class ScoringOptions(_Section):
     poll_timeout_ms: int = Field(50, ge=1)
     transaction_timeout_ms: int = Field(10_000, ge=1000, description="a killed worker's open transaction "
                                         "blocks its partitions at most this long")
+    session_timeout_ms: int = Field(30_000, ge=6000, description="consumer group session timeout: how long "
+                                    "a dead worker keeps its partitions (a restarted one with the same "
+                                    "worker_id takes them back at once)")
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0 = all cores)")
     shadow: bool = Field(True, description="run '<asset>.candidate' bundles from the models topic in shadow")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port")

@@ -104,7 +104,7 @@ class ScoringWorker:
         overrides: dict[str, object] = {
             "partition.assignment.strategy": "range",
             "max.poll.interval.ms": 300_000,
-            "session.timeout.ms": 6_000,
+            "session.timeout.ms": self.options.session_timeout_ms,
             "heartbeat.interval.ms": 1_000,
             "fetch.wait.max.ms": 20,
             "queued.min.messages": 200_000,

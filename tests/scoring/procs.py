@@ -105,7 +105,7 @@ class Worker:
         self.cmd = [sys.executable, "-m", "forewarn.cli", "--log-level", "info", "score",
                     "--bootstrap-servers", kafka.bootstrap_servers, "--topic-prefix", topic_settings.prefix,
                     "--group-id", f"{topic_settings.prefix}{group}", "--worker-id", worker_id,
-                    "--transaction-timeout-ms", "6000", "--threads", "1", *args]
+                    "--transaction-timeout-ms", "6000", "--session-timeout-ms", "6000", "--threads", "1", *args]
         self.log_path = log_dir / f"{worker_id}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
