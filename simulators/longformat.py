@@ -10,6 +10,7 @@ sensor and per setting (names as in telemetry). ``events``: ``machine_id``, ``ti
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -124,6 +125,9 @@ class LongFormatWriter:
         self.readings = _TableFile(directory / f"readings.{ext}", readings_schema(specs), fmt)
         self.events = _TableFile(directory / f"events.{ext}", EVENTS_SCHEMA, fmt)
         self.truth = _TableFile(directory / f"truth.{ext}", TRUTH_SCHEMA, fmt) if truth else None
+        # Which columns are operating settings (not sensors): training normalises sensors per
+        # operating condition with them. Same file as `forewarn export` writes.
+        (directory / "settings.json").write_text(json.dumps({"settings": list(self.setting_columns)}) + "\n")
 
     @property
     def paths(self) -> list[Path]:

@@ -25,7 +25,8 @@ def test_history_writes_the_long_format(tmp_path: Path) -> None:
                           str(tmp_path / "h"), "--truth", "--report", str(tmp_path / "report.json"))
     assert code == 0, output
     assert "3 machines" in output and "3 failures" in output
-    assert {p.name for p in (tmp_path / "h").iterdir()} == {"readings.parquet", "events.parquet", "truth.parquet"}
+    assert {p.name for p in (tmp_path / "h").iterdir()} == {"readings.parquet", "events.parquet", "truth.parquet",
+                                                         "settings.json"}
     assert set(pq.read_table(tmp_path / "h" / "readings.parquet")["asset_type"].to_pylist()) == {"pump"}
     assert json.loads((tmp_path / "report.json").read_text())["readings"] > 0
 

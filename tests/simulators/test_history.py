@@ -30,7 +30,7 @@ def test_same_seed_same_bytes(make_history: MakeHistory, fmt: str) -> None:
     c, _ = make_history("c", fmt, truth=True, machines=30, seed=10)
     assert digest(a) == digest(b)
     assert digest(a)[f"readings.{fmt}"] != digest(c)[f"readings.{fmt}"]
-    assert sorted(digest(a)) == sorted([f"events.{fmt}", f"readings.{fmt}", f"truth.{fmt}"])
+    assert sorted(digest(a)) == sorted([f"events.{fmt}", f"readings.{fmt}", f"truth.{fmt}", "settings.json"])
 
 
 def test_readings_schema_is_the_generic_long_format(history_dir: Path) -> None:
