@@ -244,28 +244,34 @@ def topics_list() -> None:
 
 
 @cli.command()
+@click.option("--check", is_flag=True, help="Run headless for --minutes, then exit 1 unless predictions flowed "
+              "and an alert opened before a simulated failure.")
+@click.option("--minutes", type=click.FloatRange(0.5, 600), default=5.0, show_default=True,
+              help="How long --check runs the pipeline.")
+@click.option("--machines", type=click.IntRange(1, 100_000), default=250, show_default=True,
+              envvar="FOREWARN_DEMO_MACHINES", show_envvar=True, help="Simulated machines per asset type.")
+@click.option("--speed", type=click.FloatRange(1, 100_000), default=120.0, show_default=True,
+              envvar="FOREWARN_DEMO_SPEED", show_envvar=True,
+              help="Simulated seconds per wall second (readings come every 60 simulated seconds).")
+@click.option("--dashboard-port", type=click.IntRange(1, 65535), default=8501, show_default=True,
+              envvar="FOREWARN_DEMO_DASHBOARD_PORT", show_envvar=True, help="Port of the dashboard.")
 @stack_options
 @kafka_options
 @mqtt_options
-def demo() -> None:
-    """Start the stack, create the topics and run the pipeline.
+def demo(check: bool, minutes: float, machines: int, speed: float, dashboard_port: int) -> None:
+    """Run the whole system: stack, topics, models, simulator, bridge, scoring, dashboard.
 
-    Today this starts the brokers and the topics; the simulator, bridge, training, scoring
-    workers and dashboard join as their components land.
+    Starts the local stack and creates the topics, trains initial models from simulated
+    history when .forewarn/models has none (about two minutes), publishes them, then starts
+    the live simulator (2 sites, pumps and motors), the bridge, two scoring workers and the
+    dashboard, and prints the dashboard's address. Ctrl-C stops everything.
     """
-    from forewarn.kafka import KafkaAdmin
-    from forewarn.topics import topic_specs
+    from forewarn.demo import DemoOptions, run_demo
 
     settings = settings_from(ServiceSettings)
-    local = _stack()
-    local.up(_progress)
-    KafkaAdmin(settings.kafka).ensure_topics(topic_specs(settings.topics))
-    for s in local.status():
-        click.echo(f"{s.name:10} {'healthy' if s.healthy else 'DOWN':8} {s.address}")
-    missing = [name for name in ("simulate", "bridge", "score", "dashboard") if not _available(LAZY_COMMANDS[name])]
-    if missing:
-        click.echo("the stack and topics are ready; still to come in the demo: " + ", ".join(missing))
-    click.echo("stop with `forewarn stack down`")
+    options = DemoOptions(machines_per_type=machines, speed=speed, dashboard_port=dashboard_port, check=check,
+                          minutes=minutes)
+    sys.exit(run_demo(settings, options, lambda line: click.echo(line, err=True)))
 
 
 def main() -> None:
