@@ -167,9 +167,13 @@ class EdgeGateway:
         self.forwarder.start()
         self._intake = True
         filters = subscriptions(o.sites)
-        self.mqtt.connect()
-        self.mqtt.subscribe(filters, qos=1)
         self._started = True
+        try:
+            self.mqtt.connect()
+            self.mqtt.subscribe(filters, qos=1)
+        except BaseException:
+            self.close()
+            raise
         log.info("edge %s subscribed to %s; buffer %s (%s, bound %.0f MB); uplink %s", o.client_id,
                  ", ".join(filters), o.buffer_path, o.buffer_policy, o.buffer_max_bytes / 1e6,
                  self.settings.kafka.bootstrap_servers)
