@@ -153,8 +153,21 @@ def check_pipeline(settings: ServiceSettings, topics: Topics, timeout_s: float =
                     log.warning("undecodable record on %s", topic)
     finally:
         consumer.close()
-    warned = sum(1 for machine, ts in failures if any(t <= ts for t in opened.get(machine, [])))
-    return CheckResult(predictions, sum(len(v) for v in opened.values()), len(failures), warned)
+    return CheckResult(predictions, sum(len(v) for v in opened.values()), len(failures),
+                       _warned_failures(failures, opened))
+
+
+def _warned_failures(failures: list[tuple[str, int]], opened: dict[str, list[int]]) -> int:
+    """Failures an alert of the same machine opened for in the same run: after the machine's
+    previous failure, at or before this one."""
+    previous: dict[str, int] = {}
+    warned = 0
+    for machine, ts in sorted(failures, key=lambda f: f[1]):
+        since = previous.get(machine, -1)
+        if any(since < t <= ts for t in opened.get(machine, ())):
+            warned += 1
+        previous[machine] = ts
+    return warned
 
 
 def run_demo(settings: ServiceSettings, options: DemoOptions, say: Callable[[str], None]) -> int:
