@@ -44,7 +44,7 @@ from scoring.settings import ScoringOptions, ScoringSettings
 from scoring.testing import conv_bundle
 from scoring.worker import ScoringWorker
 from simulators.fleet import Fleet, FleetConfig
-from tests.conftest import REPO, make_stack
+from tests.conftest import REPO, free_port, make_stack
 
 log = logging.getLogger("bench.scoring")
 _prediction = msgspec.json.Decoder(Prediction)
@@ -107,6 +107,21 @@ def ceiling(bundle: Bundle, n: int = 40_000) -> float:
     model.predict(x[:4096])
     started = time.perf_counter()
     model.predict(x)
+    return n / (time.perf_counter() - started)
+
+
+def single_call_rate(bundle: Bundle, n: int = 3000) -> float:
+    """One onnxruntime call per window, one thread: what a per-record stream processor pays."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(bundle.onnx, sess_options=options, providers=["CPUExecutionProvider"])
+    spec = bundle.meta.input
+    x = np.random.default_rng(0).normal(size=(n, 1, spec.window, len(spec.features))).astype(np.float32)
+    started = time.perf_counter()
+    for window in x:
+        session.run(None, {spec.name: window})
     return n / (time.perf_counter() - started)
 
 
@@ -209,11 +224,12 @@ def run_quix(bootstrap: str, topic: str, bundle: Bundle, limit: int, state_dir: 
 def run_latency(bootstrap: str, prefix: str, models_dir: Path, rate: int, machines: int, seconds: float,
                 warmup_s: float, log_path: Path) -> dict[str, Any]:
     topics = Topics.from_settings(TopicSettings(prefix=prefix))
+    metrics_port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("FOREWARN_CONFIG", None)
     cmd = [sys.executable, "-m", "forewarn.cli", "--log-level", "info", "score", "--bootstrap-servers", bootstrap,
            "--topic-prefix", prefix, "--worker-id", "latency", "--models-dir", str(models_dir),
-           "--commit-interval-ms", "50", "--max-batch", "5000"]
+           "--commit-interval-ms", "50", "--max-batch", "5000", "--metrics-port", str(metrics_port)]
     with log_path.open("wb") as out:
         worker = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     payloads, _, _ = fleet_payloads(machines, 1, seed=7)
@@ -274,6 +290,7 @@ def run_latency(bootstrap: str, prefix: str, models_dir: Path, rate: int, machin
     producer.flush(30)
     achieved = sent / (time.monotonic() - started)
     time.sleep(2.0)
+    worker_metrics = scrape(metrics_port)
     stop.set()
     reader.join(10)
     worker.terminate()
@@ -284,7 +301,32 @@ def run_latency(bootstrap: str, prefix: str, models_dir: Path, rate: int, machin
     return {"target_rate": rate, "achieved_rate": round(achieved), "machines": machines,
             "measured_s": seconds, "predictions_measured": len(arr),
             "p50_ms": round(float(np.percentile(arr, 50)), 1), "p99_ms": round(float(np.percentile(arr, 99)), 1),
-            "max_ms": round(float(arr.max()), 1)}
+            "max_ms": round(float(arr.max()), 1), "worker": worker_metrics}
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Means of the worker's own histograms, from its Prometheus endpoint."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError as error:
+        return {"error": str(error)}
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        name, _, value = line.rpartition(" ")
+        values[name] = values.get(name, 0.0) + float(value)
+    out: dict[str, float] = {}
+    for metric in ("forewarn_scoring_transaction_seconds", "forewarn_scoring_batch_readings",
+                   "forewarn_scoring_inference_seconds"):
+        total = sum(v for k, v in values.items() if k.startswith(metric + "_sum"))
+        count = sum(v for k, v in values.items() if k.startswith(metric + "_count"))
+        out[metric.removeprefix("forewarn_scoring_") + "_mean"] = round(total / count, 4) if count else 0.0
+        out[metric.removeprefix("forewarn_scoring_") + "_count"] = count
+    return out
 
 
 def main() -> None:
@@ -323,7 +365,9 @@ def main() -> None:
         figures["model"] = {"kind": model_kind, "window": bundle.meta.input.window,
                             "features": len(bundle.meta.input.features)}
         figures["ceiling_windows_per_s"] = round(ceiling(bundle))
-        log.info("ceiling: %s windows/s", figures["ceiling_windows_per_s"])
+        figures["single_call_windows_per_s"] = round(single_call_rate(bundle))
+        log.info("ceiling: %s windows/s batched, %s windows/s one call per window", figures["ceiling_windows_per_s"],
+                 figures["single_call_windows_per_s"])
         prefix = f"bench{os.getpid()}."
         admin = KafkaAdmin(stack.kafka_settings)
         admin.ensure_topics(topic_specs(TopicSettings(prefix=prefix, partitions=4)))
