@@ -98,7 +98,7 @@ class EdgeGateway:
                        self.topics.dlq: "dlq"}
         self.metrics = metrics or EdgeMetrics()
         self.clock = clock
-        self.registry = ModelRegistry(threads=o.threads, shadow=False)
+        self.registry = ModelRegistry(threads=o.threads, batch_size=o.score_batch, shadow=False)
         self.engine = ScoringEngine(self.registry, o.scoring_options(), clock)
         self.models = ModelSync(self.registry, o.bundles_dir, kafka=settings.kafka if o.models_sync else None,
                                 models_topic=self.topics.models, group_id=f"{o.client_id}.models",

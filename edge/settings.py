@@ -42,13 +42,14 @@ class EdgeOptions(BaseModel):
     sites: tuple[str, ...] = Field((), description="sites to subscribe to (empty: every site on the broker)")
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="how long the broker keeps the offline session")
     receive_maximum: int = Field(1000, ge=1, le=65535, description="unacknowledged MQTT messages the broker may send")
-    max_batch: int = Field(2000, ge=1, description="MQTT messages scored and committed together at most")
+    max_batch: int = Field(1000, ge=1, description="MQTT messages scored and committed together at most")
     publish_qos: int = Field(1, ge=0, le=1, description="QoS of the local prediction/alert publications")
     publish_predictions: bool = Field(True, description="publish every prediction on local MQTT (alerts always)")
     persist_windows: bool = Field(True, description="keep the per-machine windows in the buffer database, so a "
                                   "restarted edge predicts on without refilling them")
-    forward_batch: int = Field(5000, ge=1, description="records read from the buffer per forwarding round")
-    max_forward_in_flight: int = Field(50_000, ge=1, description="records handed to Kafka and not yet confirmed")
+    forward_batch: int = Field(2000, ge=1, description="records read from the buffer per forwarding round")
+    max_forward_in_flight: int = Field(10_000, ge=1, description="records handed to Kafka and not yet confirmed "
+                                       "(held in memory while the uplink is down)")
     models_dir: Path | None = Field(None, description="bundles to seed the edge with (copied to DATA_DIR/models)")
     models_sync: bool = Field(True, description="take new bundles from the Kafka models topic")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus endpoint port; unset = off")
@@ -61,6 +62,8 @@ class EdgeOptions(BaseModel):
     max_imputed: int = Field(5, ge=0)
     reorder_slack: int = Field(2, ge=0)
     threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = all cores)")
+    score_batch: int = Field(256, ge=1, description="windows per onnxruntime call (small keeps onnxruntime's "
+                             "memory arena small)")
     alerts: AlertOptions = AlertOptions()
 
     @field_validator("sites", mode="before")
