@@ -3,7 +3,9 @@
 For each run: create the subscriber's persistent session, stop the subscriber, publish N QoS 1
 messages into the offline session, start the subscriber and time the drain into Kafka: from the
 first record's arrival to the N-th, watching the topic's high watermarks. CPU seconds are the
-subscriber's (and its children's) user+system time over the same interval.
+subscriber's (and its children's) user+system time over the same interval; peak RSS is sampled
+while it drains. Each subscriber's session is dropped after its run, so later runs' messages are
+not queued (and autosaved by Mosquitto) for it.
 
 Runs: ours with single readings, ours with gateway batches of 100, and quixstreams' community
 ``MQTTSource`` (paho, auto-acknowledging on receipt) producing the same single readings to Kafka.
@@ -58,6 +60,7 @@ def _drain(pid: int, kafka: Any, topic: str, expect: int, base: int = 0, timeout
     from forewarn.kafka import KafkaConsumer
 
     proc = psutil.Process(pid)
+    peak_rss = 0
     started = time.monotonic()
     t_first = cpu_first = None
     watcher = KafkaConsumer(kafka, f"watch-{uuid.uuid4().hex[:6]}").client
@@ -72,6 +75,10 @@ def _drain(pid: int, kafka: Any, topic: str, expect: int, base: int = 0, timeout
     if ready is not None:
         t_first, cpu_first = time.monotonic(), _cpu(proc)
     while time.monotonic() - started < timeout_s:
+        try:
+            peak_rss = max(peak_rss, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            pass
         n = size() - base
         now = time.monotonic()
         if n > 0 and t_first is None:
@@ -82,9 +89,19 @@ def _drain(pid: int, kafka: Any, topic: str, expect: int, base: int = 0, timeout
             cpu = _cpu(proc) - cpu_first
             watcher.close()
             return {"records": n, "seconds": round(seconds, 3), "since_start_s": round(now - started, 3),
-                    "cpu_s": round(cpu, 3)}
+                    "cpu_s": round(cpu, 3), "peak_rss_mb": round(peak_rss / 2**20)}
         time.sleep(0.005)
     raise SystemExit(f"drain of {topic} did not finish in {timeout_s}s ({topic_size(kafka, topic) - base}/{expect})")
+
+
+def _forget_session(mqtt: Any, client_id: str) -> None:
+    """Drop a subscriber's persistent session: else the broker keeps queueing every later run's
+    messages for it (and saving them all to its persistence file every few seconds)."""
+    from bridge._subscriber import Subscriber
+
+    session = Subscriber(mqtt, client_id, clean_start=True)  # session expiry 0: gone on disconnect
+    session.connect()
+    session.disconnect()
 
 
 # -- quixstreams peer (run as a subprocess of this file) ------------------------------------
@@ -189,6 +206,7 @@ def main() -> None:
                               ready=lambda: "stops it" in bridge.log())
             finally:
                 bridge.stop()
+                _forget_session(mqtt, client_id)
 
         run = ours("single", single, len(single))
         figures["ours_single"] = {**run, "messages": len(single), "msg_per_s": round(len(single) / run["seconds"]),
@@ -212,6 +230,7 @@ def main() -> None:
                 run = _drain(quix.process.pid, kafka, "bench.quix", len(single))
             finally:
                 quix.stop()
+                _forget_session(mqtt, "bench-quix")
             figures["quixstreams_mqtt_source_single"] = {
                 **run, "messages": len(single), "msg_per_s": round(len(single) / run["seconds"]),
                 "cpu_s_per_1000_msgs": round(1000 * run["cpu_s"] / len(single), 4),

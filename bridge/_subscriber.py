@@ -91,6 +91,7 @@ class Subscriber:
         self._v5 = settings.protocol != "3.1.1"
         self._buf = b""
         self._pos = 0
+        self._incomplete = False  # the buffer ends inside a packet: more bytes are needed
         self._out = bytearray()
         self._filters: list[tuple[str, int]] = []
         self._topics: dict[bytes, str] = {}
@@ -184,10 +185,11 @@ class Subscriber:
     def wait_readable(self, timeout_s: float) -> None:
         """Sleep up to ``timeout_s`` unless the socket has (or gets) something to read."""
         sock = self._sock
-        if sock is None or self._pos < len(self._buf):
-            if sock is None:
-                time.sleep(timeout_s)
+        if sock is None:
+            time.sleep(timeout_s)
             return
+        if self._pos < len(self._buf) and not self._incomplete:
+            return  # whole packets are waiting in the buffer
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return
         try:
@@ -214,8 +216,14 @@ class Subscriber:
         topics = self._topics
         append = out.append
         n = len(out)
+        self._incomplete = False
         try:
-            while n < limit and pos + 2 <= end:
+            while True:
+                if pos + 2 > end:
+                    self._incomplete = pos < end
+                    return
+                if n >= limit:
+                    return
                 first = buf[pos]
                 # remaining length: 1..4 bytes
                 byte = buf[pos + 1]
@@ -225,6 +233,7 @@ class Subscriber:
                     length, shift, i = byte & 0x7F, 7, pos + 2
                     while True:
                         if i >= end:
+                            self._incomplete = True
                             return
                         byte = buf[i]
                         length |= (byte & 0x7F) << shift
@@ -237,6 +246,7 @@ class Subscriber:
                     body = i
                 stop = body + length
                 if stop > end:
+                    self._incomplete = True
                     return
                 kind = first & 0xF0
                 if kind == _PUBLISH:
@@ -344,6 +354,7 @@ class Subscriber:
     def _close(self) -> None:
         sock, self._sock = self._sock, None
         self._buf, self._pos, self._out = b"", 0, bytearray()
+        self._incomplete = False
         self._ping_since = None
         if sock is not None:
             try:

@@ -45,6 +45,7 @@ __all__ = ["Bridge", "subscriptions"]
 log = logging.getLogger(__name__)
 
 _STEP_MESSAGES = 2000  # messages handled between two polls of the producer
+_STEP_RECORDS = 5000  # and about this many records: delivery reports and PUBACKs keep flowing
 _IDLE_WAIT_S = 0.005
 _BUSY_WAIT_S = 0.001  # wait for delivery reports while records are in flight: short, the socket may fill
 
@@ -201,7 +202,7 @@ class Bridge:
         if reader is not None:
             room = limit - self.in_flight
             if room > 0 and self._intake:
-                want = max(1, min(_STEP_MESSAGES, int(room / self._records_per_message)))
+                want = max(1, int(min(_STEP_MESSAGES, room, _STEP_RECORDS) / self._records_per_message))
                 messages = reader.read(want)
                 if messages:
                     handled = self._handle_read(messages)
