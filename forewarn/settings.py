@@ -104,6 +104,7 @@ class TopicSettings(_Section):
     prefix: str = ""
     partitions: int = Field(6, ge=1, description="partitions of the keyed topics")
     replication_factor: int = Field(1, ge=1)
+    telemetry_retention_gib: float = Field(2.0, gt=0, description="telemetry kept per partition, in GiB")
 
 
 class StackSettings(_Section):

@@ -72,25 +72,37 @@ class Topics:
 
 
 def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
-    """Every topic Forewarn needs, as ``forewarn topics create`` makes them."""
+    """Every topic Forewarn needs, as ``forewarn topics create`` makes them.
+
+    Topics whose records carry event time are bounded by size per partition, not by time:
+    Kafka's time retention compares the records' own timestamps with now, so a backfill of
+    last year's history would be deleted the moment it was written.
+    """
     t = Topics.from_settings(settings)
     n, rf = settings.partitions, settings.replication_factor
-    delete = {"cleanup.policy": "delete", **_ANY_TIME}
+    gib = 1024**3
+
+    def by_size(gib_per_partition: float) -> dict[str, str]:
+        return {"cleanup.policy": "delete", **_ANY_TIME, "retention.ms": "-1",
+                "retention.bytes": str(int(gib_per_partition * gib))}
+
+    compacted = {"cleanup.policy": "compact", **_ANY_TIME, "min.compaction.lag.ms": "0",
+                 "segment.ms": str(10 * 60 * 1000), "min.cleanable.dirty.ratio": "0.1"}
     return [
-        TopicSpec("telemetry", t.telemetry, n, rf, {**delete, "retention.ms": str(7 * DAY_MS)},
+        TopicSpec("telemetry", t.telemetry, n, rf, by_size(settings.telemetry_retention_gib),
                   "one record per reading, keyed by machine_id, timestamp = event time"),
-        TopicSpec("maintenance", t.maintenance, n, rf, {**delete, "retention.ms": "-1"},
+        TopicSpec("maintenance", t.maintenance, n, rf, {"cleanup.policy": "delete", **_ANY_TIME, "retention.ms": "-1"},
                   "failure/repair/inspection events (ground truth), keyed by machine_id; kept forever"),
-        TopicSpec("dlq", t.dlq, max(1, n // 2), rf, {**delete, "retention.ms": str(30 * DAY_MS)},
-                  "rejected payloads: original bytes, reason and MQTT topic in headers"),
-        TopicSpec("predictions", t.predictions, n, rf, {**delete, "retention.ms": str(30 * DAY_MS)},
+        TopicSpec("dlq", t.dlq, max(1, n // 2), rf, {"cleanup.policy": "delete", **_ANY_TIME,
+                                                     "retention.ms": str(30 * DAY_MS)},
+                  "rejected payloads: original bytes, reason and MQTT topic in headers (kept 30 days)"),
+        TopicSpec("predictions", t.predictions, n, rf, by_size(settings.telemetry_retention_gib / 2),
                   "model outputs per window, keyed by machine_id"),
-        TopicSpec("alerts", t.alerts, n, rf, {**delete, "retention.ms": str(365 * DAY_MS)},
+        TopicSpec("alerts", t.alerts, n, rf, by_size(0.25),
                   "alert lifecycle events, keyed by machine_id"),
-        TopicSpec("models", t.models, 1, rf, {"cleanup.policy": "compact", "max.message.bytes": "52428800", **_ANY_TIME,
-                                             "min.compaction.lag.ms": "0"},
+        TopicSpec("models", t.models, 1, rf, {**compacted, "max.message.bytes": "52428800"},
                   "model bundles, compacted, keyed by model name (asset type)"),
-        TopicSpec("scoring_state", t.scoring_state, n, rf, {"cleanup.policy": "compact", **_ANY_TIME},
+        TopicSpec("scoring_state", t.scoring_state, n, rf, compacted,
                   "scoring workers' window state changelog, compacted, keyed by machine_id"),
     ]
 
