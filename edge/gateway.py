@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.01
 _BLOCKED_RETRY_S = 0.5
+_MAX_OUTGOING = 2000  # local publications queued in paho before scoring waits for its network thread
+_MAX_OUTGOING_WAIT_S = 2.0
 _telemetry = msgspec.json.Decoder(Telemetry)
 _maintenance = msgspec.json.Decoder(MaintenanceEvent)
 
@@ -327,12 +329,27 @@ class EdgeGateway:
         publish = self.mqtt.publish
         try:
             if self.options.publish_predictions:
-                for machine_id, value in batch.predictions:
+                for i, (machine_id, value) in enumerate(batch.predictions):
+                    if i % 500 == 0:
+                        self._wait_for_outgoing()
                     publish(prediction_topic(machine_id), value, qos)
             for machine_id, value, _state in batch.alerts:
                 publish(alert_topic(machine_id), value, qos)
         except (MqttError, OSError) as error:  # the plant broker is away: the outbox has them anyway
             log.warning("local publish failed (%s); predictions and alerts still go to the buffer", error)
+
+    def _wait_for_outgoing(self) -> None:
+        """Backpressure for local publications: paho queues them without bound, and scoring
+        outruns its network thread; wait (briefly) while more than ``_MAX_OUTGOING`` are queued."""
+        if not isinstance(self.mqtt, MqttClient) or not self.mqtt.is_connected:
+            return
+        try:
+            queue = self.mqtt.client._out_packet
+        except (MqttError, AttributeError):
+            return
+        deadline = time.monotonic() + _MAX_OUTGOING_WAIT_S
+        while len(queue) > _MAX_OUTGOING and time.monotonic() < deadline:
+            time.sleep(0.002)
 
     def _count(self, counts: collections.Counter[str]) -> None:
         m = self.metrics
