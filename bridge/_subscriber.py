@@ -172,6 +172,8 @@ class Subscriber:
             return []
         out: list[Message] = []
         try:
+            if self._out:
+                self._flush_out()
             self._parse(out, limit)
             if len(out) < limit and self._fill():
                 self._parse(out, limit)
@@ -311,20 +313,23 @@ class Subscriber:
             return False
         if not data:
             raise _Disconnected("connection closed by the broker")
+        self._ping_since = None  # the broker is alive
         tail = self._buf[self._pos:]
         self._buf = tail + data if tail else data
         self._pos = 0
         return True
 
     def _keepalive(self, reading: bool = True) -> None:
+        """PINGREQ when nothing was sent for half the keep-alive (also while intake is paused, so
+        the broker never drops a bridge that waits for Kafka). Only a reading loop judges the
+        answer: no byte at all for a keep-alive after a PINGREQ means the connection is dead."""
         now = time.monotonic()
         keepalive = self.settings.keepalive_s
-        if self._ping_since is not None:
-            if reading and now - self._ping_since > keepalive:
-                raise _Disconnected(f"no answer to PINGREQ within {keepalive}s")
-            return
+        if reading and self._ping_since is not None and now - self._ping_since > keepalive:
+            raise _Disconnected(f"no answer to PINGREQ within {keepalive}s")
         if now - self._last_sent >= keepalive / 2:
-            self._ping_since = now
+            if self._ping_since is None:
+                self._ping_since = now
             self._send(_PINGREQ)
 
     def _send(self, data: bytes) -> None:

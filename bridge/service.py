@@ -1,19 +1,22 @@
 """The bridge service: MQTT (QoS 1, persistent shared-subscription session) → Kafka, at least once.
 
-Threads: paho's network thread only appends each received message to an inbox (a deque);
-the bridge's own loop (the thread that calls :meth:`Bridge.run`) decodes, produces, serves
-Kafka's delivery reports and sends the PUBACKs. So the producer and every piece of state are
-touched by one thread, and paho's thread never blocks (keep-alives keep flowing even while
-Kafka is away).
+One thread: the loop (the thread that calls :meth:`Bridge.run`) reads PUBLISH packets from the
+socket of the bridge's own subscriber (:mod:`bridge._subscriber`), decodes, produces, serves
+Kafka's delivery reports, sends the PUBACKs, keep-alives and reconnects. So the producer and
+every piece of state have one owner and no message crosses the GIL between threads. (An
+injected ``MqttLike``, e.g. the tests' fake, delivers through ``on_message`` into an inbox
+instead.)
 
 At least once: a message's PUBACK is sent only when Kafka confirmed every record made from it.
 Acknowledgements go out in the order messages arrived (as MQTT asks), so one slow record holds
 back the ones behind it; a record Kafka failed to deliver is re-sent, never skipped.
 
 Backpressure: the broker sends at most ``receive_maximum`` unacknowledged messages (MQTT 5
-Receive Maximum; ``max_inflight_messages`` on Mosquitto for 3.1.1), and the loop stops taking
-from the inbox while ``max_in_flight`` records are unacknowledged. When Kafka is away nothing
-gets confirmed, so nothing gets acknowledged and Mosquitto keeps the session's messages.
+Receive Maximum; ``max_inflight_messages`` on Mosquitto for 3.1.1), and the loop stops reading
+the socket while ``max_in_flight`` records are unacknowledged: the kernel's buffers fill and TCP
+holds the broker back, whatever it does with Receive Maximum, so memory stays bounded. When
+Kafka is away nothing gets confirmed, so nothing gets acknowledged and Mosquitto keeps the
+session's messages.
 """
 
 from __future__ import annotations

@@ -282,3 +282,31 @@ def test_sends_pingreq_when_idle() -> None:
     sub.disconnect()
     broker.close()
     assert pings == [0xC0]
+
+
+def test_keeps_pinging_while_paused_even_without_answers() -> None:
+    pings: list[int] = []
+
+    def script(conn: socket.socket, _n: int) -> None:
+        read_packet(conn)
+        connack(conn)
+        suback(conn)
+        for _ in range(2):
+            first, _ = read_packet(conn)  # never answered: the bridge is not reading anyway
+            pings.append(first)
+        time.sleep(1)
+
+    broker = Broker(script)
+    sub = Subscriber(settings(broker.port, keepalive_s=5), "b")
+    sub.connect()
+    sub.subscribe(["a/#"])
+    for _ in range(2):
+        sub._last_sent -= 3  # as if 3 s passed without a packet to the broker
+        sub.housekeeping()
+    deadline = time.monotonic() + 5
+    while len(pings) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sub.is_connected  # paused: an unanswered ping is not judged
+    sub.disconnect()
+    broker.close()
+    assert pings == [0xC0, 0xC0]
