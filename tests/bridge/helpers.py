@@ -50,7 +50,7 @@ def publish_all(settings: Any, messages: Iterable[tuple[str, bytes]], client_id:
                 qos: int = 1) -> int:
     """Publish with QoS 1 as fast as the broker takes them; returns how many. Waits for every PUBACK."""
     from paho.mqtt import client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
     client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                          client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv311)
@@ -64,10 +64,17 @@ def publish_all(settings: Any, messages: Iterable[tuple[str, bytes]], client_id:
         for topic, payload in messages:
             while True:
                 try:
-                    last = client.publish(topic, payload, qos=qos)
-                    break
+                    info = client.publish(topic, payload, qos=qos)
                 except ValueError:  # paho's own queue is full: let it drain
                     time.sleep(0.01)
+                    continue
+                if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                    # Not queued (paho's 16-bit message ids wrapped onto one still unacknowledged,
+                    # beyond ~65,000 queued): it would be dropped silently. Let paho drain, retry.
+                    time.sleep(0.01)
+                    continue
+                last = info
+                break
             n += 1
         if last is not None:
             last.wait_for_publish(120)
