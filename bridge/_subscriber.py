@@ -180,6 +180,8 @@ class Subscriber:
             self._keepalive()
         except _Disconnected as why:
             self._lost(str(why))
+        except IndexError:
+            self._lost("malformed packet from the broker")
         except OSError as error:
             self._lost(str(error))
         return out
@@ -284,6 +286,8 @@ class Subscriber:
                                 p += 1
                             plen |= buf[p] << shift
                             p += 1 + plen
+                    if p > stop:
+                        raise _Disconnected("malformed PUBLISH (its header runs past its length)")
                     append((topic, buf[p:stop], qos, mid))
                     n += 1
                 else:
