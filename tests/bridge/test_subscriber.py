@@ -310,3 +310,28 @@ def test_keeps_pinging_while_paused_even_without_answers() -> None:
     sub.disconnect()
     broker.close()
     assert pings == [0xC0, 0xC0]
+
+
+def test_a_malformed_publish_drops_the_connection_and_it_comes_back() -> None:
+    connections: list[int] = []
+
+    def script(conn: socket.socket, n: int) -> None:
+        read_packet(conn)
+        connack(conn)
+        suback(conn)
+        connections.append(n)
+        if n == 0:  # the topic length runs past the packet
+            conn.sendall(packet(0x32, struct.pack("!H", 500) + b"abc"))
+            time.sleep(0.5)
+            return
+        conn.sendall(publish("a/b", b"ok", 1))
+        time.sleep(1)
+
+    broker = Broker(script)
+    sub = Subscriber(settings(broker.port), "b")
+    sub.connect()
+    sub.subscribe(["a/#"])
+    got = read_until(sub, 1)
+    sub.disconnect()
+    broker.close()
+    assert [p for _t, p, _q, _m in got] == [b"ok"] and connections == [0, 1]
