@@ -94,6 +94,7 @@ class Subscriber:
         self._incomplete = False  # the buffer ends inside a packet: more bytes are needed
         self._out = bytearray()
         self._filters: list[tuple[str, int]] = []
+        self._suback_filters: list[str] = []
         self._topics: dict[bytes, str] = {}
         self._next_id = 0
         self._last_sent = 0.0
@@ -118,7 +119,7 @@ class Subscriber:
         self._open(timeout_s)
 
     def subscribe(self, topics: Iterable[str], qos: int = 1) -> None:
-        """Subscribe (and remember, to re-subscribe after reconnects); waits for the SUBACK."""
+        """Subscribe (and remember, to re-subscribe after reconnects)."""
         new = [(t, qos) for t in topics]
         self._filters.extend(new)
         if self._sock is not None and new:
@@ -298,7 +299,10 @@ class Subscriber:
 
     def _control(self, kind: int, body: bytes) -> None:
         self._ping_since = None
-        if kind == _PINGRESP or kind == _SUBACK:
+        if kind == _SUBACK:
+            self._suback(body)
+            return
+        if kind == _PINGRESP:
             return
         if kind == _DISCONNECT:
             reason = body[0] if body else 0
@@ -463,64 +467,38 @@ class Subscriber:
         return _packet(_CONNECT, header + payload)
 
     def _subscribe(self, filters: list[tuple[str, int]], timeout_s: float) -> None:
-        """One SUBSCRIBE for all filters; the SUBACK is awaited, PUBLISH packets before it are kept."""
-        sock = self._sock
-        assert sock is not None
+        """One SUBSCRIBE for all filters. The SUBACK is not awaited: a resumed session's queued
+        messages come before it, and waiting would mean reading them all into memory. It is
+        checked when the loop reads it (a refused filter is logged as an error)."""
         self._next_id = self._next_id % 65535 + 1
         body = struct.pack("!H", self._next_id) + (b"\x00" if self._v5 else b"")
         for topic, qos in filters:
             body += _string(topic) + bytes([qos])
+        self._suback_filters = [f for f, _q in filters]
         self._send(_packet(_SUBSCRIBE, body))
         deadline = time.monotonic() + timeout_s
-        while True:
-            self._flush_out()
-            found = self._find_suback()
-            if found is not None:
-                codes = found
-                break
+        while self._out and self._sock is not None:  # the SUBSCRIBE itself is out before we go on
             if time.monotonic() > deadline:
-                raise MqttError(f"no SUBACK within {timeout_s:.0f}s")
-            select.select([sock], [], [], 0.05)
-            try:
-                self._fill()
-            except _Disconnected as why:
-                raise MqttError(f"subscribe failed: {why}") from None
-        refused = [f for (f, _q), c in zip(filters, codes, strict=False) if c >= 0x80]
-        if refused:
-            raise MqttError(f"subscribe to {', '.join(refused)} refused (reason {max(codes):#x})")
+                raise MqttError(f"could not send SUBSCRIBE within {timeout_s:.0f}s")
+            select.select([], [self._sock], [], 0.05)
+            self._flush_out()
 
-    def _find_suback(self) -> bytes | None:
-        """Scan the buffered packets for the SUBACK of the last SUBSCRIBE (leaving the others)."""
-        buf, pos, end = self._buf, self._pos, len(self._buf)
-        while pos + 2 <= end:
-            length, shift, i = 0, 0, pos + 1
+    def _suback(self, body: bytes) -> None:
+        codes = body[2:]
+        if self._v5 and codes:
+            plen, j, shift = 0, 0, 0
             while True:
-                if i >= end:
-                    return None
-                byte = buf[i]
-                length |= (byte & 0x7F) << shift
-                i += 1
+                byte = codes[j]
+                plen |= (byte & 0x7F) << shift
+                j += 1
                 if byte < 0x80:
                     break
                 shift += 7
-            if i + length > end:
-                return None
-            if buf[pos] == _SUBACK and (buf[i] << 8 | buf[i + 1]) == self._next_id:
-                body = buf[i + 2:i + length]
-                if self._v5:
-                    plen, j, shift = 0, 0, 0
-                    while True:
-                        byte = body[j]
-                        plen |= (byte & 0x7F) << shift
-                        j += 1
-                        if byte < 0x80:
-                            break
-                        shift += 7
-                    body = body[j + plen:]
-                self._buf = buf[:pos] + buf[i + length:]  # remove the SUBACK, keep the rest in order
-                return body
-            pos = i + length
-        return None
+            codes = codes[j + plen:]
+        refused = [f for f, c in zip(self._suback_filters, codes, strict=False) if c >= 0x80]
+        if refused:
+            log.error("mqtt broker refused the subscription to %s (reason %#x); nothing arrives from it",
+                      ", ".join(refused), max(codes))
 
     @staticmethod
     def _read_packet_blocking(sock: socket.socket, timeout_s: float) -> tuple[int, bytes, bytes]:
