@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=int(os.environ.get("BENCH_BATCHES", "2000")))
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--skip-quix", action="store_true")
-    parser.add_argument("--receive-maximum", type=int, default=int(os.environ.get("BENCH_RECEIVE_MAXIMUM", "1000")))
+    parser.add_argument("--receive-maximum", type=int, default=int(os.environ.get("BENCH_RECEIVE_MAXIMUM", "10000")))
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="bench-bridge-"))

@@ -25,7 +25,8 @@ class BridgeOptions(BaseModel):
     share_group: str = Field("forewarn-bridge", pattern=r"^[^/#+]*$",
                              description="shared subscription group ($share/<group>/...); empty = no sharing")
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="how long Mosquitto keeps the offline session")
-    receive_maximum: int = Field(1000, ge=1, le=65535, description="unacknowledged MQTT messages the broker may send")
+    receive_maximum: int = Field(10_000, ge=1, le=65535,
+                                 description="unacknowledged MQTT messages the broker may send")
     max_in_flight: int = Field(100_000, ge=1, description="records produced but not yet confirmed by Kafka")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus endpoint port; unset = off")
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
