@@ -163,7 +163,8 @@ class EdgeGateway:
             self.metrics.serve(self.options.metrics_port, self.options.metrics_host)
         if self._producer is None:
             self._producer = KafkaProducer(self.settings.kafka, **{
-                "queue.buffering.max.messages": max(100_000, 2 * o.max_forward_in_flight), "linger.ms": 20})
+                "queue.buffering.max.messages": max(100_000, 2 * o.max_forward_in_flight), "linger.ms": 20,
+                "batch.size": 65_536})
         self.forwarder = Forwarder(self.outbox, self._producer, self.topics, self.metrics, batch=o.forward_batch,
                                    max_in_flight=o.max_forward_in_flight, log_period_s=o.uplink_log_s)
         self.forwarder.start()
