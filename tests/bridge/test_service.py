@@ -167,3 +167,12 @@ def test_run_stops_on_stop() -> None:
     bridge.stop()
     bridge.run()
     assert not mqtt.connected
+
+
+def test_producer_defaults_favour_throughput_but_kafka_extra_wins() -> None:
+    from forewarn.settings import KafkaSettings
+
+    default = Bridge._producer_overrides(BridgeSettings())
+    assert default["linger.ms"] == 20 and default["queue.buffering.max.messages"] >= 100_000
+    own = Bridge._producer_overrides(BridgeSettings(kafka=KafkaSettings(extra={"linger.ms": "2"})))
+    assert "linger.ms" not in own
