@@ -4,10 +4,10 @@ process in tests; the default registry would refuse the second)."""
 from __future__ import annotations
 
 import logging
-import threading
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from forewarn.metrics import MetricsEndpoint
 
 __all__ = ["BridgeMetrics"]
 
@@ -16,11 +16,12 @@ log = logging.getLogger(__name__)
 _ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
-class BridgeMetrics:
+class BridgeMetrics(MetricsEndpoint):
     """received, forwarded, rejected by reason, in flight, Kafka errors, acknowledgement latency."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        r = self.registry = registry if registry is not None else CollectorRegistry()
+        super().__init__(registry)
+        r = self.registry
         self.received = Counter("forewarn_bridge_received", "MQTT messages received, by kind", ["kind"], registry=r)
         self.forwarded = Counter("forewarn_bridge_forwarded",
                                  "Kafka records confirmed by Kafka, by topic role", ["topic"], registry=r)
@@ -39,18 +40,3 @@ class BridgeMetrics:
         self.ack_latency = Histogram("forewarn_bridge_ack_latency_seconds",
                                      "time from receiving an MQTT message to acknowledging it",
                                      buckets=_ACK_BUCKETS, registry=r)
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
-
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 - scraped from elsewhere
-        """Start the HTTP endpoint; returns the port it listens on (useful with port 0)."""
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        bound = int(self._server.server_port)
-        log.info("metrics on http://%s:%s/metrics", host, bound)
-        return bound
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

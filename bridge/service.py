@@ -25,8 +25,7 @@ import collections
 import logging
 import threading
 import time
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import confluent_kafka
 
@@ -41,6 +40,7 @@ from forewarn.errors import KafkaError
 from forewarn.kafka import KafkaAdmin, KafkaProducer
 from forewarn.mqtt import MqttClient
 from forewarn.ports import MqttLike, ProducerLike
+from forewarn.service import LoopService
 from forewarn.topics import Topics, mqtt_subscriptions
 
 __all__ = ["Bridge", "subscriptions"]
@@ -83,7 +83,7 @@ class _Pending:
             self.error = error
 
 
-class Bridge:
+class Bridge(LoopService):
     """MQTT → Kafka. ``run()`` blocks until :meth:`stop` (e.g. from a signal handler), then drains.
 
     ``producer`` and ``mqtt`` default to the real adapters built from ``settings``; unit tests
@@ -181,27 +181,6 @@ class Bridge:
         if missing:
             raise BridgeError(f"Kafka topic(s) missing: {', '.join(missing)}",
                               hint="run `forewarn topics create` with the same topic prefix")
-
-    def stop(self) -> None:
-        """Ask :meth:`run` to drain and return (safe from signal handlers and other threads)."""
-        self._stop.set()
-
-    def run(self) -> None:
-        """Start (if needed), forward until :meth:`stop`, then drain and disconnect."""
-        self.start()
-        try:
-            while not self._stop.is_set():
-                self.step()
-        finally:
-            self.close()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     # -- the loop --------------------------------------------------------------------------
 

@@ -28,8 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import msgspec
 
@@ -45,6 +44,7 @@ from forewarn.errors import MqttError
 from forewarn.kafka import KafkaProducer
 from forewarn.mqtt import MqttClient, alert_topic, prediction_topic
 from forewarn.ports import ConsumerLike, MqttLike, ProducerLike
+from forewarn.service import LoopService
 from forewarn.topics import MQTT_ROOT, Topics, mqtt_subscriptions
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
@@ -82,7 +82,7 @@ class _Batch:
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
-class EdgeGateway:
+class EdgeGateway(LoopService):
     """MQTT in, local scoring, outbox, Kafka out. ``run()`` blocks until :meth:`stop`.
 
     ``mqtt``, ``producer`` and ``models_consumer`` default to the real adapters; unit tests
@@ -196,27 +196,6 @@ class EdgeGateway:
                 log.warning("%s: saved window state unreadable; it restarts", key)
         kept = self.engine.restore(PartitionState(0, Marker(-1, -1), records))
         log.info("restored %s of %s machine windows from the buffer database", kept, len(records))
-
-    def stop(self) -> None:
-        """Ask :meth:`run` to finish its batch and return (safe from signal handlers)."""
-        self._stop.set()
-
-    def run(self) -> None:
-        """Start (if needed), work until :meth:`stop`, then drain and close."""
-        self.start()
-        try:
-            while not self._stop.is_set():
-                self.step()
-        finally:
-            self.close()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     # -- the loop --------------------------------------------------------------------------
 

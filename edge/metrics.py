@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import logging
-import threading
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from forewarn.metrics import MetricsEndpoint
 
 __all__ = ["EdgeMetrics"]
 
 log = logging.getLogger(__name__)
 
 
-class EdgeMetrics:
+class EdgeMetrics(MetricsEndpoint):
     """Intake, scoring, the buffer and the uplink."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        r = self.registry = registry if registry is not None else CollectorRegistry()
+        super().__init__(registry)
+        r = self.registry
         self.received = Counter("forewarn_edge_received", "MQTT messages received, by kind", ["kind"], registry=r)
         self.rejected = Counter("forewarn_edge_rejected", "payloads or readings rejected, by reason", ["reason"],
                                 registry=r)
@@ -44,18 +45,3 @@ class EdgeMetrics:
                               registry=r)
         self.step_seconds = Histogram("forewarn_edge_step_seconds", "decode + score + commit of one batch",
                                       registry=r)
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
-
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 - scraped from elsewhere
-        """Start the HTTP endpoint; returns the port it listens on (useful with port 0)."""
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        bound = int(self._server.server_port)
-        log.info("metrics on http://%s:%s/metrics", host, bound)
-        return bound
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

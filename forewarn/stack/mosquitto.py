@@ -32,7 +32,9 @@ user {user}
 allow_anonymous true
 persistence true
 persistence_location {data}/
-autosave_interval 5
+# The whole persistence file is rewritten at each save (large with a big offline queue), so not
+# too often; a clean stop always saves. A crash of Mosquitto itself loses what came since.
+autosave_interval 30
 persistent_client_expiration 14d
 max_queued_messages {max_queued}
 max_queued_bytes 0
