@@ -382,18 +382,7 @@ class Bridge(LoopService):
 
     def _flush_metrics(self) -> None:
         m = self.metrics
-        for name, n in self._counts.items():
-            what, _, label = name.partition(":")
-            if what == "received":
-                m.received.labels(label).inc(n)
-            elif what == "rejected":
-                m.rejected.labels(label).inc(n)
-            elif what == "forwarded":
-                m.forwarded.labels(label).inc(n)
-            elif what == "acked":
-                m.acked.inc(n)
-            elif what == "kafka_errors":
-                m.kafka_errors.inc(n)
+        m.add_counts(self._counts)
         self._counts.clear()
         m.in_flight.set(self.in_flight)
         m.in_flight_messages.set(len(self._pending) + len(self._inbox))

@@ -332,22 +332,9 @@ class EdgeGateway(LoopService):
             time.sleep(0.002)
 
     def _count(self, counts: collections.Counter[str]) -> None:
-        m = self.metrics
         self.stats.update(counts)
-        for name, n in counts.items():
-            what, _, label = name.partition(":")
-            if what == "received":
-                m.received.labels(label).inc(n)
-            elif what == "rejected":
-                m.rejected.labels(label).inc(n)
-            elif what == "readings":
-                m.readings.labels(label).inc(n)
-            elif what == "buffered":
-                m.buffered.labels(label).inc(n)
-                if label == "predictions":
-                    m.predictions.inc(n)
-            elif what == "acked":
-                m.acked.inc(n)
+        self.metrics.add_counts(counts)
+        self.metrics.predictions.inc(counts.get("buffered:predictions", 0))
 
     def _housekeeping(self, now: float) -> None:
         self._next_housekeeping = now + 1.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -29,6 +30,16 @@ class MetricsEndpoint:
         bound = int(self._server.server_port)
         log.info("metrics on http://%s:%s/metrics", host, bound)
         return bound
+
+    def add_counts(self, counts: Mapping[str, int]) -> None:
+        """Add per-round tallies: ``"name:label"`` → the counter attribute ``name`` with that
+        label, ``"name"`` → an unlabelled counter. Hot loops count in a plain Counter and call
+        this once per round instead of touching Prometheus per message."""
+        for key, n in counts.items():
+            name, _, label = key.partition(":")
+            metric = getattr(self, name, None)
+            if metric is not None:
+                (metric.labels(label) if label else metric).inc(n)
 
     def close(self) -> None:
         if self._server is not None:
