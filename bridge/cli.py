@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-from types import FrameType
 
 import click
 
@@ -58,12 +56,7 @@ def bridge() -> None:
     settings = settings_from(BridgeSettings)
     service = Bridge(settings)
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        click.echo(f"{signal.Signals(signum).name}: draining and stopping", err=True)
-        service.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    service.stop_on_signals(lambda line: click.echo(line, err=True))
     service.start()
     click.echo(f"bridge {settings.bridge.client_id}: MQTT {settings.mqtt.host}:{settings.mqtt.port} -> Kafka "
                f"{settings.kafka.bootstrap_servers} (topics {service.topics.telemetry}, {service.topics.maintenance}, "

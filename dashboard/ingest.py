@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import msgspec
 
 from dashboard.store import Batch
 from forewarn.contract import Alert, MaintenanceEvent, Prediction, Telemetry, site_of
+from forewarn.ports import MessageLike
 from forewarn.topics import Topics
 
 __all__ = ["ROLES", "Ingest", "Record"]
@@ -25,16 +26,8 @@ log = logging.getLogger(__name__)
 ROLES: Final = ("predictions", "alerts", "maintenance", "telemetry", "dlq", "models")
 
 
-class Record(Protocol):
-    """What the dashboard reads from a Kafka message (confluent_kafka.Message fits)."""
-
-    def topic(self) -> str | None: ...
-    def partition(self) -> int | None: ...
-    def offset(self) -> int | None: ...
-    def key(self) -> bytes | None: ...
-    def value(self) -> bytes | None: ...
-    def headers(self) -> list[tuple[str, bytes]] | None: ...
-    def timestamp(self) -> tuple[int, int]: ...
+# What the dashboard reads from a Kafka message (confluent_kafka.Message fits).
+Record = MessageLike
 
 
 def _header(headers: list[tuple[str, bytes]] | None, name: str) -> str | None:

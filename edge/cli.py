@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
-from types import FrameType
 
 import click
 
@@ -77,12 +75,7 @@ def edge() -> None:
     settings = settings_from(EdgeSettings)
     gateway = EdgeGateway(settings)
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        click.echo(f"{signal.Signals(signum).name}: draining and stopping", err=True)
-        gateway.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    gateway.stop_on_signals(lambda line: click.echo(line, err=True))
     gateway.start()
     o = settings.edge
     served = ", ".join(f"{a}={m.bundle.label}" for a, m in sorted(gateway.registry.serving.items())) or "no model yet"

@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import signal
 import threading
-from types import TracebackType
+from collections.abc import Callable
+from types import FrameType, TracebackType
 from typing import Self
 
 __all__ = ["LoopService"]
@@ -28,6 +30,16 @@ class LoopService:
     def stop(self) -> None:
         """Ask :meth:`run` to finish its current step, drain and return."""
         self._stop.set()
+
+    def stop_on_signals(self, say: Callable[[str], None] = lambda _line: None) -> None:
+        """SIGTERM and SIGINT (Ctrl-C) make :meth:`run` drain and return; ``say`` reports it."""
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            say(f"{signal.Signals(signum).name}: draining and stopping")
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
 
     def run(self) -> None:
         """Start (if needed), step until :meth:`stop`, then drain and close."""
