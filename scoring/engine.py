@@ -34,6 +34,7 @@ from scoring.model import OnnxModel
 from scoring.registry import ModelRegistry
 from scoring.settings import AlertOptions, ScoringOptions
 from scoring.state import MachineRecord, MachineWindows, PartitionState
+from scoring.windows import WindowBatch
 
 __all__ = ["BatchResult", "Incoming", "ScoringEngine", "ShadowReport"]
 
@@ -230,21 +231,19 @@ class ScoringEngine:
         result.accepted += accepted
         result.dropped += n - accepted
         self._mark_dirty(items, asset, result)
-        rows = batch.rows
-        windows = batch.windows
         stride = self.options.stride
-        if stride > 1 and len(rows):
-            keep = seq[rows] % stride == 0
-            rows, windows = rows[keep], windows[keep]
+        if stride > 1 and len(batch):
+            batch = batch.select(seq[batch.rows] % stride == 0)
+        rows = batch.rows
         if not len(rows):
             return
         started = time.perf_counter()
-        scores = model.predict(windows)
+        scores = model.predict_chunks(batch.chunks(model.batch_size))
         result.inference_s[asset] = result.inference_s.get(asset, 0.0) + time.perf_counter() - started
         result.per_asset[asset] = result.per_asset.get(asset, 0) + len(rows)
         candidate = self.registry.candidates.get(asset)
         if candidate is not None and _signature(candidate) == _signature(model):
-            result.shadow.append(self._shadow(asset, model, candidate, windows, scores.p_fail, scores.rul))
+            result.shadow.append(self._shadow(asset, model, candidate, batch, scores.p_fail, scores.rul))
         now = int(self.clock() * 1000)
         name, version = model.meta.name, model.meta.version
         p_list = scores.p_fail.tolist() if scores.p_fail is not None else None
@@ -327,9 +326,9 @@ class ScoringEngine:
             last[m] = top
         return out
 
-    def _shadow(self, asset: str, model: OnnxModel, candidate: OnnxModel, windows: npt.NDArray[np.float32],
+    def _shadow(self, asset: str, model: OnnxModel, candidate: OnnxModel, windows: WindowBatch,
                 p_fail: npt.NDArray[np.float32] | None, rul: npt.NDArray[np.float32] | None) -> ShadowReport:
-        other = candidate.predict(windows)
+        other = candidate.predict_chunks(windows.chunks(candidate.batch_size))
         report = ShadowReport(asset, candidate.bundle.label, n=len(windows))
         threshold = rules_for(model, self.options.alerts).p_fail
         if p_fail is not None and other.p_fail is not None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ class OnnxModel:
     ``threads`` sets onnxruntime's intra-op threads (0: onnxruntime's default, all cores).
     """
 
-    def __init__(self, bundle: Bundle, *, threads: int = 0, batch_size: int = 4096) -> None:
+    def __init__(self, bundle: Bundle, *, threads: int = 1, batch_size: int = 256) -> None:
         self.bundle = bundle
         self.meta: ModelMeta = bundle.meta
         self.batch_size = batch_size
@@ -82,10 +83,16 @@ class OnnxModel:
         data = np.ascontiguousarray(windows, dtype=np.float32)
         if data.ndim != 3 or data.shape[1:] != (self.window, self.n_features):
             raise ValueError(f"windows must have shape (n, {self.window}, {self.n_features}), got {data.shape}")
+        return self.predict_chunks(data[start:start + self.batch_size]
+                                   for start in range(0, len(data), self.batch_size))
+
+    def predict_chunks(self, chunks: Iterable[FloatArray]) -> Scores:
+        """Score windows handed over a chunk at a time (e.g. :meth:`WindowBatch.chunks`), one
+        onnxruntime call per chunk; the outputs are joined in order."""
         outputs: dict[str, list[FloatArray]] = {h: [] for h in self.heads}
-        for start in range(0, len(data), self.batch_size):
-            chunk = data[start:start + self.batch_size]
-            results: list[Any] = self.session.run(self.heads, {self.meta.input.name: chunk})
+        name = self.meta.input.name
+        for chunk in chunks:
+            results: list[Any] = self.session.run(self.heads, {name: chunk})
             for head, result in zip(self.heads, results, strict=True):
                 outputs[head].append(np.asarray(result, dtype=np.float32).reshape(-1))
 

@@ -52,8 +52,8 @@ class Offer:
 class ModelRegistry:
     """The model in service (and an optional shadow candidate) per asset type."""
 
-    threads: int = 0
-    batch_size: int = 4096
+    threads: int = 1
+    batch_size: int = 256
     shadow: bool = True
     serving: dict[str, OnnxModel] = field(default_factory=dict)
     candidates: dict[str, OnnxModel] = field(default_factory=dict)

@@ -56,7 +56,9 @@ class ScoringOptions(_Section):
     session_timeout_ms: int = Field(30_000, ge=6000, description="consumer group session timeout: how long "
                                     "a dead worker keeps its partitions (a restarted one with the same "
                                     "worker_id takes them back at once)")
-    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0 = all cores)")
+    threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = all cores); one is fastest "
+                         "on small boxes, where the worker's own thread needs the other core")
+    score_batch: int = Field(256, ge=1, description="windows per onnxruntime call (small batches stay in cache)")
     shadow: bool = Field(True, description="run '<asset>.candidate' bundles from the models topic in shadow")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port")
     restore_timeout_s: float = Field(120.0, gt=0)

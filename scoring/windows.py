@@ -28,9 +28,8 @@ rebuild it after a crash.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -44,18 +43,62 @@ BoolArray = npt.NDArray[np.bool_]
 _NO_SEQ = -1
 
 
-class WindowBatch(NamedTuple):
+class WindowBatch:
     """What one :meth:`WindowStore.update` call produced.
 
     ``rows``: indices into the input batch of the readings whose window is complete, in
     input order; ``windows``: float32 ``(len(rows), window, n_features)``, oldest reading
     first; ``accepted``: a mask over the input batch, False for dropped duplicates or late
     readings.
+
+    The windows are not copied out until asked for: they are views into one contiguous
+    ``source`` array (each key's history from its ring, then its readings of the batch), window
+    ``i`` being ``source[starts[i]:starts[i] + window]``. :meth:`chunks` copies them a few
+    hundred at a time, so a 100,000-reading batch never holds every window in memory at once
+    and each chunk is still in cache when onnxruntime reads it.
     """
 
-    rows: IntArray
-    windows: FloatArray
-    accepted: BoolArray
+    __slots__ = ("accepted", "rows", "source", "starts", "window")
+
+    def __init__(self, rows: IntArray, accepted: BoolArray, source: FloatArray, starts: IntArray,
+                 window: int) -> None:
+        self.rows = rows
+        self.accepted = accepted
+        self.source = source
+        self.starts = starts
+        self.window = window
+
+    @classmethod
+    def empty(cls, window: int, n_features: int, accepted: BoolArray) -> WindowBatch:
+        return cls(np.zeros(0, np.int64), accepted, np.zeros((window, n_features), np.float32),
+                   np.zeros(0, np.int64), window)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _view(self) -> FloatArray:
+        src = self.source
+        n = len(src) - self.window + 1
+        return np.lib.stride_tricks.as_strided(src, shape=(n, self.window, src.shape[1]),
+                                               strides=(src.strides[0], src.strides[0], src.strides[1]),
+                                               writeable=False)
+
+    def take(self, index: IntArray | slice) -> FloatArray:
+        """A copy of the windows at ``index`` (positions in ``rows``)."""
+        return np.ascontiguousarray(self._view()[self.starts[index]])
+
+    @property
+    def windows(self) -> FloatArray:
+        return self.take(slice(None))
+
+    def chunks(self, size: int) -> Iterator[FloatArray]:
+        """The windows in order, ``size`` at a time."""
+        for start in range(0, len(self.rows), size):
+            yield self.take(slice(start, start + size))
+
+    def select(self, mask: BoolArray) -> WindowBatch:
+        """The windows where ``mask`` (over ``rows``) is True."""
+        return WindowBatch(self.rows[mask], self.accepted, self.source, self.starts[mask], self.window)
 
 
 @dataclass(frozen=True)
@@ -265,9 +308,8 @@ class WindowStore:
         if len(keys) != n:
             raise ValueError(f"{len(keys)} keys for {n} readings")
         w, f = self.window, self.n_features
-        empty = WindowBatch(np.zeros(0, np.int64), np.zeros((0, w, f), np.float32), np.ones(n, np.bool_))
         if n == 0:
-            return empty
+            return WindowBatch.empty(w, f, np.ones(0, np.bool_))
         slots = self._slots_for(keys)
         order = np.argsort(slots, kind="stable")
         s_slots = slots[order]
@@ -303,7 +345,7 @@ class WindowStore:
             seq_sorted = seq_sorted[keep_sorted]
         m = len(order)
         if m == 0:
-            return WindowBatch(empty.rows, empty.windows, accepted)
+            return WindowBatch.empty(w, f, accepted)
 
         # Group layout of the kept, sorted readings.
         starts_mask = np.ones(m, dtype=np.bool_)
@@ -335,22 +377,26 @@ class WindowStore:
         count = np.where(in_batch_start, position - seg_start + 1, self._count[s_slots] + k + 1)
         complete = (count >= w) & ~broken
 
-        # Gather the windows: offsets w-1..0 back from each completing reading; negative
-        # offsets into this batch come from the key's ring buffer.
+        # Lay the windows out in one array: per key, its last w-1 ring entries (oldest first,
+        # filled only for keys with a window reaching back into them), then its readings of this
+        # batch. The window ending at sorted reading p then starts at p + group * (w - 1).
         emit = np.flatnonzero(complete)
         if len(emit):
-            back = np.arange(-(w - 1), 1, dtype=np.int64)[None, :]
-            t = k[emit][:, None] + back
-            e_slots = s_slots[emit][:, None]
-            windows = self._ring[e_slots, (self._pos[e_slots] + t) % w]
-            eb, wb = np.nonzero(t >= 0)
-            if len(eb):
-                windows[eb, wb] = filled[group_start[emit][eb] + t[eb, wb]]
+            group = np.cumsum(starts_mask) - 1
+            source = np.empty((m + (int(group[-1]) + 1) * (w - 1), f), dtype=np.float32)
+            source[position + (group + 1) * (w - 1)] = filled
+            needs = np.unique(group[emit[k[emit] < w - 1]])
+            if len(needs) and w > 1:
+                h_slots = s_slots[np.flatnonzero(starts_mask)[needs]][:, None]
+                back = np.arange(-(w - 1), 0, dtype=np.int64)[None, :]
+                first = (np.flatnonzero(starts_mask)[needs] + needs * (w - 1))[:, None]
+                source[first + back + (w - 1)] = self._ring[h_slots, (self._pos[h_slots] + back) % w]
             rows = order[emit]
             by_input = np.argsort(rows, kind="stable")
-            rows, windows = rows[by_input], windows[by_input]
+            batch = WindowBatch(rows[by_input].astype(np.int64), accepted, source,
+                                (emit + group[emit] * (w - 1))[by_input].astype(np.int64), w)
         else:
-            rows, windows = empty.rows, empty.windows
+            batch = WindowBatch.empty(w, f, accepted)
 
         # Write the newest (at most w) readings of each key into its ring and save the state.
         n_in_group = np.diff(np.append(np.flatnonzero(starts_mask), m))
@@ -366,4 +412,4 @@ class WindowStore:
         self._imputed[l_slots] = np.where(missing[last], consecutive[last], 0)
         if seq_sorted is not None:
             self._last_seq[l_slots] = seq_sorted[last]
-        return WindowBatch(rows.astype(np.int64), windows.astype(np.float32, copy=False), accepted)
+        return batch

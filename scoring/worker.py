@@ -61,7 +61,8 @@ class ScoringWorker:
         self.options = settings.scoring
         self.topics = Topics.from_settings(settings.topics)
         self.worker_id = self.options.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.registry = registry or ModelRegistry(threads=self.options.threads, shadow=self.options.shadow)
+        self.registry = registry or ModelRegistry(threads=self.options.threads, batch_size=self.options.score_batch,
+                                                  shadow=self.options.shadow)
         self.metrics = metrics or ScoringMetrics()
         self.clock = clock
         self.engine = ScoringEngine(self.registry, self.options, clock)
