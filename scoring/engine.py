@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -30,7 +31,7 @@ import numpy.typing as npt
 from forewarn.contract import SCHEMA_VERSION, Alert, MaintenanceEvent, Prediction, Telemetry, encode
 from scoring.alerts import AlertEngine, AlertRules, Scored
 from scoring.bundle import FeatureSpec
-from scoring.model import OnnxModel
+from scoring.model import OnnxModel, Scores
 from scoring.registry import ModelRegistry
 from scoring.settings import AlertOptions, ScoringOptions
 from scoring.state import MachineRecord, MachineWindows, PartitionState
@@ -81,6 +82,24 @@ class BatchResult:
 
 
 _telemetry = msgspec.json.Decoder(Telemetry)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One asset type's windows of a slice, ready for onnxruntime."""
+
+    asset: str
+    model: OnnxModel
+    items: list[Incoming]
+    batch: WindowBatch
+
+
+def _score(prepared: _Prepared) -> tuple[Scores, float]:
+    """Scores and seconds spent (runs on the inference thread for sliced batches)."""
+    started = time.perf_counter()
+    model = prepared.model
+    scores = model.predict_chunks(prepared.batch.chunks(model.batch_size))
+    return scores, time.perf_counter() - started
 
 
 def _feature_matrix(items: list[Incoming], spec: list[FeatureSpec]) -> npt.NDArray[np.float32]:
@@ -164,6 +183,7 @@ class ScoringEngine:
         self.held: dict[str, dict[int, Incoming]] = {}
         self._touched_held: list[tuple[str, int]] = []
         self._held_delta = 0
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- windows per asset type -------------------------------------------------------------
 
@@ -187,12 +207,29 @@ class ScoringEngine:
     # -- the batch --------------------------------------------------------------------------
 
     def process(self, readings: list[Incoming], maintenance: list[tuple[MaintenanceEvent, int]]) -> BatchResult:
+        """Score one poll batch. A batch larger than ``score_slice`` readings is cut into slices
+        that flow through a two-stage pipeline: onnxruntime scores slice i on its own thread
+        (it releases the GIL) while this thread prepares the windows of slice i+1 and turns
+        slice i-1's scores into predictions and alerts. Slices keep the batch's order, and
+        predictions never depend on where a batch is cut, so the result is the same."""
         result = BatchResult()
-        by_asset: dict[str, list[Incoming]] = defaultdict(list)
-        for item in readings:
-            by_asset[item.reading.asset_type].append(item)
-        for asset, items in by_asset.items():
-            self._process_asset(asset, items, result)
+        size = self.options.score_slice
+        threaded = len(readings) > size
+        in_flight: deque[tuple[_Prepared, Future[tuple[Scores, float]] | tuple[Scores, float]]] = deque()
+        for start in range(0, len(readings), size):
+            by_asset: dict[str, list[Incoming]] = defaultdict(list)
+            for item in readings[start:start + size]:
+                by_asset[item.reading.asset_type].append(item)
+            for asset, items in by_asset.items():
+                prepared = self._prepare(asset, items, result)
+                if prepared is None:
+                    continue
+                scoring = self._executor().submit(_score, prepared) if threaded else _score(prepared)
+                in_flight.append((prepared, scoring))
+                while len(in_flight) > 1:
+                    self._finish(*in_flight.popleft(), result)
+        while in_flight:
+            self._finish(*in_flight.popleft(), result)
         for event, partition in maintenance:
             if event.event != "repair":
                 continue
@@ -206,21 +243,34 @@ class ScoringEngine:
             result.dirty[partition].add(event.machine_id)
         return result
 
-    def _process_asset(self, asset: str, items: list[Incoming], result: BatchResult) -> None:
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the inference thread (if one was started)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _prepare(self, asset: str, items: list[Incoming], result: BatchResult) -> _Prepared | None:
+        """Reorder, window and select one asset type's readings of a slice; ``None`` when
+        nothing is left to score."""
         found = self.store_for(asset)
         if found is None:
             result.unscored += len(items)
             if asset not in self._warned:
                 self._warned.add(asset)
                 log.warning("no model serves asset type %r; its readings are not scored", asset)
-            return
+            return None
         model, store = found
         n_in = len(items)
         items = self._reorder(store, items)
         result.dropped += n_in - len(items) - self._held_delta
         if not items:
             self._mark_dirty(items, asset, result)
-            return
+            return None
         spec = model.meta.input.features
         n = len(items)
         keys = [it.reading.machine_id for it in items]
@@ -234,12 +284,17 @@ class ScoringEngine:
         stride = self.options.stride
         if stride > 1 and len(batch):
             batch = batch.select(seq[batch.rows] % stride == 0)
+        if not len(batch):
+            return None
+        return _Prepared(asset, model, items, batch)
+
+    def _finish(self, prepared: _Prepared, scoring: Future[tuple[Scores, float]] | tuple[Scores, float],
+                result: BatchResult) -> None:
+        """Predictions, shadow agreement and alerts of one prepared slice, once it is scored."""
+        scores, seconds = scoring.result() if isinstance(scoring, Future) else scoring
+        asset, model, items, batch = prepared.asset, prepared.model, prepared.items, prepared.batch
         rows = batch.rows
-        if not len(rows):
-            return
-        started = time.perf_counter()
-        scores = model.predict_chunks(batch.chunks(model.batch_size))
-        result.inference_s[asset] = result.inference_s.get(asset, 0.0) + time.perf_counter() - started
+        result.inference_s[asset] = result.inference_s.get(asset, 0.0) + seconds
         result.per_asset[asset] = result.per_asset.get(asset, 0) + len(rows)
         candidate = self.registry.candidates.get(asset)
         if candidate is not None and _signature(candidate) == _signature(model):

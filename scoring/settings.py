@@ -49,7 +49,8 @@ class ScoringOptions(_Section):
     reorder_slack: int = Field(2, ge=0, description="readings held back per machine waiting for a missing "
                                "earlier seq (0: late readings are dropped)")
     max_batch: int = Field(20_000, ge=1, description="records per transaction at most")
-    commit_interval_ms: int = Field(100, ge=1, description="longest time a transaction collects records")
+    commit_interval_ms: int = Field(100, ge=1, description="longest wait for a batch's first record (a batch "
+                                    "is what has arrived, up to max_batch: it never waits for more)")
     poll_timeout_ms: int = Field(50, ge=1)
     transaction_timeout_ms: int = Field(10_000, ge=1000, description="a killed worker's open transaction "
                                         "blocks its partitions at most this long")
@@ -58,6 +59,8 @@ class ScoringOptions(_Section):
                                     "worker_id takes them back at once)")
     threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = all cores); one is fastest "
                          "on small boxes, where the worker's own thread needs the other core")
+    score_slice: int = Field(8192, ge=1, description="a larger poll batch is scored in slices of this many "
+                             "readings, onnxruntime working on one while the next is windowed")
     score_batch: int = Field(256, ge=1, description="windows per onnxruntime call (small batches stay in cache)")
     shadow: bool = Field(True, description="run '<asset>.candidate' bundles from the models topic in shadow")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port")

@@ -35,7 +35,8 @@ from tests.scoring.procs import (
 )
 
 FreshTopics = Callable[..., tuple[TopicSettings, Topics]]
-FAST = ("--max-batch", "150", "--commit-interval-ms", "50")
+# Batches of up to 150 readings in slices of 40: the kill tests also cover the inference thread.
+FAST = ("--max-batch", "150", "--commit-interval-ms", "50", "--score-slice", "40")
 
 
 @pytest.fixture(scope="module")
