@@ -40,6 +40,9 @@ __all__ = ["ScoringWorker"]
 log = logging.getLogger(__name__)
 
 _MAX_LATENCY_SAMPLES = 1000
+_NO_LEADER_YET = {confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,
+                  confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
+                  confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART}
 
 
 def _header(message: confluent_kafka.Message, name: str) -> int | None:
@@ -98,6 +101,10 @@ class ScoringWorker:
             "transactional.id": tid,
             "transaction.timeout.ms": self.options.transaction_timeout_ms,
             "linger.ms": 2,  # commit_transaction flushes anyway; a long linger only adds latency
+            # The coordinator answers CONCURRENT_TRANSACTIONS while it still writes the last
+            # transaction's markers; librdkafka's default 100 ms backoff then made every
+            # back-to-back send_offsets_to_transaction take ~40 ms. Retry sooner.
+            "retry.backoff.ms": 5,
             "batch.size": 1_000_000,
             "queue.buffering.max.messages": 1_000_000,
         })
@@ -360,9 +367,9 @@ class ScoringWorker:
                                hint="create the topics with `forewarn topics create`")
         parts = [confluent_kafka.TopicPartition(self.topics.models, p, confluent_kafka.OFFSET_BEGINNING)
                  for p in sorted(topic.partitions)]
-        ends = {tp.partition: client.get_watermark_offsets(tp, timeout=10.0)[1] for tp in parts}
-        client.assign(parts)
         deadline = time.monotonic() + timeout_s
+        ends = {tp.partition: self._high_watermark(tp, deadline) for tp in parts}
+        client.assign(parts)
         while time.monotonic() < deadline:
             positions = {tp.partition: tp.offset for tp in client.position(parts)}
             if all(positions[p] >= ends[p] or ends[p] == 0 for p in ends):
@@ -372,6 +379,21 @@ class ScoringWorker:
             for message in self._models.consume(100, 0.2):
                 key = (message.key() or b"").decode(errors="replace")
                 self._record_offer(self.registry.offer(key, message.value()))
+
+    def _high_watermark(self, tp: confluent_kafka.TopicPartition, deadline: float) -> int:
+        """The partition's end offset, retrying while a just-created topic has no leader yet."""
+        assert self._models is not None
+        while True:
+            try:
+                return int(self._models.client.get_watermark_offsets(tp, timeout=10.0)[1])
+            except confluent_kafka.KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                retriable = isinstance(error, confluent_kafka.KafkaError) and (
+                    error.retriable() or error.code() in _NO_LEADER_YET)
+                if not retriable or time.monotonic() > deadline:
+                    raise ScoringError(f"cannot read the end of {tp.topic}[{tp.partition}]: {error}",
+                                       hint="check the broker's log; is the cluster healthy?") from None
+                time.sleep(0.5)
 
     def _poll_models(self, timeout_s: float) -> None:
         if self._models is None:
