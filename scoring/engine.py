@@ -42,9 +42,9 @@ __all__ = ["BatchResult", "Incoming", "ScoringEngine", "ShadowReport"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Incoming:
-    """One decoded reading and where it came from."""
+class Incoming(msgspec.Struct, frozen=True, gc=False):
+    """One decoded reading and where it came from (a Struct: built once per reading, it must
+    be cheap)."""
 
     reading: Telemetry
     partition: int

@@ -275,18 +275,24 @@ class WindowStore:
         self._imputed = np.concatenate([self._imputed, np.zeros((extra, self.n_features), np.int64)])
 
     def _slots_for(self, keys: Sequence[str] | npt.NDArray[np.generic]) -> IntArray:
-        unique, inverse = np.unique(np.asarray(keys), return_inverse=True)
-        slot_of_unique = np.empty(len(unique), dtype=np.int64)
-        for i, key in enumerate(unique.tolist()):
-            name = str(key)
-            slot = self._slots.get(name)
-            if slot is None:
-                slot = len(self._keys)
-                self._slots[name] = slot
-                self._keys.append(name)
-            slot_of_unique[i] = slot
-        self._grow(len(self._keys))
-        return slot_of_unique[inverse.reshape(-1)]
+        if isinstance(keys, np.ndarray):  # training: few distinct keys, maybe not strings
+            unique, inverse = np.unique(keys, return_inverse=True)
+            slot_of_unique: IntArray = self._slots_for([str(k) for k in unique.tolist()])
+            return np.asarray(slot_of_unique[inverse.reshape(-1)], dtype=np.int64)
+        slots = self._slots
+        get = slots.get
+        found = [get(k, -1) for k in keys]  # the worker's hot path: one dict lookup per reading
+        if -1 in found:
+            for i, key in enumerate(keys):
+                if found[i] == -1:
+                    name = key if isinstance(key, str) else str(key)
+                    slot = slots.get(name)
+                    if slot is None:
+                        slot = slots[name] = len(self._keys)
+                        self._keys.append(name)
+                    found[i] = slot
+            self._grow(len(self._keys))
+        return np.fromiter(found, dtype=np.int64, count=len(found))
 
     # -- the update ----------------------------------------------------------------------
 
