@@ -42,6 +42,8 @@ class Kind(enum.StrEnum):
     BATCH = "batch"
     READING = "reading"  # one reading of a gateway batch, alone in the DLQ
     MAINTENANCE = "maintenance"
+    PREDICTION = "prediction"  # the edge's outputs, dead-lettered when Kafka refuses them
+    ALERT = "alert"
     UNKNOWN = "unknown"
 
 
@@ -106,6 +108,15 @@ class Router:
             headers.append(("truncated_from", str(len(raw)).encode()))
             raw = raw[: self.dlq_max_bytes]
         return Record(self.topics.dlq, raw, mqtt_topic, received_ms, headers)
+
+    def refused(self, topic: str, value: bytes | None, error: str, mqtt_topic: str, kind: Kind,
+                received_ms: int) -> Record:
+        """The dead-letter record of a record Kafka refused for good: reason ``kafka_refused``,
+        ``detail`` = its topic and Kafka's error, and a ``kafka_topic`` header."""
+        record = self.dead_letter(Rejected(Reason.KAFKA_REFUSED, f"{topic}: {error}", value or b""), mqtt_topic, kind,
+                                  received_ms)
+        record.headers.append(("kafka_topic", topic.encode()))
+        return record
 
     def _mismatch(self, raw: bytes, found: str, mqtt_topic: str) -> Rejected:
         return Rejected(Reason.TOPIC_MISMATCH, f"payload id {found!r} does not match MQTT topic {mqtt_topic!r}", raw)

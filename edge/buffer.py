@@ -10,6 +10,10 @@ Bounded by size. When full, the policy decides:
   broker keeps the messages in the persistent session. Nothing is lost.
 - ``drop_oldest``: evict the oldest records to make room, counting what was evicted.
 A warning is logged (and :attr:`Outbox.near_full` is true) above ``warn_fraction``.
+
+A record Kafka refuses for good is replaced, in one transaction, by its dead-letter record
+(:meth:`Outbox.replace`); a dead-letter record Kafka refuses too is moved to the local
+``dead_letters`` table (:meth:`Outbox.dead_letter`), where it stays for an operator.
 """
 
 from __future__ import annotations
@@ -33,18 +37,13 @@ log = logging.getLogger(__name__)
 
 FullPolicy = Literal["block", "drop_oldest"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    key BLOB,
-    value BLOB,
-    headers BLOB,
-    ts INTEGER,
-    size INTEGER NOT NULL
-);
+_RECORD = "topic TEXT NOT NULL, key BLOB, value BLOB, headers BLOB, ts INTEGER"
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, {_RECORD}, size INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, {_RECORD},
+                                         reason TEXT NOT NULL, detail TEXT NOT NULL, at INTEGER NOT NULL);
 """
 
 
@@ -82,6 +81,10 @@ _Bytes = bytes
 
 _headers_encoder = msgspec.msgpack.Encoder()
 _headers_decoder = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
+
+
+def _record(topic: str, key: bytes | None, value: bytes | None, headers: bytes | None, ts: int | None) -> OutboxRecord:
+    return OutboxRecord(topic, value, key, tuple(_headers_decoder.decode(headers)) if headers else (), ts)
 
 
 class Outbox:
@@ -199,8 +202,7 @@ class Outbox:
             rows = self._db.execute(
                 "SELECT id, topic, key, value, headers, ts FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit)).fetchall()
-        return [Stored(row_id, OutboxRecord(topic, value, key,
-                                            tuple(_headers_decoder.decode(headers)) if headers else (), ts))
+        return [Stored(row_id, _record(topic, key, value, headers, ts))
                 for row_id, topic, key, value, headers, ts in rows]
 
     def remove(self, ids: Iterable[int]) -> None:
@@ -222,6 +224,59 @@ class Outbox:
                 total += int(row[1])
             self._db.execute("COMMIT")
             self._check_fill()
+
+    def replace(self, row_id: int, record: OutboxRecord) -> None:
+        """Swap a buffered record for another (its dead letter), at the end of the queue, in
+        one transaction. The bound is not checked: the dead letter is about the same size."""
+        headers = _headers_encoder.encode(list(record.headers)) if record.headers else None
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                freed, gone = self._delete(row_id)
+                self._db.execute("INSERT INTO outbox (topic, key, value, headers, ts, size) VALUES (?, ?, ?, ?, ?, ?)",
+                                 (record.topic, record.key, record.value, headers, record.ts, record.size))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._bytes += record.size - freed
+            self._count += 1 - gone
+
+    def dead_letter(self, row_id: int, reason: str, detail: str, at_ms: int) -> None:
+        """Move a buffered record to the local ``dead_letters`` table (Kafka refuses it and its
+        dead-letter record alike): it leaves the queue but stays on disk."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT INTO dead_letters (topic, key, value, headers, ts, reason, detail, at) "
+                                 "SELECT topic, key, value, headers, ts, ?, ?, ? FROM outbox WHERE id = ?",
+                                 (reason, detail, at_ms, row_id))
+                freed, gone = self._delete(row_id)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._bytes -= freed
+            self._count -= gone
+
+    def _delete(self, row_id: int) -> tuple[int, int]:
+        row = self._db.execute("SELECT size FROM outbox WHERE id = ?", (row_id,)).fetchone()
+        if row is None:
+            return 0, 0
+        self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+        return int(row[0]), 1
+
+    def dead_letters(self) -> list[tuple[OutboxRecord, str, str]]:
+        """The local dead letters: (record, reason, detail), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT topic, key, value, headers, ts, reason, detail FROM dead_letters ORDER BY id").fetchall()
+        return [(_record(topic, key, value, headers, ts), reason, detail)
+                for topic, key, value, headers, ts, reason, detail in rows]
+
+    def dead_letter_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
 
     def load_state(self) -> dict[str, _Bytes]:
         """Every (key, value) stored with :meth:`put_many`'s ``state``."""

@@ -3,12 +3,19 @@
 Records are produced in outbox-id order through an idempotent producer (``acks=all``,
 ``message.timeout.ms=0``: librdkafka retries forever and keeps per-partition order across
 retries), and a row is removed from the outbox only when its delivery report says Kafka has
-it. While Kafka is unreachable at most ``max_in_flight`` records sit in librdkafka's queue; the
-rest wait on disk. A ``kill -9`` loses only the in-memory queue: those rows are still in the
-outbox and are sent again (duplicates, never losses).
+it. While Kafka is unreachable at most ``max_in_flight`` records (and ``max_in_flight_bytes``)
+sit in librdkafka's queue; the rest wait on disk. A ``kill -9`` loses only the in-memory queue:
+those rows are still in the outbox and are sent again (duplicates, never losses).
 
-A failed delivery report (rare with infinite retries: e.g. an authorisation error) stops
-intake until everything in flight is settled, then resends from the oldest row still there.
+A failed delivery report stops intake until everything in flight is settled, then resends from
+the oldest row still there. Kafka fails a whole produce request for one bad record (e.g. a
+record above the topic's ``max.message.bytes`` sinks every record batched with it), so a row
+that failed is sent again *alone*: if Kafka takes it, it was an innocent neighbour; once Kafka
+refused it ``dead_letter_after`` times (the last time alone) with an error that is not
+retriable (:func:`~forewarn.kafka.refused_for_good`), it is replaced in the outbox by its dead-letter
+record for the ``dlq`` topic (reason ``kafka_refused``, the bridge's headers). A dead-letter
+record Kafka refuses too goes to the outbox's local ``dead_letters`` table. Both are logged
+and counted; neither stops the records behind them.
 """
 
 from __future__ import annotations
@@ -19,8 +26,12 @@ import time
 from collections import Counter
 from typing import Any
 
-from edge.buffer import Outbox
+from bridge.routing import INGEST_HEADER, Kind, Router
+from edge.buffer import Outbox, OutboxRecord, Stored
 from edge.metrics import EdgeMetrics
+from forewarn.errors import KafkaError
+from forewarn.kafka import error_code, refused_for_good
+from forewarn.mqtt import alert_topic, maintenance_topic, prediction_topic, telemetry_topic
 from forewarn.ports import ProducerLike
 from forewarn.topics import Topics
 
@@ -29,6 +40,14 @@ __all__ = ["Forwarder", "role_topics"]
 log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.05
+_ALONE_WAIT_S = 1.0  # flush after a row sent alone: its report comes without linger
+_REFUSED_RETRY_S = 0.1  # a row refused for good is tried again (alone) after this, not after the backoff
+
+# role -> the DLQ kind of its records, and their MQTT topic from their key (machine_id)
+_KINDS = {"telemetry": Kind.TELEMETRY, "maintenance": Kind.MAINTENANCE, "predictions": Kind.PREDICTION,
+          "alerts": Kind.ALERT}
+_MQTT_TOPICS = {"telemetry": telemetry_topic, "maintenance": maintenance_topic, "predictions": prediction_topic,
+                "alerts": alert_topic}
 
 
 def role_topics(topics: Topics) -> dict[str, str]:
@@ -41,17 +60,25 @@ class Forwarder:
     """``start()`` a thread that forwards until ``stop()``; ``drain()`` forwards until empty."""
 
     def __init__(self, outbox: Outbox, producer: ProducerLike, topics: Topics, metrics: EdgeMetrics, *,
-                 batch: int = 5000, max_in_flight: int = 50_000, log_period_s: float = 30.0) -> None:
+                 batch: int = 5000, max_in_flight: int = 50_000, max_in_flight_bytes: int = 16 * 2**20,
+                 dead_letter_after: int = 3, log_period_s: float = 30.0) -> None:
         self.outbox = outbox
         self.producer = producer
         self.metrics = metrics
         self.batch = batch
         self.max_in_flight = max_in_flight
+        self.max_in_flight_bytes = max_in_flight_bytes
+        self.dead_letter_after = dead_letter_after
         self.log_period_s = log_period_s
         self._topics = role_topics(topics)
+        self._router = Router(topics)
         self._sent_upto = 0  # highest outbox id handed to the producer
         self.in_flight = 0
+        self.in_flight_bytes = 0
         self._delivered: list[int] = []
+        self._failures: list[tuple[Stored, Any]] = []
+        self._refusals: dict[int, int] = {}  # row id -> times Kafka refused it for good (it goes alone)
+        self._alone: int | None = None  # the row sent alone, until its report
         self._roles: Counter[str] = Counter()
         self._failed = False
         self._retry_at = 0.0
@@ -63,6 +90,8 @@ class Forwarder:
         self._down_since: float | None = None
         self._last_log = 0.0
         self.forwarded = 0
+        self.dead_lettered = 0
+        self.dead_lettered_locally = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -106,43 +135,65 @@ class Forwarder:
                 self._failed = False
                 self._sent_upto = 0
             room = self.max_in_flight - self.in_flight
-            if not self._failed and room > 0:
+            if self.in_flight_bytes >= self.max_in_flight_bytes or self._failed or self._alone is not None:
+                room = 0
+            if room > 0:
                 sent = self._send(min(room, self.batch))
-            self.producer.poll(0.0 if sent else _IDLE_WAIT_S)
+            if self._alone is not None:
+                self.producer.flush(_ALONE_WAIT_S)
+            else:
+                self.producer.poll(0.0 if sent else _IDLE_WAIT_S)
             self._settle()
             self._watch(time.monotonic())
             return sent
 
     def _send(self, limit: int) -> int:
         rows = self.outbox.peek(limit, after_id=self._sent_upto)
-        produce = self.producer.produce
-        topics = self._topics
+        sent = 0
         for stored in rows:
-            r = stored.record
-            topic = topics.get(r.topic, r.topic)
-            produce(topic, r.value, r.key, headers=list(r.headers) or None, timestamp_ms=r.ts,
-                    on_delivery=self._callback(stored.id, r.topic))
-            self._sent_upto = stored.id
-            self.in_flight += 1
-        return len(rows)
+            alone = stored.id in self._refusals
+            if alone and (sent or self.in_flight):
+                break  # a row that failed goes alone: once everything before it is settled
+            self._produce(stored)
+            sent += 1
+            if alone:
+                self._alone = stored.id
+                break
+            if self.in_flight_bytes >= self.max_in_flight_bytes:
+                break
+        return sent
 
-    def _callback(self, row_id: int, role: str) -> Any:
+    def _produce(self, stored: Stored) -> None:
+        r = stored.record
+        callback = self._callback(stored)
+        self._sent_upto = stored.id
+        self.in_flight += 1
+        self.in_flight_bytes += r.size
+        try:
+            self.producer.produce(self._topics.get(r.topic, r.topic), r.value, r.key, headers=list(r.headers) or None,
+                                  timestamp_ms=r.ts, on_delivery=callback)
+        except KafkaError as error:  # refused before sending (e.g. larger than message.max.bytes)
+            callback(error, None)
+
+    def _callback(self, stored: Stored) -> Any:
         def on_delivery(error: Any, _message: Any) -> None:
             self.in_flight -= 1
+            self.in_flight_bytes -= stored.record.size
             if error is None:
-                self._delivered.append(row_id)
-                self._roles[role] += 1
-                return
-            self.metrics.kafka_errors.inc()
-            if not self._failed:
-                log.error("Kafka refused a %s record (%s); resending from the oldest buffered row", role, error)
-                self._failed = True
-                self._retry_at = time.monotonic() + self._backoff
-                self._backoff = min(self._backoff * 2, 30.0)
+                self._delivered.append(stored.id)
+                self._roles[stored.record.topic] += 1
+            else:
+                self._failures.append((stored, error))
 
         return on_delivery
 
     def _settle(self) -> None:
+        if self._failures:
+            self._failed_deliveries()
+        if self._alone is not None and self.in_flight == 0:  # its report is in
+            if self._alone in self._delivered:
+                del self._refusals[self._alone]  # an innocent neighbour of a bad record
+            self._alone = None
         if not self._delivered:
             return
         done, self._delivered = self._delivered, []
@@ -154,6 +205,56 @@ class Forwarder:
         for role, n in self._roles.items():
             self.metrics.forwarded.labels(role).inc(n)
         self._roles.clear()
+
+    def _failed_deliveries(self) -> None:
+        failures, self._failures = self._failures, []
+        self.metrics.kafka_errors.inc(len(failures))
+        retry_soon = True
+        for stored, error in failures:
+            permanent = refused_for_good(error)
+            retry_soon = retry_soon and permanent
+            # Counted, but only a refusal of the record alone can dead-letter it (with others,
+            # it may be an innocent neighbour of the bad one); from now on it is sent alone.
+            refused = self._refusals[stored.id] = self._refusals.get(stored.id, 0) + permanent
+            if permanent and stored.id == self._alone and refused >= self.dead_letter_after:
+                self._dead_letter(stored, error)
+        if not self._failed:
+            stored, error = failures[0]
+            log.error("Kafka refused %s record(s) (first: a %s record, %s); sending each again alone after the "
+                      "records before it", len(failures), stored.record.topic, error)
+            self._failed = True
+        delay = _REFUSED_RETRY_S if retry_soon else self._backoff
+        self._retry_at = time.monotonic() + delay
+        if not retry_soon:
+            self._backoff = min(self._backoff * 2, 30.0)
+
+    def _dead_letter(self, stored: Stored, error: Any) -> None:
+        """Replace a record Kafka refuses for good by its dead letter; a refused dead letter
+        goes to the local table."""
+        self._refusals.pop(stored.id, None)
+        r = stored.record
+        topic = self._topics.get(r.topic, r.topic)
+        code = error_code(error)
+        detail = f"{topic}: {code}: {error}"
+        now_ms = int(time.time() * 1000)
+        if r.topic == "dlq":
+            self.outbox.dead_letter(stored.id, "kafka_refused", detail, now_ms)
+            self.dead_lettered_locally += 1
+            self.metrics.dead_letters.labels("local", code).inc()
+            log.error("Kafka refused dead-letter record %s for good (%s): kept in the local dead_letters table of %s",
+                      stored.id, detail, self.outbox.path)
+            return
+        key = (r.key or b"").decode(errors="replace")
+        to_mqtt = _MQTT_TOPICS.get(r.topic)
+        ingest = dict(r.headers).get(INGEST_HEADER, b"")
+        letter = self._router.refused(topic, r.value, f"{code}: {error}", to_mqtt(key) if to_mqtt and key else "",
+                                      _KINDS.get(r.topic, Kind.UNKNOWN), int(ingest) if ingest.isdigit() else now_ms)
+        self.outbox.replace(stored.id, OutboxRecord("dlq", letter.value, (letter.key or "").encode(),
+                                                    tuple(letter.headers), letter.timestamp_ms))
+        self.dead_lettered += 1
+        self.metrics.dead_letters.labels("dlq", code).inc()
+        log.error("Kafka refused a %s record %s times for good (%s): sent to the dead-letter topic instead",
+                  r.topic, self.dead_letter_after, detail)
 
     def _watch(self, now: float) -> None:
         waiting = self.in_flight > 0 and now - self.last_delivery > 5.0

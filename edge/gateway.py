@@ -18,6 +18,12 @@ the commit and the PUBACK duplicates a message; the windows drop the duplicate r
 
 When the buffer is full under the ``block`` policy, the scored batch is kept in memory and
 retried; no further message is taken or acknowledged, so the plant broker holds them.
+
+The inbox is bounded (``receive_maximum + max_batch`` messages): Mosquitto 2.0 sends well beyond
+the Receive Maximum the edge asks for (measured: 40,000 unacknowledged messages, ~110 MB of
+paho message objects, when the edge fell behind a fast publisher), so when the inbox is full
+paho's network thread waits in the callback until the loop took a batch. It then reads nothing
+from its socket and TCP holds the broker back; the broker keeps the messages in the session.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from edge.forwarder import Forwarder
 from edge.metrics import EdgeMetrics
 from edge.models import ModelSync
 from edge.settings import EdgeSettings
-from forewarn.contract import MaintenanceEvent, Telemetry, encode
+from forewarn.contract import Alert, MaintenanceEvent, Telemetry, encode, model_refused_alert
 from forewarn.errors import MqttError
 from forewarn.kafka import KafkaProducer
 from forewarn.mqtt import MqttClient, alert_topic, prediction_topic
@@ -47,7 +53,7 @@ from forewarn.ports import ConsumerLike, MqttLike, ProducerLike
 from forewarn.service import LoopService
 from forewarn.topics import MQTT_ROOT, Topics, mqtt_subscriptions
 from scoring.engine import Incoming, ScoringEngine
-from scoring.registry import ModelRegistry
+from scoring.registry import ModelRegistry, Offer
 from scoring.state import MachineRecord, Marker, PartitionState, decode_record, encode_record
 
 __all__ = ["EdgeGateway", "subscriptions"]
@@ -116,6 +122,9 @@ class EdgeGateway(LoopService):
         self.outbox: Outbox | None = None
         self.forwarder: Forwarder | None = None
         self._inbox: collections.deque[tuple[Any, int, float]] = collections.deque()
+        # Only paho's own thread may wait for room (a fake delivering from the test's thread would deadlock).
+        self._inbox_max = o.receive_maximum + o.max_batch if isinstance(self.mqtt, MqttClient) else 0
+        self._room = threading.Event()
         self._blocked: _Batch | None = None
         self._blocked_since = 0.0
         self._next_retry = 0.0
@@ -126,12 +135,30 @@ class EdgeGateway(LoopService):
         self._next_housekeeping = 0.0
         self._last_full_log = 0.0
         self.stats: collections.Counter[str] = collections.Counter()
+        self._events: list[Alert] = []  # model_refused events for the next commit
+
+    @staticmethod
+    def _producer_overrides(settings: EdgeSettings) -> dict[str, Any]:
+        """librdkafka's queue bounded by what the forwarder keeps in flight (its defaults, 100,000
+        records and 1 GB, would let it hold far more than the edge's memory); small batches
+        (64 KiB: librdkafka's batch buffers grew RSS by ~100 MB when the uplink dropped).
+        ``kafka.extra`` wins."""
+        o = settings.edge
+        overrides: dict[str, Any] = {"queue.buffering.max.messages": 2 * o.max_forward_in_flight,
+                                     "queue.buffering.max.kbytes": 2 * o.max_forward_in_flight_bytes // 1024,
+                                     "linger.ms": 20, "batch.size": 65_536}
+        return {k: v for k, v in overrides.items() if k not in settings.kafka.extra}
 
     # -- paho's network thread -----------------------------------------------------------
 
     def _on_message(self, message: Any) -> None:
+        inbox = self._inbox
+        if self._inbox_max and len(inbox) >= self._inbox_max:
+            self._room.clear()
+            while len(inbox) >= self._inbox_max and self._intake:
+                self._room.wait(0.1)  # paho's thread stops reading: TCP backpressure on the broker
         if self._intake:
-            self._inbox.append((message, self._epoch, time.time()))
+            inbox.append((message, self._epoch, time.time()))
 
     def _on_connected(self, session_present: bool) -> None:
         self._epoch += 1  # ids of an older connection are never acknowledged on this one
@@ -156,17 +183,16 @@ class EdgeGateway(LoopService):
         if len(self.outbox):
             log.info("buffer holds %s records (%.1f MB) from before; forwarding them first", len(self.outbox),
                      self.outbox.bytes / 1e6)
-        for offer in self.models.load_local():
-            self.metrics.models.labels(offer.outcome).inc()
+        self._offered(self.models.load_local())
         self._restore_windows()
         if self.options.metrics_port is not None:
             self.metrics.serve(self.options.metrics_port, self.options.metrics_host)
         if self._producer is None:
-            self._producer = KafkaProducer(self.settings.kafka, **{
-                "queue.buffering.max.messages": max(100_000, 2 * o.max_forward_in_flight), "linger.ms": 20,
-                "batch.size": 65_536})
+            self._producer = KafkaProducer(self.settings.kafka, **self._producer_overrides(self.settings))
         self.forwarder = Forwarder(self.outbox, self._producer, self.topics, self.metrics, batch=o.forward_batch,
-                                   max_in_flight=o.max_forward_in_flight, log_period_s=o.uplink_log_s)
+                                   max_in_flight=o.max_forward_in_flight,
+                                   max_in_flight_bytes=o.max_forward_in_flight_bytes,
+                                   dead_letter_after=o.dead_letter_after, log_period_s=o.uplink_log_s)
         self.forwarder.start()
         self._intake = True
         filters = subscriptions(o.sites)
@@ -202,8 +228,7 @@ class EdgeGateway(LoopService):
     def step(self, wait_s: float = _IDLE_WAIT_S) -> int:
         """One round: models, then score and commit up to ``max_batch`` messages. Returns how
         many messages were committed (and acknowledged)."""
-        for offer in self.models.poll():
-            self.metrics.models.labels(offer.outcome).inc()
+        self._offered(self.models.poll())
         now = time.monotonic()
         if now >= self._next_housekeeping:
             self._housekeeping(now)
@@ -215,11 +240,22 @@ class EdgeGateway(LoopService):
         else:
             inbox = self._inbox
             n = min(len(inbox), self.options.max_batch)
-            if not n:
+            if not n and not self._events:
                 time.sleep(wait_s)
                 return 0
             batch = self._score([inbox.popleft() for _ in range(n)])
+            self._room.set()
         return self._commit(batch)
+
+    def _offered(self, offers: list[Offer]) -> None:
+        """Count model offers; a refused bundle becomes a ``model_refused`` alert event, committed
+        and published with the next batch like the alerts of the rules (the old model keeps serving)."""
+        for offer in offers:
+            self.metrics.models.labels(offer.outcome).inc()
+            refusal = offer.refusal
+            if refusal is not None:
+                self._events.append(model_refused_alert(offer.asset_type, refusal.version, offer.role, refusal.reason,
+                                                        refusal.detail, int(self.clock() * 1000)))
 
     def _score(self, messages: list[tuple[Any, int, float]]) -> _Batch:
         started = time.perf_counter()
@@ -255,6 +291,9 @@ class EdgeGateway(LoopService):
             if message.qos:
                 batch.acks.append((message.mid, message.qos, epoch))
         result = self.engine.process(readings, events)
+        if self._events:  # model_refused events go first
+            result.alerts[:0] = self._events
+            self._events = []
         counts["readings:accepted"] += result.accepted
         counts["readings:dropped"] += result.dropped
         counts["readings:unscored"] += result.unscored
@@ -361,6 +400,7 @@ class EdgeGateway(LoopService):
             return
         self._started = False
         self._intake = False
+        self._room.set()
         dropped = len(self._inbox)
         self._inbox.clear()
         try:

@@ -32,6 +32,9 @@ class EdgeMetrics(MetricsEndpoint):
         self.forwarded = Counter("forewarn_edge_forwarded", "records Kafka confirmed, by topic role", ["topic"],
                                  registry=r)
         self.kafka_errors = Counter("forewarn_edge_kafka_errors", "failed deliveries (re-sent)", registry=r)
+        self.dead_letters = Counter("forewarn_edge_dead_letters", "records Kafka refused for good, by where they went "
+                                    "(to: dlq topic, or local table when the DLQ refused them too) and Kafka's error",
+                                    ["to", "error"], registry=r)
         self.buffer_records = Gauge("forewarn_edge_buffer_records", "records waiting in the buffer", registry=r)
         self.buffer_bytes = Gauge("forewarn_edge_buffer_bytes", "bytes waiting in the buffer", registry=r)
         self.buffer_fill = Gauge("forewarn_edge_buffer_fill_ratio", "buffer bytes / bound", registry=r)

@@ -55,8 +55,10 @@ class ModelSync:
         self._consumer: ConsumerLike | None = consumer
         if consumer is None and kafka is not None:
             # No committed offsets: every start replays the compacted topic from its beginning.
+            # Prefetch at most ~2 MB (librdkafka's default queues up to 64 MB per partition).
             self._consumer = KafkaConsumer(kafka, group_id, [models_topic], **{
-                "isolation.level": "read_uncommitted", "auto.offset.reset": "earliest"})
+                "isolation.level": "read_uncommitted", "auto.offset.reset": "earliest",
+                "queued.max.messages.kbytes": 2048})
         self.offers: list[Offer] = []
 
     def load_local(self) -> list[Offer]:

@@ -50,6 +50,10 @@ class EdgeOptions(BaseModel):
     forward_batch: int = Field(2000, ge=1, description="records read from the buffer per forwarding round")
     max_forward_in_flight: int = Field(10_000, ge=1, description="records handed to Kafka and not yet confirmed "
                                        "(held in memory while the uplink is down)")
+    max_forward_in_flight_bytes: int = Field(16 * 2**20, ge=64 * 1024, description="bytes of those records at most "
+                                             "(librdkafka's queue is bounded at twice this)")
+    dead_letter_after: int = Field(3, ge=1, description="times Kafka may refuse a record, sent alone, with an error "
+                                   "that is not retriable before it goes to the dead-letter topic")
     models_dir: Path | None = Field(None, description="bundles to seed the edge with (copied to DATA_DIR/models)")
     models_sync: bool = Field(True, description="take new bundles from the Kafka models topic")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus endpoint port; unset = off")

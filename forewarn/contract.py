@@ -29,6 +29,7 @@ __all__ = [
     "Rejected",
     "Telemetry",
     "encode",
+    "model_refused_alert",
     "site_of",
 ]
 
@@ -57,6 +58,7 @@ class Reason(enum.StrEnum):
     TS_OUT_OF_RANGE = "ts_out_of_range"
     UNKNOWN_VERSION = "unknown_version"
     TOPIC_MISMATCH = "topic_mismatch"
+    KAFKA_REFUSED = "kafka_refused"  # valid, but Kafka refused the record for good (e.g. too large)
 
 
 class Telemetry(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
@@ -136,6 +138,15 @@ class Alert(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     rul: float | None = None
     message: str | None = None
     acknowledged_by: str | None = None
+
+
+def model_refused_alert(asset_type: str, version: str | None, role: str, reason: str, detail: str,
+                        now_ms: int) -> Alert:
+    """The alert event a scorer (worker or edge) emits when it refuses a model bundle: machine
+    ``models/<asset type>``, rule ``model_refused``, the reason in ``message``."""
+    return Alert(SCHEMA_VERSION, f"model/{asset_type}/{version or 'unknown'}/refused", f"models/{asset_type}", "open",
+                 "warning", "model_refused", now_ms, now_ms, asset_type, version, asset_type,
+                 message=f"{role} bundle refused ({reason}): {detail}"[:1000])
 
 
 class Rejected(msgspec.Struct, frozen=True, gc=False):

@@ -27,7 +27,9 @@ __all__ = [
     "KafkaProducer",
     "Message",
     "TopicCheck",
+    "error_code",
     "raise_for_error",
+    "refused_for_good",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,28 @@ def raise_for_error(error: confluent_kafka.KafkaError | None, what: str) -> None
     if error is None:
         return
     raise KafkaError(f"{what}: {error.str()}", code=error.name(), retriable=error.retriable())
+
+
+def refused_for_good(error: object) -> bool:
+    """Whether a delivery error (or a :class:`KafkaError` from ``produce``) means Kafka refuses
+    that record for good: not retriable and not fatal to the producer — e.g.
+    ``MSG_SIZE_TOO_LARGE``, ``TOPIC_AUTHORIZATION_FAILED``, ``INVALID_RECORD``. Anything else is
+    worth retrying."""
+    retriable, fatal = getattr(error, "retriable", None), getattr(error, "fatal", False)
+    if callable(retriable):
+        retriable = retriable()
+    if callable(fatal):
+        fatal = fatal()
+    return retriable is False and not fatal
+
+
+def error_code(error: object) -> str:
+    """librdkafka's name of a delivery or produce error (``MSG_SIZE_TOO_LARGE``)."""
+    name = getattr(error, "name", None)
+    if callable(name):
+        return str(name())
+    code = getattr(error, "code", None)
+    return code if isinstance(code, str) else type(error).__name__
 
 
 def _wrap(exc: confluent_kafka.KafkaException, what: str) -> KafkaError:

@@ -1,8 +1,11 @@
-"""The forwarder alone: order, delete-on-delivery, resend after a failed delivery report."""
+"""The forwarder alone: order, delete-on-delivery, resend after a failed delivery report, dead
+letters for records Kafka refuses for good."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from edge.buffer import Outbox, OutboxRecord
 from edge.forwarder import Forwarder
@@ -45,3 +48,93 @@ def test_a_failed_delivery_is_resent_and_nothing_is_lost(tmp_path: Path) -> None
     values = [int(m.value() or b"") for m in kafka.messages("telemetry")]
     assert set(values) == set(range(50))
     assert metrics.kafka_errors._value.get() == 1
+
+
+class TooLarge:
+    """A delivery error like librdkafka's MSG_SIZE_TOO_LARGE: not retriable, not fatal."""
+
+    def retriable(self) -> bool:
+        return False
+
+    def fatal(self) -> bool:
+        return False
+
+    def name(self) -> str:
+        return "MSG_SIZE_TOO_LARGE"
+
+    def __str__(self) -> str:
+        return "Broker: Message size too large"
+
+
+class SizeLimitedKafka(FakeProducer):
+    """Kafka with a per-topic record size limit that fails a whole request for one large record:
+    every record produced since the last poll fails with it (as a produce request does)."""
+
+    def __init__(self, kafka: InMemoryKafka, limits: dict[str, int]) -> None:
+        super().__init__(kafka)
+        self.limits = limits
+        self.requests: list[list[tuple[str, bytes | None]]] = []
+        self._request: list[tuple[Any, str, bytes | None, bytes | str | None, Any, int | None]] = []
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None, *,
+                headers: Sequence[tuple[str, bytes | str]] | None = None, timestamp_ms: int | None = None,
+                on_delivery: Callable[[Any, Any], None] | None = None, partition: int | None = None) -> None:
+        self._request.append((on_delivery, topic, value, key, headers, timestamp_ms))
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        request, self._request = self._request, []
+        self.requests.append([(topic, value) for _cb, topic, value, *_ in request])
+        bad = any(len(value or b"") > self.limits.get(topic, 1 << 30) for _cb, topic, value, *_ in request)
+        for callback, topic, value, key, headers, ts in request:
+            if bad:
+                assert callback is not None
+                callback(TooLarge(), None)
+            else:
+                super().produce(topic, value, key, headers=headers, timestamp_ms=ts, on_delivery=callback)
+        return super().poll(timeout_s) + (len(request) if bad else 0)
+
+
+def test_a_record_kafka_refuses_for_good_goes_to_the_dlq_and_the_rest_flows(tmp_path: Path) -> None:
+    kafka = InMemoryKafka(partitions=1)
+    producer = SizeLimitedKafka(kafka, {"telemetry": 1000})
+    metrics = EdgeMetrics()
+    rows = records(30)
+    rows[10] = OutboxRecord("telemetry", b"x" * 5000, b"site-e/pump-1", (("ingest_ts", b"1700000000123"),), 17)
+    with Outbox(tmp_path / "o.db") as box:
+        box.put_many(rows)
+        fwd = Forwarder(box, producer, Topics.from_settings(TopicSettings()), metrics, batch=8, max_in_flight=8,
+                        dead_letter_after=3)
+        assert fwd.drain(10) == 0
+        assert box.dead_letters() == []
+    values = [m.value() for m in kafka.messages("telemetry")]
+    assert values == [b"%d" % i for i in range(30) if i != 10], "innocent neighbours delivered, in order"
+    [dead] = kafka.messages("telemetry.dlq")
+    headers = dict(dead.headers() or [])
+    assert dead.value() == b"x" * 5000
+    assert headers["reason"] == b"kafka_refused" and headers["kind"] == b"telemetry"
+    assert headers["kafka_topic"] == b"telemetry" and b"MSG_SIZE_TOO_LARGE" in headers["detail"]
+    assert headers["mqtt_topic"] == b"forewarn/site-e/pump-1/telemetry" and headers["received_at"] == b"1700000000123"
+    assert fwd.dead_lettered == 1 and metrics.dead_letters.labels("dlq", "MSG_SIZE_TOO_LARGE")._value.get() == 1
+    alone = [r for r in producer.requests if r == [("telemetry", b"x" * 5000)]]
+    assert len(alone) == 2, "refused 3 times, the last two alone"
+
+
+def test_a_dead_letter_kafka_refuses_too_is_kept_in_the_local_table(tmp_path: Path) -> None:
+    kafka = InMemoryKafka(partitions=1)
+    producer = SizeLimitedKafka(kafka, {"predictions": 1000, "telemetry.dlq": 1000})
+    metrics = EdgeMetrics()
+    rows = records(5)
+    rows[2] = OutboxRecord("predictions", b"p" * 5000, b"site-e/pump-1")
+    with Outbox(tmp_path / "o.db") as box:
+        box.put_many(rows)
+        fwd = Forwarder(box, producer, Topics.from_settings(TopicSettings()), metrics, batch=8, max_in_flight=8,
+                        dead_letter_after=1)
+        assert fwd.drain(10) == 0
+        [(record, reason, detail)] = box.dead_letters()
+    assert [m.value() for m in kafka.messages("telemetry")] == [b"0", b"1", b"3", b"4"]
+    assert kafka.messages("predictions") == [] and kafka.messages("telemetry.dlq") == []
+    assert record.topic == "dlq" and record.value == b"p" * 5000 and reason == "kafka_refused"
+    assert dict(record.headers)["kind"] == b"prediction" and dict(record.headers)["kafka_topic"] == b"predictions"
+    assert "telemetry.dlq: MSG_SIZE_TOO_LARGE" in detail
+    assert fwd.dead_lettered == 1 and fwd.dead_lettered_locally == 1
+    assert metrics.dead_letters.labels("local", "MSG_SIZE_TOO_LARGE")._value.get() == 1

@@ -211,3 +211,25 @@ def test_edge_imports_no_tensorflow_keras_or_streamlit() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_refused_bundle_is_reported_as_a_model_refused_event_and_the_old_model_keeps_serving(
+        tmp_path: Path) -> None:
+    kafka, mqtt = InMemoryKafka(partitions=1), FakeMqtt()
+    corrupt = pack(edge_bundle("v9"))[:-8] + b"garbage!"
+    kafka.append("models", corrupt, b"pump", None, 0, None)
+    readings = fleet(2, 12, hot_every=0)
+    with EdgeGateway(seeded(tmp_path), mqtt=mqtt, producer=FakeProducer(kafka),
+                     models_consumer=FakeConsumer(kafka, ["models"])) as gw:
+        run_until(gw, lambda: any(m.topic == "forewarn/models/pump/alert" for m in mqtt.published))
+        for t, p in mqtt_messages(readings):
+            mqtt.deliver(t, p)
+        run_until(gw, lambda: len(kafka.messages("predictions")) == len(reference(readings)))
+        assert gw.registry.serving["pump"].meta.version == "v1"
+        assert gw.metrics.models.labels("refused")._value.get() == 1
+    [local] = [m for m in mqtt.published if m.topic == "forewarn/models/pump/alert"]
+    [event] = [_alert.decode(m.value() or b"") for m in kafka.messages("alerts") if m.key() == b"models/pump"]
+    assert event == _alert.decode(local.payload)
+    assert (event.rule, event.state, event.machine_id) == ("model_refused", "open", "models/pump")
+    assert event.message is not None and "sha256_mismatch" in event.message
+    assert current_version(tmp_path / "data" / "models", "pump") == "v1"
