@@ -31,6 +31,9 @@ class BridgeMetrics(MetricsEndpoint):
                              registry=r)
         self.kafka_errors = Counter("forewarn_bridge_kafka_errors",
                                     "records Kafka failed to deliver (they are re-sent)", registry=r)
+        self.dead_letters = Counter("forewarn_bridge_dead_letters", "records Kafka refused for good, by what replaced "
+                                    "them (to: dlq, dlq_cut = a refused dead letter cut short, dropped) and Kafka's "
+                                    "error", ["to", "error"], registry=r)
         self.in_flight = Gauge("forewarn_bridge_in_flight_records",
                                "records produced whose MQTT message is not yet acknowledged", registry=r)
         self.in_flight_messages = Gauge("forewarn_bridge_in_flight_messages",

@@ -9,7 +9,13 @@ instead.)
 
 At least once: a message's PUBACK is sent only when Kafka confirmed every record made from it.
 Acknowledgements go out in the order messages arrived (as MQTT asks), so one slow record holds
-back the ones behind it; a record Kafka failed to deliver is re-sent, never skipped.
+back the ones behind it; a record Kafka failed to deliver is re-sent, never skipped. A record
+Kafka refuses for good (an error that is not retriable: ``MSG_SIZE_TOO_LARGE``,
+``TOPIC_AUTHORIZATION_FAILED``, ...) is sent again alone (Kafka fails a whole produce request
+for one bad record, so the others may be innocent neighbours) and, refused ``dead_letter_after``
+times, replaced by its dead-letter record (reason ``kafka_refused``); a dead-letter record the
+DLQ refuses is cut to ``_REFUSED_DLQ_BYTES`` bytes, and dropped — logged and counted — only
+when Kafka refuses that too. So such a record never holds the acknowledgements behind it.
 
 Backpressure: the broker sends at most ``receive_maximum`` unacknowledged messages (MQTT 5
 Receive Maximum; ``max_inflight_messages`` on Mosquitto for 3.1.1), and the loop stops reading
@@ -33,11 +39,11 @@ from bridge._acks import AckWriter
 from bridge._subscriber import Subscriber
 from bridge.errors import BridgeError
 from bridge.metrics import BridgeMetrics
-from bridge.routing import Record, Router
+from bridge.routing import INGEST_HEADER, Kind, Record, Router
 from bridge.settings import BridgeSettings
 from forewarn.contract import Decoder
 from forewarn.errors import KafkaError
-from forewarn.kafka import KafkaAdmin, KafkaProducer
+from forewarn.kafka import KafkaAdmin, KafkaProducer, error_code, refused_for_good
 from forewarn.mqtt import MqttClient
 from forewarn.ports import MqttLike, ProducerLike
 from forewarn.service import LoopService
@@ -52,6 +58,8 @@ _STEP_RECORDS = 5000  # and about this many records: delivery reports and PUBACK
 _IDLE_WAIT_S = 0.005
 _LINGER_MS = 20  # the producer's linger unless kafka.extra sets one
 _BUSY_WAIT_S = 0.001  # wait for delivery reports while records are in flight: short, the socket may fill
+_ALONE_WAIT_S = 5.0  # flush around a record sent alone after Kafka refused it for good
+_REFUSED_DLQ_BYTES = 1024  # a dead-letter record the DLQ refuses is sent again cut to this
 
 
 def subscriptions(share_group: str) -> list[str]:
@@ -63,24 +71,52 @@ def subscriptions(share_group: str) -> list[str]:
 class _Pending:
     """One MQTT message between its arrival and its acknowledgement."""
 
-    __slots__ = ("attempts", "epoch", "error", "failed", "mid", "qos", "received", "records", "remaining")
+    __slots__ = ("attempts", "epoch", "error", "failed", "mid", "qos", "received", "records", "refused", "remaining",
+                 "topic")
 
-    def __init__(self, mid: int, qos: int, epoch: int, received: float, records: list[Record]) -> None:
+    def __init__(self, mid: int, qos: int, epoch: int, received: float, records: list[Record], topic: str) -> None:
         self.mid = mid
         self.qos = qos
         self.epoch = epoch
         self.received = received
         self.records = records
+        self.topic = topic
         self.remaining = len(records)
         self.failed = False
         self.error: Any = None
         self.attempts = 0
+        self.refused: list[tuple[Any, Any]] | None = None  # (Record or librdkafka message, error)
 
-    def on_delivery(self, error: Any, _message: Any) -> None:
+    def on_delivery(self, error: Any, message: Any) -> None:
         self.remaining -= 1
         if error is not None:
-            self.failed = True
-            self.error = error
+            self.fail(message, error)
+
+    def fail(self, what: Any, error: Any) -> None:
+        self.failed = True
+        self.error = error
+        if self.refused is None:
+            self.refused = []
+        self.refused.append((what, error))
+
+    def failed_records(self) -> list[tuple[int, Any]] | None:
+        """(index in ``records``, error) of the records that failed, or None when a report did
+        not say which record it was about."""
+        found: list[tuple[int, Any]] = []
+        for what, error in self.refused or ():
+            if isinstance(what, Record):
+                found.append((self.records.index(what), error))
+                continue
+            if what is None:
+                return None
+            key = what.key()
+            for i, r in enumerate(self.records):
+                if r.topic == what.topic() and r.value == what.value() and (r.key.encode() if r.key else None) == key:
+                    found.append((i, error))
+                    break
+            else:
+                return None
+        return found
 
 
 class Bridge(LoopService):
@@ -116,7 +152,7 @@ class Bridge(LoopService):
         self._inbox: collections.deque[tuple[Any, int, float]] = collections.deque()
         self._pending: collections.deque[_Pending] = collections.deque()
         self._live: dict[int, _Pending] = {}  # mid -> newest pending message with that id
-        self._retry: list[tuple[float, _Pending]] = []
+        self._retry: list[tuple[float, _Pending, list[Record]]] = []
         self._epoch = 0  # bumped on every (re)connect: ids of an older connection are never acknowledged
         self._intake = False
         self._stop = threading.Event()
@@ -246,7 +282,7 @@ class Bridge(LoopService):
                 for reason in routed.rejected:
                     counts["rejected:" + reason] += 1
             records = routed.records
-            pending = _Pending(mid, qos, epoch, arrived, records)
+            pending = _Pending(mid, qos, epoch, arrived, records, topic)
             if qos:
                 live[mid] = pending
             append(pending)
@@ -273,7 +309,7 @@ class Bridge(LoopService):
         counts["received:" + routed.kind] += 1
         for reason in routed.rejected:
             counts["rejected:" + reason] += 1
-        pending = _Pending(message.mid, message.qos, epoch, time.monotonic(), routed.records)
+        pending = _Pending(message.mid, message.qos, epoch, time.monotonic(), routed.records, topic)
         if pending.qos:
             self._live[pending.mid] = pending
         self._pending.append(pending)
@@ -292,20 +328,18 @@ class Bridge(LoopService):
                         break
                     except BufferError:  # librdkafka's queue is full: serve delivery reports, retry
                         raw.poll(0.05)
-                    except confluent_kafka.KafkaException as error:  # refused locally (e.g. unknown topic): retry later
+                    except confluent_kafka.KafkaException as exc:  # refused locally (e.g. too large): retry later
                         pending.remaining -= 1
-                        pending.failed = True
-                        pending.error = error
+                        pending.fail(Record(topic, value, key, timestamp_ms, headers), exc.args[0])
                         break
             return
         produce = self.producer.produce
         for topic, value, key, timestamp_ms, headers in records:
             try:
                 produce(topic, value, key, headers=headers, timestamp_ms=timestamp_ms, on_delivery=callback)
-            except KafkaError as error:  # refused locally (e.g. unknown topic): retry later
+            except KafkaError as error:  # refused locally (e.g. too large): retry later
                 pending.remaining -= 1
-                pending.failed = True
-                pending.error = error
+                pending.fail(Record(topic, value, key, timestamp_ms, headers), error)
 
     def _acknowledge(self) -> None:
         pending = self._pending
@@ -339,21 +373,82 @@ class Bridge(LoopService):
         acks.flush()
 
     def _schedule_retry(self, pending: _Pending, now: float) -> None:
+        failed = pending.failed_records()
         pending.failed = False
+        pending.refused = None
         pending.attempts += 1
-        pending.remaining = len(pending.records)
         self._counts["kafka_errors"] += 1
+        if failed is not None and all(refused_for_good(error) for _i, error in failed):
+            self._send_alone(pending, failed)
+            return
+        records = pending.records if failed is None else [pending.records[i] for i, _error in failed]
+        pending.remaining = len(records)
         delay = min(self.options.retry_backoff_s * pending.attempts, 30.0)
-        log.warning("Kafka did not take a record (%s); re-sending the %s record(s) of that MQTT message in %.1fs "
-                    "(attempt %s)", pending.error, len(pending.records), delay, pending.attempts + 1)
-        self._retry.append((now + delay, pending))
+        log.warning("Kafka did not take a record (%s); re-sending %s record(s) of that MQTT message in %.1fs "
+                    "(attempt %s)", pending.error, len(records), delay, pending.attempts + 1)
+        self._retry.append((now + delay, pending, records))
 
     def _resend_due(self, now: float) -> None:
-        due = [p for t, p in self._retry if t <= now]
+        due = [(p, records) for t, p, records in self._retry if t <= now]
         if due:
-            self._retry = [(t, p) for t, p in self._retry if t > now]
-            for pending in due:
-                self._produce(pending, pending.records)
+            self._retry = [item for item in self._retry if item[0] > now]
+            for pending, records in due:
+                self._produce(pending, records)
+
+    def _send_alone(self, pending: _Pending, failed: list[tuple[int, Any]]) -> None:
+        """Kafka refused these records for good, maybe only for a bad neighbour in the same
+        request: send each again alone (everything else flushed first); from the
+        ``dead_letter_after``-th refusal on, send its dead letter instead."""
+        pending.remaining = len(failed)
+        self.producer.flush(_ALONE_WAIT_S)
+        dead = pending.attempts >= max(2, self.options.dead_letter_after)  # refused alone at least once
+        dropped: list[int] = []
+        for index, error in failed:
+            record = pending.records[index]
+            if dead:
+                letter = self._dead_letter(pending, record, error)
+                if letter is None:
+                    dropped.append(index)
+                    pending.remaining -= 1
+                    continue
+                pending.records[index] = record = letter
+            else:
+                log.warning("Kafka refused a %s record (%s); sending it again alone (refusal %s of %s)", record.topic,
+                            error, pending.attempts, self.options.dead_letter_after)
+            self._produce(pending, [record])
+            self.producer.flush(_ALONE_WAIT_S)
+        if dropped:
+            self.in_flight -= len(dropped)
+            pending.records = [r for i, r in enumerate(pending.records) if i not in dropped]
+
+    def _dead_letter(self, pending: _Pending, record: Record, error: Any) -> Record | None:
+        """What replaces a record Kafka refuses for good: its dead letter; for a dead letter, the
+        same cut to ``_REFUSED_DLQ_BYTES``; None (drop it, loudly) when even that was refused."""
+        code = error_code(error)
+        dlq = self.topics.dlq
+        if record.topic != dlq:
+            kind = Kind.READING if pending.topic.endswith("/batch") else Kind.TELEMETRY
+            if record.topic == self.topics.maintenance:
+                kind = Kind.MAINTENANCE
+            ingest = dict(record.headers).get(INGEST_HEADER, b"")
+            received = int(ingest) if ingest.isdigit() else int(time.time() * 1000)
+            letter = self.router.refused(record.topic, record.value, f"{code}: {error}", pending.topic, kind, received)
+            self.metrics.dead_letters.labels("dlq", code).inc()
+            log.error("Kafka refused a %s record %s times for good (%s: %s); sent to %s instead", record.topic,
+                      pending.attempts, code, error, dlq)
+            return letter
+        if len(record.value) > _REFUSED_DLQ_BYTES:
+            headers = [(k, v) for k, v in record.headers if k != "truncated_from"]
+            original = dict(record.headers).get("truncated_from", str(len(record.value)).encode())
+            headers += [("truncated_from", original), ("kafka_refused", f"{code}: {error}".encode())]
+            self.metrics.dead_letters.labels("dlq_cut", code).inc()
+            log.error("%s refused a dead-letter record of %s bytes (%s: %s); sending its first %s bytes instead", dlq,
+                      len(record.value), code, error, _REFUSED_DLQ_BYTES)
+            return Record(dlq, record.value[:_REFUSED_DLQ_BYTES], record.key, record.timestamp_ms, headers)
+        self.metrics.dead_letters.labels("dropped", code).inc()
+        log.error("%s refused a dead-letter record for good (%s: %s); DROPPED it: MQTT topic %s, headers %s, "
+                  "payload %r", dlq, code, error, pending.topic, record.headers, record.value)
+        return None
 
     def _housekeeping(self, now: float) -> None:
         self._next_housekeeping = now + 0.5

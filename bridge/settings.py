@@ -33,6 +33,8 @@ class BridgeOptions(BaseModel):
     dlq_max_bytes: int = Field(512 * 1024, ge=1024, description="longer rejected payloads are truncated in the DLQ")
     kafka_wait_log_s: float = Field(10.0, gt=0, description="period of the 'waiting for Kafka' log line")
     retry_backoff_s: float = Field(1.0, gt=0, description="pause before re-sending records Kafka refused")
+    dead_letter_after: int = Field(3, ge=1, description="times Kafka may refuse a record with an error that is not "
+                                   "retriable (the last times alone) before its dead letter replaces it")
     shutdown_timeout_s: float = Field(30.0, ge=0, description="how long a shutdown waits for Kafka")
     check_topics: bool = Field(True, description="check at start that the Kafka topics exist")
 

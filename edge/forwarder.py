@@ -10,7 +10,10 @@ those rows are still in the outbox and are sent again (duplicates, never losses)
 A failed delivery report stops intake until everything in flight is settled, then resends from
 the oldest row still there. Kafka fails a whole produce request for one bad record (e.g. a
 record above the topic's ``max.message.bytes`` sinks every record batched with it), so a row
-that failed is sent again *alone*: if Kafka takes it, it was an innocent neighbour; once Kafka
+that failed is sent again *alone* (innocent neighbours are delivered after records that were
+queued behind them: the only way this forwarder breaks per-machine order). A record larger than
+its topic's ``max.message.bytes`` (read from Kafka by ``record_limits``) is sent alone from the
+start, so it sinks no neighbour. If Kafka takes a record sent alone, it was an innocent neighbour; once Kafka
 refused it ``dead_letter_after`` times (the last time alone) with an error that is not
 retriable (:func:`~forewarn.kafka.refused_for_good`), it is replaced in the outbox by its dead-letter
 record for the ``dlq`` topic (reason ``kafka_refused``, the bridge's headers). A dead-letter
@@ -24,24 +27,29 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from bridge.routing import INGEST_HEADER, Kind, Router
 from edge.buffer import Outbox, OutboxRecord, Stored
 from edge.metrics import EdgeMetrics
 from forewarn.errors import KafkaError
-from forewarn.kafka import error_code, refused_for_good
+from forewarn.kafka import KafkaAdmin, error_code, refused_for_good
 from forewarn.mqtt import alert_topic, maintenance_topic, prediction_topic, telemetry_topic
 from forewarn.ports import ProducerLike
+from forewarn.settings import KafkaSettings
 from forewarn.topics import Topics
 
-__all__ = ["Forwarder", "role_topics"]
+__all__ = ["Forwarder", "role_topics", "topic_limits"]
 
 log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.05
 _ALONE_WAIT_S = 1.0  # flush after a row sent alone: its report comes without linger
 _REFUSED_RETRY_S = 0.1  # a row refused for good is tried again (alone) after this, not after the backoff
+_DEFAULT_LIMIT = 1_048_588  # Kafka's default max.message.bytes, until the topics' own are known
+_BATCH_OVERHEAD = 128  # bytes a record batch adds to a record (Kafka checks the batch's size)
+_LIMITS_RETRY_S = 60.0
 
 # role -> the DLQ kind of its records, and their MQTT topic from their key (machine_id)
 _KINDS = {"telemetry": Kind.TELEMETRY, "maintenance": Kind.MAINTENANCE, "predictions": Kind.PREDICTION,
@@ -56,12 +64,20 @@ def role_topics(topics: Topics) -> dict[str, str]:
             "predictions": topics.predictions, "alerts": topics.alerts}
 
 
+def topic_limits(kafka: KafkaSettings, topics: Topics) -> dict[str, int]:
+    """Each of the edge's Kafka topics' ``max.message.bytes``: larger records are sent alone."""
+    configs = KafkaAdmin(kafka).topic_configs(role_topics(topics).values(), timeout_s=10.0)
+    return {name: int(config["max.message.bytes"]) for name, config in configs.items()
+            if config.get("max.message.bytes", "").isdigit()}
+
+
 class Forwarder:
     """``start()`` a thread that forwards until ``stop()``; ``drain()`` forwards until empty."""
 
     def __init__(self, outbox: Outbox, producer: ProducerLike, topics: Topics, metrics: EdgeMetrics, *,
                  batch: int = 5000, max_in_flight: int = 50_000, max_in_flight_bytes: int = 16 * 2**20,
-                 dead_letter_after: int = 3, log_period_s: float = 30.0) -> None:
+                 dead_letter_after: int = 3, log_period_s: float = 30.0,
+                 record_limits: Callable[[], dict[str, int]] | None = None) -> None:
         self.outbox = outbox
         self.producer = producer
         self.metrics = metrics
@@ -71,6 +87,9 @@ class Forwarder:
         self.dead_letter_after = dead_letter_after
         self.log_period_s = log_period_s
         self._topics = role_topics(topics)
+        self._record_limits = record_limits
+        self._limits: dict[str, int] = {}  # outbox role -> largest record Kafka takes
+        self._limits_at = 0.0
         self._router = Router(topics)
         self._sent_upto = 0  # highest outbox id handed to the producer
         self.in_flight = 0
@@ -111,6 +130,8 @@ class Forwarder:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                if self._record_limits is not None and time.monotonic() >= self._limits_at:
+                    self.read_limits()
                 self.pump()
             except Exception:  # keep forwarding; the rows stay in the outbox
                 log.exception("forwarding round failed; retrying in 1s")
@@ -122,6 +143,19 @@ class Forwarder:
         while time.monotonic() < deadline and (len(self.outbox) or self.in_flight):
             self.pump()
         return len(self.outbox)
+
+    def read_limits(self) -> None:
+        """Read the topics' ``max.message.bytes`` (the thread retries every minute while Kafka is away)."""
+        assert self._record_limits is not None
+        self._limits_at = time.monotonic() + _LIMITS_RETRY_S
+        try:
+            by_topic = self._record_limits()
+        except Exception as error:  # noqa: BLE001 - Kafka away or not allowed: the default holds
+            log.debug("topic limits not read (%s); assuming %s bytes", error, _DEFAULT_LIMIT)
+            return
+        self._limits = {role: by_topic[topic] - _BATCH_OVERHEAD for role, topic in self._topics.items()
+                        if topic in by_topic}
+        self._record_limits = None
 
     # -- one round ---------------------------------------------------------------------------
 
@@ -150,8 +184,10 @@ class Forwarder:
     def _send(self, limit: int) -> int:
         rows = self.outbox.peek(limit, after_id=self._sent_upto)
         sent = 0
+        limits = self._limits
         for stored in rows:
-            alone = stored.id in self._refusals
+            r = stored.record
+            alone = stored.id in self._refusals or r.size - 64 > limits.get(r.topic, _DEFAULT_LIMIT)
             if alone and (sent or self.in_flight):
                 break  # a row that failed goes alone: once everything before it is settled
             self._produce(stored)

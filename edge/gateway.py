@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -41,7 +42,7 @@ import msgspec
 from bridge.routing import Router
 from edge.buffer import BufferFull, Outbox, OutboxRecord
 from edge.errors import EdgeError
-from edge.forwarder import Forwarder
+from edge.forwarder import Forwarder, topic_limits
 from edge.metrics import EdgeMetrics
 from edge.models import ModelSync
 from edge.settings import EdgeSettings
@@ -192,7 +193,9 @@ class EdgeGateway(LoopService):
         self.forwarder = Forwarder(self.outbox, self._producer, self.topics, self.metrics, batch=o.forward_batch,
                                    max_in_flight=o.max_forward_in_flight,
                                    max_in_flight_bytes=o.max_forward_in_flight_bytes,
-                                   dead_letter_after=o.dead_letter_after, log_period_s=o.uplink_log_s)
+                                   dead_letter_after=o.dead_letter_after, log_period_s=o.uplink_log_s,
+                                   record_limits=partial(topic_limits, self.settings.kafka, self.topics)
+                                   if self._own_producer else None)
         self.forwarder.start()
         self._intake = True
         filters = subscriptions(o.sites)

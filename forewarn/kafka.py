@@ -346,6 +346,10 @@ class KafkaAdmin(_Lazy):
         order = {s.name: i for i, s in enumerate(specs)}
         return sorted(checks, key=lambda c: order[c.spec.name])
 
+    def topic_configs(self, names: Iterable[str], timeout_s: float = 30.0) -> dict[str, dict[str, str]]:
+        """Each topic's configuration (``max.message.bytes``, ``cleanup.policy``, ...)."""
+        return self._describe_configs(list(names), timeout_s)
+
     def _describe_configs(self, names: list[str], timeout_s: float) -> dict[str, dict[str, str]]:
         resources = [kadmin.ConfigResource(kadmin.ResourceType.TOPIC, n) for n in names]
         result: dict[str, dict[str, str]] = {}

@@ -6,14 +6,76 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from forewarn.kafka import KafkaConsumer
 from forewarn.settings import KafkaSettings
+from forewarn.testing import FakeProducer, InMemoryKafka
 from forewarn.topics import batch_topic, telemetry_topic
 
 TS0 = 1_764_212_345_123
+
+
+class TooLarge:
+    """A delivery error like librdkafka's MSG_SIZE_TOO_LARGE: not retriable, not fatal."""
+
+    def retriable(self) -> bool:
+        return False
+
+    def fatal(self) -> bool:
+        return False
+
+    def name(self) -> str:
+        return "MSG_SIZE_TOO_LARGE"
+
+    def __str__(self) -> str:
+        return "Broker: Message size too large"
+
+
+class Unsent:
+    """The message a failed delivery report names."""
+
+    def __init__(self, topic: str, value: bytes | None, key: bytes | str | None) -> None:
+        self._topic, self._value = topic, value
+        self._key = key.encode() if isinstance(key, str) else key
+
+    def topic(self) -> str:
+        return self._topic
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+
+class SizeLimitedKafka(FakeProducer):
+    """Kafka with a per-topic record size limit that fails a whole request for one large record:
+    every record produced since the last poll fails with it (as a produce request does)."""
+
+    def __init__(self, kafka: InMemoryKafka, limits: dict[str, int]) -> None:
+        super().__init__(kafka)
+        self.limits = limits
+        self.requests: list[list[tuple[str, bytes | None]]] = []
+        self._request: list[tuple[Any, str, bytes | None, bytes | str | None, Any, int | None]] = []
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None, *,
+                headers: Sequence[tuple[str, bytes | str]] | None = None, timestamp_ms: int | None = None,
+                on_delivery: Callable[[Any, Any], None] | None = None, partition: int | None = None) -> None:
+        self._request.append((on_delivery, topic, value, key, headers, timestamp_ms))
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        request, self._request = self._request, []
+        self.requests.append([(topic, value) for _cb, topic, value, *_ in request])
+        bad = any(len(value or b"") > self.limits.get(topic, 1 << 30) for _cb, topic, value, *_ in request)
+        for callback, topic, value, key, headers, ts in request:
+            if bad:
+                assert callback is not None
+                callback(TooLarge(), Unsent(topic, value, key))
+            else:
+                super().produce(topic, value, key, headers=headers, timestamp_ms=ts, on_delivery=callback)
+        return super().poll(timeout_s) + (len(request) if bad else 0)
 
 
 def reading(machine_id: str, seq: int, **extra: Any) -> dict[str, Any]:
@@ -195,3 +257,27 @@ def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.2) -> boo
             return True
         time.sleep(interval_s)
     return bool(predicate())
+
+
+def limit_record_size(kafka: KafkaSettings, limits: dict[str, int]) -> None:
+    """Set ``max.message.bytes`` of existing topics: Kafka then refuses larger records for good
+    (``MSG_SIZE_TOO_LARGE``, and every record batched with one)."""
+    from confluent_kafka import admin as kadmin
+
+    from forewarn.kafka import KafkaAdmin
+
+    resources = [kadmin.ConfigResource(kadmin.ResourceType.TOPIC, topic, incremental_configs=[
+        kadmin.ConfigEntry("max.message.bytes", str(size),
+                           incremental_operation=kadmin.AlterConfigOpType.SET)]) for topic, size in limits.items()]
+    admin = KafkaAdmin(kafka)
+    for future in admin.client.incremental_alter_configs(resources).values():
+        future.result(30)
+    deadline = time.monotonic() + 30
+    while any(config["max.message.bytes"] != str(limits[name])
+              for name, config in admin.topic_configs(limits, timeout_s=10).items()):
+        assert time.monotonic() < deadline, "the topic configuration did not change"
+        time.sleep(0.1)
+
+
+def dead_letter_headers(message: Any) -> dict[str, bytes]:
+    return {k: v for k, v in (message.headers() or [])}

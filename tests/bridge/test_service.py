@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from bridge.settings import BridgeOptions, BridgeSettings
 from forewarn.settings import TopicSettings
 from forewarn.testing import FakeMqtt, FakeProducer, InMemoryKafka
 from forewarn.topics import batch_topic, telemetry_topic
-from tests.bridge.helpers import batch_bytes, reading, reading_bytes
+from tests.bridge.helpers import SizeLimitedKafka, batch_bytes, reading, reading_bytes
 
 
 class HeldProducer(FakeProducer):
@@ -32,7 +33,7 @@ class HeldProducer(FakeProducer):
         self.held = False
 
 
-def make(producer_cls: type[FakeProducer] = FakeProducer,
+def make(producer_cls: Callable[[InMemoryKafka], FakeProducer] = FakeProducer,
          **options: Any) -> tuple[Bridge, FakeMqtt, Any, InMemoryKafka]:
     kafka = InMemoryKafka()
     producer = producer_cls(kafka)
@@ -176,3 +177,46 @@ def test_producer_defaults_favour_throughput_but_kafka_extra_wins() -> None:
     assert default["linger.ms"] == 20 and default["queue.buffering.max.messages"] >= 100_000
     own = Bridge._producer_overrides(BridgeSettings(kafka=KafkaSettings(extra={"linger.ms": "2"})))
     assert "linger.ms" not in own
+
+
+def test_a_record_kafka_refuses_for_good_is_dead_lettered_and_the_rest_is_acknowledged() -> None:
+    bridge, mqtt, producer, kafka = make(lambda k: SizeLimitedKafka(k, {"u.telemetry": 400}), retry_backoff_s=0.01)
+    big = json.dumps(reading("s/big", 7, settings={f"setting_{i:03d}": 1.0 for i in range(30)})).encode()
+    mids = [mqtt.deliver(telemetry_topic(f"s/m{i}"), reading_bytes(f"s/m{i}", i)).mid for i in range(3)]
+    mids.append(mqtt.deliver(telemetry_topic("s/big"), big).mid)
+    mids += [mqtt.deliver(telemetry_topic(f"s/m{i}"), reading_bytes(f"s/m{i}", i)).mid for i in range(3, 6)]
+    for _ in range(20):
+        bridge.step(0)
+    assert mqtt.acks == mids, "acknowledged in order, none held back"
+    assert sorted(json.loads(m.value())["machine_id"] for m in kafka.messages("u.telemetry")) == [
+        f"s/m{i}" for i in range(6)]
+    [dead] = kafka.messages("u.telemetry.dlq")
+    headers = dict(dead.headers() or [])
+    assert dead.value() == big and headers["reason"] == b"kafka_refused" and headers["kind"] == b"telemetry"
+    assert headers["kafka_topic"] == b"u.telemetry" and headers["mqtt_topic"] == b"forewarn/s/big/telemetry"
+    assert b"MSG_SIZE_TOO_LARGE" in headers["detail"]
+    assert [r for r in producer.requests if r == [("u.telemetry", big)]] == [[("u.telemetry", big)]] * 2
+    assert bridge.metrics.dead_letters.labels("dlq", "MSG_SIZE_TOO_LARGE")._value.get() == 1
+
+
+@pytest.mark.parametrize(("limit", "outcome"), [(1500, "dlq_cut"), (500, "dropped")])
+def test_a_dead_letter_the_dlq_refuses_is_cut_short_or_dropped_loudly(limit: int, outcome: str,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    bridge, mqtt, _producer, kafka = make(lambda k: SizeLimitedKafka(k, {"u.telemetry.dlq": limit}),
+                                          dead_letter_after=1)
+    garbage = b"\xff" + b"g" * 3000
+    mids = [mqtt.deliver(telemetry_topic("s/m1"), garbage).mid, mqtt.deliver(telemetry_topic("s/m2"),
+                                                                              reading_bytes("s/m2", 1)).mid]
+    with caplog.at_level("ERROR", logger="bridge.service"):
+        for _ in range(20):
+            bridge.step(0)
+    assert mqtt.acks == mids and len(kafka.messages("u.telemetry")) == 1
+    assert bridge.metrics.dead_letters.labels(outcome, "MSG_SIZE_TOO_LARGE")._value.get() == 1
+    if outcome == "dlq_cut":
+        [dead] = kafka.messages("u.telemetry.dlq")
+        headers = dict(dead.headers() or [])
+        assert dead.value() == garbage[:1024] and headers["reason"] == b"not_json"
+        assert headers["truncated_from"] == b"3001" and b"MSG_SIZE_TOO_LARGE" in headers["kafka_refused"]
+    else:
+        assert kafka.messages("u.telemetry.dlq") == [] and "DROPPED" in caplog.text
+    assert bridge.in_flight == 0

@@ -3,9 +3,7 @@ letters for records Kafka refuses for good."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from edge.buffer import Outbox, OutboxRecord
 from edge.forwarder import Forwarder
@@ -13,6 +11,7 @@ from edge.metrics import EdgeMetrics
 from forewarn.settings import TopicSettings
 from forewarn.testing import FakeProducer, InMemoryKafka
 from forewarn.topics import Topics
+from tests.bridge.helpers import SizeLimitedKafka
 
 
 def records(n: int) -> list[OutboxRecord]:
@@ -48,50 +47,6 @@ def test_a_failed_delivery_is_resent_and_nothing_is_lost(tmp_path: Path) -> None
     values = [int(m.value() or b"") for m in kafka.messages("telemetry")]
     assert set(values) == set(range(50))
     assert metrics.kafka_errors._value.get() == 1
-
-
-class TooLarge:
-    """A delivery error like librdkafka's MSG_SIZE_TOO_LARGE: not retriable, not fatal."""
-
-    def retriable(self) -> bool:
-        return False
-
-    def fatal(self) -> bool:
-        return False
-
-    def name(self) -> str:
-        return "MSG_SIZE_TOO_LARGE"
-
-    def __str__(self) -> str:
-        return "Broker: Message size too large"
-
-
-class SizeLimitedKafka(FakeProducer):
-    """Kafka with a per-topic record size limit that fails a whole request for one large record:
-    every record produced since the last poll fails with it (as a produce request does)."""
-
-    def __init__(self, kafka: InMemoryKafka, limits: dict[str, int]) -> None:
-        super().__init__(kafka)
-        self.limits = limits
-        self.requests: list[list[tuple[str, bytes | None]]] = []
-        self._request: list[tuple[Any, str, bytes | None, bytes | str | None, Any, int | None]] = []
-
-    def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None, *,
-                headers: Sequence[tuple[str, bytes | str]] | None = None, timestamp_ms: int | None = None,
-                on_delivery: Callable[[Any, Any], None] | None = None, partition: int | None = None) -> None:
-        self._request.append((on_delivery, topic, value, key, headers, timestamp_ms))
-
-    def poll(self, timeout_s: float = 0.0) -> int:
-        request, self._request = self._request, []
-        self.requests.append([(topic, value) for _cb, topic, value, *_ in request])
-        bad = any(len(value or b"") > self.limits.get(topic, 1 << 30) for _cb, topic, value, *_ in request)
-        for callback, topic, value, key, headers, ts in request:
-            if bad:
-                assert callback is not None
-                callback(TooLarge(), None)
-            else:
-                super().produce(topic, value, key, headers=headers, timestamp_ms=ts, on_delivery=callback)
-        return super().poll(timeout_s) + (len(request) if bad else 0)
 
 
 def test_a_record_kafka_refuses_for_good_goes_to_the_dlq_and_the_rest_flows(tmp_path: Path) -> None:
