@@ -4,8 +4,9 @@
    is scored, committed to the SQLite outbox and acknowledged (forwarding paused), with the
    windows kept in the outbox (the default) and without. Model: a convolution stack shaped like
    the training default (50-reading windows, 16 filters), 8 sensors, every reading scored.
-2. A real ``forewarn edge`` process on a private Mosquitto + Kafka: 1,000 machines publish over
-   MQTT; the edge's RSS is sampled while it scores them (peak and at the end).
+2. A real ``forewarn edge`` process on a private Mosquitto + Kafka, as deployed (model sync from
+   the ``models`` topic on, which holds the bundle): 1,000 machines publish over MQTT as fast as
+   Mosquitto takes them; the edge's RSS is sampled while it scores them (peak and at the end).
 3. The same process with Kafka stopped: a backlog is buffered on disk; Kafka is started again
    and the drain is timed until the buffer is empty (records/s to Kafka, acks=all).
 
@@ -37,11 +38,12 @@ from forewarn.kafka import KafkaAdmin
 from forewarn.mqtt import telemetry_topic
 from forewarn.settings import TopicSettings
 from forewarn.testing import FakeMqtt, FakeProducer, InMemoryKafka
-from forewarn.topics import topic_specs
-from scoring.bundle import Bundle, Thresholds, write_bundle
+from forewarn.topics import Topics, topic_specs
+from scoring.bundle import Bundle, Thresholds, pack, write_bundle
 from scoring.testing import conv_bundle
 from tests.conftest import free_port, make_stack
 from tests.edge.procs import EdgeProcess, publish_paced
+from tests.scoring.procs import publish_model
 
 SENSORS = tuple(f"s{i}" for i in range(8))
 
@@ -124,8 +126,9 @@ def real_process(machines: int, n: int, backlog: int, seed: Path) -> dict[str, A
             topics = TopicSettings(prefix="bench.", partitions=6)
             KafkaAdmin(local.kafka_settings).ensure_topics(topic_specs(topics))
             port = free_port()
+            publish_model(local.kafka_settings, Topics.from_settings(topics), "pump", pack(bundle()))
             edge = EdgeProcess(home / "edge.log", local.kafka_settings, local.mqtt_settings, topics, home / "data",
-                               "--models-dir", str(seed), "--no-models-sync", "--metrics-port", str(port),
+                               "--models-dir", str(seed), "--metrics-port", str(port),
                                "--publish-qos", "0", client_id="edge-bench").start()
             assert edge.proc is not None
             proc = psutil.Process(edge.proc.pid)

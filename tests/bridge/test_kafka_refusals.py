@@ -9,6 +9,8 @@ import os
 import threading
 from collections.abc import Callable
 
+import pytest
+
 from bridge.service import Bridge
 from bridge.settings import BridgeOptions, BridgeSettings
 from forewarn.contract import DecodeLimits, Decoder
@@ -24,6 +26,8 @@ from tests.bridge.helpers import (
     wait_until,
 )
 from tests.conftest import RunningStack
+
+pytestmark = pytest.mark.integration  # real Mosquitto and Kafka (the session's stack)
 
 
 def test_a_reading_kafka_refuses_is_dead_lettered_and_the_readings_after_it_flow(

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import pytest
+
 from edge.buffer import Outbox, OutboxRecord
 from edge.forwarder import Forwarder, topic_limits
 from edge.metrics import EdgeMetrics
@@ -17,6 +19,8 @@ from forewarn.settings import TopicSettings
 from forewarn.topics import Topics
 from tests.bridge.helpers import consume_records, dead_letter_headers, limit_record_size
 from tests.conftest import RunningStack
+
+pytestmark = pytest.mark.integration  # real Mosquitto and Kafka (the session's stack)
 
 
 def reading(machine: str, seq: int) -> OutboxRecord:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import confluent_kafka
 import msgspec
+import pytest
 
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import Topics
@@ -29,6 +30,8 @@ from tests.edge.procs import EdgeProcess, identities, out_of_order, publish_pace
 from tests.integration.test_edge_outage import reference, report
 
 Ident = tuple[str, int]
+
+pytestmark = pytest.mark.integration  # real Mosquitto and Kafka (the session's stack)
 
 
 class Seen:
