@@ -98,8 +98,11 @@ def fleet_payloads(machines: int, ticks: int, seed: int = 1) -> tuple[list[tuple
 
 
 def produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, int]]) -> float:
+    # Idempotent: a plain producer's retries under load wrote duplicates and reordered batches,
+    # which the worker rightly dropped (and the readings count then ended its run early).
     producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
-                                         "compression.type": "lz4", "queue.buffering.max.messages": 500_000})
+                                         "compression.type": "lz4", "queue.buffering.max.messages": 500_000,
+                                         "enable.idempotence": True})
     started = time.perf_counter()
     for key, value, ts in records:
         while True:
@@ -174,9 +177,11 @@ def run_worker(bootstrap: str, prefix: str, total: int, models_dir: Path, name: 
         worker.stop()
         worker.close()
     windows = _count(worker, "predictions")
+    outcomes = {s.labels["outcome"]: int(s.value) for m in worker.metrics.readings.collect() for s in m.samples
+                if s.name.endswith("_total")}
     return {"readings": consumed, "seconds": round(elapsed, 2), "readings_per_s": round(consumed / elapsed),
             "windows_scored": windows, "windows_per_s": round(windows / elapsed), "transactions": batches,
-            "max_batch": max_batch, "inference_seconds": round(inference, 2),
+            "max_batch": max_batch, "outcomes": outcomes, "inference_seconds": round(inference, 2),
             "inference_windows_per_s": round(windows / inference) if inference else None}
 
 
@@ -280,7 +285,7 @@ def run_latency(bootstrap: str, prefix: str, models_dir: Path, rate: int, machin
         time.sleep(0.2)
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 2})
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "enable.idempotence": True})
     tick = 0.02
     per_tick = max(1, round(rate * tick))
     seq = [0] * len(template)
@@ -364,6 +369,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
+    logging.getLogger("scoring.worker").setLevel(logging.INFO)  # assignments, restores, aborts
 
     home = Path(tempfile.mkdtemp(prefix="fw-bench-scoring-"))
     stack = make_stack(home)
