@@ -58,7 +58,7 @@ _STEP_RECORDS = 5000  # and about this many records: delivery reports and PUBACK
 _IDLE_WAIT_S = 0.005
 _LINGER_MS = 20  # the producer's linger unless kafka.extra sets one
 _BUSY_WAIT_S = 0.001  # wait for delivery reports while records are in flight: short, the socket may fill
-_ALONE_WAIT_S = 5.0  # flush around a record sent alone after Kafka refused it for good
+_ALONE_WAIT_S = 1.0  # flush around a record sent alone after Kafka refused it for good (bounded: the loop waits)
 _REFUSED_DLQ_BYTES = 1024  # a dead-letter record the DLQ refuses is sent again cut to this
 
 
