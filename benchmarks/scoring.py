@@ -266,7 +266,7 @@ def run_latency(bootstrap: str, prefix: str, models_dir: Path, rate: int, machin
     env.pop("FOREWARN_CONFIG", None)
     cmd = [sys.executable, "-m", "forewarn.cli", "--log-level", "info", "score", "--bootstrap-servers", bootstrap,
            "--topic-prefix", prefix, "--worker-id", "latency", "--models-dir", str(models_dir),
-           "--commit-interval-ms", "50", "--max-batch", "5000", "--metrics-port", str(metrics_port)]
+           "--metrics-port", str(metrics_port)]  # default batching: a batch is what has arrived
     with log_path.open("wb") as out:
         worker = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     payloads, _, _ = fleet_payloads(machines, 1, seed=7)
