@@ -187,10 +187,11 @@ class Forwarder:
         limits = self._limits
         for stored in rows:
             r = stored.record
-            alone = stored.id in self._refusals or r.size - 64 > limits.get(r.topic, _DEFAULT_LIMIT)
+            size = r.size
+            alone = stored.id in self._refusals or size - 64 > limits.get(r.topic, _DEFAULT_LIMIT)
             if alone and (sent or self.in_flight):
                 break  # a row that failed goes alone: once everything before it is settled
-            self._produce(stored)
+            self._produce(stored, size)
             sent += 1
             if alone:
                 self._alone = stored.id
@@ -199,22 +200,22 @@ class Forwarder:
                 break
         return sent
 
-    def _produce(self, stored: Stored) -> None:
+    def _produce(self, stored: Stored, size: int) -> None:
         r = stored.record
-        callback = self._callback(stored)
+        callback = self._callback(stored, size)
         self._sent_upto = stored.id
         self.in_flight += 1
-        self.in_flight_bytes += r.size
+        self.in_flight_bytes += size
         try:
             self.producer.produce(self._topics.get(r.topic, r.topic), r.value, r.key, headers=list(r.headers) or None,
                                   timestamp_ms=r.ts, on_delivery=callback)
         except KafkaError as error:  # refused before sending (e.g. larger than message.max.bytes)
             callback(error, None)
 
-    def _callback(self, stored: Stored) -> Any:
+    def _callback(self, stored: Stored, size: int) -> Any:
         def on_delivery(error: Any, _message: Any) -> None:
             self.in_flight -= 1
-            self.in_flight_bytes -= stored.record.size
+            self.in_flight_bytes -= size
             if error is None:
                 self._delivered.append(stored.id)
                 self._roles[stored.record.topic] += 1
