@@ -25,7 +25,16 @@ from typing import Self
 import confluent_kafka
 import msgspec
 
-from forewarn.contract import SCHEMA_VERSION, Alert, Decoder, MaintenanceEvent, Rejected, Telemetry, encode
+from forewarn.contract import (
+    SCHEMA_VERSION,
+    Alert,
+    Decoder,
+    MaintenanceEvent,
+    Rejected,
+    Telemetry,
+    encode,
+    model_refused_alert,
+)
 from forewarn.kafka import KafkaConsumer, KafkaProducer
 from forewarn.topics import Topics
 from scoring.engine import BatchResult, Incoming, ScoringEngine
@@ -407,12 +416,8 @@ class ScoringWorker:
         refusal = offer.refusal
         if refusal is None:
             return
-        now = int(self.clock() * 1000)
-        ident = refusal.version or "unknown"
-        self._pending_alerts.append(Alert(
-            SCHEMA_VERSION, f"model/{offer.asset_type}/{ident}/refused", f"models/{offer.asset_type}", "open",
-            "warning", "model_refused", now, now, offer.asset_type, refusal.version, offer.asset_type,
-            message=f"{offer.role} bundle refused ({refusal.reason}): {refusal.detail}"[:1000]))
+        self._pending_alerts.append(model_refused_alert(offer.asset_type, refusal.version, offer.role, refusal.reason,
+                                                        refusal.detail, int(self.clock() * 1000)))
 
     # -- rebalancing and recovery -------------------------------------------------------
 
