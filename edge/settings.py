@@ -67,7 +67,7 @@ class EdgeOptions(BaseModel):
     max_imputed: int = Field(5, ge=0)
     reorder_slack: int = Field(2, ge=0)
     threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = all cores)")
-    score_batch: int = Field(256, ge=1, description="windows per onnxruntime call (small keeps onnxruntime's "
+    score_batch: int = Field(64, ge=1, description="windows per onnxruntime call (small keeps onnxruntime's "
                              "memory arena small)")
     alerts: AlertOptions = AlertOptions()
 

@@ -39,7 +39,7 @@ class OnnxModel:
     ``threads`` sets onnxruntime's intra-op threads (0: onnxruntime's default, all cores).
     """
 
-    def __init__(self, bundle: Bundle, *, threads: int = 1, batch_size: int = 256) -> None:
+    def __init__(self, bundle: Bundle, *, threads: int = 1, batch_size: int = 64) -> None:
         self.bundle = bundle
         self.meta: ModelMeta = bundle.meta
         self.batch_size = batch_size
@@ -87,14 +87,32 @@ class OnnxModel:
                                    for start in range(0, len(data), self.batch_size))
 
     def predict_chunks(self, chunks: Iterable[FloatArray]) -> Scores:
-        """Score windows handed over a chunk at a time (e.g. :meth:`WindowBatch.chunks`), one
-        onnxruntime call per chunk; the outputs are joined in order."""
+        """Score windows handed over a chunk of at most ``batch_size`` at a time (e.g.
+        :meth:`WindowBatch.chunks`); the outputs are joined in order.
+
+        Every onnxruntime call gets exactly ``batch_size`` rows (a short chunk is padded):
+        onnxruntime's kernels differ with the batch size (one row takes a matrix-vector path),
+        so a window's scores would otherwise depend, in the last bits, on how many windows
+        happened to share its call — and a restarted worker, whose batches are cut elsewhere,
+        would not predict exactly what an uninterrupted one did. At a fixed size the position
+        in the batch does not matter (``tests/scoring/test_model.py``)."""
         outputs: dict[str, list[FloatArray]] = {h: [] for h in self.heads}
         name = self.meta.input.name
+        size = self.batch_size
+        pad: FloatArray | None = None
         for chunk in chunks:
+            n = len(chunk)
+            if n > size:
+                raise ValueError(f"a chunk of {n} windows is larger than batch_size {size}")
+            if n < size:
+                if pad is None:
+                    pad = np.zeros((size, self.window, self.n_features), dtype=np.float32)
+                pad[:n] = chunk
+                pad[n:] = 0.0
+                chunk = pad
             results: list[Any] = self.session.run(self.heads, {name: chunk})
             for head, result in zip(self.heads, results, strict=True):
-                outputs[head].append(np.asarray(result, dtype=np.float32).reshape(-1))
+                outputs[head].append(np.array(np.asarray(result, dtype=np.float32).reshape(-1)[:n]))
 
         def joined(head: str) -> FloatArray | None:
             if head not in outputs:

@@ -53,7 +53,7 @@ class ModelRegistry:
     """The model in service (and an optional shadow candidate) per asset type."""
 
     threads: int = 1
-    batch_size: int = 256
+    batch_size: int = 64
     shadow: bool = True
     serving: dict[str, OnnxModel] = field(default_factory=dict)
     candidates: dict[str, OnnxModel] = field(default_factory=dict)

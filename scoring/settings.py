@@ -61,7 +61,8 @@ class ScoringOptions(_Section):
                          "on small boxes, where the worker's own thread needs the other core")
     score_slice: int = Field(8192, ge=1, description="a larger poll batch is scored in slices of this many "
                              "readings, onnxruntime working on one while the next is windowed")
-    score_batch: int = Field(256, ge=1, description="windows per onnxruntime call (small batches stay in cache)")
+    score_batch: int = Field(64, ge=1, description="windows per onnxruntime call, always this many (a short "
+                             "call is padded, so scores never depend on how windows were batched)")
     shadow: bool = Field(True, description="run '<asset>.candidate' bundles from the models topic in shadow")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port")
     restore_timeout_s: float = Field(120.0, gt=0)

@@ -287,18 +287,28 @@ def history(out: Path | None, fmt: str, truth: bool, runs: int, ticks: int | Non
         class KafkaSink:
             def __init__(self, producer: KafkaProducer) -> None:
                 self.producer = producer
+                self.failed: list[str] = []  # delivery reports with an error: never a silent drop
+
+            def delivered(self, error: object, _message: object) -> None:
+                if error is not None:
+                    self.failed.append(str(error))
 
             def send(self, message: Outgoing) -> None:
                 topic = topics.maintenance if message.kind == "maintenance" else topics.telemetry
-                self.producer.produce(topic, message.payload, key=message.source, timestamp_ms=message.ts)
+                self.producer.produce(topic, message.payload, key=message.source, timestamp_ms=message.ts,
+                                      on_delivery=self.delivered)
 
         producer = KafkaProducer(settings.kafka)
+        sink = KafkaSink(producer)
         try:
-            summary = write_history_to_sink(fleet, KafkaSink(producer), ticks=ticks, faults=faults)
+            summary = write_history_to_sink(fleet, sink, ticks=ticks, faults=faults)
         finally:
             left = producer.flush(60.0)
-        if left:
-            raise SimulatorError(f"{left} records were not delivered to Kafka", hint="check kafka.bootstrap_servers")
+        if left or sink.failed:
+            first = f" (first error: {sink.failed[0]})" if sink.failed else ""
+            raise SimulatorError(f"{left + len(sink.failed)} records were not delivered to Kafka{first}",
+                                 hint="check kafka.bootstrap_servers and the topics "
+                                      "(`forewarn topics create` checks them)")
         where = f"Kafka topics {topics.telemetry} and {topics.maintenance}"
     else:
         if faults.any_delivery:

@@ -185,7 +185,8 @@ def test_history_to_kafka(stack: RunningStack, fresh_topics: Callable[..., tuple
     telemetry = [decoder.telemetry(v or b"") for t, _, v in got if t == topics.telemetry]
     events = [decoder.maintenance(v or b"") for t, _, v in got if t == topics.maintenance]
     assert len(telemetry) == readings_expected and all(isinstance(r, Telemetry) for r in telemetry)
-    assert len(events) == 4 and all(isinstance(e, MaintenanceEvent) and e.event == "failure" for e in events)
+    assert len(events) == 4 and all(isinstance(e, MaintenanceEvent) and e.event == "failure" for e in events), (
+        result.output, events)
     assert all(k == (v and decoder.telemetry(v).machine_id.encode())  # type: ignore[union-attr]
                for t, k, v in got if t == topics.telemetry)
 

@@ -75,3 +75,21 @@ def test_scoring_core_does_not_import_tensorflow():
             "bad = [m for m in ('tensorflow', 'keras', 'streamlit') if m in sys.modules]; "
             "sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_a_windows_scores_do_not_depend_on_what_shared_its_call():
+    """A restarted worker cuts its batches elsewhere; its predictions must still be bit for bit
+    those of an uninterrupted one. onnxruntime alone is not: one row takes a matrix-vector path
+    (on this linear model hundreds of scores differed in the last bits)."""
+    from tests.scoring.fleet_data import fitted_bundle, simulate
+
+    data = simulate(machines=6, ticks=60, seed=5)
+    model = OnnxModel(fitted_bundle(data), threads=1, batch_size=64)
+    x = (np.random.default_rng(3).normal(size=(300, model.window, model.n_features)) * 3).astype(np.float32)
+    whole = model.predict(x)
+    for size in (1, 2, 3, 7, 64):
+        parts = model.predict_chunks(x[i:i + size] for i in range(0, len(x), size))
+        assert parts.p_fail is not None and whole.p_fail is not None
+        assert np.array_equal(parts.p_fail, whole.p_fail), size
+    with pytest.raises(ValueError, match="larger than batch_size"):
+        model.predict_chunks([x[:65]])
