@@ -10,6 +10,7 @@ with the original bytes and ``reason``/``detail``/``mqtt_topic``/``received_at``
 from __future__ import annotations
 
 import enum
+import logging
 from typing import Final, NamedTuple
 
 from forewarn.contract import Decoder, Reason, Rejected, Telemetry, encode
@@ -22,6 +23,8 @@ __all__ = [
     "Routed",
     "Router",
 ]
+
+log = logging.getLogger(__name__)
 
 INGEST_HEADER: Final = "ingest_ts"
 """Header on every forwarded record: epoch ms when the bridge received the MQTT message."""
@@ -182,7 +185,9 @@ class Router:
         return _record(Routed, (Kind.BATCH, records, reasons))
 
     def internal_error(self, mqtt_topic: str, payload: bytes, received_ms: int) -> Routed:
-        """The dead-letter record for a payload routing failed on unexpectedly (a bug, not bad data)."""
+        """The dead-letter record for a payload routing failed on unexpectedly (a bug, not bad
+        data); call it from the ``except`` block, which it logs with its traceback."""
+        log.exception("routing failed for a message on %s; sending it to the dead-letter topic", mqtt_topic)
         bad = Rejected(Reason.BAD_VALUE, "internal error while routing; see the bridge's log", payload)
         return Routed(Kind.UNKNOWN, [self.dead_letter(bad, mqtt_topic, Kind.UNKNOWN, received_ms)], [str(bad.reason)])
 

@@ -112,7 +112,7 @@ class OnnxModel:
                 chunk = pad
             results: list[Any] = self.session.run(self.heads, {name: chunk})
             for head, result in zip(self.heads, results, strict=True):
-                outputs[head].append(np.array(np.asarray(result, dtype=np.float32).reshape(-1)[:n]))
+                outputs[head].append(np.asarray(result, dtype=np.float32).reshape(-1)[:n])
 
         def joined(head: str) -> FloatArray | None:
             if head not in outputs:

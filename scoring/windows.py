@@ -53,8 +53,8 @@ class WindowBatch:
 
     The windows are not copied out until asked for: they are views into one contiguous
     ``source`` array (each key's history from its ring, then its readings of the batch), window
-    ``i`` being ``source[starts[i]:starts[i] + window]``. :meth:`chunks` copies them a few
-    hundred at a time, so a 100,000-reading batch never holds every window in memory at once
+    ``i`` being ``source[starts[i]:starts[i] + window]``. :meth:`chunks` copies them a call's
+    worth at a time, so a 100,000-reading batch never holds every window in memory at once
     and each chunk is still in cache when onnxruntime reads it.
     """
 
@@ -386,17 +386,18 @@ class WindowStore:
         # Lay the windows out in one array: per key, its last w-1 ring entries (oldest first,
         # filled only for keys with a window reaching back into them), then its readings of this
         # batch. The window ending at sorted reading p then starts at p + group * (w - 1).
+        firsts = np.flatnonzero(starts_mask)  # sorted position of each key's first reading
         emit = np.flatnonzero(complete)
         if len(emit):
             group = np.cumsum(starts_mask) - 1
-            source = np.empty((m + (int(group[-1]) + 1) * (w - 1), f), dtype=np.float32)
+            source = np.empty((m + len(firsts) * (w - 1), f), dtype=np.float32)
             source[position + (group + 1) * (w - 1)] = filled
             needs = np.unique(group[emit[k[emit] < w - 1]])
             if len(needs) and w > 1:
-                h_slots = s_slots[np.flatnonzero(starts_mask)[needs]][:, None]
+                h_slots = s_slots[firsts[needs]][:, None]
                 back = np.arange(-(w - 1), 0, dtype=np.int64)[None, :]
-                first = (np.flatnonzero(starts_mask)[needs] + needs * (w - 1))[:, None]
-                source[first + back + (w - 1)] = self._ring[h_slots, (self._pos[h_slots] + back) % w]
+                block = (firsts[needs] + needs * (w - 1))[:, None]
+                source[block + back + (w - 1)] = self._ring[h_slots, (self._pos[h_slots] + back) % w]
             rows = order[emit]
             by_input = np.argsort(rows, kind="stable")
             batch = WindowBatch(rows[by_input].astype(np.int64), accepted, source,
@@ -405,7 +406,7 @@ class WindowStore:
             batch = WindowBatch.empty(w, f, accepted)
 
         # Write the newest (at most w) readings of each key into its ring and save the state.
-        n_in_group = np.diff(np.append(np.flatnonzero(starts_mask), m))
+        n_in_group = np.diff(np.append(firsts, m))
         group_size = np.repeat(n_in_group, n_in_group)
         write = k >= group_size - w
         w_slots = s_slots[write]
