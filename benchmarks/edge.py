@@ -33,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import write_result
 from edge.gateway import EdgeGateway
 from edge.settings import EdgeOptions, EdgeSettings
+from forewarn.bundle import Bundle, Thresholds, pack, write_bundle
 from forewarn.contract import SCHEMA_VERSION, Telemetry, encode
 from forewarn.kafka import KafkaAdmin
 from forewarn.mqtt import telemetry_topic
 from forewarn.settings import TopicSettings
 from forewarn.testing import FakeMqtt, FakeProducer, InMemoryKafka
 from forewarn.topics import Topics, topic_specs
-from scoring.bundle import Bundle, Thresholds, pack, write_bundle
 from scoring.testing import conv_bundle
 from tests.conftest import free_port, make_stack
 from tests.edge.procs import EdgeProcess, publish_paced

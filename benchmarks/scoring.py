@@ -34,12 +34,12 @@ import msgspec
 import numpy as np
 
 from benchmarks._common import write_result
+from forewarn.bundle import Bundle, BundleError, encode_meta, read_bundle, resolve_bundle
 from forewarn.contract import Prediction
+from forewarn.inference import OnnxModel
 from forewarn.kafka import KafkaAdmin
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import Topics, topic_specs
-from scoring.bundle import Bundle, BundleError, encode_meta, read_bundle, resolve_bundle
-from scoring.model import OnnxModel
 from scoring.settings import ScoringOptions, ScoringSettings
 from scoring.worker import ScoringWorker
 from simulators.fleet import Fleet, FleetConfig

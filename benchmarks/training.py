@@ -52,8 +52,8 @@ def main() -> None:
 
     import numpy as np
 
-    from scoring.bundle import read_bundle
-    from scoring.model import OnnxModel
+    from forewarn.bundle import read_bundle
+    from forewarn.inference import OnnxModel
     from training.dataset import load_events, load_readings
     from training.pipeline import TrainConfig, train
 

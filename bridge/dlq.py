@@ -19,10 +19,10 @@ from typing import Any
 import confluent_kafka
 
 from bridge.errors import BridgeError
-from bridge.routing import Router
 from forewarn.errors import KafkaError
 from forewarn.kafka import KafkaConsumer, KafkaProducer
 from forewarn.ports import MessageLike, ProducerLike
+from forewarn.routing import Router
 from forewarn.settings import KafkaSettings
 from forewarn.topics import Topics
 

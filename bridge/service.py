@@ -39,13 +39,13 @@ from bridge._acks import AckWriter
 from bridge._subscriber import Subscriber
 from bridge.errors import BridgeError
 from bridge.metrics import BridgeMetrics
-from bridge.routing import INGEST_HEADER, Kind, Record, Router
 from bridge.settings import BridgeSettings
 from forewarn.contract import Decoder
 from forewarn.errors import KafkaError
 from forewarn.kafka import KafkaAdmin, KafkaProducer, error_code, refused_for_good
 from forewarn.mqtt import MqttClient
 from forewarn.ports import MqttLike, ProducerLike
+from forewarn.routing import INGEST_HEADER, Kind, Record, Router
 from forewarn.service import LoopService
 from forewarn.topics import Topics, mqtt_subscriptions
 

@@ -110,7 +110,7 @@ class Ingest:
 
     def _model(self, batch: Batch, record: Record, value: bytes, now_ms: int) -> None:
         # The bundle format belongs to scoring; it is TensorFlow-free and verifies the sha256.
-        from scoring.bundle import BundleError, unpack
+        from forewarn.bundle import BundleError, unpack
 
         try:
             meta = unpack(value, f"models record {record.partition()}/{record.offset()}").meta

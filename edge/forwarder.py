@@ -30,13 +30,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from bridge.routing import INGEST_HEADER, Kind, Router
 from edge.buffer import Outbox, OutboxRecord, Stored
 from edge.metrics import EdgeMetrics
 from forewarn.errors import KafkaError
 from forewarn.kafka import KafkaAdmin, error_code, refused_for_good
 from forewarn.mqtt import alert_topic, maintenance_topic, prediction_topic, telemetry_topic
 from forewarn.ports import ProducerLike
+from forewarn.routing import INGEST_HEADER, Kind, Router
 from forewarn.settings import KafkaSettings
 from forewarn.topics import Topics
 

@@ -2,7 +2,7 @@
 
 Threads: paho's network thread only appends received messages to an inbox; the gateway's
 loop (the thread calling :meth:`EdgeGateway.run`) takes up to ``max_batch`` of them, routes
-them with the bridge's :class:`~bridge.routing.Router` (same validation, same dead-letter
+them with the bridge's :class:`~forewarn.routing.Router` (same validation, same dead-letter
 records, same ``ingest_ts`` header), scores the good readings with the scoring core's
 :class:`~scoring.engine.ScoringEngine` (same windows, bundle and alert rules as the
 data-centre workers), and commits telemetry, maintenance events, dead letters, predictions,
@@ -40,7 +40,6 @@ from typing import Any
 
 import msgspec
 
-from bridge.routing import Router
 from edge.buffer import BufferFull, Outbox, OutboxRecord
 from edge.errors import EdgeError
 from edge.forwarder import Forwarder, topic_limits
@@ -52,6 +51,7 @@ from forewarn.errors import MqttError
 from forewarn.kafka import KafkaProducer
 from forewarn.mqtt import MqttClient, alert_topic, prediction_topic
 from forewarn.ports import ConsumerLike, MqttLike, ProducerLike
+from forewarn.routing import Router
 from forewarn.service import LoopService
 from forewarn.topics import MQTT_ROOT, Topics, mqtt_subscriptions
 from scoring.engine import Incoming, ScoringEngine

@@ -15,10 +15,10 @@ import logging
 import shutil
 from pathlib import Path
 
+from forewarn.bundle import Bundle, BundleError, list_versions, read_bundle, set_current, write_bundle
 from forewarn.kafka import KafkaConsumer
 from forewarn.ports import ConsumerLike
 from forewarn.settings import KafkaSettings
-from scoring.bundle import Bundle, BundleError, list_versions, read_bundle, set_current, write_bundle
 from scoring.registry import CANDIDATE_SUFFIX, ModelRegistry, Offer
 
 __all__ = ["ModelSync", "save_bundle"]

@@ -3,7 +3,7 @@
 One :meth:`ScoringEngine.process` call handles one poll batch: readings are grouped by asset
 type, pushed through that type's :class:`~scoring.state.MachineWindows` in one vectorised
 update (duplicates, late readings, gaps and imputation follow the policies of
-:mod:`scoring.windows`), every completed window whose reading's ``seq`` is a multiple of the
+:mod:`forewarn.windows`), every completed window whose reading's ``seq`` is a multiple of the
 stride is scored in one onnxruntime call per model, and the predictions feed the alert rules.
 The engine also says which machines changed, so the worker can write their state to the
 changelog in the same transaction.
@@ -28,14 +28,14 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from forewarn.bundle import FeatureSpec
 from forewarn.contract import SCHEMA_VERSION, Alert, MaintenanceEvent, Prediction, Telemetry, encode
+from forewarn.inference import OnnxModel, Scores
+from forewarn.windows import WindowBatch
 from scoring.alerts import AlertEngine, AlertRules, Scored
-from scoring.bundle import FeatureSpec
-from scoring.model import OnnxModel, Scores
 from scoring.registry import ModelRegistry
 from scoring.settings import AlertOptions, ScoringOptions
 from scoring.state import MachineRecord, MachineWindows, PartitionState
-from scoring.windows import WindowBatch
 
 __all__ = ["BatchResult", "Incoming", "ScoringEngine", "ShadowReport"]
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scoring.bundle import Bundle, BundleError, asset_types, read_bundle, resolve_bundle, unpack
-from scoring.model import OnnxModel
+from forewarn.bundle import Bundle, BundleError, asset_types, read_bundle, resolve_bundle, unpack
+from forewarn.inference import OnnxModel
 
 __all__ = ["CANDIDATE_SUFFIX", "ModelRegistry", "Offer", "Refusal"]
 

@@ -28,9 +28,9 @@ import numpy as np
 
 from forewarn.kafka import KafkaConsumer
 from forewarn.settings import KafkaSettings
+from forewarn.windows import WindowStore
 from scoring.alerts import MachineAlerts
 from scoring.errors import RecoveryError
-from scoring.windows import WindowStore
 
 __all__ = ["MARKER_KEY", "MachineRecord", "MachineWindows", "Marker", "PartitionState", "restore_partitions"]
 
@@ -75,7 +75,7 @@ def decode_record(data: bytes) -> MachineRecord:
 
 
 class MachineWindows(WindowStore):
-    """A :class:`~scoring.windows.WindowStore` whose keys can be exported and loaded one by one
+    """A :class:`~forewarn.windows.WindowStore` whose keys can be exported and loaded one by one
     (the changelog), or forgotten (a partition that moved to another worker)."""
 
     @property

@@ -5,7 +5,7 @@ normalise with the given mean/std, average over the window, then ``p_fail = sigm
 ``rul = rul_cap * sigmoid(-z)`` where ``z = mean_window @ weights + bias``.
 :func:`conv_bundle` makes a heavier graph shaped like the training default (a causal dilated
 convolution stack, pooled, two dense heads), for throughput measurements.
-Both go through :func:`scoring.bundle.write_bundle`-compatible metadata, so they are verified
+Both go through :func:`forewarn.bundle.write_bundle`-compatible metadata, so they are verified
 like any trained bundle.
 """
 
@@ -19,7 +19,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from scoring.bundle import (
+from forewarn.bundle import (
     Bundle,
     FeatureSpec,
     FeatureStats,

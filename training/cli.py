@@ -236,7 +236,7 @@ def train(data: Path | None, events: Path | None, run_to_failure: bool, from_kaf
 def evaluate(model_path: Path, data: Path, events: Path | None, run_to_failure: bool, asset_type: str | None,
              as_json: bool) -> None:
     """Metrics of a bundle on other data, beside the age baseline from its training."""
-    from scoring.bundle import read_bundle, resolve_bundle
+    from forewarn.bundle import read_bundle, resolve_bundle
     from training.pipeline import evaluate_bundle
 
     bundle_dir = resolve_bundle(model_path, asset_type)
@@ -262,7 +262,7 @@ def evaluate(model_path: Path, data: Path, events: Path | None, run_to_failure: 
 @_opt("--out", type=_PATH, required=True, env="PREDICT_OUT", help="Output CSV (machine_id,time,rul,p_fail).")
 def predict(model_path: Path, data: Path, asset_type: str | None, last: bool, out: Path) -> None:
     """Batch-score a readings file through the scoring workers' windows and ONNX scorer."""
-    from scoring.bundle import read_bundle, resolve_bundle
+    from forewarn.bundle import read_bundle, resolve_bundle
     from training.dataset import load_readings
     from training.pipeline import predict_frame
 
@@ -315,7 +315,7 @@ def model() -> None:
 @_models_dir_option
 def model_list(models_dir: Path) -> None:
     """Every asset type and version; `*` marks current."""
-    from scoring.bundle import asset_types, current_version, list_versions, read_bundle
+    from forewarn.bundle import asset_types, current_version, list_versions, read_bundle
 
     kinds = asset_types(models_dir)
     if not kinds:
@@ -337,7 +337,7 @@ def model_list(models_dir: Path) -> None:
 @_opt("--asset-type", env="ASSET_TYPE", help="Asset type (when the models folder holds several).")
 def model_show(which: str | None, models_dir: Path, asset_type: str | None) -> None:
     """Print model.json of WHICH (a bundle folder or a version; default: current)."""
-    from scoring.bundle import encode_meta, read_bundle, resolve_bundle
+    from forewarn.bundle import encode_meta, read_bundle, resolve_bundle
 
     if which and Path(which).is_dir():
         path = resolve_bundle(which)
@@ -354,7 +354,7 @@ def model_show(which: str | None, models_dir: Path, asset_type: str | None) -> N
 @_opt("--asset-type", env="ASSET_TYPE", help="Asset type (when the models folder holds several).")
 def model_promote(version: str, models_dir: Path, asset_type: str | None) -> None:
     """Point `current` at VERSION (verified first)."""
-    from scoring.bundle import resolve_bundle, set_current
+    from forewarn.bundle import resolve_bundle, set_current
 
     kind = asset_type or resolve_bundle(models_dir).parent.name
     set_current(models_dir, kind, version)
@@ -368,7 +368,7 @@ def model_promote(version: str, models_dir: Path, asset_type: str | None) -> Non
 @kafka_options
 def model_publish(which: str | None, models_dir: Path, asset_type: str | None) -> None:
     """Put a bundle (default: current) on the compacted `models` topic."""
-    from scoring.bundle import read_bundle, resolve_bundle
+    from forewarn.bundle import read_bundle, resolve_bundle
     from training.kafka_io import publish_bundle
 
     if which and Path(which).is_dir():

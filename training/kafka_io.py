@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from forewarn.bundle import Bundle, pack
 from forewarn.contract import Decoder, MaintenanceEvent, Rejected, Telemetry
 from forewarn.kafka import KafkaConsumer, KafkaProducer
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import Topics
-from scoring.bundle import Bundle, pack
 from training.errors import TrainingError
 
 __all__ = ["ExportResult", "export_dataset", "publish_bundle"]

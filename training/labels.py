@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from scoring.windows import WindowStore
+from forewarn.windows import WindowStore
 
 __all__ = ["LabelledWindows", "RulUnit", "RunLabels", "label_runs", "make_windows"]
 

@@ -2,7 +2,7 @@
 
 Machines are split (never rows) into train, validation (early stopping, threshold choice)
 and test (the metrics in ``model.json``). Test metrics are computed on the exported ONNX
-graph through :class:`scoring.model.OnnxModel`, i.e. what the workers will serve.
+graph through :class:`forewarn.inference.OnnxModel`, i.e. what the workers will serve.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from scoring.bundle import (
+from forewarn.bundle import (
     Bundle,
     FeatureSpec,
     FeatureStats,
@@ -35,8 +35,8 @@ from scoring.bundle import (
     resolve_bundle,
     write_bundle,
 )
-from scoring.model import OnnxModel
-from scoring.windows import WindowStore
+from forewarn.inference import OnnxModel
+from forewarn.windows import WindowStore
 from training.baseline import AgeBaseline, LinearBaseline
 from training.dataset import Events, Readings, unit_from_name
 from training.errors import DataError, TrainingError
@@ -319,7 +319,7 @@ def train(readings: Readings, events: Events, config: TrainConfig, models_dir: s
     draft = ModelMeta(name=asset, asset_type=asset, version="draft", created_at=datetime.now(UTC).isoformat(),
                       input=InputSpec(name="window", window=config.window, features=features), targets=targets,
                       thresholds=Thresholds(consecutive=config.consecutive), feature_stats=stats, sha256="")
-    from scoring.bundle import sha256_hex
+    from forewarn.bundle import sha256_hex
 
     scorer = OnnxModel(Bundle(meta=msgspec.structs.replace(draft, sha256=sha256_hex(onnx_bytes)), onnx=onnx_bytes))
     val_pred = score_windows(scorer, val_w)
@@ -372,7 +372,7 @@ def train(readings: Readings, events: Events, config: TrainConfig, models_dir: s
     meta = msgspec.structs.replace(
         draft, version=version, thresholds=thresholds, architecture=arch, training=training_info,
         lineage={**source, **(lineage or {})}, metrics=metrics, libraries=_library_versions())
-    from scoring.bundle import current_version
+    from forewarn.bundle import current_version
 
     make_current = config.promote or current_version(models_dir, asset) is None
     path = write_bundle(models_dir, meta, onnx_bytes, make_current=make_current)

@@ -4,10 +4,10 @@ import pytest
 from click.testing import CliRunner
 
 from bridge.dlq import DeadLetter, replay_records
-from bridge.routing import Router
 from bridge.settings import BridgeSettings
 from forewarn.cli import cli
 from forewarn.cli_options import env_var
+from forewarn.routing import Router
 from forewarn.settings import TopicSettings, load_settings
 from forewarn.testing import FakeProducer, InMemoryKafka
 from forewarn.topics import Topics, batch_topic, telemetry_topic

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from edge.settings import EdgeOptions, EdgeSettings
+from forewarn.bundle import Bundle, Thresholds
 from forewarn.contract import SCHEMA_VERSION, Telemetry, encode
 from forewarn.mqtt import telemetry_topic
 from forewarn.settings import KafkaSettings, MqttSettings, TopicSettings
-from scoring.bundle import Bundle, Thresholds
 from scoring.testing import linear_bundle
 
 FEATURES = ("temp", "vib")

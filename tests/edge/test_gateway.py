@@ -15,10 +15,10 @@ import pytest
 from edge.gateway import EdgeGateway, subscriptions
 from edge.models import ModelSync
 from edge.settings import EdgeOptions, EdgeSettings
+from forewarn.bundle import current_version, pack, write_bundle
 from forewarn.contract import Alert, Prediction
 from forewarn.testing import FakeConsumer, FakeMqtt, FakeProducer, InMemoryKafka
 from forewarn.topics import Topics
-from scoring.bundle import current_version, pack, write_bundle
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
 from tests.conftest import REPO

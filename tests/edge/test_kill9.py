@@ -21,9 +21,9 @@ import confluent_kafka
 import msgspec
 import pytest
 
+from forewarn.bundle import write_bundle
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import Topics
-from scoring.bundle import write_bundle
 from tests.conftest import RunningStack
 from tests.edge.helpers import edge_bundle, fleet, mqtt_messages
 from tests.edge.procs import EdgeProcess, identities, out_of_order, publish_paced, read_topic

@@ -15,11 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from forewarn.contract import Alert, MaintenanceEvent, Prediction, Telemetry, encode
-from forewarn.kafka import KafkaProducer
-from forewarn.settings import TopicSettings
-from forewarn.topics import Topics
-from scoring.bundle import (
+from forewarn.bundle import (
     Bundle,
     FeatureSpec,
     FeatureStats,
@@ -30,6 +26,10 @@ from scoring.bundle import (
     pack,
     sha256_hex,
 )
+from forewarn.contract import Alert, MaintenanceEvent, Prediction, Telemetry, encode
+from forewarn.kafka import KafkaProducer
+from forewarn.settings import TopicSettings
+from forewarn.topics import Topics
 from tests.conftest import RunningStack, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -16,12 +16,12 @@ import msgspec
 import pytest
 
 from edge.settings import EdgeOptions
+from forewarn.bundle import pack, write_bundle
 from forewarn.contract import Alert, Prediction
 from forewarn.kafka import KafkaAdmin
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.stack import LocalStack
 from forewarn.topics import Topics, topic_specs
-from scoring.bundle import pack, write_bundle
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
 from tests.conftest import RunningStack, free_port, make_stack

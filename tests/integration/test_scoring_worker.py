@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from forewarn.bundle import Bundle, pack
 from forewarn.contract import Telemetry
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import Topics
-from scoring.bundle import Bundle, pack
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions

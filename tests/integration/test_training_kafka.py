@@ -10,10 +10,10 @@ from typing import Any
 import pandas as pd
 from click.testing import CliRunner
 
+from forewarn.bundle import read_bundle, resolve_bundle, unpack
 from forewarn.cli import cli
 from forewarn.contract import MaintenanceEvent, Telemetry, encode
 from forewarn.kafka import KafkaConsumer, KafkaProducer
-from scoring.bundle import read_bundle, resolve_bundle, unpack
 from tests.conftest import RunningStack
 from tests.training.synth import make_history
 from training.kafka_io import export_dataset

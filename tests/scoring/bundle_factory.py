@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from scoring.bundle import FeatureSpec, FeatureStats, InputSpec, ModelMeta, Targets, Thresholds, sha256_hex
+from forewarn.bundle import FeatureSpec, FeatureStats, InputSpec, ModelMeta, Targets, Thresholds, sha256_hex
 
 
 def tiny_onnx(window: int = 4, n_features: int = 2, *, input_name: str = "window",

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from forewarn.bundle import Bundle, Thresholds
 from forewarn.contract import SCHEMA_VERSION, MaintenanceEvent, Telemetry, encode
-from scoring.bundle import Bundle, Thresholds
 from scoring.testing import linear_bundle
 from simulators.fleet import Fleet, FleetConfig
 

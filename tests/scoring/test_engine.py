@@ -10,8 +10,8 @@ from collections import defaultdict
 import msgspec
 import pytest
 
+from forewarn.bundle import Thresholds, pack
 from forewarn.contract import MaintenanceEvent, Prediction, Telemetry
-from scoring.bundle import Thresholds, pack
 from scoring.engine import BatchResult, Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions

@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scoring.bundle import pack
+from forewarn.bundle import pack
 from scoring.registry import ModelRegistry
 from scoring.state import MachineRecord, MachineWindows, Marker, decode_record, encode_marker, encode_record
 from scoring.testing import conv_bundle, linear_bundle

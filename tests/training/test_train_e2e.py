@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from forewarn.bundle import current_version, read_bundle
 from forewarn.cli import cli
-from scoring.bundle import current_version, read_bundle
-from scoring.model import OnnxModel
+from forewarn.inference import OnnxModel
 from tests.training.synth import write_history
 from training.dataset import load_events, load_readings
 from training.pipeline import TrainConfig, train

@@ -6,8 +6,8 @@ import math
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bridge.routing import INGEST_HEADER, Kind, Router, parse_topic
 from forewarn.contract import Reason
+from forewarn.routing import INGEST_HEADER, Kind, Router, parse_topic
 from forewarn.settings import TopicSettings
 from forewarn.topics import Topics, batch_topic, maintenance_topic, telemetry_topic
 from tests.bridge.helpers import TS0, batch_bytes, reading, reading_bytes

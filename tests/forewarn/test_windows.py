@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scoring.windows import WindowSnapshot, WindowStore, sliding_windows
+from forewarn.windows import WindowSnapshot, WindowStore, sliding_windows
 
 
 def _reference(keys, values, seqs, window, max_gap, max_imputed, fill):
-    """One reading at a time, straight from the policy text in scoring/windows.py."""
+    """One reading at a time, straight from the policy text in forewarn/windows.py."""
     state: dict[str, dict] = {}
     out: dict[int, np.ndarray] = {}
     accepted = []

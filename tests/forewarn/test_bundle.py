@@ -7,7 +7,7 @@ import json
 import msgspec
 import pytest
 
-from scoring.bundle import (
+from forewarn.bundle import (
     BundleFormatError,
     BundleTamperedError,
     current_version,

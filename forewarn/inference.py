@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from scoring.bundle import Bundle, BundleSchemaError, ModelMeta
+from forewarn.bundle import Bundle, BundleSchemaError, ModelMeta
 
 __all__ = ["OnnxModel", "Scores"]
 

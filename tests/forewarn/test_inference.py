@@ -9,8 +9,8 @@ import msgspec
 import numpy as np
 import pytest
 
-from scoring.bundle import Bundle, BundleSchemaError, InputSpec
-from scoring.model import OnnxModel
+from forewarn.bundle import Bundle, BundleSchemaError, InputSpec
+from forewarn.inference import OnnxModel
 from tests.scoring.bundle_factory import tiny_meta, tiny_onnx, windows
 
 
@@ -71,7 +71,7 @@ def test_wrong_window_shape_is_a_value_error():
 
 
 def test_scoring_core_does_not_import_tensorflow():
-    code = ("import sys, scoring.windows, scoring.bundle, scoring.model; "
+    code = ("import sys, forewarn.windows, forewarn.bundle, forewarn.inference; "
             "bad = [m for m in ('tensorflow', 'keras', 'streamlit') if m in sys.modules]; "
             "sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
