@@ -19,43 +19,17 @@ from typing import Any
 import confluent_kafka
 
 from bridge.errors import BridgeError
+from forewarn.deadletter import DeadLetter
 from forewarn.errors import KafkaError
 from forewarn.kafka import KafkaConsumer, KafkaProducer
-from forewarn.ports import MessageLike, ProducerLike
+from forewarn.ports import ProducerLike
 from forewarn.routing import Router
 from forewarn.settings import KafkaSettings
 from forewarn.topics import Topics
 
-__all__ = ["DeadLetter", "ReplayResult", "read_dead_letters", "replay", "replay_records", "stats"]
+__all__ = ["ReplayResult", "read_dead_letters", "replay", "replay_records", "stats"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """One record of the dead-letter topic, with its headers decoded."""
-
-    partition: int
-    offset: int
-    value: bytes
-    reason: str
-    detail: str
-    mqtt_topic: str
-    kind: str
-    received_at: int
-
-    @classmethod
-    def from_message(cls, message: MessageLike) -> DeadLetter:
-        headers = {k: v for k, v in (message.headers() or [])}
-
-        def text(name: str) -> str:
-            value = headers.get(name)
-            return value.decode("utf-8", "replace") if isinstance(value, bytes) else ""
-
-        received = text("received_at")
-        return cls(partition=message.partition() or 0, offset=message.offset() or 0, value=message.value() or b"",
-                   reason=text("reason") or "unknown", detail=text("detail"), mqtt_topic=text("mqtt_topic"),
-                   kind=text("kind"), received_at=int(received) if received.isdigit() else int(time.time() * 1000))
 
 
 def read_dead_letters(kafka: KafkaSettings, topic: str, idle_timeout_s: float = 30.0) -> Iterator[DeadLetter]:

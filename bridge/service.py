@@ -41,11 +41,12 @@ from bridge.errors import BridgeError
 from bridge.metrics import BridgeMetrics
 from bridge.settings import BridgeSettings
 from forewarn.contract import Decoder
+from forewarn.deadletter import INGEST_HEADER, DeadLetter, Kind, Origin, Record
 from forewarn.errors import KafkaError
 from forewarn.kafka import KafkaAdmin, KafkaProducer, error_code, refused_for_good
 from forewarn.mqtt import MqttClient
 from forewarn.ports import MqttLike, ProducerLike
-from forewarn.routing import INGEST_HEADER, Kind, Record, Router
+from forewarn.routing import Router
 from forewarn.service import LoopService
 from forewarn.topics import Topics, mqtt_subscriptions
 
@@ -430,7 +431,9 @@ class Bridge(LoopService):
                 kind = Kind.MAINTENANCE
             ingest = dict(record.headers).get(INGEST_HEADER, b"")
             received = int(ingest) if ingest.isdigit() else int(time.time() * 1000)
-            letter = self.router.refused(record.topic, record.value, f"{code}: {error}", pending.topic, kind, received)
+            letter = DeadLetter.refused(value=record.value, kafka_topic=record.topic, error=f"{code}: {error}",
+                                        mqtt_topic=pending.topic, kind=kind, received_at=received,
+                                        origin=Origin.BRIDGE).record(dlq)
             self.metrics.dead_letters.labels("dlq", code).inc()
             log.error("Kafka refused a %s record %s times for good (%s: %s); sent to %s instead", record.topic,
                       pending.attempts, code, error, dlq)

@@ -32,11 +32,11 @@ from typing import Any
 
 from edge.buffer import Outbox, OutboxRecord, Stored
 from edge.metrics import EdgeMetrics
+from forewarn.deadletter import INGEST_HEADER, DeadLetter, Kind, Origin
 from forewarn.errors import KafkaError
 from forewarn.kafka import KafkaAdmin, error_code, refused_for_good
 from forewarn.mqtt import alert_topic, maintenance_topic, prediction_topic, telemetry_topic
 from forewarn.ports import ProducerLike
-from forewarn.routing import INGEST_HEADER, Kind, Router
 from forewarn.settings import KafkaSettings
 from forewarn.topics import Topics
 
@@ -90,7 +90,7 @@ class Forwarder:
         self._record_limits = record_limits
         self._limits: dict[str, int] = {}  # outbox role -> largest record Kafka takes
         self._limits_at = 0.0
-        self._router = Router(topics)
+        self._topics_dlq = topics.dlq
         self._sent_upto = 0  # highest outbox id handed to the producer
         self.in_flight = 0
         self.in_flight_bytes = 0
@@ -284,8 +284,11 @@ class Forwarder:
         key = (r.key or b"").decode(errors="replace")
         to_mqtt = _MQTT_TOPICS.get(r.topic)
         ingest = dict(r.headers).get(INGEST_HEADER, b"")
-        letter = self._router.refused(topic, r.value, f"{code}: {error}", to_mqtt(key) if to_mqtt and key else "",
-                                      _KINDS.get(r.topic, Kind.UNKNOWN), int(ingest) if ingest.isdigit() else now_ms)
+        letter = DeadLetter.refused(value=r.value, kafka_topic=topic, error=f"{code}: {error}",
+                                    mqtt_topic=to_mqtt(key) if to_mqtt and key else "",
+                                    kind=_KINDS.get(r.topic, Kind.UNKNOWN),
+                                    received_at=int(ingest) if ingest.isdigit() else now_ms,
+                                    origin=Origin.EDGE).record(self._topics_dlq)
         self.outbox.replace(stored.id, OutboxRecord("dlq", letter.value, (letter.key or "").encode(),
                                                     tuple(letter.headers), letter.timestamp_ms))
         self.dead_lettered += 1

@@ -4,61 +4,25 @@ Pure and broker-free: :class:`Router` decodes with the contract's :class:`~forew
 checks that the MQTT topic agrees with the payload, and returns ready-to-produce records —
 good readings for ``telemetry`` (keyed by machine_id, timestamp = event time, an ``ingest_ts``
 header), maintenance events for ``maintenance``, and everything else for the dead-letter topic
-with the original bytes and ``reason``/``detail``/``mqtt_topic``/``received_at``/``kind`` headers.
+as a :class:`~forewarn.deadletter.DeadLetter` (the original bytes, the reason and where it came from).
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 from typing import Final, NamedTuple
 
 from forewarn.contract import Decoder, Reason, Rejected, Telemetry, encode
+from forewarn.deadletter import INGEST_HEADER, DeadLetter, Headers, Kind, Origin, Record
 from forewarn.topics import MQTT_ROOT, Topics
 
-__all__ = [
-    "INGEST_HEADER",
-    "Kind",
-    "Record",
-    "Routed",
-    "Router",
-]
+__all__ = ["Routed", "Router", "parse_topic"]
 
 log = logging.getLogger(__name__)
-
-INGEST_HEADER: Final = "ingest_ts"
-"""Header on every forwarded record: epoch ms when the bridge received the MQTT message."""
 
 _ROOT: Final = MQTT_ROOT + "/"
 _ROOT_LEN: Final = len(_ROOT)
 _TELEMETRY: Final = "/telemetry"
-_MAINTENANCE: Final = "/maintenance"
-_BATCH: Final = "/batch"
-
-Headers = list[tuple[str, bytes]]
-
-
-class Kind(enum.StrEnum):
-    """What an MQTT message (or a dead-letter record) is; the DLQ ``kind`` header."""
-
-    TELEMETRY = "telemetry"
-    BATCH = "batch"
-    READING = "reading"  # one reading of a gateway batch, alone in the DLQ
-    MAINTENANCE = "maintenance"
-    PREDICTION = "prediction"  # the edge's outputs, dead-lettered when Kafka refuses them
-    ALERT = "alert"
-    UNKNOWN = "unknown"
-
-
-class Record(NamedTuple):
-    """One Kafka record to produce."""
-
-    topic: str
-    value: bytes
-    key: str | None
-    timestamp_ms: int | None
-    headers: Headers
-
 
 _record = tuple.__new__  # ``_record(Record, (...))``: a Record without NamedTuple's Python-level __new__ (hot path)
 
@@ -89,8 +53,10 @@ def parse_topic(mqtt_topic: str) -> tuple[Kind, str]:
 class Router:
     """Turns MQTT messages into Kafka records. One instance per bridge (the decoder is compiled once)."""
 
-    def __init__(self, topics: Topics, decoder: Decoder | None = None, dlq_max_bytes: int = 512 * 1024) -> None:
+    def __init__(self, topics: Topics, decoder: Decoder | None = None, dlq_max_bytes: int = 512 * 1024,
+                 origin: Origin = Origin.BRIDGE) -> None:
         self.topics = topics
+        self.origin = origin
         self.decoder = decoder or Decoder()
         self.dlq_max_bytes = dlq_max_bytes
         self._telemetry = topics.telemetry
@@ -99,27 +65,9 @@ class Router:
     # -- the dead-letter record ----------------------------------------------------------
 
     def dead_letter(self, rejected: Rejected, mqtt_topic: str, kind: Kind, received_ms: int) -> Record:
-        raw = rejected.raw
-        headers: Headers = [
-            ("reason", str(rejected.reason).encode()),
-            ("detail", rejected.detail.encode("utf-8", "replace")),
-            ("mqtt_topic", mqtt_topic.encode("utf-8", "replace")),
-            ("received_at", str(received_ms).encode()),
-            ("kind", str(kind).encode()),
-        ]
-        if len(raw) > self.dlq_max_bytes:
-            headers.append(("truncated_from", str(len(raw)).encode()))
-            raw = raw[: self.dlq_max_bytes]
-        return Record(self.topics.dlq, raw, mqtt_topic, received_ms, headers)
-
-    def refused(self, topic: str, value: bytes | None, error: str, mqtt_topic: str, kind: Kind,
-                received_ms: int) -> Record:
-        """The dead-letter record of a record Kafka refused for good: reason ``kafka_refused``,
-        ``detail`` = its topic and Kafka's error, and a ``kafka_topic`` header."""
-        record = self.dead_letter(Rejected(Reason.KAFKA_REFUSED, f"{topic}: {error}", value or b""), mqtt_topic, kind,
-                                  received_ms)
-        record.headers.append(("kafka_topic", topic.encode()))
-        return record
+        letter = DeadLetter.rejected(rejected, mqtt_topic=mqtt_topic, kind=kind, received_at=received_ms,
+                                     origin=self.origin)
+        return letter.record(self.topics.dlq, self.dlq_max_bytes)
 
     def _mismatch(self, raw: bytes, found: str, mqtt_topic: str) -> Rejected:
         return Rejected(Reason.TOPIC_MISMATCH, f"payload id {found!r} does not match MQTT topic {mqtt_topic!r}", raw)

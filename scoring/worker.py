@@ -35,6 +35,7 @@ from forewarn.contract import (
     encode,
     model_refused_alert,
 )
+from forewarn.deadletter import INGEST_HEADER, DeadLetter, Kind, Origin
 from forewarn.kafka import KafkaConsumer, KafkaProducer
 from forewarn.topics import Topics
 from scoring.engine import BatchResult, Incoming, ScoringEngine
@@ -215,7 +216,7 @@ class ScoringWorker:
                 if isinstance(reading, Rejected):
                     rejected.append((reading, message))
                 else:
-                    readings.append(Incoming(reading, partition, _header(message, "ingest_ts")))
+                    readings.append(Incoming(reading, partition, _header(message, INGEST_HEADER)))
             else:
                 event = decoder.maintenance(raw)
                 if isinstance(event, Rejected):
@@ -273,10 +274,13 @@ class ScoringWorker:
             for alert in [*self._pending_alerts, *result.alerts]:
                 self._produce(raw, alerts, encode(alert), alert.machine_id)
                 self.metrics.alerts.labels(alert.state, alert.rule).inc()
+            now_ms = int(time.time() * 1000)
             for reason, message in rejected:
-                self._produce(raw, self.topics.dlq, reason.raw, message.key(), headers=[
-                    ("reason", reason.reason.value), ("detail", reason.detail[:300]),
-                    ("source_topic", message.topic() or "")])
+                source = message.topic() or ""
+                kind = Kind.MAINTENANCE if source == self.topics.maintenance else Kind.TELEMETRY
+                letter = DeadLetter.from_kafka(reason, source_topic=source, kind=kind, key=message.key(),
+                                               received_at=now_ms, origin=Origin.SCORING).record(self.topics.dlq)
+                self._produce(raw, letter.topic, letter.value, letter.key, headers=list(letter.headers))
             for partition, machines in result.dirty.items():
                 for key, record in self.engine.export(machines):
                     self._produce(raw, state, encode_record(record), key, partition=partition)

@@ -3,10 +3,11 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from bridge.dlq import DeadLetter, replay_records
+from bridge.dlq import replay_records
 from bridge.settings import BridgeSettings
 from forewarn.cli import cli
 from forewarn.cli_options import env_var
+from forewarn.deadletter import DeadLetter, Kind, Origin
 from forewarn.routing import Router
 from forewarn.settings import TopicSettings, load_settings
 from forewarn.testing import FakeProducer, InMemoryKafka
@@ -17,7 +18,8 @@ TOPICS = Topics.from_settings(TopicSettings(prefix="u."))
 
 
 def letter(value: bytes, reason: str, topic: str, kind: str, offset: int = 0) -> DeadLetter:
-    return DeadLetter(0, offset, value, reason, "", topic, kind, 1_764_300_000_000)
+    return DeadLetter(value, reason, "", Kind(kind), topic, 1_764_300_000_000, Origin.BRIDGE, partition=0,
+                      offset=offset)
 
 
 def test_replay_resends_what_passes_now_and_counts_what_does_not() -> None:

@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from forewarn.contract import Reason
-from forewarn.routing import INGEST_HEADER, Kind, Router, parse_topic
+from forewarn.deadletter import INGEST_HEADER, Kind
+from forewarn.routing import Router, parse_topic
 from forewarn.settings import TopicSettings
 from forewarn.topics import Topics, batch_topic, maintenance_topic, telemetry_topic
 from tests.bridge.helpers import TS0, batch_bytes, reading, reading_bytes
