@@ -33,9 +33,10 @@ test: $(STAMP) ## Run every test: unit, property and integration (real Mosquitto
 test-unit: $(STAMP) ## Run the tests that need no broker
 	$(BIN)/pytest -m "not integration"
 
-lint: $(STAMP) ## ruff + mypy (strict)
+lint: $(STAMP) ## ruff + mypy (strict) + the layering contracts (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/mypy forewarn edge bridge training scoring dashboard simulators
+	$(BIN)/lint-imports
 
 bench: $(STAMP) ## Run every benchmark (or one: make bench NAME=bridge); results in bench-results/
 	@set -e; if [ -n "$(NAME)" ]; then \
