@@ -14,37 +14,23 @@ from forewarn.topics import Topics
 __all__ = ["bridge", "dlq"]
 
 BRIDGE_FLAGS = (
-    Flag("--client-id", "bridge.client_id",
-         "Stable MQTT client id; it names the persistent session (default forewarn-bridge-<hostname>). "
-         "Give each bridge process its own."),
-    Flag("--share-group", "bridge.share_group",
-         "Shared-subscription group ($share/<group>/...); bridges in one group split the load. "
-         "Empty: plain subscription."),
-    Flag("--receive-maximum", "bridge.receive_maximum",
-         "Unacknowledged MQTT messages the broker may send at once (MQTT 5 Receive Maximum).",
-         click.IntRange(1, 65535)),
-    Flag("--max-in-flight", "bridge.max_in_flight",
-         "Records produced but not yet confirmed by Kafka before intake pauses.", click.IntRange(1)),
-    Flag("--dead-letter-after", "bridge.dead_letter_after",
-         "Times Kafka may refuse a record for good (the last times alone) before its dead letter replaces it.",
-         click.IntRange(1)),
-    Flag("--session-expiry", "bridge.session_expiry_s",
-         "Seconds the broker keeps the session (and queues messages) while the bridge is away.",
-         click.IntRange(0)),
-    Flag("--metrics-port", "bridge.metrics_port", "Serve Prometheus metrics on this port (0 = any free port).",
-         click.IntRange(0, 65535)),
-    Flag("--metrics-host", "bridge.metrics_host", "Address the metrics endpoint listens on."),
-    Flag("--shutdown-timeout", "bridge.shutdown_timeout_s",
-         "Seconds a shutdown waits for Kafka to confirm what is in flight.", click.FloatRange(0)),
-    Flag("--check-topics", "bridge.check_topics", "Check at start that the Kafka topics exist.",
-         is_flag=True, secondary="--no-check-topics"),
+    Flag("--client-id", "bridge.client_id"),
+    Flag("--share-group", "bridge.share_group"),
+    Flag("--receive-maximum", "bridge.receive_maximum"),
+    Flag("--max-in-flight", "bridge.max_in_flight"),
+    Flag("--dead-letter-after", "bridge.dead_letter_after"),
+    Flag("--session-expiry", "bridge.session_expiry_s"),
+    Flag("--metrics-port", "bridge.metrics_port"),
+    Flag("--metrics-host", "bridge.metrics_host"),
+    Flag("--shutdown-timeout", "bridge.shutdown_timeout_s"),
+    Flag("--check-topics", "bridge.check_topics", secondary="--no-check-topics"),
 )
 
 
 @click.command()
 @kafka_options
 @mqtt_options
-@flags(*BRIDGE_FLAGS)
+@flags(BridgeSettings, *BRIDGE_FLAGS)
 def bridge() -> None:
     """Forward MQTT telemetry, gateway batches and maintenance events to Kafka.
 

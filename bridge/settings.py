@@ -21,21 +21,27 @@ class BridgeOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     client_id: str = Field(default_factory=_default_client_id, min_length=1, max_length=128,
-                           description="stable MQTT client id: the persistent session's name")
+                           description="stable MQTT client id; it names the persistent session (default "
+                           "forewarn-bridge-<hostname>). Give each bridge process its own")
     share_group: str = Field("forewarn-bridge", pattern=r"^[^/#+]*$",
-                             description="shared subscription group ($share/<group>/...); empty = no sharing")
-    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="how long Mosquitto keeps the offline session")
-    receive_maximum: int = Field(10_000, ge=1, le=65535,
-                                 description="unacknowledged MQTT messages the broker may send")
-    max_in_flight: int = Field(100_000, ge=1, description="records produced but not yet confirmed by Kafka")
-    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus endpoint port; unset = off")
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
+                             description="shared-subscription group ($share/<group>/...): bridges in one group "
+                             "split the load. Empty: a plain subscription")
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="seconds the broker keeps the session (and "
+                                  "queues messages) while the bridge is away")
+    receive_maximum: int = Field(10_000, ge=1, le=65535, description="unacknowledged MQTT messages the broker may "
+                                 "send at once (MQTT 5 Receive Maximum)")
+    max_in_flight: int = Field(100_000, ge=1, description="records produced but not yet confirmed by Kafka before "
+                               "intake pauses")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port "
+                                     "(0 = any free port; unset = off)")
+    metrics_host: str = Field("0.0.0.0", description="address the metrics endpoint listens on")  # noqa: S104
     dlq_max_bytes: int = Field(512 * 1024, ge=1024, description="longer rejected payloads are truncated in the DLQ")
-    kafka_wait_log_s: float = Field(10.0, gt=0, description="period of the 'waiting for Kafka' log line")
-    retry_backoff_s: float = Field(1.0, gt=0, description="pause before re-sending records Kafka refused")
-    dead_letter_after: int = Field(3, ge=1, description="times Kafka may refuse a record with an error that is not "
-                                   "retriable (the last times alone) before its dead letter replaces it")
-    shutdown_timeout_s: float = Field(30.0, ge=0, description="how long a shutdown waits for Kafka")
+    kafka_wait_log_s: float = Field(10.0, gt=0, description="period of the 'waiting for Kafka' log line, in seconds")
+    retry_backoff_s: float = Field(1.0, gt=0, description="pause before re-sending records Kafka refused, in seconds")
+    dead_letter_after: int = Field(3, ge=1, description="times Kafka may refuse a record for good (an error that is "
+                                   "not retriable; the last times alone) before its dead letter replaces it")
+    shutdown_timeout_s: float = Field(30.0, ge=0, description="seconds a shutdown waits for Kafka to confirm what is "
+                                      "in flight")
     check_topics: bool = Field(True, description="check at start that the Kafka topics exist")
 
 

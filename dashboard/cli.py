@@ -30,19 +30,15 @@ log = logging.getLogger(__name__)
 APP = Path(__file__).resolve().parent / "app.py"
 
 DASHBOARD_FLAGS = (
-    Flag("--port", "dashboard.port", "HTTP port of the dashboard.", click.IntRange(1, 65535)),
-    Flag("--address", "dashboard.address", "Address to listen on (0.0.0.0 for every interface)."),
-    Flag("--store", "dashboard.store", "DuckDB file of the embedded store (':memory:' keeps it in RAM)."),
-    Flag("--group-id", "dashboard.group_id", "Kafka group id the dashboard commits its positions under."),
-    Flag("--refresh", "dashboard.refresh_s", "Seconds between page refreshes.", click.FloatRange(0.5, 300)),
-    Flag("--retention-hours", "dashboard.retention_hours", "Event-time span the store keeps.",
-         click.FloatRange(min=0, min_open=True)),
-    Flag("--max-predictions", "dashboard.max_predictions", "Most predictions the store keeps.",
-         click.IntRange(1000)),
-    Flag("--telemetry-sample-every", "dashboard.telemetry_sample_every",
-         "Keep every n-th reading of a machine for the sensor charts and drift.", click.IntRange(1)),
-    Flag("--consume", "dashboard.consume", "Run the background Kafka consumer (--no-consume shows the store only).",
-         is_flag=True, secondary="--no-consume"),
+    Flag("--port", "dashboard.port"),
+    Flag("--address", "dashboard.address"),
+    Flag("--store", "dashboard.store"),
+    Flag("--group-id", "dashboard.group_id"),
+    Flag("--refresh", "dashboard.refresh_s"),
+    Flag("--retention-hours", "dashboard.retention_hours"),
+    Flag("--max-predictions", "dashboard.max_predictions"),
+    Flag("--telemetry-sample-every", "dashboard.telemetry_sample_every"),
+    Flag("--consume", "dashboard.consume", secondary="--no-consume"),
 )
 
 
@@ -73,7 +69,7 @@ def _environment(given: dict[str, Any]) -> dict[str, str]:
 
 @click.command()
 @kafka_options
-@flags(*DASHBOARD_FLAGS)
+@flags(DashboardSettings, *DASHBOARD_FLAGS)
 def dashboard() -> None:
     """Run the Streamlit dashboard: Fleet, Machine, Alerts, Models and Pipeline pages.
 

@@ -21,16 +21,18 @@ class DashboardOptions(BaseModel):
     store: str = Field(":memory:", description="DuckDB file of the embedded store; ':memory:' keeps it in RAM")
     group_id: str = Field("forewarn-dashboard", min_length=1,
                           description="Kafka group id the dashboard commits its positions under (for lag)")
-    consume: bool = Field(True, description="run the background Kafka consumer (off = show the store only)")
-    refresh_s: float = Field(2.0, ge=0.5, le=300, description="how often pages refresh their data")
-    retention_hours: float = Field(168.0, gt=0, description="event-time span kept in the store")
+    consume: bool = Field(True, description="run the background Kafka consumer (off: show the store "
+                            "only)")
+    refresh_s: float = Field(2.0, ge=0.5, le=300, description="seconds between page refreshes")
+    retention_hours: float = Field(168.0, gt=0, description="event-time span kept in the store, in hours")
     max_predictions: int = Field(2_000_000, ge=1000, description="most predictions kept (oldest dropped first)")
     max_telemetry_rows: int = Field(2_000_000, ge=1000, description="most sampled sensor values kept")
     max_alert_events: int = Field(500_000, ge=1000, description="most alert events kept")
-    telemetry_sample_every: int = Field(5, ge=1, description="keep every n-th reading of a machine (by seq)")
+    telemetry_sample_every: int = Field(5, ge=1, description="keep every n-th reading of a machine (by seq) for the "
+                                        "sensor charts and drift")
     drift_window: int = Field(20_000, ge=100, description="recent sensor values per asset type used for drift")
-    lag_every_s: float = Field(10.0, gt=0, description="how often consumer-group lag is sampled")
-    prune_every_s: float = Field(30.0, gt=0, description="how often retention is enforced")
+    lag_every_s: float = Field(10.0, gt=0, description="how often consumer-group lag is sampled, in seconds")
+    prune_every_s: float = Field(30.0, gt=0, description="how often retention is enforced, in seconds")
     poll_batch: int = Field(5000, ge=1, description="records read per poll")
 
     @property

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from edge.settings import EdgeSettings
@@ -11,57 +9,37 @@ from forewarn.cli_options import Flag, flags, kafka_options, mqtt_options, setti
 
 __all__ = ["edge"]
 
-_PATH = click.Path(path_type=Path)
-
 EDGE_FLAGS = (
-    Flag("--client-id", "edge.client_id",
-         "Stable MQTT client id; it names the persistent session on the plant broker "
-         "(default forewarn-edge-<hostname>)."),
-    Flag("--data-dir", "edge.data_dir", "Folder of the buffer database and the last good model bundles.", _PATH),
-    Flag("--buffer-max-bytes", "edge.buffer_max_bytes", "Size bound of the buffer in bytes.",
-         click.IntRange(64 * 1024)),
-    Flag("--buffer-policy", "edge.buffer_policy",
-         "When the buffer is full: block (stop acknowledging MQTT; nothing is lost) or drop_oldest.",
-         click.Choice(["block", "drop_oldest"])),
-    Flag("--buffer-sync", "edge.buffer_sync", "SQLite synchronous mode: NORMAL survives kill -9, FULL power cuts.",
-         click.Choice(["NORMAL", "FULL"])),
-    Flag("--sites", "edge.sites", "Comma-separated sites to subscribe to (default: every site on the broker)."),
-    Flag("--models-dir", "edge.models_dir", "Bundles to seed the edge with (kept under DATA_DIR/models).", _PATH),
-    Flag("--models-sync", "edge.models_sync", "Take new bundles from the Kafka models topic.", is_flag=True,
-         secondary="--no-models-sync"),
-    Flag("--receive-maximum", "edge.receive_maximum",
-         "Unacknowledged MQTT messages the broker may send at once.", click.IntRange(1, 65535)),
-    Flag("--session-expiry", "edge.session_expiry_s",
-         "Seconds the broker keeps the session (and queues messages) while the edge is away.", click.IntRange(0)),
-    Flag("--max-batch", "edge.max_batch", "MQTT messages scored and committed together at most.", click.IntRange(1)),
-    Flag("--publish-qos", "edge.publish_qos", "QoS of local prediction/alert publications.", click.IntRange(0, 1)),
-    Flag("--publish-predictions", "edge.publish_predictions", "Publish every prediction on local MQTT.",
-         is_flag=True, secondary="--no-publish-predictions"),
-    Flag("--persist-windows", "edge.persist_windows", "Keep machine windows in the buffer database.",
-         is_flag=True, secondary="--no-persist-windows"),
-    Flag("--dead-letter-after", "edge.dead_letter_after",
-         "Times Kafka may refuse a record for good (sent alone) before it goes to the dead-letter topic.",
-         click.IntRange(1)),
-    Flag("--stride", "edge.stride", "Score readings whose seq is a multiple of this.", click.IntRange(1)),
-    Flag("--reorder-slack", "edge.reorder_slack", "Readings held per machine waiting for a missing seq.",
-         click.IntRange(0)),
-    Flag("--threads", "edge.threads", "onnxruntime intra-op threads (0 = all cores).", click.IntRange(0)),
-    Flag("--alert-p-fail", "edge.alerts.p_fail", "Override the bundle's p_fail alert threshold.",
-         click.FloatRange(0, 1, min_open=True)),
-    Flag("--alert-consecutive", "edge.alerts.consecutive", "Override the bundle's consecutive predictions.",
-         click.IntRange(1)),
-    Flag("--metrics-port", "edge.metrics_port", "Serve Prometheus metrics on this port (0 = any free port).",
-         click.IntRange(0, 65535)),
-    Flag("--metrics-host", "edge.metrics_host", "Address the metrics endpoint listens on."),
-    Flag("--shutdown-timeout", "edge.shutdown_timeout_s", "Seconds a shutdown keeps forwarding the buffer.",
-         click.FloatRange(0)),
+    Flag("--client-id", "edge.client_id"),
+    Flag("--data-dir", "edge.data_dir"),
+    Flag("--buffer-max-bytes", "edge.buffer_max_bytes"),
+    Flag("--buffer-policy", "edge.buffer_policy"),
+    Flag("--buffer-sync", "edge.buffer_sync"),
+    Flag("--sites", "edge.sites"),
+    Flag("--models-dir", "edge.models_dir"),
+    Flag("--models-sync", "edge.models_sync", secondary="--no-models-sync"),
+    Flag("--receive-maximum", "edge.receive_maximum"),
+    Flag("--session-expiry", "edge.session_expiry_s"),
+    Flag("--max-batch", "edge.max_batch"),
+    Flag("--publish-qos", "edge.publish_qos"),
+    Flag("--publish-predictions", "edge.publish_predictions", secondary="--no-publish-predictions"),
+    Flag("--persist-windows", "edge.persist_windows", secondary="--no-persist-windows"),
+    Flag("--dead-letter-after", "edge.dead_letter_after"),
+    Flag("--stride", "edge.stride"),
+    Flag("--reorder-slack", "edge.reorder_slack"),
+    Flag("--threads", "edge.threads"),
+    Flag("--alert-p-fail", "edge.alerts.p_fail"),
+    Flag("--alert-consecutive", "edge.alerts.consecutive"),
+    Flag("--metrics-port", "edge.metrics_port"),
+    Flag("--metrics-host", "edge.metrics_host"),
+    Flag("--shutdown-timeout", "edge.shutdown_timeout_s"),
 )
 
 
 @click.command()
 @kafka_options
 @mqtt_options
-@flags(*EDGE_FLAGS)
+@flags(EdgeSettings, *EDGE_FLAGS)
 def edge() -> None:
     """Run the edge gateway at a plant: score locally, store and forward to Kafka.
 

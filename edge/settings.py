@@ -30,21 +30,26 @@ class EdgeOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     client_id: str = Field(default_factory=_default_client_id, min_length=1, max_length=128,
-                           description="stable MQTT client id: the persistent session's name")
-    data_dir: Path = Field(Path(".forewarn/edge"), description="buffer database and last good model bundles")
-    buffer_max_bytes: int = Field(512 * 1024 * 1024, ge=64 * 1024, description="size bound of the outbox")
+                           description="stable MQTT client id; it names the persistent session on the plant "
+                           "broker (default forewarn-edge-<hostname>)")
+    data_dir: Path = Field(Path(".forewarn/edge"), description="folder of the buffer database and the last good "
+                           "model bundles")
+    buffer_max_bytes: int = Field(512 * 1024 * 1024, ge=64 * 1024, description="size bound of the buffer, in bytes")
     buffer_policy: Literal["block", "drop_oldest"] = Field(
-        "block", description="when full: block = stop acknowledging MQTT (the plant broker keeps the messages); "
-        "drop_oldest = evict the oldest buffered records")
+        "block", description="when the buffer is full: block = stop acknowledging MQTT (the plant broker keeps the "
+        "messages; nothing is lost); drop_oldest = evict the oldest buffered records")
     buffer_warn_fraction: float = Field(0.8, gt=0, le=1, description="log and flag near-full above this fill")
-    buffer_sync: Literal["NORMAL", "FULL"] = Field("NORMAL", description="SQLite synchronous: NORMAL survives "
+    buffer_sync: Literal["NORMAL", "FULL"] = Field("NORMAL", description="SQLite synchronous mode: NORMAL survives "
                                                    "kill -9, FULL also a power cut")
-    sites: tuple[str, ...] = Field((), description="sites to subscribe to (empty: every site on the broker)")
-    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="how long the broker keeps the offline session")
-    receive_maximum: int = Field(1000, ge=1, le=65535, description="unacknowledged MQTT messages the broker may send")
-    max_batch: int = Field(500, ge=1, description="MQTT messages scored and committed together at most (each "
-                           "in flight costs memory: 1,000 raised the RSS peak by ~10 MB)")
-    publish_qos: int = Field(1, ge=0, le=1, description="QoS of the local prediction/alert publications")
+    sites: tuple[str, ...] = Field((), description="comma-separated sites to subscribe to (default: every site on "
+                                   "the broker)")
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="seconds the broker keeps the session (and "
+                                  "queues messages) while the edge is away")
+    receive_maximum: int = Field(1000, ge=1, le=65535, description="unacknowledged MQTT messages the broker may send "
+                                 "at once")
+    max_batch: int = Field(500, ge=1, description="MQTT messages scored and committed together at most (each in "
+                           "flight costs memory)")
+    publish_qos: int = Field(1, ge=0, le=1, description="QoS of the local prediction and alert publications")
     publish_predictions: bool = Field(True, description="publish every prediction on local MQTT (alerts always)")
     persist_windows: bool = Field(True, description="keep the per-machine windows in the buffer database, so a "
                                   "restarted edge predicts on without refilling them")
@@ -53,20 +58,23 @@ class EdgeOptions(BaseModel):
                                        "(held in memory while the uplink is down)")
     max_forward_in_flight_bytes: int = Field(16 * 2**20, ge=64 * 1024, description="bytes of those records at most "
                                              "(librdkafka's queue is bounded at twice this)")
-    dead_letter_after: int = Field(3, ge=1, description="times Kafka may refuse a record, sent alone, with an error "
-                                   "that is not retriable before it goes to the dead-letter topic")
+    dead_letter_after: int = Field(3, ge=1, description="times Kafka may refuse a record for good (an error that is "
+                                   "not retriable), sent alone, before it goes to the dead-letter topic")
     models_dir: Path | None = Field(None, description="bundles to seed the edge with (copied to DATA_DIR/models)")
     models_sync: bool = Field(True, description="take new bundles from the Kafka models topic")
-    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus endpoint port; unset = off")
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
-    shutdown_timeout_s: float = Field(10.0, ge=0, description="how long a shutdown keeps forwarding the buffer")
-    uplink_log_s: float = Field(30.0, gt=0, description="period of the 'uplink down' and 'buffer near full' lines")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port "
+                                     "(0 = any free port; unset = off)")
+    metrics_host: str = Field("0.0.0.0", description="address the metrics endpoint listens on")  # noqa: S104
+    shutdown_timeout_s: float = Field(10.0, ge=0, description="seconds a shutdown keeps forwarding the buffer")
+    uplink_log_s: float = Field(30.0, gt=0, description="period of the 'uplink down' and 'buffer near full' lines, "
+                                "in seconds")
     # Scoring: the same engine and rules as the data-centre workers.
     stride: int = Field(1, ge=1, description="score readings whose seq is a multiple of this")
-    max_gap: int | None = Field(10, ge=1)
-    max_imputed: int = Field(5, ge=0)
-    reorder_slack: int = Field(2, ge=0)
-    threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = all cores)")
+    max_gap: int | None = Field(10, ge=1, description="a seq jump larger than this restarts a machine's window")
+    max_imputed: int = Field(5, ge=0, description="consecutive readings a missing sensor may be imputed for")
+    reorder_slack: int = Field(2, ge=0, description="readings held back per machine waiting for a missing "
+                               "earlier seq (0: late readings are dropped)")
+    threads: int = Field(1, ge=0, description="intra-op threads of onnxruntime (0 = all cores)")
     score_batch: int = Field(64, ge=1, description="windows per onnxruntime call (small keeps onnxruntime's "
                              "memory arena small)")
     alerts: AlertOptions = AlertOptions()

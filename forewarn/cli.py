@@ -17,7 +17,7 @@ from typing import Any, Final
 import click
 
 from forewarn import __version__
-from forewarn.cli_options import kafka_options, mqtt_options, settings_from, stack_options
+from forewarn.cli_options import Flag, flags, kafka_options, mqtt_options, settings_from, stack_options
 from forewarn.errors import ForewarnError
 from forewarn.settings import CONFIG_ENV, ServiceSettings
 
@@ -203,18 +203,15 @@ def topics() -> None:
 
 
 @topics.command("create")
-@click.option("--partitions", type=click.IntRange(1, 10_000), default=None, envvar="FOREWARN_TOPICS__PARTITIONS",
-              show_envvar=True, help="Partitions of the keyed topics (default 6).")
-@click.option("--replication-factor", type=click.IntRange(1, 16), default=None,
-              envvar="FOREWARN_TOPICS__REPLICATION_FACTOR", show_envvar=True, help="Replication factor (default 1).")
+@flags(ServiceSettings, Flag("--partitions", "topics.partitions", click.IntRange(1, 10_000)),
+       Flag("--replication-factor", "topics.replication_factor", click.IntRange(1, 16)))
 @kafka_options
-def topics_create(partitions: int | None, replication_factor: int | None) -> None:
+def topics_create() -> None:
     """Create missing topics and check existing ones. Safe to run again."""
     from forewarn.kafka import KafkaAdmin
     from forewarn.topics import topic_specs
 
-    settings = settings_from(ServiceSettings, {"topics.partitions": partitions,
-                                               "topics.replication_factor": replication_factor})
+    settings = settings_from(ServiceSettings)
     checks = KafkaAdmin(settings.kafka).ensure_topics(topic_specs(settings.topics))
     for c in checks:
         state = c.action if c.ok else "MISMATCH: " + "; ".join(c.problems)

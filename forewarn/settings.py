@@ -44,18 +44,20 @@ class _Section(BaseModel):
 class KafkaSettings(_Section):
     """How to reach Kafka. The same fields work for the local stack and a secured cluster."""
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    client_id: str = "forewarn"
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_ca_location: Path | None = None
-    ssl_certificate_location: Path | None = None
-    ssl_key_location: Path | None = None
-    ssl_key_password: SecretStr | None = None
-    # Any other librdkafka property, passed through as is (e.g. {"linger.ms": "20"}).
-    extra: dict[str, str] = Field(default_factory=dict)
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers (host:port[,host:port])")
+    client_id: str = Field("forewarn", description="client.id of the Kafka clients")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(
+        None, description="SASL mechanism")
+    sasl_username: str | None = Field(None, description="SASL username")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (prefer the environment variable)")
+    ssl_ca_location: Path | None = Field(None, description="CA certificate file for Kafka TLS")
+    ssl_certificate_location: Path | None = Field(None, description="client certificate file for Kafka TLS")
+    ssl_key_location: Path | None = Field(None, description="client key file for Kafka TLS")
+    ssl_key_password: SecretStr | None = Field(None, description="password of the client key file")
+    extra: dict[str, str] = Field(default_factory=dict, description="any other librdkafka property, passed through "
+                                  'as is (e.g. {"linger.ms": "20"})')
 
     def librdkafka(self) -> dict[str, Any]:
         """The librdkafka configuration dict for these settings (secrets revealed here only)."""
@@ -84,43 +86,45 @@ class KafkaSettings(_Section):
 class MqttSettings(_Section):
     """How to reach the MQTT broker (Mosquitto locally, the plant's broker at the edge)."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
-    username: str | None = None
-    password: SecretStr | None = None
-    tls: bool = False
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    protocol: Literal["5", "3.1.1", "auto"] = "auto"
-    keepalive_s: int = Field(30, ge=5)
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    host: str = Field("127.0.0.1", description="MQTT broker host")
+    port: int = Field(1883, ge=1, le=65535, description="MQTT broker port")
+    username: str | None = Field(None, description="MQTT username")
+    password: SecretStr | None = Field(None, description="MQTT password (prefer the environment variable)")
+    tls: bool = Field(False, description="connect to MQTT over TLS")
+    ca_file: Path | None = Field(None, description="CA certificate file for MQTT TLS")
+    cert_file: Path | None = Field(None, description="client certificate file for MQTT TLS")
+    key_file: Path | None = Field(None, description="client key file for MQTT TLS")
+    protocol: Literal["5", "3.1.1", "auto"] = Field("auto", description="MQTT protocol version (auto = 5, "
+                                                    "falling back to 3.1.1)")
+    keepalive_s: int = Field(30, ge=5, description="MQTT keep-alive interval, in seconds")
+    reconnect_min_s: float = Field(0.5, gt=0, description="first pause before reconnecting, in seconds")
+    reconnect_max_s: float = Field(30.0, gt=0, description="longest pause between reconnect attempts, in seconds")
 
 
 class TopicSettings(_Section):
     """Kafka topic names (one prefix for all) and sizes."""
 
-    prefix: str = ""
+    prefix: str = Field("", description="prefix of every Kafka topic name")
     partitions: int = Field(6, ge=1, description="partitions of the keyed topics")
-    replication_factor: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1, description="replication factor of every topic")
     telemetry_retention_gib: float = Field(2.0, gt=0, description="telemetry kept per partition, in GiB")
 
 
 class StackSettings(_Section):
     """The local Mosquitto + Kafka stack that ``forewarn stack`` runs."""
 
-    home: Path = Path(".forewarn")
+    home: Path = Field(Path(".forewarn"), description="folder for the stack's data, logs and pid files")
     cache_dir: Path | None = Field(None, description="where the Kafka jars are cached; default HOME/cache")
     # The brokers listen where the clients look: Mosquitto on mqtt.port, Kafka on the port of
     # kafka.bootstrap_servers. A non-local address there means a remote broker: none is run.
-    controller_port: int = Field(9093, ge=1, le=65535)
-    kafka_home: Path | None = Field(None, description="an existing Kafka install to run instead of Maven's jars")
-    kafka_heap: str = "768m"
-    mosquitto_bin: str = "mosquitto"
-    max_queued_messages: int = Field(2_000_000, ge=0)
-    max_inflight_messages: int = Field(1000, ge=0)
-    startup_timeout_s: float = Field(90.0, gt=0)
+    controller_port: int = Field(9093, ge=1, le=65535, description="port of Kafka's KRaft controller listener")
+    kafka_home: Path | None = Field(None, description="run this Kafka install instead of Maven's jars (KAFKA_HOME)")
+    kafka_heap: str = Field("768m", description="Java heap of the local Kafka broker (-Xmx)")
+    mosquitto_bin: str = Field("mosquitto", description="the Mosquitto executable")
+    max_queued_messages: int = Field(2_000_000, ge=0, description="messages Mosquitto queues per client")
+    max_inflight_messages: int = Field(1000, ge=0, description="unacknowledged QoS 1 and 2 messages Mosquitto sends a "
+                                       "client at once")
+    startup_timeout_s: float = Field(90.0, gt=0, description="how long `stack up` waits for the brokers to answer")
 
     @property
     def cache(self) -> Path:

@@ -22,50 +22,56 @@ class _Section(BaseModel):
 class AlertOptions(_Section):
     """Alert rules. ``None`` means: take the value from the model bundle's thresholds."""
 
-    p_fail: float | None = Field(None, gt=0, le=1, description="open when p_fail >= this")
-    consecutive: int | None = Field(None, ge=1, description="... for this many predictions in a row")
-    rul_below: float | None = Field(None, gt=0, description="open when rul < this (for consecutive predictions)")
-    hysteresis: float = Field(0.1, ge=0, lt=1, description="resolve when p_fail < p_fail - hysteresis")
+    p_fail: float | None = Field(None, gt=0, le=1, description="open an alert at p_fail >= this (default: the "
+                                 "bundle's threshold)")
+    consecutive: int | None = Field(None, ge=1, description="predictions in a row past the p_fail or rul_below "
+                                    "threshold that open an alert (default: the bundle's)")
+    rul_below: float | None = Field(None, gt=0, description="open an alert at rul < this, for consecutive "
+                                    "predictions (default: the bundle's threshold)")
+    hysteresis: float = Field(0.1, ge=0, lt=1, description="resolve when p_fail < the p_fail threshold - this")
     rul_hysteresis: float = Field(0.2, ge=0, description="resolve when rul >= rul_below * (1 + this)")
-    resolve_consecutive: int | None = Field(None, ge=1, description="recovered predictions to resolve; "
-                                            "default: consecutive")
+    resolve_consecutive: int | None = Field(None, ge=1, description="recovered predictions in a row that resolve "
+                                            "an alert (default: consecutive)")
     critical_p_fail: float = Field(0.9, gt=0, le=1, description="severity critical at or above this p_fail")
     critical_rul_fraction: float = Field(0.5, gt=0, le=1,
                                          description="severity critical when rul < rul_below * this")
     quiet_after_repair: int | None = Field(None, ge=0, description="predictions after a repair that cannot "
-                                           "open an alert; default: the model's window length")
+                                           "open an alert (default: the model's window length)")
 
 
 class ScoringOptions(_Section):
     """How the worker consumes, scores and commits."""
 
-    group_id: str = "forewarn-scoring"
-    worker_id: str | None = Field(None, description="stable name of this worker (its transactional.id); "
-                                  "default: host name + pid")
-    models_dir: Path | None = Field(None, description="bundles to serve before/besides the models topic")
+    group_id: str = Field("forewarn-scoring", description="Kafka consumer group of the scoring workers")
+    worker_id: str | None = Field(None, description="stable name of this worker (its transactional.id); keep it "
+                                  "across restarts so a new process fences the old one at once (default: host "
+                                  "name + pid)")
+    models_dir: Path | None = Field(None, description="serve the bundles in this folder (<asset>/current) too, "
+                                    "besides those of the models topic")
     stride: int = Field(1, ge=1, description="score readings whose seq is a multiple of this")
-    max_gap: int | None = Field(10, ge=1, description="a seq jump larger than this restarts a window")
-    max_imputed: int = Field(5, ge=0, description="consecutive readings a sensor may be imputed for")
+    max_gap: int | None = Field(10, ge=1, description="a seq jump larger than this restarts a machine's window")
+    max_imputed: int = Field(5, ge=0, description="consecutive readings a missing sensor may be imputed for")
     reorder_slack: int = Field(2, ge=0, description="readings held back per machine waiting for a missing "
                                "earlier seq (0: late readings are dropped)")
     max_batch: int = Field(20_000, ge=1, description="records per transaction at most")
     commit_interval_ms: int = Field(100, ge=1, description="longest wait for a batch's first record (a batch "
                                     "is what has arrived, up to max_batch: it never waits for more)")
-    poll_timeout_ms: int = Field(50, ge=1)
-    transaction_timeout_ms: int = Field(10_000, ge=1000, description="a killed worker's open transaction "
-                                        "blocks its partitions at most this long")
+    transaction_timeout_ms: int = Field(10_000, ge=1000, description="Kafka transaction timeout: how long a killed "
+                                        "worker's open transaction can block its partitions")
     session_timeout_ms: int = Field(30_000, ge=6000, description="consumer group session timeout: how long "
                                     "a dead worker keeps its partitions (a restarted one with the same "
                                     "worker_id takes them back at once)")
-    threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = all cores); one is fastest "
+    threads: int = Field(1, ge=0, description="intra-op threads of onnxruntime (0 = all cores); one is fastest "
                          "on small boxes, where the worker's own thread needs the other core")
     score_slice: int = Field(8192, ge=1, description="a larger poll batch is scored in slices of this many "
                              "readings, onnxruntime working on one while the next is windowed")
     score_batch: int = Field(64, ge=1, description="windows per onnxruntime call, always this many (a short "
                              "call is padded, so scores never depend on how windows were batched)")
     shadow: bool = Field(True, description="run '<asset>.candidate' bundles from the models topic in shadow")
-    metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port")
-    restore_timeout_s: float = Field(120.0, gt=0)
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port "
+                                     "(unset = off)")
+    restore_timeout_s: float = Field(120.0, gt=0, description="how long rebuilding state after an assignment may "
+                                     "take, in seconds")
     alerts: AlertOptions = AlertOptions()
 
 
