@@ -6,7 +6,7 @@ buffer of its last ``window`` readings and a little bookkeeping. :meth:`WindowSt
 takes a whole poll batch as numpy arrays and returns, fully vectorised, the window that ends
 at every reading whose window is complete. Training feeds each run in one call; a worker
 feeds each poll batch; both get the same windows for the same readings in the same order
-(``tests/scoring/test_windows.py`` proves it).
+(``tests/forewarn/test_windows.py`` proves it).
 
 Stated policies, applied per key in arrival order:
 
@@ -20,21 +20,19 @@ Stated policies, applied per key in arrival order:
   consecutive readings may be imputed per sensor; a reading beyond that bound, or one that
   has nothing to impute from, breaks the window, which restarts after it.
 
-The state is explicit and snapshot-able (:meth:`WindowStore.snapshot`,
-:meth:`WindowStore.restore`, :meth:`WindowSnapshot.to_bytes`), so a worker can persist it or
-rebuild it after a crash.
+The state is explicit and exported key by key (:meth:`WindowStore.export`,
+:meth:`WindowStore.load`), so a scoring worker writes it to its changelog and the edge gateway to
+its database, and either rebuilds it after a crash.
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["WindowBatch", "WindowSnapshot", "WindowStore", "sliding_windows"]
+__all__ = ["WindowBatch", "WindowStore", "sliding_windows"]
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -99,52 +97,6 @@ class WindowBatch:
     def select(self, mask: BoolArray) -> WindowBatch:
         """The windows where ``mask`` (over ``rows``) is True."""
         return WindowBatch(self.rows[mask], self.accepted, self.source, self.starts[mask], self.window)
-
-
-@dataclass(frozen=True)
-class WindowSnapshot:
-    """A copy of a :class:`WindowStore`'s complete state."""
-
-    window: int
-    n_features: int
-    max_gap: int | None
-    max_imputed: int
-    fill_values: FloatArray
-    keys: tuple[str, ...]
-    ring: FloatArray
-    pos: IntArray
-    count: IntArray
-    last_seq: IntArray
-    last_valid: FloatArray
-    imputed: IntArray
-
-    def to_bytes(self) -> bytes:
-        """Serialise as an ``.npz`` archive (no pickle)."""
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            params=np.array([self.window, self.n_features, -1 if self.max_gap is None else self.max_gap,
-                             self.max_imputed], dtype=np.int64),
-            fill_values=self.fill_values,
-            keys=np.array(self.keys, dtype=np.str_),
-            ring=self.ring, pos=self.pos, count=self.count, last_seq=self.last_seq,
-            last_valid=self.last_valid, imputed=self.imputed,
-        )
-        return buffer.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> WindowSnapshot:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            window, n_features, max_gap, max_imputed = (int(v) for v in archive["params"])
-            return cls(
-                window=window, n_features=n_features, max_gap=None if max_gap < 0 else max_gap,
-                max_imputed=max_imputed, fill_values=archive["fill_values"].astype(np.float32),
-                keys=tuple(str(k) for k in archive["keys"]),
-                ring=archive["ring"].astype(np.float32), pos=archive["pos"].astype(np.int64),
-                count=archive["count"].astype(np.int64), last_seq=archive["last_seq"].astype(np.int64),
-                last_valid=archive["last_valid"].astype(np.float32),
-                imputed=archive["imputed"].astype(np.int64),
-            )
 
 
 def sliding_windows(values: npt.ArrayLike, window: int) -> FloatArray:
@@ -235,31 +187,63 @@ class WindowStore:
             self._count[slot] = 0
             self._imputed[slot] = 0
 
-    def snapshot(self) -> WindowSnapshot:
-        n = len(self._keys)
-        return WindowSnapshot(
-            window=self.window, n_features=self.n_features, max_gap=self.max_gap,
-            max_imputed=self.max_imputed, fill_values=self.fill_values.copy(), keys=tuple(self._keys),
-            ring=self._ring[:n].copy(), pos=self._pos[:n].copy(), count=self._count[:n].copy(),
-            last_seq=self._last_seq[:n].copy(), last_valid=self._last_valid[:n].copy(),
-            imputed=self._imputed[:n].copy(),
-        )
+    # -- state: exported and loaded key by key (a changelog record, an edge's database row) --
 
-    @classmethod
-    def restore(cls, snapshot: WindowSnapshot) -> WindowStore:
-        store = cls(snapshot.window, snapshot.n_features, max_gap=snapshot.max_gap,
-                    max_imputed=snapshot.max_imputed, fill_values=snapshot.fill_values,
-                    capacity=max(len(snapshot.keys), 1))
-        n = len(snapshot.keys)
-        store._keys = list(snapshot.keys)
-        store._slots = {key: i for i, key in enumerate(snapshot.keys)}
-        store._ring[:n] = snapshot.ring
-        store._pos[:n] = snapshot.pos
-        store._count[:n] = snapshot.count
-        store._last_seq[:n] = snapshot.last_seq
-        store._last_valid[:n] = snapshot.last_valid
-        store._imputed[:n] = snapshot.imputed
-        return store
+    @property
+    def signature(self) -> str:
+        """The shape of one key's state; a saved state loads only into a store of this shape."""
+        return f"{self.window}x{self.n_features}"
+
+    def _slot_dtype(self) -> np.dtype[np.void]:
+        w, f = self.window, self.n_features
+        return np.dtype([("pos", "<i8"), ("count", "<i8"), ("last_seq", "<i8"), ("ring", "<f4", (w, f)),
+                         ("last_valid", "<f4", (f,)), ("imputed", "<i8", (f,))])
+
+    def export(self, keys: Sequence[str]) -> list[bytes]:
+        """The state of each key (which must be known) as bytes, in one vectorised gather."""
+        if not keys:
+            return []
+        slots = np.fromiter((self._slots[k] for k in keys), dtype=np.int64, count=len(keys))
+        out = np.empty(len(keys), dtype=self._slot_dtype())
+        out["pos"] = self._pos[slots]
+        out["count"] = self._count[slots]
+        out["last_seq"] = self._last_seq[slots]
+        out["ring"] = self._ring[slots]
+        out["last_valid"] = self._last_valid[slots]
+        out["imputed"] = self._imputed[slots]
+        raw = out.tobytes()
+        size = out.dtype.itemsize
+        return [raw[i * size:(i + 1) * size] for i in range(len(keys))]
+
+    def load(self, keys: Sequence[str], blobs: Sequence[bytes]) -> None:
+        """Set the state of ``keys`` from :meth:`export` output; ``ValueError`` when the
+        blobs were exported from a store of another :attr:`signature`."""
+        if not keys:
+            return
+        joined = b"".join(blobs)
+        dtype = self._slot_dtype()
+        if len(blobs) != len(keys) or len(joined) != len(keys) * dtype.itemsize:
+            raise ValueError(f"{len(blobs)} window records do not fit a {self.signature} store")
+        data = np.frombuffer(joined, dtype=dtype)
+        slots = self._slots_for(list(keys))
+        self._pos[slots] = data["pos"]
+        self._count[slots] = data["count"]
+        self._last_seq[slots] = data["last_seq"]
+        self._ring[slots] = data["ring"]
+        self._last_valid[slots] = data["last_valid"]
+        self._imputed[slots] = data["imputed"]
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Make ``keys`` as if never seen (their slot stays allocated)."""
+        slots = [self._slots[k] for k in keys if k in self._slots]
+        if not slots:
+            return
+        idx = np.asarray(slots, dtype=np.int64)
+        self._count[idx] = 0
+        self._pos[idx] = 0
+        self._last_seq[idx] = _NO_SEQ
+        self._imputed[idx] = 0
+        self._last_valid[idx] = self.fill_values
 
     def _grow(self, needed: int) -> None:
         capacity = len(self._pos)

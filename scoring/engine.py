@@ -1,7 +1,7 @@
 """The broker-free heart of a worker: readings in, predictions, alerts and state out.
 
 One :meth:`ScoringEngine.process` call handles one poll batch: readings are grouped by asset
-type, pushed through that type's :class:`~scoring.state.MachineWindows` in one vectorised
+type, pushed through that type's :class:`~forewarn.windows.WindowStore` in one vectorised
 update (duplicates, late readings, gaps and imputation follow the policies of
 :mod:`forewarn.windows`), every completed window whose reading's ``seq`` is a multiple of the
 stride is scored in one onnxruntime call per model, and the predictions feed the alert rules.
@@ -31,11 +31,12 @@ import numpy.typing as npt
 from forewarn.bundle import FeatureSpec
 from forewarn.contract import SCHEMA_VERSION, Alert, MaintenanceEvent, Prediction, Telemetry, encode
 from forewarn.inference import OnnxModel, Scores
-from forewarn.windows import WindowBatch
+from forewarn.windows import WindowBatch, WindowStore
 from scoring.alerts import AlertEngine, AlertRules, Scored
+from scoring.errors import RecoveryError
 from scoring.registry import ModelRegistry
 from scoring.settings import AlertOptions, ScoringOptions
-from scoring.state import MachineRecord, MachineWindows, PartitionState
+from scoring.state import MachineRecord, PartitionState
 
 __all__ = ["BatchResult", "Incoming", "ScoringEngine", "ShadowReport"]
 
@@ -174,7 +175,7 @@ class ScoringEngine:
         self.registry = registry
         self.options = options
         self.clock = clock
-        self.stores: dict[str, MachineWindows] = {}
+        self.stores: dict[str, WindowStore] = {}
         self._store_sig: dict[str, str] = {}
         self.alerts = AlertEngine()
         self.machine_asset: dict[str, str] = {}
@@ -187,7 +188,7 @@ class ScoringEngine:
 
     # -- windows per asset type -------------------------------------------------------------
 
-    def store_for(self, asset: str) -> tuple[OnnxModel, MachineWindows] | None:
+    def store_for(self, asset: str) -> tuple[OnnxModel, WindowStore] | None:
         """The model serving ``asset`` and its window store (a new, empty store when the model's
         input differs from what the current store holds)."""
         model = self.registry.serving.get(asset)
@@ -198,7 +199,7 @@ class ScoringEngine:
         if store is None or self._store_sig.get(asset) != sig:
             if store is not None:
                 log.warning("%s: %s has a different input (%s); windows restart", asset, model.bundle.label, sig)
-            store = MachineWindows(model.window, model.n_features, max_gap=self.options.max_gap,
+            store = WindowStore(model.window, model.n_features, max_gap=self.options.max_gap,
                                    max_imputed=self.options.max_imputed, fill_values=model.meta.fill_values)
             self.stores[asset] = store
             self._store_sig[asset] = sig
@@ -333,7 +334,7 @@ class ScoringEngine:
             result.dirty[partition].add(m)
         self._touched_held.clear()
 
-    def _reorder(self, store: MachineWindows, items: list[Incoming]) -> list[Incoming]:
+    def _reorder(self, store: WindowStore, items: list[Incoming]) -> list[Incoming]:
         """Put each machine's readings back in seq order, holding at most ``reorder_slack``
         readings that arrived ahead of a missing one (see the README's policy). Depends only
         on each machine's arrival order, never on batch boundaries."""
@@ -465,6 +466,9 @@ class ScoringEngine:
             keys.append(machine)
             blobs.append(record.window)
         for asset, (keys, blobs) in by_asset.items():
-            self.stores[asset].load(keys, blobs)
+            try:
+                self.stores[asset].load(keys, blobs)
+            except ValueError as error:
+                raise RecoveryError(str(error)) from None
             kept += len(keys)
         return kept

@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import confluent_kafka
 import msgspec
-import numpy as np
 
 from forewarn.kafka import KafkaConsumer
 from forewarn.settings import KafkaSettings
-from forewarn.windows import WindowStore
 from scoring.alerts import MachineAlerts
 from scoring.errors import RecoveryError
 
-__all__ = ["MARKER_KEY", "MachineRecord", "MachineWindows", "Marker", "PartitionState", "restore_partitions"]
+__all__ = ["MARKER_KEY", "MachineRecord", "Marker", "PartitionState", "restore_partitions"]
 
 log = logging.getLogger(__name__)
 
@@ -72,63 +69,6 @@ def encode_record(record: MachineRecord) -> bytes:
 
 def decode_record(data: bytes) -> MachineRecord:
     return _record_decoder.decode(data)
-
-
-class MachineWindows(WindowStore):
-    """A :class:`~forewarn.windows.WindowStore` whose keys can be exported and loaded one by one
-    (the changelog), or forgotten (a partition that moved to another worker)."""
-
-    @property
-    def signature(self) -> str:
-        return f"{self.window}x{self.n_features}"
-
-    def _slot_dtype(self) -> np.dtype[np.void]:
-        w, f = self.window, self.n_features
-        return np.dtype([("pos", "<i8"), ("count", "<i8"), ("last_seq", "<i8"), ("ring", "<f4", (w, f)),
-                         ("last_valid", "<f4", (f,)), ("imputed", "<i8", (f,))])
-
-    def export(self, keys: Sequence[str]) -> list[bytes]:
-        """The slot of each key (which must be known) as bytes, in one vectorised gather."""
-        if not keys:
-            return []
-        slots = np.fromiter((self._slots[k] for k in keys), dtype=np.int64, count=len(keys))
-        out = np.empty(len(keys), dtype=self._slot_dtype())
-        out["pos"] = self._pos[slots]
-        out["count"] = self._count[slots]
-        out["last_seq"] = self._last_seq[slots]
-        out["ring"] = self._ring[slots]
-        out["last_valid"] = self._last_valid[slots]
-        out["imputed"] = self._imputed[slots]
-        raw = out.tobytes()
-        size = out.dtype.itemsize
-        return [raw[i * size:(i + 1) * size] for i in range(len(keys))]
-
-    def load(self, keys: Sequence[str], blobs: Sequence[bytes]) -> None:
-        """Set the slots of ``keys`` from :meth:`export` output."""
-        if not keys:
-            return
-        data = np.frombuffer(b"".join(blobs), dtype=self._slot_dtype())
-        if len(data) != len(keys):
-            raise RecoveryError(f"{len(blobs)} window records do not fit a {self.signature} store")
-        slots = self._slots_for(list(keys))
-        self._pos[slots] = data["pos"]
-        self._count[slots] = data["count"]
-        self._last_seq[slots] = data["last_seq"]
-        self._ring[slots] = data["ring"]
-        self._last_valid[slots] = data["last_valid"]
-        self._imputed[slots] = data["imputed"]
-
-    def forget(self, keys: Iterable[str]) -> None:
-        """Make ``keys`` as if never seen (their slot stays allocated)."""
-        slots = [self._slots[k] for k in keys if k in self._slots]
-        if not slots:
-            return
-        idx = np.asarray(slots, dtype=np.int64)
-        self._count[idx] = 0
-        self._pos[idx] = 0
-        self._last_seq[idx] = -1
-        self._imputed[idx] = 0
-        self._last_valid[idx] = self.fill_values
 
 
 @dataclass

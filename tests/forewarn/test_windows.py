@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forewarn.windows import WindowSnapshot, WindowStore, sliding_windows
+from forewarn.windows import WindowStore, sliding_windows
 
 
 def _reference(keys, values, seqs, window, max_gap, max_imputed, fill):
@@ -107,7 +107,7 @@ def test_offline_equals_streaming_equals_reference(case):
     np.testing.assert_array_equal(exp_acc, acc)
 
 
-def test_snapshot_restore_continues_identically():
+def test_exported_state_loaded_into_a_new_store_continues_identically():
     rng = np.random.default_rng(0)
     keys = np.array([f"site/m{i % 7}" for i in range(300)])
     vals = rng.normal(size=(300, 4)).astype(np.float32)
@@ -118,7 +118,8 @@ def test_snapshot_restore_continues_identically():
 
     first = WindowStore(10, 4, max_gap=3)
     a2 = first.update(keys[:150], vals[:150], seqs[:150])
-    restored = WindowStore.restore(WindowSnapshot.from_bytes(first.snapshot().to_bytes()))
+    restored = WindowStore(10, 4, max_gap=3)
+    restored.load(list(first.keys), first.export(list(first.keys)))
     b2 = restored.update(keys[150:], vals[150:], seqs[150:])
     np.testing.assert_array_equal(a.windows, a2.windows)
     np.testing.assert_array_equal(b.rows, b2.rows)

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forewarn.bundle import pack
+from forewarn.windows import WindowStore
 from scoring.registry import ModelRegistry
-from scoring.state import MachineRecord, MachineWindows, Marker, decode_record, encode_marker, encode_record
+from scoring.state import MachineRecord, Marker, decode_record, encode_marker, encode_record
 from scoring.testing import conv_bundle, linear_bundle
 
 FEATURES = ["a", "b", "c"]
@@ -64,7 +65,7 @@ def test_candidate_runs_in_shadow_and_is_promoted() -> None:
 def test_window_slots_round_trip_through_the_changelog(window: int, n_features: int,
                                                         readings: list[tuple[int, int]]) -> None:
     rng = np.random.default_rng(0)
-    store = MachineWindows(window, n_features, max_gap=5, max_imputed=1)
+    store = WindowStore(window, n_features, max_gap=5, max_imputed=1)
     keys = [f"s/m{k}" for k, _ in readings]
     values = rng.normal(size=(len(readings), n_features)).astype(np.float32)
     values[rng.random(values.shape) < 0.1] = np.nan
@@ -72,7 +73,7 @@ def test_window_slots_round_trip_through_the_changelog(window: int, n_features: 
     known = list(store.keys)
     blobs = [decode_record(encode_record(MachineRecord("pump", store.signature, b))).window
              for b in store.export(known)]
-    copy = MachineWindows(window, n_features, max_gap=5, max_imputed=1)
+    copy = WindowStore(window, n_features, max_gap=5, max_imputed=1)
     copy.load(known, blobs)
     more = rng.normal(size=(30, n_features)).astype(np.float32)
     more_keys = [known[i % len(known)] for i in range(30)]
