@@ -24,7 +24,7 @@ from forewarn.stack.mosquitto import Mosquitto
 from simulators.fleet import Fleet, FleetConfig
 from simulators.history import write_history
 from simulators.live import run_live
-from simulators.outbox import ListSink, Outbox
+from simulators.messages import ListSink, MessageBuilder
 
 HALF = 50_000  # machines per asset type: 100,000 in all
 
@@ -57,11 +57,11 @@ def step_rate() -> dict[str, Any]:
 def encode_rate(delivery: str) -> dict[str, Any]:
     fleet = Fleet(FleetConfig(machines=10_000, sites=4, stagger=True))
     sink = ListSink()
-    outbox = Outbox(sink, fleet.machine_ids, delivery=delivery, batch_size=100)  # type: ignore[arg-type]
+    builder = MessageBuilder(sink, fleet.machine_ids, delivery=delivery, batch_size=100)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     readings = 0
     for _ in range(10):
-        readings += outbox.publish(*fleet.step())
+        readings += builder.publish(*fleet.step())
     seconds = time.perf_counter() - t0
     size = sum(len(m.payload) for m in sink.messages if m.kind != "maintenance")
     return {"readings_per_s": round(readings / seconds), "bytes_per_reading": round(size / readings)}

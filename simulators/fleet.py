@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -362,8 +362,3 @@ class Fleet:
             self._new_runs(g, repaired, first=False)
             g.running[repaired] = True
         return block, events
-
-
-def group_sizes(blocks: Sequence[Block]) -> int:
-    """Total readings in ``blocks``."""
-    return sum(len(b) for b in blocks)

@@ -2,8 +2,8 @@
 
 Machines are simulated in chunks of :data:`CHUNK` per asset type, each chunk with its own
 random streams, until every machine has completed ``runs`` run-to-failure cycles (or for
-``ticks`` sample periods, which leaves the last runs censored). Both sinks see exactly the
-same readings for the same seed and options.
+``ticks`` sample periods, which leaves the last runs censored). Files and message sinks
+(Kafka: :class:`KafkaSink`) see exactly the same readings for the same seed and options.
 """
 
 from __future__ import annotations
@@ -16,13 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forewarn.contract import MaintenanceEvent
+from forewarn.ports import ProducerLike
+from forewarn.topics import Topics
 from simulators.assets import asset_spec
+from simulators.errors import SimulatorError
 from simulators.faults import FaultConfig, FaultReport, ValueFaults
 from simulators.fleet import Block, Fleet, FleetConfig
 from simulators.longformat import FileFormat, LongFormatWriter
-from simulators.outbox import Outbox, Sink
+from simulators.messages import MessageBuilder, Outgoing, Sink
 
-__all__ = ["CHUNK", "HistorySummary", "chunks", "write_history", "write_history_to_sink"]
+__all__ = ["CHUNK", "HistorySummary", "KafkaSink", "chunks", "write_history", "write_history_to_kafka",
+           "write_history_to_sink"]
 
 log = logging.getLogger(__name__)
 
@@ -101,21 +105,70 @@ def write_history(config: FleetConfig, out: Path, fmt: FileFormat = "parquet", *
 
 def write_history_to_sink(config: FleetConfig, sink: Sink, *, ticks: int | None = None,
                           faults: FaultConfig | None = None) -> HistorySummary:
-    """Send the same history as :func:`write_history` through an :class:`Outbox` to
-    ``sink`` (Kafka: the ``telemetry`` and ``maintenance`` topics), one message per reading,
-    delivery faults included."""
+    """Send the same history as :func:`write_history` through a :class:`MessageBuilder` to
+    ``sink``, one message per reading, delivery faults included."""
     started = time.perf_counter()
     faults = faults or FaultConfig()
     report = FaultReport(config=dataclasses.asdict(faults))
     summary = HistorySummary(report=report)
     for k, chunk in enumerate(chunks(config)):
         fleet = Fleet(chunk)
-        outbox = Outbox(sink, fleet.machine_ids, faults=faults, seed=config.seed * 1_000_003 + k, report=report)
+        builder = MessageBuilder(sink, fleet.machine_ids, faults=faults, seed=config.seed * 1_000_003 + k,
+                                 report=report)
         for step_blocks, step_events in fleet.run(ticks):
             summary.readings += sum(len(b) for b in step_blocks)
-            outbox.publish(step_blocks, step_events)
+            builder.publish(step_blocks, step_events)
             _count(summary, step_events)
-        outbox.close()
+        builder.close()
         summary.machines += fleet.size
     summary.seconds = time.perf_counter() - started
+    return summary
+
+
+class KafkaSink:
+    """Sends each message as one record: readings to the ``telemetry`` topic, events to
+    ``maintenance``, keyed by machine_id, with the event time as record timestamp.
+
+    A delivery report with an error is kept, never dropped: after :meth:`flush`,
+    :meth:`check` raises when any record was not delivered.
+    """
+
+    def __init__(self, producer: ProducerLike, topics: Topics) -> None:
+        self.producer = producer
+        self.topics = topics
+        self.failed: list[str] = []
+        self.undelivered = 0  # still queued when the last flush gave up
+
+    def _delivered(self, error: object, _message: object) -> None:
+        if error is not None:
+            self.failed.append(str(error))
+
+    def send(self, message: Outgoing) -> None:
+        topic = self.topics.maintenance if message.kind == "maintenance" else self.topics.telemetry
+        self.producer.produce(topic, message.payload, key=message.source, timestamp_ms=message.ts,
+                              on_delivery=self._delivered)
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Wait up to ``timeout_s`` for every delivery report."""
+        self.undelivered = self.producer.flush(timeout_s)
+
+    def check(self) -> None:
+        """Raise :class:`SimulatorError` if a record failed or was still queued at the last flush."""
+        if self.undelivered or self.failed:
+            first = f" (first error: {self.failed[0]})" if self.failed else ""
+            raise SimulatorError(f"{self.undelivered + len(self.failed)} records were not delivered to Kafka{first}",
+                                 hint="check kafka.bootstrap_servers and the topics "
+                                      "(`forewarn topics create` checks them)")
+
+
+def write_history_to_kafka(config: FleetConfig, producer: ProducerLike, topics: Topics, *, ticks: int | None = None,
+                           faults: FaultConfig | None = None, flush_timeout_s: float = 60.0) -> HistorySummary:
+    """:func:`write_history_to_sink` into Kafka through a :class:`KafkaSink`; returns once
+    every record is delivered, or raises :class:`SimulatorError` saying how many were not."""
+    sink = KafkaSink(producer, topics)
+    try:
+        summary = write_history_to_sink(config, sink, ticks=ticks, faults=faults)
+    finally:
+        sink.flush(flush_timeout_s)
+    sink.check()
     return summary

@@ -19,7 +19,7 @@ from typing import Any
 from forewarn.mqtt import MqttClient, batch_topic, maintenance_topic, telemetry_topic
 from simulators.faults import FaultReport
 from simulators.fleet import Fleet, FleetConfig
-from simulators.outbox import Delivery, Outbox, Outgoing
+from simulators.messages import Delivery, MessageBuilder, Outgoing
 
 __all__ = ["LiveSummary", "MqttSink", "Pacer", "run_live", "topic_for"]
 
@@ -129,7 +129,7 @@ def run_live(
     fleet_config: FleetConfig,
     client: MqttClient,
     *,
-    outbox_factory: Callable[[MqttSink, list[str]], Outbox] | None = None,
+    builder_factory: Callable[[MqttSink, list[str]], MessageBuilder] | None = None,
     qos: int = 1,
     speed: float = 60.0,
     ticks: int | None = None,
@@ -144,11 +144,12 @@ def run_live(
     stop = stop or threading.Event()
     fleet = Fleet(fleet_config)
     sink = MqttSink(client, qos)
-    if outbox_factory is not None:
-        outbox = outbox_factory(sink, fleet.machine_ids)
+    if builder_factory is not None:
+        builder = builder_factory(sink, fleet.machine_ids)
     else:
-        outbox = Outbox(sink, fleet.machine_ids, seed=fleet_config.seed, delivery=delivery, batch_size=batch_size)
-    summary = LiveSummary(report=outbox.report)
+        builder = MessageBuilder(sink, fleet.machine_ids, seed=fleet_config.seed, delivery=delivery,
+                                 batch_size=batch_size)
+    summary = LiveSummary(report=builder.report)
     period_wall = fleet_config.sample_period_s / speed if speed > 0 else 0.0
     pacer = Pacer(period_wall, stop)
     started = last_report = time.monotonic()
@@ -158,7 +159,7 @@ def run_live(
     k = 0
     while (ticks is None or k < ticks) and pacer.wait(k):
         blocks, events = fleet.step()
-        summary.readings += outbox.publish(blocks, events)
+        summary.readings += builder.publish(blocks, events)
         for event in events:
             if event.event == "failure":
                 summary.failures += 1
@@ -169,7 +170,7 @@ def run_live(
         if now - last_report >= progress_s:
             rate = (summary.readings - last_readings) / (now - last_report)
             line = (f"t+{k * fleet_config.sample_period_s:.0f}s simulated: {summary.readings} readings "
-                    f"({rate:,.0f}/s), {outbox.report.messages} messages, {summary.failures} failures, "
+                    f"({rate:,.0f}/s), {builder.report.messages} messages, {summary.failures} failures, "
                     f"{sink.unacked} unacked")
             if pacer.behind_s > period_wall > 0:
                 line += f", {pacer.behind_s:.1f}s behind schedule"
@@ -177,14 +178,14 @@ def run_live(
                 progress(line)
             log.info("%s", line)
             last_report, last_readings = now, summary.readings
-    outbox.close()
-    summary.readings = outbox.report.readings_sent
-    summary.messages = outbox.report.messages
+    builder.close()
+    summary.readings = builder.report.readings_sent
+    summary.messages = builder.report.messages
     summary.ticks = k
     summary.unacked = sink.wait_acked(30.0) if qos else 0
     summary.seconds = time.monotonic() - started
     if summary.unacked:
         log.warning("live: %s publishes were not acknowledged before stopping", summary.unacked)
     if report_path is not None:
-        report_path.write_text(outbox.report.to_json())
+        report_path.write_text(builder.report.to_json())
     return summary

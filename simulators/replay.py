@@ -29,7 +29,7 @@ from simulators.assets import ASSET_TYPES
 from simulators.errors import SimulatorError
 from simulators.fleet import Block
 from simulators.longformat import read_table
-from simulators.outbox import Outbox
+from simulators.messages import MessageBuilder
 
 __all__ = ["ReplayData", "load_replay", "run_replay"]
 
@@ -208,9 +208,9 @@ def _load_events(path: Path | None, site: str, asset_names: list[str], registry:
     return events
 
 
-def run_replay(data: ReplayData, outbox: Outbox, *, rate: float = 0.0, stop: threading.Event | None = None,
+def run_replay(data: ReplayData, builder: MessageBuilder, *, rate: float = 0.0, stop: threading.Event | None = None,
                progress: Callable[[str], None] | None = None, progress_s: float = 10.0) -> float:
-    """Publish ``data`` through ``outbox`` at about ``rate`` readings/s (0: unpaced);
+    """Publish ``data`` through ``builder`` at about ``rate`` readings/s (0: unpaced);
     returns the seconds it took."""
     stop = stop or threading.Event()
     chunk = 1000 if rate <= 0 else max(1, min(1000, int(rate / 10)))
@@ -219,7 +219,7 @@ def run_replay(data: ReplayData, outbox: Outbox, *, rate: float = 0.0, stop: thr
     for blocks, events in data.blocks(chunk):
         if stop.is_set():
             break
-        outbox.publish(blocks, events)
+        builder.publish(blocks, events)
         sent += sum(len(b) for b in blocks)
         if rate > 0:
             delay = started + sent / rate - time.monotonic()
@@ -229,5 +229,5 @@ def run_replay(data: ReplayData, outbox: Outbox, *, rate: float = 0.0, stop: thr
         if progress is not None and now - last >= progress_s:
             progress(f"replayed {sent}/{len(data)} readings ({sent / (now - started):,.0f}/s)")
             last = now
-    outbox.close()
+    builder.close()
     return time.monotonic() - started

@@ -26,7 +26,7 @@ from forewarn.topics import Topics
 from simulators.faults import FaultConfig
 from simulators.fleet import FleetConfig
 from simulators.live import run_live
-from simulators.outbox import Delivery, Outbox
+from simulators.messages import Delivery, MessageBuilder
 from tests.conftest import RunningStack
 
 decoder = Decoder()
@@ -128,7 +128,7 @@ def test_live_faults_reach_the_broker_as_reported(stack: RunningStack, subscribe
     client = MqttClient(stack.mqtt_settings, f"sim-{uuid.uuid4().hex[:8]}")
     client.connect()
     try:
-        summary = run_live(config, client, qos=1, speed=0, ticks=60, outbox_factory=lambda sink, ids: Outbox(
+        summary = run_live(config, client, qos=1, speed=0, ticks=60, builder_factory=lambda sink, ids: MessageBuilder(
             sink, ids, faults=faults, seed=5, delivery="batch", batch_size=50))
     finally:
         client.disconnect()

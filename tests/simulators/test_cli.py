@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from pathlib import Path
@@ -9,10 +10,12 @@ import click
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from pydantic import BaseModel
 
 from forewarn.cli import cli
 from simulators.cli import simulate
 from simulators.live import Pacer
+from simulators.settings import SimulateSettings
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -31,14 +34,20 @@ def test_history_writes_the_long_format(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "report.json").read_text())["readings"] > 0
 
 
-def test_environment_and_flags_in_that_order(tmp_path: Path) -> None:
-    env = {"FOREWARN_SIMULATOR__MACHINES": "2", "FOREWARN_SIMULATOR__ASSET_TYPES": '["motor"]',
-           "FOREWARN_SIMULATE_FORMAT": "csv"}
-    code, output = invoke("history", "--out", str(tmp_path / "a"), env=env)
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "forewarn.toml"
+    config.write_text('[simulate]\nmachines = 3\nasset_types = ["motor"]\n\n'
+                      '[simulate.history]\nformat = "csv"\nruns = 2\n')
+    code, output = invoke("history", "--out", str(tmp_path / "file"), env={"FOREWARN_CONFIG": str(config)})
     assert code == 0, output
-    assert "2 machines" in output and (tmp_path / "a" / "readings.csv").is_file()
-    code, output = invoke("history", "--out", str(tmp_path / "b"), "--machines", "1", env=env)
-    assert "1 machines" in output
+    assert "3 machines" in output and "6 failures" in output and (tmp_path / "file" / "readings.csv").is_file()
+    env = {"FOREWARN_CONFIG": str(config), "FOREWARN_SIMULATE__MACHINES": "2",
+           "FOREWARN_SIMULATE__HISTORY__FORMAT": "parquet"}
+    code, output = invoke("history", "--out", str(tmp_path / "env"), env=env)
+    assert code == 0, output
+    assert "2 machines" in output and (tmp_path / "env" / "readings.parquet").is_file()
+    code, output = invoke("history", "--out", str(tmp_path / "flags"), "--machines", "1", "--runs", "1", env=env)
+    assert "1 machines" in output and "1 failures" in output
 
 
 @pytest.mark.parametrize("args, message", [
@@ -65,14 +74,24 @@ def test_unreachable_broker_is_one_line(tmp_path: Path) -> None:
     assert code == 2 and output.count("\n") == 1 and "MQTT" in output
 
 
+_ENV_VAR = re.compile(r"\[env var: (FOREWARN_[A-Z0-9_]+)")
+
+
 @pytest.mark.parametrize("name", ["live", "history", "replay"])
-def test_every_flag_shows_its_environment_variable(name: str) -> None:
+def test_every_flag_shows_the_variable_of_its_setting(name: str) -> None:
     command = simulate.commands[name]
     ctx = click.Context(command, info_name=name)
     for param in command.params:
         if isinstance(param, click.Option) and param.name != "help":
             record = param.get_help_record(ctx)
-            assert record is not None and "env var" in record[1], param.opts
+            found = _ENV_VAR.search(record[1]) if record is not None else None
+            assert found is not None, param.opts
+            # One scheme: FOREWARN_<SECTION>__<FIELD>, naming a field of the command's settings.
+            model: type[BaseModel] = SimulateSettings
+            *sections, leaf = found.group(1).removeprefix("FOREWARN_").lower().split("__")
+            for section in sections:
+                model = model.model_fields[section].annotation  # type: ignore[assignment]
+            assert leaf in model.model_fields, (param.opts, found.group(1))
     assert CliRunner().invoke(cli, ["simulate", name, "--help"]).exit_code == 0
 
 

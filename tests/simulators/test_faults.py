@@ -12,14 +12,14 @@ from forewarn.contract import Decoder, MaintenanceEvent, Rejected, Telemetry
 from simulators.errors import SimulatorError
 from simulators.faults import MALFORMED_KINDS, FaultConfig, FaultReport
 from simulators.fleet import Block, Fleet, FleetConfig
-from simulators.outbox import Delivery, ListSink, Outbox, encode_readings
+from simulators.messages import Delivery, ListSink, MessageBuilder, encode_readings
 
 decoder = Decoder()
 
 
 @dataclass
 class Run:
-    """Everything an outbox sent, decoded, with the tick each message was sent in."""
+    """Everything a message builder sent, decoded, with the tick each message was sent in."""
 
     report: FaultReport
     readings: list[tuple[int, Telemetry]] = field(default_factory=list)
@@ -33,14 +33,15 @@ def run(faults: FaultConfig | None = None, *, delivery: Delivery = "single", tic
         batch_size: int = 100, seed: int = 3) -> Run:
     fleet = Fleet(FleetConfig(machines=machines, sites=2, seed=seed, stagger=True))
     sink = ListSink()
-    outbox = Outbox(sink, fleet.machine_ids, faults=faults, seed=seed, delivery=delivery, batch_size=batch_size)
+    builder = MessageBuilder(sink, fleet.machine_ids, faults=faults, seed=seed, delivery=delivery,
+                             batch_size=batch_size)
     tick_of: list[int] = []
     for tick in range(ticks):
-        outbox.publish(*fleet.step())
+        builder.publish(*fleet.step())
         tick_of += [tick] * (len(sink.messages) - len(tick_of))
-    outbox.close()
+    builder.close()
     tick_of += [ticks] * (len(sink.messages) - len(tick_of))
-    result = Run(outbox.report, messages=len(sink.messages))
+    result = Run(builder.report, messages=len(sink.messages))
     for tick, message in zip(tick_of, sink.messages, strict=True):
         if message.kind == "maintenance":
             event = decoder.maintenance(message.payload)
@@ -156,10 +157,10 @@ def test_same_seed_same_messages_byte_for_byte(delivery: Delivery) -> None:
     def messages(seed: int) -> list[bytes]:
         fleet = Fleet(FleetConfig(machines=30, seed=seed, stagger=True))
         sink = ListSink()
-        outbox = Outbox(sink, fleet.machine_ids, faults=ALL_FAULTS, seed=seed, delivery=delivery)
+        builder = MessageBuilder(sink, fleet.machine_ids, faults=ALL_FAULTS, seed=seed, delivery=delivery)
         for _ in range(40):
-            outbox.publish(*fleet.step())
-        outbox.close()
+            builder.publish(*fleet.step())
+        builder.close()
         return [m.payload for m in sink.messages]
 
     assert messages(8) == messages(8)

@@ -11,10 +11,16 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from forewarn.contract import Decoder, MaintenanceEvent, Telemetry
+from forewarn.settings import TopicSettings
+from forewarn.testing import FakeProducer, InMemoryKafka
+from forewarn.topics import Topics
 from simulators.assets import ASSET_TYPES
+from simulators.errors import SimulatorError
 from simulators.faults import FaultConfig
 from simulators.fleet import FleetConfig
-from simulators.history import CHUNK, chunks, write_history
+from simulators.history import CHUNK, chunks, write_history, write_history_to_kafka, write_history_to_sink
+from simulators.messages import ListSink
 
 MakeHistory = Callable[..., tuple[Path, object]]
 
@@ -164,3 +170,31 @@ def test_learnable_but_not_trivial(history_dir: Path, asset: str) -> None:
     assert near > 2 * far
     for j, name in enumerate(spec.sensor_names):
         assert abs(spearman(x[:, j], capped)) < 0.5, name
+
+
+
+def test_history_to_kafka_is_the_history_keyed_by_machine_at_event_time() -> None:
+    kafka = InMemoryKafka()
+    topics = Topics.from_settings(TopicSettings(prefix="t."))
+    config = FleetConfig(machines=3, asset_types=("motor",), seed=2, max_runs=1)
+    summary = write_history_to_kafka(config, FakeProducer(kafka), topics)
+    decoder = Decoder()
+    telemetry = kafka.messages(topics.telemetry)
+    readings = [decoder.telemetry(m.value() or b"") for m in telemetry]
+    assert len(readings) == summary.readings > 0 and all(isinstance(r, Telemetry) for r in readings)
+    assert all(m.key() == r.machine_id.encode() and m.timestamp()[1] == r.ts  # type: ignore[union-attr]
+               for m, r in zip(telemetry, readings, strict=True))
+    events = [decoder.maintenance(m.value() or b"") for m in kafka.messages(topics.maintenance)]
+    assert len(events) == summary.failures == 3 and all(isinstance(e, MaintenanceEvent) for e in events)
+    sink = ListSink()  # the same messages as any other sink gets
+    write_history_to_sink(config, sink)
+    assert sorted(m.payload for m in sink.messages) == sorted(
+        m.value() for t in (topics.telemetry, topics.maintenance) for m in kafka.messages(t))
+
+
+def test_history_to_kafka_fails_loudly_on_a_failed_delivery() -> None:
+    producer = FakeProducer(InMemoryKafka())
+    producer.fail_next = 2
+    with pytest.raises(SimulatorError, match=r"2 records were not delivered to Kafka \(first error: simulated"):
+        write_history_to_kafka(FleetConfig(machines=2, seed=1, max_runs=1), producer,
+                               Topics.from_settings(TopicSettings()))

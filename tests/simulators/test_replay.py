@@ -12,17 +12,17 @@ from hypothesis import strategies as st
 
 from forewarn.contract import Decoder, MaintenanceEvent, Telemetry
 from simulators.errors import SimulatorError
-from simulators.outbox import ListSink, Outbox
+from simulators.messages import ListSink, MessageBuilder
 from simulators.replay import load_replay, normalise_machine_id, run_replay
 
 decoder = Decoder()
 MakeHistory = Callable[..., tuple[Path, object]]
 
 
-def replay(data: object, **outbox: object) -> tuple[list[Telemetry], list[MaintenanceEvent]]:
+def replay(data: object, **options: object) -> tuple[list[Telemetry], list[MaintenanceEvent]]:
     sink = ListSink()
     assert hasattr(data, "machine_ids")
-    run_replay(data, Outbox(sink, data.machine_ids, **outbox))  # type: ignore[arg-type]
+    run_replay(data, MessageBuilder(sink, data.machine_ids, **options))  # type: ignore[arg-type]
     readings: list[Telemetry] = []
     events: list[MaintenanceEvent] = []
     for message in sink.messages:

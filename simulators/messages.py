@@ -1,10 +1,11 @@
 """From blocks of readings to messages: contract encoding, delivery faults, gateway batching.
 
-The :class:`Outbox` turns each period's blocks and maintenance events into
-:class:`Outgoing` messages and hands them to a :class:`Sink`: MQTT (live, replay), Kafka
-(``history --to-kafka``) or a list (tests). Encoding follows :mod:`forewarn.contract`;
-a non-finite value is written as the bare token ``NaN``/``Infinity``/``-Infinity``, as
-Python's json module does, which the contract's decoder rejects as ``non_finite``.
+The :class:`MessageBuilder` turns each period's blocks and maintenance events into
+:class:`Outgoing` messages (one per reading, or gateway batches) and hands them to a
+:class:`Sink`: MQTT (live, replay), Kafka (``history --to-kafka``) or a list (tests).
+Encoding follows :mod:`forewarn.contract`; a non-finite value is written as the bare token
+``NaN``/``Infinity``/``-Infinity``, as Python's json module does, which the contract's
+decoder rejects as ``non_finite``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from forewarn.contract import SCHEMA_VERSION, MaintenanceEvent, encode
 from simulators.faults import Category, FaultConfig, FaultReport, MalformedKind, ValueFaults
 from simulators.fleet import Block
 
-__all__ = ["Delivery", "ListSink", "Outbox", "Outgoing", "Sink", "encode_readings"]
+__all__ = ["Delivery", "ListSink", "MessageBuilder", "Outgoing", "Sink", "encode_readings"]
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ _REASON: Final[dict[MalformedKind, str]] = {
 _POISON: Final = frozenset({"not_json", "too_large", "non_finite"})
 
 
-class Outbox:
+class MessageBuilder:
     """Turns blocks and events into messages, injecting delivery faults, and sends them.
 
     ``machine_ids`` is the stream's machine registry (block ``machine`` indexes it).
@@ -173,9 +174,6 @@ class Outbox:
         self._batch_ts: dict[str, int] = {}
 
     # -- public ------------------------------------------------------------------------
-
-    def gateway_of(self, machine: int) -> str:
-        return self._gateways[machine]
 
     def publish(self, blocks: Sequence[Block], events: Sequence[MaintenanceEvent] = ()) -> int:
         """Send one period's readings and events; returns the readings sent."""
