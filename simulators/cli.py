@@ -19,14 +19,10 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import click
-from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
 
-from forewarn.cli_options import Flag, env_var, flags, kafka_options, mqtt_options, settings_from
+from forewarn.cli_options import Flag, flags, kafka_options, mqtt_options, settings_from
 from forewarn.errors import ForewarnError
-from simulators.assets import ASSET_TYPES
 from simulators.errors import SimulatorError
-from simulators.faults import MALFORMED_KINDS
 from simulators.fleet import to_epoch_ms
 from simulators.settings import SimulateSettings
 
@@ -48,105 +44,81 @@ class _Group(click.Group):
             sys.exit(2)
 
 
-def _describe(path: str) -> str:
-    """The help of the flag for setting ``path``: its field's description and default."""
-    model: type[BaseModel] = SimulateSettings
-    *parents, leaf = path.split(".")
-    for part in parents:
-        model = model.model_fields[part].annotation  # type: ignore[assignment]
-    field = model.model_fields[leaf]
-    text = (field.description or "").strip()
-    text = text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
-    if field.default is not PydanticUndefined and field.default is not None and not isinstance(field.default, bool):
-        shown = ", ".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
-        text += f"  [default: {shown}]"
-    return text
-
-
-def _flag(decl: str, path: str, type: Any = None, *, secondary: str | None = None) -> Flag:  # noqa: A002
-    return Flag(decl, path, _describe(path), type, is_flag=secondary is not None, secondary=secondary)
-
-
-def _list_flag(decl: str, path: str, type: Any = None) -> Callable[[F], F]:
-    """A repeatable flag for a tuple setting; its variable is read by the settings as a JSON list."""
-
-    def remember(ctx: click.Context, _param: click.Parameter, value: tuple[Any, ...]) -> tuple[Any, ...]:
-        if value:
-            ctx.ensure_object(dict).setdefault("forewarn_overrides", {})[path] = list(value)
-        return value
-
-    return click.option(decl, "fw__" + path.replace(".", "__"), multiple=True, type=type, expose_value=False,
-                        callback=remember, help=f"{_describe(path)}  [env var: {env_var(path)} as a JSON list]")
-
-
 _REPORT = click.Path(dir_okay=False, path_type=Path)
 
 FLEET_FLAGS = (
-    _flag("--seed", "simulate.seed", click.IntRange(0)),
-    _flag("--machines", "simulate.machines", click.IntRange(1)),
-    _flag("--sites", "simulate.sites", click.IntRange(1)),
-    _flag("--sample-period-s", "simulate.sample_period_s", click.FloatRange(min=0.001)),
-    _flag("--mtbf-cycles", "simulate.mtbf_cycles", click.FloatRange(min=60)),
-    _flag("--weibull-shape", "simulate.weibull_shape", click.FloatRange(min=0.1)),
-    _flag("--downtime-cycles", "simulate.downtime_cycles", click.IntRange(1)),
-    _flag("--regime-switch-prob", "simulate.regime_switch_prob", click.FloatRange(0.0, 1.0)),
+    Flag("--seed", "simulate.seed"),
+    Flag("--machines", "simulate.machines"),
+    Flag("--sites", "simulate.sites"),
+    Flag("--sample-period-s", "simulate.sample_period_s"),
+    Flag("--mtbf-cycles", "simulate.mtbf_cycles"),
+    Flag("--weibull-shape", "simulate.weibull_shape"),
+    Flag("--downtime-cycles", "simulate.downtime_cycles"),
+    Flag("--regime-switch-prob", "simulate.regime_switch_prob"),
 )
 
 PUBLISH_FLAGS = (
-    _flag("--delivery", "simulate.delivery", click.Choice(["single", "batch"])),
-    _flag("--batch-size", "simulate.batch_size", click.IntRange(1)),
-    _flag("--gateways-per-site", "simulate.gateways_per_site", click.IntRange(1)),
-    _flag("--qos", "simulate.qos", click.IntRange(0, 2)),
-    _flag("--progress-s", "simulate.progress_s", click.FloatRange(min=0.1)),
+    Flag("--delivery", "simulate.delivery"),
+    Flag("--batch-size", "simulate.batch_size"),
+    Flag("--gateways-per-site", "simulate.gateways_per_site"),
+    Flag("--qos", "simulate.qos"),
+    Flag("--progress-s", "simulate.progress_s"),
 )
 
-_RATE = click.FloatRange(0.0, 1.0)
-
 VALUE_FAULT_FLAGS = (
-    _flag("--fault-missing", "simulate.faults.missing", _RATE),
-    _flag("--fault-stuck", "simulate.faults.stuck", _RATE),
-    _flag("--fault-stuck-len", "simulate.faults.stuck_len", click.IntRange(1)),
-    _flag("--fault-spike", "simulate.faults.spike", _RATE),
-    _flag("--fault-non-finite", "simulate.faults.non_finite", _RATE),
+    Flag("--fault-missing", "simulate.faults.missing"),
+    Flag("--fault-stuck", "simulate.faults.stuck"),
+    Flag("--fault-stuck-len", "simulate.faults.stuck_len"),
+    Flag("--fault-spike", "simulate.faults.spike"),
+    Flag("--fault-non-finite", "simulate.faults.non_finite"),
 )
 
 DELIVERY_FAULT_FLAGS = (
-    _flag("--fault-duplicate", "simulate.faults.duplicate", _RATE),
-    _flag("--fault-out-of-order", "simulate.faults.out_of_order", _RATE),
-    _flag("--fault-clock-skew", "simulate.faults.clock_skew", _RATE),
-    _flag("--fault-clock-skew-max-s", "simulate.faults.clock_skew_max_s", click.FloatRange(min=0)),
-    _flag("--fault-burst", "simulate.faults.burst", _RATE),
-    _flag("--fault-burst-len", "simulate.faults.burst_len", click.IntRange(1)),
-    _flag("--fault-malformed", "simulate.faults.malformed", _RATE),
+    Flag("--fault-duplicate", "simulate.faults.duplicate"),
+    Flag("--fault-out-of-order", "simulate.faults.out_of_order"),
+    Flag("--fault-clock-skew", "simulate.faults.clock_skew"),
+    Flag("--fault-clock-skew-max-s", "simulate.faults.clock_skew_max_s"),
+    Flag("--fault-burst", "simulate.faults.burst"),
+    Flag("--fault-burst-len", "simulate.faults.burst_len"),
+    Flag("--fault-malformed", "simulate.faults.malformed"),
 )
 
-_asset_types_option = _list_flag("--asset-type", "simulate.asset_types", click.Choice(sorted(ASSET_TYPES)))
-_malformed_kinds_option = _list_flag("--fault-malformed-kind", "simulate.faults.malformed_kinds",
-                                     click.Choice(MALFORMED_KINDS))
+ASSET_TYPES_FLAG = Flag("--asset-type", "simulate.asset_types", multiple=True)
+MALFORMED_KINDS_FLAG = Flag("--fault-malformed-kind", "simulate.faults.malformed_kinds", multiple=True)
 
 LIVE_FLAGS = (
-    _flag("--start", "simulate.live.start"),
-    _flag("--ticks", "simulate.live.ticks", click.IntRange(1)),
-    _flag("--report", "simulate.live.report", _REPORT),
-    _flag("--client-id", "simulate.live.client_id"),
+    Flag("--start", "simulate.live.start"),
+    Flag("--ticks", "simulate.live.ticks"),
+    Flag("--report", "simulate.live.report", _REPORT),
+    Flag("--client-id", "simulate.live.client_id"),
 )
 
 HISTORY_FLAGS = (
-    _flag("--out", "simulate.history.out", click.Path(file_okay=False, path_type=Path)),
-    _flag("--format", "simulate.history.format", click.Choice(["parquet", "csv"])),
-    _flag("--truth", "simulate.history.truth", secondary="--no-truth"),
-    _flag("--runs", "simulate.history.runs", click.IntRange(1)),
-    _flag("--ticks", "simulate.history.ticks", click.IntRange(1)),
-    _flag("--start", "simulate.history.start"),
-    _flag("--to-kafka", "simulate.history.to_kafka", secondary="--no-to-kafka"),
+    Flag("--out", "simulate.history.out", click.Path(file_okay=False, path_type=Path)),
+    Flag("--format", "simulate.history.format"),
+    Flag("--truth", "simulate.history.truth", secondary="--no-truth"),
+    Flag("--runs", "simulate.history.runs"),
+    Flag("--ticks", "simulate.history.ticks"),
+    Flag("--start", "simulate.history.start"),
+    Flag("--to-kafka", "simulate.history.to_kafka", secondary="--no-to-kafka"),
 )
 
 REPLAY_FLAGS = (
-    _flag("--events", "simulate.replay.events", click.Path(dir_okay=False, path_type=Path)),
-    _flag("--failure-at-end", "simulate.replay.failure_at_end", secondary="--no-failure-at-end"),
-    _flag("--asset-type", "simulate.replay.asset_type"),
-    _flag("--site", "simulate.replay.site"),
+    Flag("--events", "simulate.replay.events", click.Path(dir_okay=False, path_type=Path)),
+    Flag("--failure-at-end", "simulate.replay.failure_at_end", secondary="--no-failure-at-end"),
+    Flag("--asset-type", "simulate.replay.asset_type"),
+    Flag("--site", "simulate.replay.site"),
+    Flag("--setting", "simulate.replay.setting_columns", multiple=True),
+    Flag("--start", "simulate.replay.start"),
+    Flag("--sample-period-s", "simulate.sample_period_s"),
+    Flag("--rate", "simulate.replay.rate"),
+    Flag("--seed", "simulate.seed"),
 )
+
+
+def _options(*table: Flag) -> Callable[[F], F]:
+    """The flags of ``table``, bound to :class:`SimulateSettings`."""
+    return flags(SimulateSettings, *table)
 
 
 def _parse_start(value: str) -> int:
@@ -206,13 +178,10 @@ def simulate() -> None:
 
 
 @simulate.command()
-@_asset_types_option
-@flags(*FLEET_FLAGS)
-@flags(_flag("--speed", "simulate.live.speed", click.FloatRange(min=0)))
-@flags(*PUBLISH_FLAGS, *VALUE_FAULT_FLAGS, *DELIVERY_FAULT_FLAGS)
-@_malformed_kinds_option
+@_options(ASSET_TYPES_FLAG, *FLEET_FLAGS, Flag("--speed", "simulate.live.speed"), *PUBLISH_FLAGS,
+          *VALUE_FAULT_FLAGS, *DELIVERY_FAULT_FLAGS, MALFORMED_KINDS_FLAG)
 @mqtt_options
-@flags(*LIVE_FLAGS)
+@_options(*LIVE_FLAGS)
 def live() -> None:
     """Publish live telemetry and maintenance events over MQTT, paced by --speed.
 
@@ -257,13 +226,10 @@ def live() -> None:
 
 
 @simulate.command()
-@_asset_types_option
-@flags(*FLEET_FLAGS, *VALUE_FAULT_FLAGS)
-@flags(*HISTORY_FLAGS)
-@flags(*DELIVERY_FAULT_FLAGS)
-@_malformed_kinds_option
+@_options(ASSET_TYPES_FLAG, *FLEET_FLAGS, *VALUE_FAULT_FLAGS, *HISTORY_FLAGS, *DELIVERY_FAULT_FLAGS,
+          MALFORMED_KINDS_FLAG)
 @kafka_options
-@flags(_flag("--report", "simulate.history.report", _REPORT))
+@_options(Flag("--report", "simulate.history.report", _REPORT))
 def history() -> None:
     """Write run-to-failure histories fast, without MQTT, in the generic long format.
 
@@ -306,16 +272,9 @@ def history() -> None:
 
 @simulate.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@flags(*REPLAY_FLAGS)
-@_list_flag("--setting", "simulate.replay.setting_columns")
-@flags(_flag("--start", "simulate.replay.start"),
-       _flag("--sample-period-s", "simulate.sample_period_s", click.FloatRange(min=0.001)),
-       _flag("--rate", "simulate.replay.rate", click.FloatRange(min=0)),
-       _flag("--seed", "simulate.seed", click.IntRange(0)))
-@flags(*PUBLISH_FLAGS, *VALUE_FAULT_FLAGS, *DELIVERY_FAULT_FLAGS)
-@_malformed_kinds_option
+@_options(*REPLAY_FLAGS, *PUBLISH_FLAGS, *VALUE_FAULT_FLAGS, *DELIVERY_FAULT_FLAGS, MALFORMED_KINDS_FLAG)
 @mqtt_options
-@flags(_flag("--report", "simulate.replay.report", _REPORT), _flag("--client-id", "simulate.replay.client_id"))
+@_options(Flag("--report", "simulate.replay.report", _REPORT), Flag("--client-id", "simulate.replay.client_id"))
 def replay(file: Path) -> None:
     """Publish FILE (generic long format, Parquet or CSV) over MQTT at --rate readings/s."""
     from forewarn.mqtt import MqttClient
