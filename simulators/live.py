@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forewarn.mqtt import MqttClient, batch_topic, maintenance_topic, telemetry_topic
+from forewarn.mqtt import MqttClient
+from forewarn.topics import batch_topic, maintenance_topic, telemetry_topic
 from simulators.faults import FaultReport
 from simulators.fleet import Fleet, FleetConfig
 from simulators.messages import Delivery, MessageBuilder, Outgoing
