@@ -45,12 +45,12 @@ def bridge() -> None:
     settings = settings_from(BridgeSettings)
     service = Bridge(settings)
 
-    service.stop_on_signals(lambda line: click.echo(line, err=True))
-    service.start()
-    click.echo(f"bridge {settings.bridge.client_id}: MQTT {settings.mqtt.host}:{settings.mqtt.port} -> Kafka "
-               f"{settings.kafka.bootstrap_servers} (topics {service.topics.telemetry}, {service.topics.maintenance}, "
-               f"{service.topics.dlq}); SIGTERM or Ctrl-C stops it", err=True)
-    service.run()
+    with service.stop_on_signals(lambda line: click.echo(line, err=True)):
+        service.start()
+        click.echo(f"bridge {settings.bridge.client_id}: MQTT {settings.mqtt.host}:{settings.mqtt.port} -> Kafka "
+                   f"{settings.kafka.bootstrap_servers} (topics {service.topics.telemetry}, "
+                   f"{service.topics.maintenance}, {service.topics.dlq}); SIGTERM or Ctrl-C stops it", err=True)
+        service.run()
 
 
 @click.group()

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
@@ -22,6 +21,7 @@ import click
 from dashboard.errors import DashboardError
 from dashboard.settings import DashboardSettings
 from forewarn.cli_options import Flag, env_var, flags, kafka_options, overrides, settings_from
+from forewarn.service import on_signals
 
 __all__ = ["DASHBOARD_FLAGS", "dashboard", "streamlit_command"]
 
@@ -90,15 +90,12 @@ def dashboard() -> None:
         raise DashboardError(f"cannot start streamlit: {error}",
                              hint="install the dashboard extra: pip install '.[dashboard]'") from None
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
+    def forward(sig: signal.Signals) -> None:
         if child.poll() is None:
-            child.send_signal(signum)
+            child.send_signal(sig)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    # Every signal is passed on: Streamlit decides what a second Ctrl-C means.
+    with on_signals(forward, force_second=False):
         code = child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if code not in (0, -signal.SIGINT, -signal.SIGTERM):
         raise DashboardError(f"the dashboard exited with status {code}", hint="see the messages above")

@@ -56,11 +56,12 @@ def edge() -> None:
     settings = settings_from(EdgeSettings)
     gateway = EdgeGateway(settings)
 
-    gateway.stop_on_signals(lambda line: click.echo(line, err=True))
-    gateway.start()
-    o = settings.edge
-    served = ", ".join(f"{a}={m.bundle.label}" for a, m in sorted(gateway.registry.serving.items())) or "no model yet"
-    click.echo(f"edge {o.client_id}: MQTT {settings.mqtt.host}:{settings.mqtt.port} -> Kafka "
-               f"{settings.kafka.bootstrap_servers}; buffer {o.buffer_path} ({o.buffer_policy}); serving {served}; "
-               "SIGTERM or Ctrl-C stops it", err=True)
-    gateway.run()
+    with gateway.stop_on_signals(lambda line: click.echo(line, err=True)):
+        gateway.start()
+        o = settings.edge
+        serving = sorted(gateway.registry.serving.items())
+        served = ", ".join(f"{a}={m.bundle.label}" for a, m in serving) or "no model yet"
+        click.echo(f"edge {o.client_id}: MQTT {settings.mqtt.host}:{settings.mqtt.port} -> Kafka "
+                   f"{settings.kafka.bootstrap_servers}; buffer {o.buffer_path} ({o.buffer_policy}); serving "
+                   f"{served}; SIGTERM or Ctrl-C stops it", err=True)
+        gateway.run()

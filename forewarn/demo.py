@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import confluent_kafka
 import msgspec
@@ -25,6 +24,7 @@ import msgspec
 from forewarn.contract import Alert, MaintenanceEvent
 from forewarn.errors import ForewarnError
 from forewarn.kafka import KafkaAdmin, KafkaConsumer
+from forewarn.service import on_signals
 from forewarn.settings import ServiceSettings
 from forewarn.stack import LocalStack
 from forewarn.stack._process import tail
@@ -171,10 +171,9 @@ def _warned_failures(failures: list[tuple[str, int]], opened: dict[str, list[int
 
 
 def run_demo(settings: ServiceSettings, options: DemoOptions, say: Callable[[str], None]) -> int:
-    """Run the demo until Ctrl-C (or, with ``check``, for ``minutes``); returns the exit code."""
-    home = settings.stack.home
-    data_dir = home / "demo"
-    models_dir = home / "models"
+    """Run the demo until SIGTERM or Ctrl-C (or, with ``check``, for ``minutes``); returns the
+    exit code. A second Ctrl-C stops the components at once (what has not exited after a short
+    grace period is killed)."""
     topics = Topics.from_settings(settings.topics)
     env = _env_for(settings)
 
@@ -184,41 +183,48 @@ def run_demo(settings: ServiceSettings, options: DemoOptions, say: Callable[[str
     KafkaAdmin(settings.kafka).ensure_topics(topic_specs(settings.topics))
     say("topics ready")
 
-    stop_requested = False
+    stop = threading.Event()
+    with on_signals(lambda _sig: stop.set(), say=say, action="stopping the demo"):
+        try:
+            return _run_pipeline(settings, options, topics, env, stop, say)
+        finally:
+            if not was_running:
+                local.down(say)
 
-    def request_stop(_signum: int, _frame: FrameType | None) -> None:
-        nonlocal stop_requested
-        stop_requested = True
 
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    supervisor = Supervisor(data_dir / "logs", env)
-    try:
-        ensure_models(models_dir, data_dir, env, say, options.seed)
-        for asset in ASSET_TYPES:
-            _run_step(f"publishing the {asset} model to the models topic",
-                      ["model", "publish", "--models", str(models_dir), "--asset-type", asset],
-                      env, data_dir / "publish.log", say)
-        supervisor.start("bridge", ["bridge", "--client-id", "forewarn-demo-bridge"])
-        for i in range(options.workers):
-            supervisor.start(f"score-{i + 1}", ["score", "--worker-id", f"demo-worker-{i + 1}",
-                                                "--models-dir", str(models_dir)])
-        if not options.check:
-            supervisor.start("dashboard", ["dashboard", "--port", str(options.dashboard_port)])
-        types = [a for t in ASSET_TYPES for a in ("--asset-type", t)]
-        supervisor.start("simulator", ["simulate", "live", *types, "--machines", str(options.machines_per_type),
-                                       "--sites", str(options.sites), "--speed", str(options.speed),
-                                       "--delivery", "batch", "--seed", str(options.seed)])
-        say(f"logs of every component: {supervisor.log_dir}")
-        if not options.check:
-            say(f"dashboard: http://127.0.0.1:{options.dashboard_port}  (Ctrl-C stops everything)")
-        return _watch(settings, topics, supervisor, options, say, lambda: stop_requested)
-    finally:
-        say("stopping the pipeline")
-        supervisor.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if not was_running:
-            local.down(say)
+def _run_pipeline(settings: ServiceSettings, options: DemoOptions, topics: Topics, env: dict[str, str],
+                  stop: threading.Event, say: Callable[[str], None]) -> int:
+    home = settings.stack.home
+    data_dir = home / "demo"
+    models_dir = home / "models"
+    with Supervisor(data_dir / "logs", env) as supervisor:
+        try:
+            _start_components(supervisor, options, env, models_dir, data_dir, say)
+            return _watch(settings, topics, supervisor, options, say, stop.is_set)
+        finally:
+            say("stopping the pipeline")
+
+
+def _start_components(supervisor: Supervisor, options: DemoOptions, env: dict[str, str], models_dir: Path,
+                      data_dir: Path, say: Callable[[str], None]) -> None:
+    ensure_models(models_dir, data_dir, env, say, options.seed)
+    for asset in ASSET_TYPES:
+        _run_step(f"publishing the {asset} model to the models topic",
+                  ["model", "publish", "--models", str(models_dir), "--asset-type", asset],
+                  env, data_dir / "publish.log", say)
+    supervisor.start("bridge", ["bridge", "--client-id", "forewarn-demo-bridge"])
+    for i in range(options.workers):
+        supervisor.start(f"score-{i + 1}", ["score", "--worker-id", f"demo-worker-{i + 1}",
+                                            "--models-dir", str(models_dir)])
+    if not options.check:
+        supervisor.start("dashboard", ["dashboard", "--port", str(options.dashboard_port)])
+    types = [a for t in ASSET_TYPES for a in ("--asset-type", t)]
+    supervisor.start("simulator", ["simulate", "live", *types, "--machines", str(options.machines_per_type),
+                                   "--sites", str(options.sites), "--speed", str(options.speed),
+                                   "--delivery", "batch", "--seed", str(options.seed)])
+    say(f"logs of every component: {supervisor.log_dir}")
+    if not options.check:
+        say(f"dashboard: http://127.0.0.1:{options.dashboard_port}  (Ctrl-C stops everything)")
 
 
 def _watch(settings: ServiceSettings, topics: Topics, supervisor: Supervisor, options: DemoOptions,

@@ -1,6 +1,8 @@
 """Runs Forewarn components as child processes (``forewarn <command> ...``) for the demo:
 one log file each, a line when one dies, and an orderly stop (SIGTERM, then SIGKILL) in the
-reverse order of start."""
+reverse order of start. It installs no signal handlers: the demo owns them (through
+:func:`forewarn.service.on_signals`) and leaves the ``with`` block of its supervisor when told
+to stop; a child is never left running, also when that stop is interrupted."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from forewarn.stack._process import tail
 __all__ = ["Child", "Supervisor"]
 
 log = logging.getLogger(__name__)
+
+_FORCED_STOP_S = 2.0
 
 
 @dataclass
@@ -69,26 +73,42 @@ class Supervisor:
         return tail(child.log_file, lines)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM every child, newest first; SIGKILL what is still alive after ``timeout_s``."""
+        """SIGTERM every child, newest first; SIGKILL what is still alive after ``timeout_s``.
+
+        Interrupted (a second Ctrl-C), it SIGKILLs every child still running before it re-raises:
+        the children run in sessions of their own, so nothing else would stop them.
+        """
         for child in reversed(self.children):
             if child.running and child.popen is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.popen.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        for child in reversed(self.children):
-            if child.popen is None:
-                continue
-            try:
-                child.popen.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in time; killing it", child.name)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.popen.pid, signal.SIGKILL)
-                child.popen.wait()
+        try:
+            for child in reversed(self.children):
+                if child.popen is None:
+                    continue
+                try:
+                    child.popen.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop in time; killing it", child.name)
+                    self._kill(child)
+        except BaseException:
+            for child in self.children:
+                self._kill(child)
+            raise
+
+    @staticmethod
+    def _kill(child: Child) -> None:
+        if child.popen is None or child.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.popen.pid, signal.SIGKILL)
+        child.popen.wait()
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.stop()
+        # Leaving on KeyboardInterrupt (a second Ctrl-C) means "now": a short grace period only.
+        self.stop(_FORCED_STOP_S if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) else 30.0)

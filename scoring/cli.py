@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-import signal
 from pathlib import Path
-from types import FrameType
 
 import click
 
 from forewarn.cli_options import Flag, flags, kafka_options, settings_from
+from forewarn.service import on_signals
 from scoring.settings import ScoringSettings
 
 __all__ = ["score"]
-
-log = logging.getLogger(__name__)
 
 SCORING_FLAGS = (
     Flag("--group-id", "scoring.group_id"),
@@ -55,17 +51,13 @@ def score() -> None:
     settings = settings_from(ScoringSettings)
     worker = ScoringWorker(settings)
 
-    def drain(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %s: finishing the current batch", signum)
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, drain)
-    signal.signal(signal.SIGINT, drain)
-    try:
-        worker.start()
-        click.echo(f"scoring as {worker.worker_id} in group {settings.scoring.group_id}; "
-                   f"serving {sorted(m.bundle.label for m in worker.registry.serving.values()) or 'no model yet'}",
-                   err=True)
-        worker.run()
-    finally:
-        worker.close()
+    with on_signals(lambda _sig: worker.stop(), say=lambda line: click.echo(line, err=True),
+                    action="finishing the current batch"):
+        try:
+            worker.start()
+            serving = sorted(m.bundle.label for m in worker.registry.serving.values()) or "no model yet"
+            click.echo(f"scoring as {worker.worker_id} in group {settings.scoring.group_id}; serving {serving}",
+                       err=True)
+            worker.run()
+        finally:
+            worker.close()
