@@ -15,17 +15,16 @@ time unit (``"time"``: cycles for a cycle index, seconds for timestamps).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
 from forewarn.windows import WindowStore
+from training.settings import RulUnit
 
-__all__ = ["LabelledWindows", "RulUnit", "RunLabels", "label_runs", "make_windows"]
+__all__ = ["LabelledWindows", "RunLabels", "label_runs", "make_windows"]
 
-RulUnit = Literal["readings", "time"]
 FloatArray = npt.NDArray[np.float64]
 
 

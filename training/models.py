@@ -11,7 +11,12 @@ Architectures:
 * ``conv`` (default): a small temporal convolutional network — causal Conv1D blocks with
   dilations 1, 2, 4, 8 and residual connections, then the last time step's features
   concatenated with a global average — followed by one dense layer per head. Fast on CPU.
-* ``lstm``: two LSTM layers.
+* ``lstm``: two LSTM layers, unrolled over the window: tf2onnx cannot convert the loop Keras 3
+  builds for a recurrent layer (it leaves ``TensorListReserve`` nodes in the graph), while the
+  unrolled steps are plain matrix products. The window is therefore bounded
+  (:data:`training.settings.LSTM_MAX_WINDOW`).
+
+Sizes and loss weights come from :class:`training.settings.NetworkOptions`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 # TensorFlow's C++ start-up chatter (no GPU found, oneDNN notes, ...) is noise on CPU boxes;
 # set TF_CPP_MIN_LOG_LEVEL=0 to see it.
@@ -50,9 +55,9 @@ import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
+from training.settings import Head, NetworkOptions  # noqa: E402
+
 __all__ = [
-    "Architecture",
-    "ModelConfig",
     "Normaliser",
     "RegimeNormalisation",
     "build_model",
@@ -60,26 +65,6 @@ __all__ = [
     "masked_mse",
     "seed_everything",
 ]
-
-Architecture = Literal["conv", "lstm"]
-Head = Literal["rul", "p_fail"]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    architecture: Architecture = "conv"
-    filters: int = 16
-    kernel_size: int = 3
-    dilations: tuple[int, ...] = (1, 2, 4, 8)
-    dense: int = 64
-    dropout: float = 0.1
-    learning_rate: float = 2e-3
-    rul_loss_weight: float = 1.0
-    fail_loss_weight: float = 0.3
-    input_noise: float = 0.0
-    l2: float = 0.0
-    deltas: bool = False
-
 
 def seed_everything(seed: int) -> None:
     """Same seed, same weights and batches: Python, numpy and TensorFlow seeds plus
@@ -199,7 +184,7 @@ class Normaliser:
                                    self.setting_mean, self.setting_std, self.coef, name="normalise")
 
 
-def _conv_trunk(x: Any, config: ModelConfig) -> Any:
+def _conv_trunk(x: Any, config: NetworkOptions) -> Any:
     x = layers.Conv1D(config.filters, 1, name="project")(x)
     for i, dilation in enumerate(config.dilations):
         regulariser = keras.regularizers.L2(config.l2) if config.l2 > 0 else None
@@ -212,8 +197,9 @@ def _conv_trunk(x: Any, config: ModelConfig) -> Any:
 
 
 def build_model(window: int, normaliser: Normaliser, heads: list[Head],
-                config: ModelConfig | None = None) -> keras.Model:
-    config = config or ModelConfig()
+                config: NetworkOptions | None = None) -> keras.Model:
+    """A compiled network taking raw windows ``[batch, window, features]``, one output per head."""
+    config = config or NetworkOptions()
     n_features = len(normaliser.sensor_idx) + len(normaliser.setting_idx)
     inputs = keras.Input((window, n_features), name="window")
     x = normaliser.layer()(inputs)
@@ -229,8 +215,8 @@ def build_model(window: int, normaliser: Normaliser, heads: list[Head],
         pooled = layers.GlobalAveragePooling1D(name="pool")(trunk)
         features = layers.Concatenate(name="summary")([last, pooled])
     elif config.architecture == "lstm":
-        y = layers.LSTM(config.filters * 2, return_sequences=True, name="lstm0")(x)
-        features = layers.LSTM(config.filters, name="lstm1")(y)
+        y = layers.LSTM(config.filters * 2, return_sequences=True, unroll=True, name="lstm0")(x)
+        features = layers.LSTM(config.filters, unroll=True, name="lstm1")(y)
     else:
         raise ValueError(f"unknown architecture {config.architecture!r}")
     regulariser = keras.regularizers.L2(config.l2) if config.l2 > 0 else None

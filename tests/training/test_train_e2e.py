@@ -15,10 +15,15 @@ from forewarn.cli import cli
 from forewarn.inference import OnnxModel
 from tests.training.synth import write_history
 from training.dataset import load_events, load_readings
-from training.pipeline import TrainConfig, train
+from training.pipeline import train
+from training.settings import NetworkOptions, TrainOptions
 
-TINY = TrainConfig(window=8, epochs=3, batch_size=64, rul_cap=40, horizon=10, patience=2, seed=7,
-                   model_options=(("filters", 8), ("dilations", (1, 2)), ("dense", 16)))
+TINY = TrainOptions(window=8, epochs=3, batch_size=64, rul_cap=40, horizon=10, patience=2, seed=7,
+                    network=NetworkOptions(filters=8, dilations=(1, 2), dense=16))
+
+
+def tiny(models_dir, **changes) -> TrainOptions:
+    return TINY.model_copy(update={"models_dir": models_dir, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +36,7 @@ def data(tmp_path_factory):
 def trained(data, tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     readings = load_readings(data)
-    result = train(readings, load_events(data, readings.time_kind), TINY, models)
+    result = train(readings, load_events(data, readings.time_kind), tiny(models))
     return models, result
 
 
@@ -61,11 +66,11 @@ def test_keras_and_onnx_agree_on_fresh_windows(data):
     import keras
 
     from training.export import check_parity, serving_function, to_onnx
-    from training.models import ModelConfig, Normaliser, build_model
+    from training.models import Normaliser, build_model
 
     keras.utils.set_random_seed(0)
     values = np.random.default_rng(0).normal(5, 2, size=(200, 3))
-    model = build_model(6, Normaliser.fit(values, [2]), ["rul", "p_fail"], ModelConfig(filters=4, dilations=(1,)))
+    model = build_model(6, Normaliser.fit(values, [2]), ["rul", "p_fail"], NetworkOptions(filters=4, dilations=(1,)))
     serve = serving_function(model, 6, 3, ["rul", "p_fail"], 50.0)
     onnx_bytes = to_onnx(serve, ["rul", "p_fail"])
     windows = np.random.default_rng(1).normal(5, 2, size=(64, 6, 3)).astype(np.float32)
@@ -76,7 +81,7 @@ def test_keras_and_onnx_agree_on_fresh_windows(data):
 def test_same_seed_same_metrics(data, trained, tmp_path):
     _, first = trained
     readings = load_readings(data)
-    again = train(readings, load_events(data, readings.time_kind), TINY, tmp_path)
+    again = train(readings, load_events(data, readings.time_kind), tiny(tmp_path))
     assert json.dumps(again.metrics["model"], sort_keys=True) == json.dumps(first.metrics["model"], sort_keys=True)
 
 
@@ -145,11 +150,8 @@ def test_garbage_in_is_one_line(tmp_path, content, expected):
 
 
 def test_grouped_cross_validation(data, tmp_path):
-    import dataclasses
-
     readings = load_readings(data)
-    config = dataclasses.replace(TINY, folds=2, epochs=1)
-    result = train(readings, load_events(data, readings.time_kind), config, tmp_path)
+    result = train(readings, load_events(data, readings.time_kind), tiny(tmp_path, folds=2, epochs=1))
     cv = result.metrics["cross_validation"]
     assert len(cv["folds"]) == 2 and sum(f["machines"] for f in cv["folds"]) == 10  # 12 minus 2 test machines
     assert np.isfinite(cv["rul_rmse"]["mean"])
