@@ -55,7 +55,8 @@ def main() -> None:
     from forewarn.bundle import read_bundle
     from forewarn.inference import OnnxModel
     from training.dataset import load_events, load_readings
-    from training.pipeline import TrainConfig, train
+    from training.pipeline import train
+    from training.settings import TrainOptions
 
     with tempfile.TemporaryDirectory(prefix="forewarn-bench-") as tmp:
         data = Path(tmp) / "history"
@@ -65,9 +66,9 @@ def main() -> None:
         readings = load_readings(data, asset_type="pump")
         events = load_events(data, readings.time_kind)
         # The simulator's pump settings (the long format does not mark them).
-        config = TrainConfig(max_windows=args.windows, settings=PUMP_SETTINGS)
+        options = TrainOptions(max_windows=args.windows, settings=PUMP_SETTINGS, models_dir=Path(tmp) / "models")
         t1 = time.perf_counter()
-        result = train(readings, events, config, Path(tmp) / "models")
+        result = train(readings, events, options)
         train_s = time.perf_counter() - t1
         meta = result.meta
         n_train = meta.training["windows"]["train"]
