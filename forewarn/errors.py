@@ -30,13 +30,25 @@ class StackError(ForewarnError):
 
 
 class KafkaError(ForewarnError):
-    """A Kafka operation failed; keeps librdkafka's error code and whether a retry may help."""
+    """A Kafka operation failed. Keeps what librdkafka said about it, so callers decide by the
+    broker's classification and never by parsing the message:
 
-    def __init__(self, message: str, *, code: str | None = None, retriable: bool = False,
-                 hint: str | None = None) -> None:
+    - ``code``: librdkafka's name of the error (``MSG_SIZE_TOO_LARGE``, ``_FENCED``,
+      ``UNKNOWN_TOPIC_OR_PART``, ...), ``None`` when the failure did not come from librdkafka;
+    - ``retriable``: the same call may succeed when tried again;
+    - ``fatal``: the client can no longer be used (a fenced transactional producer, ...): close it
+      and build a new one;
+    - ``txn_requires_abort``: the current transaction cannot be committed; abort it and start over
+      from the last committed state.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, retriable: bool = False, fatal: bool = False,
+                 txn_requires_abort: bool = False, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.code = code
         self.retriable = retriable
+        self.fatal = fatal
+        self.txn_requires_abort = txn_requires_abort
 
 
 class MqttError(ForewarnError):

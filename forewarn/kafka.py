@@ -1,15 +1,28 @@
-"""Thin, lazy adapters over confluent-kafka.
+"""Thin, lazy adapters over confluent-kafka: the only code that touches a librdkafka client.
 
 No network in ``__init__``: the librdkafka client is created on first use. The producer is
-idempotent with ``acks=all`` by default, retries ``BufferError`` by polling, and flushes on
-close. librdkafka's ``error_cb`` goes to the logger. Readers use ``read_committed`` by default,
-so they only ever see committed output of the transactional scoring workers.
+idempotent with ``acks=all`` by default, retries a full local queue (``BufferError``) by serving
+delivery reports, and flushes on close. librdkafka's ``error_cb`` goes to the logger. Readers use
+``read_committed`` by default, so they only ever see committed output of the transactional
+scoring workers.
+
+Every failure is raised as :class:`forewarn.errors.KafkaError` carrying librdkafka's error name
+(``code``) and its ``retriable`` / ``fatal`` / ``txn_requires_abort`` flags; no
+``confluent_kafka.KafkaException`` escapes this module. Partitions and offsets are
+:class:`TopicPartition` values (re-exported from confluent-kafka, like the offset constants), so
+the in-memory fakes of :mod:`forewarn.testing` speak exactly the same API.
+
+:func:`read_to_end` is the one way to read topics from their start (or given offsets) to the end
+they had when reading started.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -17,26 +30,49 @@ import confluent_kafka
 from confluent_kafka import admin as kadmin
 
 from forewarn.errors import KafkaError
+from forewarn.ports import ConsumerLike
 from forewarn.settings import KafkaSettings
 from forewarn.topics import TopicSpec
 
 __all__ = [
+    "OFFSET_BEGINNING",
+    "OFFSET_END",
+    "OFFSET_INVALID",
     "DeliveryCallback",
+    "GroupLag",
+    "GroupMetadata",
+    "Headers",
     "KafkaAdmin",
     "KafkaConsumer",
     "KafkaProducer",
     "Message",
+    "RebalanceCallback",
     "TopicCheck",
+    "TopicPartition",
     "error_code",
+    "kafka_error",
     "raise_for_error",
+    "read_to_end",
     "refused_for_good",
 ]
 
 log = logging.getLogger(__name__)
 
 Message = confluent_kafka.Message
+TopicPartition = confluent_kafka.TopicPartition
+OFFSET_BEGINNING: int = confluent_kafka.OFFSET_BEGINNING
+OFFSET_END: int = confluent_kafka.OFFSET_END
+OFFSET_INVALID: int = confluent_kafka.OFFSET_INVALID  # "no offset": nothing committed, not fetched yet
 DeliveryCallback = Callable[[confluent_kafka.KafkaError | None, confluent_kafka.Message], None]
 Headers = Sequence[tuple[str, bytes | str]]
+RebalanceCallback = Callable[[list[confluent_kafka.TopicPartition]], None]
+GroupMetadata = object  # opaque: what consumer_group_metadata() returns, for send_offsets_to_transaction
+
+_UNSET_PARTITION = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner chooses
+_NO_LEADER_YET = frozenset({confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,
+                            confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
+                            confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART})
+_CREATE_TOPICS = "create the topics with `forewarn topics create` (or check the topic prefix)"
 
 
 def _error_cb(error: confluent_kafka.KafkaError) -> None:
@@ -45,11 +81,26 @@ def _error_cb(error: confluent_kafka.KafkaError) -> None:
     log.log(level, "kafka: %s", error)
 
 
+# -- errors ---------------------------------------------------------------------------------
+
+def kafka_error(error: confluent_kafka.KafkaError, what: str, *, hint: str | None = None) -> KafkaError:
+    """The :class:`KafkaError` for a librdkafka error object: ``"<what>: <librdkafka's text>"``
+    with its code name and its retriable / fatal / txn_requires_abort flags."""
+    return KafkaError(f"{what}: {error.str()}", code=error.name(), retriable=bool(error.retriable()),
+                      fatal=bool(error.fatal()), txn_requires_abort=bool(error.txn_requires_abort()), hint=hint)
+
+
 def raise_for_error(error: confluent_kafka.KafkaError | None, what: str) -> None:
-    """Raise :class:`KafkaError` for a librdkafka error object, keeping code and retriability."""
-    if error is None:
-        return
-    raise KafkaError(f"{what}: {error.str()}", code=error.name(), retriable=error.retriable())
+    """Raise :func:`kafka_error` for a librdkafka error object; nothing for ``None``."""
+    if error is not None:
+        raise kafka_error(error, what)
+
+
+def _wrap(exc: confluent_kafka.KafkaException, what: str, *, hint: str | None = None) -> KafkaError:
+    err = exc.args[0] if exc.args else None
+    if isinstance(err, confluent_kafka.KafkaError):
+        return kafka_error(err, what, hint=hint)
+    return KafkaError(f"{what}: {exc}", hint=hint)
 
 
 def refused_for_good(error: object) -> bool:
@@ -74,12 +125,7 @@ def error_code(error: object) -> str:
     return code if isinstance(code, str) else type(error).__name__
 
 
-def _wrap(exc: confluent_kafka.KafkaException, what: str) -> KafkaError:
-    err = exc.args[0] if exc.args else None
-    if isinstance(err, confluent_kafka.KafkaError):
-        return KafkaError(f"{what}: {err.str()}", code=err.name(), retriable=err.retriable())
-    return KafkaError(f"{what}: {exc}")
-
+# -- clients ----------------------------------------------------------------------------------
 
 class _Lazy:
     def __init__(self, settings: KafkaSettings, overrides: dict[str, Any]) -> None:
@@ -94,7 +140,14 @@ class _Lazy:
 
 
 class KafkaProducer(_Lazy):
-    """Idempotent producer (acks=all). Pass ``transactional_id`` for exactly-once output."""
+    """Idempotent producer (acks=all). Pass ``transactional_id`` for exactly-once output.
+
+    ``produce`` is meant for hot paths: one call into librdkafka per record, positional, no
+    per-call allocation beyond the record itself. When librdkafka's local queue is full it serves
+    delivery reports and retries, so a record is never dropped for lack of room. Transactions
+    (``init_transactions`` ... ``commit_transaction``) raise :class:`KafkaError` whose
+    ``txn_requires_abort`` says "abort and start over" and ``fatal`` says "build a new producer".
+    """
 
     DEFAULTS: dict[str, Any] = {  # noqa: RUF012 - read-only by convention
         "enable.idempotence": True,
@@ -108,15 +161,23 @@ class KafkaProducer(_Lazy):
         super().__init__(settings, overrides)
         self._producer: confluent_kafka.Producer | None = None
 
+    def _create(self) -> confluent_kafka.Producer:
+        conf = self.config(self.DEFAULTS)
+        if "transactional.id" in conf and "message.timeout.ms" not in self._overrides:
+            # librdkafka requires message.timeout.ms <= transaction.timeout.ms.
+            conf["message.timeout.ms"] = conf.get("transaction.timeout.ms", 60000)
+        self._producer = confluent_kafka.Producer(conf)
+        return self._producer
+
+    @property
+    def _client(self) -> confluent_kafka.Producer:
+        producer = self._producer
+        return producer if producer is not None else self._create()
+
     @property
     def client(self) -> confluent_kafka.Producer:
-        if self._producer is None:
-            conf = self.config(self.DEFAULTS)
-            if "transactional.id" in conf and "message.timeout.ms" not in self._overrides:
-                # librdkafka requires message.timeout.ms <= transaction.timeout.ms.
-                conf["message.timeout.ms"] = conf.get("transaction.timeout.ms", 60000)
-            self._producer = confluent_kafka.Producer(conf)
-        return self._producer
+        """The raw librdkafka producer. Temporary: only until no component uses it any more."""
+        return self._client
 
     def produce(
         self,
@@ -129,31 +190,44 @@ class KafkaProducer(_Lazy):
         on_delivery: DeliveryCallback | None = None,
         partition: int | None = None,
     ) -> None:
-        """Queue one record; when librdkafka's queue is full, serve callbacks and retry."""
-        kwargs: dict[str, Any] = {}
-        if key is not None:
-            kwargs["key"] = key
-        if headers:
-            kwargs["headers"] = list(headers)
-        if timestamp_ms is not None:
-            kwargs["timestamp"] = timestamp_ms
-        if on_delivery is not None:
-            kwargs["on_delivery"] = on_delivery
-        if partition is not None:
-            kwargs["partition"] = partition
-        producer = self.client
+        """Queue one record. ``partition=None`` lets the partitioner choose (by key);
+        ``timestamp_ms`` ``None`` or 0 means "now". ``on_delivery(error, message)`` runs from
+        :meth:`poll` / :meth:`flush`. A full local queue is waited out (delivery reports are
+        served meanwhile); a record librdkafka refuses at once raises :class:`KafkaError`
+        (``MSG_SIZE_TOO_LARGE``, ``_STATE`` outside a transaction, ...)."""
+        producer = self._producer
+        if producer is None:
+            producer = self._create()
+        if headers is not None and type(headers) is not list:
+            headers = list(headers)
+        # Positional, in librdkafka's order: topic, value, key, partition, callback, on_delivery
+        # (an alias of callback), timestamp, headers. -1 and 0 are librdkafka's "unset".
+        part = _UNSET_PARTITION if partition is None else partition
+        try:
+            producer.produce(topic, value, key, part, on_delivery, None, timestamp_ms or 0, headers)
+        except BufferError:
+            self._produce_when_room(producer, topic, value, key, part, on_delivery, timestamp_ms or 0, headers)
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, f"produce to {topic}") from None
+
+    @staticmethod
+    def _produce_when_room(producer: confluent_kafka.Producer, topic: str, value: bytes | None,
+                           key: bytes | str | None, partition: int, on_delivery: DeliveryCallback | None,
+                           timestamp_ms: int, headers: Headers | None) -> None:
+        """The one retry of a full local queue: serve delivery reports until there is room."""
         while True:
+            producer.poll(0.05)
             try:
-                producer.produce(topic, value, **kwargs)
+                producer.produce(topic, value, key, partition, on_delivery, None, timestamp_ms, headers)
                 return
             except BufferError:
-                producer.poll(0.05)
+                continue
             except confluent_kafka.KafkaException as exc:
                 raise _wrap(exc, f"produce to {topic}") from None
 
     def poll(self, timeout_s: float = 0.0) -> int:
         """Serve delivery callbacks; returns how many were served."""
-        return int(self.client.poll(timeout_s))
+        return int(self._client.poll(timeout_s))
 
     def flush(self, timeout_s: float = 30.0) -> int:
         """Wait for outstanding records; returns how many are still not delivered."""
@@ -162,28 +236,48 @@ class KafkaProducer(_Lazy):
         return int(self._producer.flush(timeout_s))
 
     def __len__(self) -> int:
+        """Records queued or in flight (not yet reported delivered or failed)."""
         return 0 if self._producer is None else len(self._producer)
 
     # -- transactions (scoring workers) --------------------------------------------------
 
     def init_transactions(self, timeout_s: float = 60.0) -> None:
+        """Register the ``transactional.id`` with its coordinator: fences any older producer with
+        the same id and aborts the transaction it left open."""
         try:
-            self.client.init_transactions(timeout_s)
+            self._client.init_transactions(timeout_s)
         except confluent_kafka.KafkaException as exc:
             raise _wrap(exc, "init transactions") from None
 
     def begin_transaction(self) -> None:
-        self.client.begin_transaction()
+        try:
+            self._client.begin_transaction()
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "begin transaction") from None
 
-    def send_offsets_to_transaction(self, offsets: list[confluent_kafka.TopicPartition],
-                                    group_metadata: Any, timeout_s: float = 30.0) -> None:
-        self.client.send_offsets_to_transaction(offsets, group_metadata, timeout_s)
+    def send_offsets_to_transaction(self, offsets: Sequence[confluent_kafka.TopicPartition],
+                                    group_metadata: GroupMetadata, timeout_s: float = 30.0) -> None:
+        """Commit consumer offsets (the next offset to read, per partition) as part of the
+        current transaction. ``group_metadata`` is :meth:`KafkaConsumer.consumer_group_metadata`."""
+        try:
+            self._client.send_offsets_to_transaction(list(offsets), group_metadata, timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "send offsets to transaction") from None
 
     def commit_transaction(self, timeout_s: float = 60.0) -> None:
-        self.client.commit_transaction(timeout_s)
+        """Flush and commit. A ``retriable`` error may be retried by calling this again;
+        ``txn_requires_abort`` means call :meth:`abort_transaction`; ``fatal`` means close."""
+        try:
+            self._client.commit_transaction(timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "commit transaction") from None
 
     def abort_transaction(self, timeout_s: float = 60.0) -> None:
-        self.client.abort_transaction(timeout_s)
+        """Abort: read_committed readers never see what the transaction produced."""
+        try:
+            self._client.abort_transaction(timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "abort transaction") from None
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Flush what is queued; log what could not be delivered."""
@@ -201,7 +295,13 @@ class KafkaProducer(_Lazy):
 
 
 class KafkaConsumer(_Lazy):
-    """Consumer-group member; ``read_committed``, manual commits by default."""
+    """A consumer: ``read_committed``, manual commits by default.
+
+    Either a consumer-group member (``topics`` given here, or :meth:`subscribe`) whose
+    partitions the group assigns, or a reader of partitions it picks itself (:meth:`assign`);
+    never both. Rebalance callbacks get the list of :class:`TopicPartition` concerned and run
+    inside :meth:`consume`; what they raise comes out of :meth:`consume`.
+    """
 
     DEFAULTS: dict[str, Any] = {  # noqa: RUF012 - read-only by convention
         "isolation.level": "read_committed",
@@ -219,28 +319,56 @@ class KafkaConsumer(_Lazy):
         self._on_assign: Callable[..., None] | None = None
         self._on_revoke: Callable[..., None] | None = None
 
+    def subscribe(self, topics: Sequence[str], *, on_assign: RebalanceCallback | None = None,
+                  on_revoke: RebalanceCallback | None = None) -> None:
+        """Join the group for ``topics`` (replacing an earlier subscription). ``on_assign`` runs
+        with the partitions the group gives this member, before any of their records is
+        returned; ``on_revoke`` with the partitions taken away (also on :meth:`close`), after
+        the last of their records was returned."""
+        self.topics = list(topics)
+        self._on_assign = None if on_assign is None else (lambda _consumer, parts: on_assign(parts))
+        self._on_revoke = None if on_revoke is None else (lambda _consumer, parts: on_revoke(parts))
+        if self._consumer is not None:
+            self._subscribe(self._consumer)
+
     def on_rebalance(self, on_assign: Callable[..., None] | None = None,
                      on_revoke: Callable[..., None] | None = None) -> None:
-        """Set rebalance callbacks (before first use): ``f(consumer, partitions)``."""
+        """Set rebalance callbacks ``f(raw_consumer, partitions)`` before first use.
+        Temporary: use :meth:`subscribe`, whose callbacks take only the partitions."""
         self._on_assign, self._on_revoke = on_assign, on_revoke
+
+    def _subscribe(self, consumer: confluent_kafka.Consumer) -> None:
+        kwargs: dict[str, Any] = {}
+        if self._on_assign is not None:
+            kwargs["on_assign"] = self._on_assign
+        if self._on_revoke is not None:
+            kwargs["on_revoke"] = self._on_revoke
+        try:
+            consumer.subscribe(self.topics, **kwargs)
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, f"subscribe to {', '.join(self.topics)}") from None
+
+    @property
+    def _client(self) -> confluent_kafka.Consumer:
+        consumer = self._consumer
+        if consumer is None:
+            consumer = self._consumer = confluent_kafka.Consumer(self.config(self.DEFAULTS))
+            if self.topics:
+                self._subscribe(consumer)
+        return consumer
 
     @property
     def client(self) -> confluent_kafka.Consumer:
-        if self._consumer is None:
-            self._consumer = confluent_kafka.Consumer(self.config(self.DEFAULTS))
-            if self.topics:
-                kwargs: dict[str, Any] = {}
-                if self._on_assign is not None:
-                    kwargs["on_assign"] = self._on_assign
-                if self._on_revoke is not None:
-                    kwargs["on_revoke"] = self._on_revoke
-                self._consumer.subscribe(self.topics, **kwargs)
-        return self._consumer
+        """The raw librdkafka consumer. Temporary: only until no component uses it any more."""
+        return self._client
 
     def consume(self, max_messages: int = 500, timeout_s: float = 1.0) -> list[confluent_kafka.Message]:
-        """Up to ``max_messages`` records; errors of single records are logged and skipped
-        only when they are informational (partition EOF), otherwise raised."""
-        messages = self.client.consume(max_messages, timeout_s)
+        """Up to ``max_messages`` records, waiting at most ``timeout_s`` for the first. Partition
+        EOF events are skipped, other retriable errors logged, the rest raised."""
+        try:
+            messages = self._client.consume(max_messages, timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "consume") from None
         good: list[confluent_kafka.Message] = []
         for message in messages:
             error = message.error()
@@ -254,18 +382,170 @@ class KafkaConsumer(_Lazy):
                 log.warning("kafka consume: %s", error)
         return good
 
-    def commit(self, asynchronous: bool = False) -> None:
+    def commit(self, asynchronous: bool = False, *,
+               offsets: Sequence[confluent_kafka.TopicPartition] | None = None) -> None:
+        """Commit ``offsets`` (each the next offset to read), or else the position of every
+        assigned partition. Nothing to commit is not an error."""
         try:
-            self.client.commit(asynchronous=asynchronous)
+            if offsets is None:
+                self._client.commit(asynchronous=asynchronous)
+            elif offsets:
+                self._client.commit(offsets=list(offsets), asynchronous=asynchronous)
         except confluent_kafka.KafkaException as exc:
             wrapped = _wrap(exc, "commit offsets")
             if wrapped.code != "_NO_OFFSET":
                 raise wrapped from None
 
+    # -- partitions and offsets --------------------------------------------------------------
+
+    def assign(self, partitions: Sequence[confluent_kafka.TopicPartition]) -> None:
+        """Read exactly these partitions from their offsets (``OFFSET_BEGINNING``,
+        ``OFFSET_END``, an offset, or ``OFFSET_INVALID`` for the committed offset), replacing
+        the current assignment."""
+        try:
+            self._client.assign(list(partitions))
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "assign partitions") from None
+
+    def incremental_assign(self, partitions: Sequence[confluent_kafka.TopicPartition]) -> None:
+        """Add partitions to the current assignment, keeping the others where they are."""
+        try:
+            self._client.incremental_assign(list(partitions))
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "assign partitions") from None
+
+    def unassign(self) -> None:
+        """Stop reading every assigned partition."""
+        try:
+            self._client.unassign()
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "unassign partitions") from None
+
+    def assignment(self) -> list[confluent_kafka.TopicPartition]:
+        """The partitions this consumer reads now."""
+        try:
+            return list(self._client.assignment())
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "read the assignment") from None
+
+    def seek(self, partition: confluent_kafka.TopicPartition) -> None:
+        """Continue an assigned partition at ``partition.offset``; records fetched already and
+        not yet returned are dropped."""
+        try:
+            self._client.seek(partition)
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, f"seek {partition.topic}[{partition.partition}] to {partition.offset}") from None
+
+    def position(self, partitions: Sequence[confluent_kafka.TopicPartition]) -> list[confluent_kafka.TopicPartition]:
+        """Per partition, the offset of the next record :meth:`consume` would return (past
+        transaction markers and aborted records it skipped); ``OFFSET_INVALID`` before the
+        first fetch."""
+        try:
+            return list(self._client.position(list(partitions)))
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "read positions") from None
+
+    def committed(self, partitions: Sequence[confluent_kafka.TopicPartition],
+                  timeout_s: float = 10.0) -> list[confluent_kafka.TopicPartition]:
+        """The group's committed offsets of ``partitions`` (``OFFSET_INVALID`` where none)."""
+        try:
+            result = list(self._client.committed(list(partitions), timeout=timeout_s))
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "read committed offsets") from None
+        for tp in result:
+            if tp.error is not None:
+                raise kafka_error(tp.error, f"read the committed offset of {tp.topic}[{tp.partition}]")
+        return result
+
+    def watermarks(self, topic: str, partition: int, *, cached: bool = False,
+                   timeout_s: float = 10.0) -> tuple[int, int]:
+        """``(low, high)``: the first offset and one past the last. For a ``read_committed``
+        consumer the high mark is the last stable offset: the first offset of a transaction
+        still open, else the end. ``cached=True`` costs no round trip: the marks of the last
+        fetch response (``OFFSET_INVALID`` before the first). A live query retries for up to
+        ``timeout_s`` while the partition has no leader yet (a topic just created)."""
+        tp = confluent_kafka.TopicPartition(topic, partition)
+        client = self._client
+        if cached:
+            try:
+                low, high = client.get_watermark_offsets(tp, cached=True)
+            except confluent_kafka.KafkaException as exc:
+                raise _wrap(exc, f"read the cached watermarks of {topic}[{partition}]") from None
+            return int(low), int(high)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                marks = client.get_watermark_offsets(tp, timeout=left, cached=False)
+            except confluent_kafka.KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                transient = isinstance(error, confluent_kafka.KafkaError) and (
+                    error.retriable() or error.code() in _NO_LEADER_YET
+                    or error.code() == confluent_kafka.KafkaError._TIMED_OUT)
+                if not transient or time.monotonic() >= deadline:
+                    raise _wrap(exc, f"read the watermarks of {topic}[{partition}]",
+                                hint="is Kafka reachable and the cluster healthy?") from None
+                time.sleep(0.2)
+                continue
+            if marks is None:  # older clients answer a timeout with None
+                raise KafkaError(f"read the watermarks of {topic}[{partition}]: timed out after {timeout_s:.0f}s",
+                                 code="_TIMED_OUT", retriable=True, hint="is Kafka reachable?")
+            return int(marks[0]), int(marks[1])
+
+    def offsets_for_times(self, partitions: Sequence[confluent_kafka.TopicPartition],
+                          timeout_s: float = 10.0) -> list[confluent_kafka.TopicPartition]:
+        """Per partition (its ``offset`` field holding a timestamp in ms), the first offset
+        whose record timestamp is at or after it; ``OFFSET_END`` (-1) when there is none."""
+        try:
+            result = list(self._client.offsets_for_times(list(partitions), timeout=timeout_s))
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "look up offsets for times") from None
+        for tp in result:
+            if tp.error is not None:
+                raise kafka_error(tp.error, f"look up offsets for times of {tp.topic}[{tp.partition}]")
+        return result
+
+    def partitions(self, topic: str, timeout_s: float = 10.0) -> list[int]:
+        """The partition numbers of ``topic``, sorted; :class:`KafkaError` with code
+        ``UNKNOWN_TOPIC_OR_PART`` when it does not exist."""
+        found = self.topic_partitions([topic], timeout_s)
+        if topic not in found:
+            raise KafkaError(f"Kafka topic {topic} does not exist", code="UNKNOWN_TOPIC_OR_PART", hint=_CREATE_TOPICS)
+        return found[topic]
+
+    def topic_partitions(self, topics: Iterable[str] | None = None,
+                         timeout_s: float = 10.0) -> dict[str, list[int]]:
+        """``{topic: sorted partition numbers}`` of those of ``topics`` that exist (of every
+        topic when ``None``), from one metadata request. Unreachable Kafka raises a retriable
+        :class:`KafkaError`."""
+        names = None if topics is None else list(topics)
+        try:
+            if names is not None and len(names) == 1:
+                metadata = self._client.list_topics(names[0], timeout=timeout_s)
+            else:
+                metadata = self._client.list_topics(timeout=timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, f"Kafka at {self.settings.bootstrap_servers} is unreachable",
+                        hint="start it with `forewarn stack up` or fix kafka.bootstrap_servers") from None
+        wanted = set(metadata.topics) if names is None else set(names)
+        return {name: sorted(info.partitions) for name, info in metadata.topics.items()
+                if name in wanted and info.error is None}
+
+    def consumer_group_metadata(self) -> GroupMetadata:
+        """This member's group metadata, for :meth:`KafkaProducer.send_offsets_to_transaction`."""
+        try:
+            return self._client.consumer_group_metadata()
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "read the consumer group metadata") from None
+
     def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        """Leave the group (``on_revoke`` runs) and release the client."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                consumer.close()
+            except confluent_kafka.KafkaException as exc:
+                raise _wrap(exc, "close the consumer") from None
 
     def __enter__(self) -> Self:
         return self
@@ -274,6 +554,125 @@ class KafkaConsumer(_Lazy):
                  tb: TracebackType | None) -> None:
         self.close()
 
+
+# -- reading to the end ---------------------------------------------------------------------
+
+def read_to_end(
+    kafka: KafkaSettings | ConsumerLike,
+    source: str | Sequence[str | confluent_kafka.TopicPartition],
+    *,
+    stop_at: Mapping[tuple[str, int], int] | None = None,
+    idle_timeout_s: float = 30.0,
+    max_messages: int = 1000,
+    overrides: Mapping[str, Any] | None = None,
+) -> Iterator[confluent_kafka.Message]:
+    """Every record of ``source`` from its start to the end it had when this was called, in
+    offset order per partition.
+
+    ``source`` names topics (all their partitions, from the first record) and/or
+    :class:`TopicPartition` values (from their ``offset``: an offset, ``OFFSET_BEGINNING`` or
+    ``OFFSET_INVALID`` for the first record). ``stop_at`` ends a partition earlier, at an offset
+    (exclusive). With :class:`KafkaSettings` a private consumer (``read_committed``, plus
+    ``overrides``) is built and closed when the iteration ends; with a consumer (not subscribed
+    to a group) its assignment is replaced by ``source``, and it is left positioned at each
+    partition's end, ready to go on consuming what came later.
+
+    The end of a partition is its high watermark when reading starts (for a ``read_committed``
+    reader the last stable offset: a transaction still open then is not waited for). A
+    partition is done when the consumer's position reaches it, which also covers a partition
+    ending in a transaction marker or an aborted transaction: both take offsets that are never
+    delivered. Empty partitions are done at once. A topic that does not exist raises
+    :class:`KafkaError` (``UNKNOWN_TOPIC_OR_PART``); no progress for ``idle_timeout_s`` raises a
+    retriable one.
+    """
+    if isinstance(kafka, KafkaSettings):
+        consumer: ConsumerLike = KafkaConsumer(kafka, f"forewarn-read-{uuid.uuid4().hex[:12]}", (),
+                                               **dict(overrides or {}))
+        try:
+            yield from _read_to_end(consumer, source, stop_at, idle_timeout_s, max_messages, own=True)
+        finally:
+            consumer.close()
+    else:
+        yield from _read_to_end(kafka, source, stop_at, idle_timeout_s, max_messages, own=False)
+
+
+@dataclass
+class _Range:
+    start: int
+    end: int
+
+
+def _plan(consumer: ConsumerLike, source: str | Sequence[str | confluent_kafka.TopicPartition],
+          stop_at: Mapping[tuple[str, int], int] | None, timeout_s: float) -> dict[tuple[str, int], _Range]:
+    wanted: list[tuple[str, int, int]] = []
+    for item in [source] if isinstance(source, str) else source:
+        if isinstance(item, str):
+            wanted.extend((item, p, OFFSET_BEGINNING) for p in consumer.partitions(item))
+        else:
+            wanted.append((item.topic, item.partition, item.offset))
+    ranges: dict[tuple[str, int], _Range] = {}
+    for topic, partition, offset in wanted:
+        low, high = consumer.watermarks(topic, partition, timeout_s=timeout_s)
+        end = high if stop_at is None else min(high, stop_at.get((topic, partition), high))
+        start = low if offset in (OFFSET_BEGINNING, OFFSET_INVALID) or 0 <= offset < low else offset
+        if start == OFFSET_END:
+            start = high
+        ranges[(topic, partition)] = _Range(start, end)
+    return ranges
+
+
+def _read_to_end(consumer: ConsumerLike, source: str | Sequence[str | confluent_kafka.TopicPartition],
+                 stop_at: Mapping[tuple[str, int], int] | None, idle_timeout_s: float, max_messages: int,
+                 *, own: bool) -> Iterator[confluent_kafka.Message]:
+    ranges = _plan(consumer, source, stop_at, idle_timeout_s)
+    # Empty partitions are assigned too (unless the consumer is ours): a caller's consumer goes
+    # on reading them after the end.
+    consumer.assign([confluent_kafka.TopicPartition(t, p, r.start) for (t, p), r in ranges.items()
+                     if not own or r.start < r.end])
+    pending = {key for key, r in ranges.items() if r.start < r.end}
+    overshot: set[tuple[str, int]] = set()  # partitions whose records past the end were fetched and skipped
+    last_positions: dict[tuple[str, int], int] = {}
+    progress = time.monotonic()
+    wait_s = max(0.05, min(0.5, idle_timeout_s))
+    while pending:
+        messages = consumer.consume(max_messages, wait_s)
+        for message in messages:
+            key = (message.topic(), message.partition())
+            bounds = ranges.get(key)
+            offset = message.offset()
+            if bounds is None or offset is None:
+                continue
+            if offset >= bounds.end:
+                overshot.add(key)
+                pending.discard(key)
+                continue
+            yield message
+            if offset + 1 >= bounds.end:
+                pending.discard(key)
+        if messages:
+            progress = time.monotonic()
+        if not pending:
+            break
+        order = sorted(pending)
+        for tp in consumer.position([confluent_kafka.TopicPartition(t, p) for t, p in order]):
+            key = (tp.topic, tp.partition)
+            if tp.offset >= ranges[key].end:
+                pending.discard(key)
+            if tp.offset != last_positions.get(key):  # moving past markers or aborted records is progress
+                last_positions[key] = tp.offset
+                progress = time.monotonic()
+        if pending and time.monotonic() - progress > idle_timeout_s:
+            where = ", ".join(f"{t}[{p}] at {last_positions.get((t, p), OFFSET_INVALID)} of {ranges[(t, p)].end}"
+                              for t, p in sorted(pending))
+            raise KafkaError(f"reading to the end: no progress for {idle_timeout_s:.0f}s ({where})",
+                             code="_TIMED_OUT", retriable=True,
+                             hint="is Kafka healthy? are the partitions' leaders available?")
+    if not own:
+        for topic, partition in sorted(overshot):
+            consumer.seek(confluent_kafka.TopicPartition(topic, partition, ranges[(topic, partition)].end))
+
+
+# -- administration -------------------------------------------------------------------------
 
 class TopicCheck:
     """What ``ensure_topics`` found or did for one topic."""
@@ -286,23 +685,43 @@ class TopicCheck:
         return not self.problems
 
 
+@dataclass(frozen=True)
+class GroupLag:
+    """How far one consumer group is behind on one partition."""
+
+    group: str
+    topic: str
+    partition: int
+    committed: int | None  # None: the group committed nothing for it
+    end: int  # the partition's end for read_committed readers (last stable offset)
+
+    @property
+    def lag(self) -> int | None:
+        return None if self.committed is None else max(0, self.end - self.committed)
+
+
 class KafkaAdmin(_Lazy):
-    """Topic administration and reachability checks."""
+    """Topic administration, consumer-group offsets and reachability checks."""
 
     def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
         super().__init__(settings, overrides)
         self._admin: kadmin.AdminClient | None = None
 
     @property
-    def client(self) -> kadmin.AdminClient:
+    def _client(self) -> kadmin.AdminClient:
         if self._admin is None:
             self._admin = kadmin.AdminClient(self.config({}))
         return self._admin
 
+    @property
+    def client(self) -> kadmin.AdminClient:
+        """The raw admin client. Temporary: only until no component uses it any more."""
+        return self._client
+
     def ping(self, timeout_s: float = 5.0) -> Any:
         """Cluster metadata, or :class:`KafkaError` saying the cluster is unreachable."""
         try:
-            return self.client.list_topics(timeout=timeout_s)
+            return self._client.list_topics(timeout=timeout_s)
         except confluent_kafka.KafkaException as exc:
             raise KafkaError(f"Kafka at {self.settings.bootstrap_servers} is unreachable ({exc.args[0]})",
                              retriable=True,
@@ -316,7 +735,7 @@ class KafkaAdmin(_Lazy):
         checks: list[TopicCheck] = []
         to_create = [s for s in specs if s.name not in existing]
         if to_create:
-            futures = self.client.create_topics(
+            futures = self._client.create_topics(
                 [kadmin.NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
                                  config=s.config) for s in to_create],
                 operation_timeout=timeout_s, request_timeout=timeout_s)
@@ -350,10 +769,34 @@ class KafkaAdmin(_Lazy):
         """Each topic's configuration (``max.message.bytes``, ``cleanup.policy``, ...)."""
         return self._describe_configs(list(names), timeout_s)
 
+    def alter_topic_configs(self, configs: Mapping[str, Mapping[str, str]], timeout_s: float = 30.0) -> None:
+        """Set configuration entries of existing topics (``{topic: {name: value}}``; entries
+        not named keep their value) and return once :meth:`topic_configs` reports them."""
+        resources = [kadmin.ConfigResource(kadmin.ResourceType.TOPIC, topic, incremental_configs=[
+            kadmin.ConfigEntry(name, str(value), incremental_operation=kadmin.AlterConfigOpType.SET)
+            for name, value in entries.items()]) for topic, entries in configs.items()]
+        if not resources:
+            return
+        for resource, future in self._client.incremental_alter_configs(
+                resources, request_timeout=timeout_s).items():
+            try:
+                future.result(timeout_s)
+            except confluent_kafka.KafkaException as exc:
+                raise _wrap(exc, f"alter the configuration of topic {resource.name}") from None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            have = self._describe_configs(list(configs), timeout_s)
+            if all(have.get(t, {}).get(k) == str(v) for t, entries in configs.items() for k, v in entries.items()):
+                return
+            if time.monotonic() > deadline:
+                raise KafkaError(f"the new configuration of {', '.join(configs)} was not visible "
+                                 f"within {timeout_s:.0f}s", code="_TIMED_OUT", retriable=True)
+            time.sleep(0.1)
+
     def _describe_configs(self, names: list[str], timeout_s: float) -> dict[str, dict[str, str]]:
         resources = [kadmin.ConfigResource(kadmin.ResourceType.TOPIC, n) for n in names]
         result: dict[str, dict[str, str]] = {}
-        for resource, future in self.client.describe_configs(resources, request_timeout=timeout_s).items():
+        for resource, future in self._client.describe_configs(resources, request_timeout=timeout_s).items():
             try:
                 entries = future.result()
             except confluent_kafka.KafkaException as exc:
@@ -362,7 +805,7 @@ class KafkaAdmin(_Lazy):
         return result
 
     def delete_topics(self, names: Iterable[str], timeout_s: float = 30.0) -> None:
-        futures = self.client.delete_topics(list(names), operation_timeout=timeout_s)
+        futures = self._client.delete_topics(list(names), operation_timeout=timeout_s)
         for name, future in futures.items():
             try:
                 future.result()
@@ -370,3 +813,56 @@ class KafkaAdmin(_Lazy):
                 wrapped = _wrap(exc, f"delete topic {name}")
                 if wrapped.code != "UNKNOWN_TOPIC_OR_PART":
                     raise wrapped from None
+
+    # -- consumer groups -----------------------------------------------------------------
+
+    def consumer_group_offsets(self, topics: Iterable[str] | None = None,
+                               timeout_s: float = 5.0) -> dict[str, dict[tuple[str, int], int]]:
+        """``{group: {(topic, partition): committed offset}}`` of every consumer group, limited to
+        ``topics`` when given; groups that committed nothing there are left out."""
+        wanted = None if topics is None else set(topics)
+        try:
+            groups = self._client.list_consumer_groups(request_timeout=timeout_s).result()
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "list consumer groups") from None
+        committed: dict[str, dict[tuple[str, int], int]] = {}
+        for listing in groups.valid:
+            request = [confluent_kafka.ConsumerGroupTopicPartitions(listing.group_id)]
+            for future in self._client.list_consumer_group_offsets(request, request_timeout=timeout_s).values():
+                try:
+                    result = future.result()
+                except confluent_kafka.KafkaException as exc:
+                    raise _wrap(exc, f"list the offsets of consumer group {listing.group_id}") from None
+                offsets = {(tp.topic, tp.partition): int(tp.offset) for tp in result.topic_partitions or []
+                           if wanted is None or tp.topic in wanted}
+                if offsets:
+                    committed[listing.group_id] = offsets
+        return committed
+
+    def end_offsets(self, partitions: Iterable[tuple[str, int]], *, read_committed: bool = True,
+                    timeout_s: float = 5.0) -> dict[tuple[str, int], int]:
+        """Each partition's end: the last stable offset for ``read_committed`` readers, else the
+        high watermark."""
+        specs: dict[Any, Any] = {confluent_kafka.TopicPartition(t, p): kadmin.OffsetSpec.latest()
+                                 for t, p in partitions}
+        if not specs:
+            return {}
+        level = (confluent_kafka.IsolationLevel.READ_COMMITTED if read_committed
+                 else confluent_kafka.IsolationLevel.READ_UNCOMMITTED)
+        ends: dict[tuple[str, int], int] = {}
+        for tp, future in self._client.list_offsets(specs, isolation_level=level,
+                                                    request_timeout=timeout_s).items():
+            try:
+                ends[(tp.topic, tp.partition)] = int(future.result().offset)
+            except confluent_kafka.KafkaException as exc:
+                raise _wrap(exc, f"list the end offset of {tp.topic}[{tp.partition}]") from None
+        return ends
+
+    def group_lag(self, topics: Iterable[str] | None = None, timeout_s: float = 5.0) -> list[GroupLag]:
+        """Every consumer group's lag on the partitions of ``topics`` it committed offsets for,
+        sorted by group, topic and partition."""
+        committed = self.consumer_group_offsets(topics, timeout_s)
+        ends = self.end_offsets({tp for offsets in committed.values() for tp in offsets}, timeout_s=timeout_s)
+        return [GroupLag(group, topic, partition, offset if offset >= 0 else None, ends.get((topic, partition), 0))
+                for group, offsets in sorted(committed.items())
+                for (topic, partition), offset in sorted(offsets.items())]

@@ -53,7 +53,9 @@ class MqttClient:
     """One MQTT connection. Nothing touches the network until :meth:`connect`.
 
     ``on_message(message)`` runs on paho's network thread. With ``manual_ack=True`` a QoS 1
-    message is acknowledged only when :meth:`ack` is called for it.
+    message is acknowledged only when :meth:`ack` is called for it. ``on_published(mid)`` (see
+    the property) tells when the broker has a publish; :attr:`outgoing_packets` how much paho still
+    has to write to the socket.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class MqttClient:
         self.max_inflight = max_inflight
         self.on_message = on_message
         self.on_connected: Callable[[bool], None] | None = None
+        self._on_published: Callable[[int], None] | None = None
         self._client: paho.Client | None = None
         self._protocol: MQTTProtocolVersion | None = None
         self._connected = threading.Event()
@@ -119,6 +122,8 @@ class MqttClient:
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
+        if self._on_published is not None:
+            client.on_publish = self._handle_publish
         return client
 
     def _connect_properties(self) -> Properties | None:
@@ -228,6 +233,37 @@ class MqttClient:
     def _handle_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if self.on_message is not None:
             self.on_message(message)
+
+    def _handle_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode,
+                        properties: Properties | None) -> None:
+        if reason.is_failure:
+            log.warning("mqtt broker refused publish %s: %s", mid, reason)
+        callback = self._on_published
+        if callback is not None:
+            callback(mid)
+
+    @property
+    def on_published(self) -> Callable[[int], None] | None:
+        """Called with a publish's ``mid`` (as returned by :meth:`publish`) once it is done: the
+        broker's PUBACK for QoS 1 (also one refusing it, under MQTT 5: logged), written to the
+        socket for QoS 0. Runs on paho's network thread, possibly before :meth:`publish` has
+        returned that ``mid``. May be set at any time; ``None`` removes it."""
+        return self._on_published
+
+    @on_published.setter
+    def on_published(self, callback: Callable[[int], None] | None) -> None:
+        self._on_published = callback
+        if self._client is not None:
+            self._client.on_publish = None if callback is None else self._handle_publish
+
+    @property
+    def outgoing_packets(self) -> int:
+        """Packets paho has queued and not yet written to the socket (publishes, acks, ...);
+        0 when not connected. Lets a fast publisher wait instead of queueing without bound."""
+        client = self._client
+        if client is None:
+            return 0
+        return len(getattr(client, "_out_packet", ()))
 
     # -- operations ------------------------------------------------------------------------
 
