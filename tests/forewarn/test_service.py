@@ -194,9 +194,8 @@ def test_a_second_ctrl_c_cuts_a_slow_drain_short() -> None:
 def _sleeper(tmp_path: Path, name: str, ignore_term: bool) -> Child:
     code = ("import signal, time\n" + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignore_term else "")
             + "print('up', flush=True)\ntime.sleep(120)\n")
-    popen = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                             start_new_session=True)
-    assert popen.stdout is not None and popen.stdout.readline().strip() == "up"
+    popen = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
+    assert popen.stdout is not None and popen.stdout.readline().strip() == b"up"
     popen.stdout.close()  # it prints nothing more
     return Child(name, [], tmp_path / f"{name}.log", popen)
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from forewarn.errors import ConfigError
-from forewarn.settings import KafkaSettings, ServiceSettings, load_settings
+from forewarn.settings import KafkaSettings, MqttSettings, ServiceSettings, StackSettings, TopicSettings, load_settings
 
 
 @pytest.fixture
@@ -60,3 +61,10 @@ def test_settings_are_frozen() -> None:
     s = ServiceSettings()
     with pytest.raises(Exception, match="frozen"):
         s.kafka = KafkaSettings()  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("section", [KafkaSettings, MqttSettings, TopicSettings, StackSettings])
+def test_every_shared_setting_is_described(section: type[BaseModel]) -> None:
+    # The descriptions are the flags' help and the only documentation of the TOML keys.
+    missing = [name for name, field in section.model_fields.items() if not (field.description or "").strip()]
+    assert missing == []
