@@ -7,28 +7,23 @@ and ``--help`` shows its variable.
 
 from __future__ import annotations
 
-import logging
-import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar
 
 import click
 
 from forewarn.cli_options import Flag, flags, kafka_options, mqtt_options, settings_from
 from forewarn.errors import ForewarnError
+from forewarn.service import SignalScope, on_signals
 from simulators.errors import SimulatorError
 from simulators.fleet import to_epoch_ms
 from simulators.settings import SimulateSettings
 
 __all__ = ["simulate"]
-
-log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -135,26 +130,6 @@ def _parse_start(value: str) -> int:
     return to_epoch_ms(when.astimezone(UTC))
 
 
-@contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by SIGTERM or SIGINT while the block runs (main thread only)."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %s: stopping after in-flight messages are acknowledged", signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def _write_report(path: Path | None, text: str) -> None:
     if path is None:
         return
@@ -167,6 +142,13 @@ def _write_report(path: Path | None, text: str) -> None:
 
 def _progress(line: str) -> None:
     click.echo(line, err=True)
+
+
+def _stop_on_signals(stop: threading.Event) -> SignalScope:
+    """SIGTERM or Ctrl-C sets ``stop``: publishing ends once what is in flight is acknowledged
+    (a second signal exits at once)."""
+    return on_signals(lambda _sig: stop.set(), say=_progress,
+                      action="stopping after in-flight messages are acknowledged")
 
 
 @click.group(cls=_Group)
@@ -204,8 +186,9 @@ def live() -> None:
 
     client = MqttClient(settings.mqtt, opts.live.client_id)
     client.connect()
+    stop = threading.Event()
     try:
-        with _stop_on_signals() as stop:
+        with _stop_on_signals(stop):
             click.echo(f"simulating {fleet.machines * len(fleet.asset_types)} machines "
                        f"({', '.join(fleet.asset_types)}) at {opts.live.speed}x, {opts.delivery} delivery, "
                        f"QoS {opts.qos} -> mqtt://{settings.mqtt.host}:{settings.mqtt.port}", err=True)
@@ -299,7 +282,8 @@ def replay(file: Path) -> None:
         builder = MessageBuilder(sink, data.machine_ids, faults=opts.faults.config(), seed=opts.seed,
                                  delivery=opts.delivery, batch_size=opts.batch_size,
                                  gateways_per_site=opts.gateways_per_site)
-        with _stop_on_signals() as stop:
+        stop = threading.Event()
+        with _stop_on_signals(stop):
             seconds = run_replay(data, builder, rate=run.rate, stop=stop, progress_s=opts.progress_s,
                                  progress=_progress)
         unacked = sink.wait_acked(30.0) if opts.qos else 0
