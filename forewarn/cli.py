@@ -19,7 +19,7 @@ import click
 from forewarn import __version__
 from forewarn.cli_options import Flag, flags, kafka_options, mqtt_options, settings_from, stack_options
 from forewarn.errors import ForewarnError
-from forewarn.settings import CONFIG_ENV, ServiceSettings
+from forewarn.settings import CONFIG_ENV, DemoSettings, ServiceSettings
 
 __all__ = ["main"]
 
@@ -240,22 +240,21 @@ def topics_list() -> None:
 # -- demo --------------------------------------------------------------------------------
 
 
+DEMO_FLAGS = (
+    Flag("--check", "demo.check"),
+    Flag("--minutes", "demo.minutes"),
+    Flag("--machines", "demo.machines"),
+    Flag("--speed", "demo.speed"),
+    Flag("--dashboard-port", "demo.dashboard_port"),
+)
+
+
 @cli.command()
-@click.option("--check", is_flag=True, help="Run headless for --minutes, then exit 1 unless predictions flowed "
-              "and an alert opened before a simulated failure.")
-@click.option("--minutes", type=click.FloatRange(0.5, 600), default=5.0, show_default=True,
-              help="How long --check runs the pipeline.")
-@click.option("--machines", type=click.IntRange(1, 100_000), default=250, show_default=True,
-              envvar="FOREWARN_DEMO_MACHINES", show_envvar=True, help="Simulated machines per asset type.")
-@click.option("--speed", type=click.FloatRange(1, 100_000), default=120.0, show_default=True,
-              envvar="FOREWARN_DEMO_SPEED", show_envvar=True,
-              help="Simulated seconds per wall second (readings come every 60 simulated seconds).")
-@click.option("--dashboard-port", type=click.IntRange(1, 65535), default=8501, show_default=True,
-              envvar="FOREWARN_DEMO_DASHBOARD_PORT", show_envvar=True, help="Port of the dashboard.")
+@flags(DemoSettings, *DEMO_FLAGS)
 @stack_options
 @kafka_options
 @mqtt_options
-def demo(check: bool, minutes: float, machines: int, speed: float, dashboard_port: int) -> None:
+def demo() -> None:
     """Run the whole system: stack, topics, models, simulator, bridge, scoring, dashboard.
 
     Starts the local stack and creates the topics, trains initial models from simulated
@@ -263,12 +262,9 @@ def demo(check: bool, minutes: float, machines: int, speed: float, dashboard_por
     the live simulator (2 sites, pumps and motors), the bridge, two scoring workers and the
     dashboard, and prints the dashboard's address. Ctrl-C stops everything.
     """
-    from forewarn.demo import DemoOptions, run_demo
+    from forewarn.demo import run_demo
 
-    settings = settings_from(ServiceSettings)
-    options = DemoOptions(machines_per_type=machines, speed=speed, dashboard_port=dashboard_port, check=check,
-                          minutes=minutes)
-    sys.exit(run_demo(settings, options, lambda line: click.echo(line, err=True)))
+    sys.exit(run_demo(settings_from(DemoSettings), lambda line: click.echo(line, err=True)))
 
 
 def main() -> None:

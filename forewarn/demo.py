@@ -25,29 +25,17 @@ from forewarn.contract import Alert, MaintenanceEvent
 from forewarn.errors import ForewarnError
 from forewarn.kafka import KafkaAdmin, KafkaConsumer
 from forewarn.service import on_signals
-from forewarn.settings import ServiceSettings
+from forewarn.settings import DemoOptions, DemoSettings, ServiceSettings
 from forewarn.stack import LocalStack
 from forewarn.stack._process import tail
 from forewarn.supervisor import Supervisor
 from forewarn.topics import Topics, topic_specs
 
-__all__ = ["CheckResult", "DemoOptions", "check_pipeline", "run_demo"]
+__all__ = ["CheckResult", "check_pipeline", "run_demo"]
 
 log = logging.getLogger(__name__)
 
 ASSET_TYPES = ("pump", "motor")
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    machines_per_type: int = 250
-    sites: int = 2
-    speed: float = 120.0  # simulated seconds per wall second: 2 readings/s per machine at 60 s periods
-    dashboard_port: int = 8501
-    workers: int = 2
-    check: bool = False
-    minutes: float = 5.0
-    seed: int = 7
 
 
 class DemoError(ForewarnError):
@@ -170,7 +158,7 @@ def _warned_failures(failures: list[tuple[str, int]], opened: dict[str, list[int
     return warned
 
 
-def run_demo(settings: ServiceSettings, options: DemoOptions, say: Callable[[str], None]) -> int:
+def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> int:
     """Run the demo until SIGTERM or Ctrl-C (or, with ``check``, for ``minutes``); returns the
     exit code. A second Ctrl-C stops the components at once (what has not exited after a short
     grace period is killed)."""
@@ -186,7 +174,7 @@ def run_demo(settings: ServiceSettings, options: DemoOptions, say: Callable[[str
     stop = threading.Event()
     with on_signals(lambda _sig: stop.set(), say=say, action="stopping the demo"):
         try:
-            return _run_pipeline(settings, options, topics, env, stop, say)
+            return _run_pipeline(settings, settings.demo, topics, env, stop, say)
         finally:
             if not was_running:
                 local.down(say)
@@ -219,7 +207,7 @@ def _start_components(supervisor: Supervisor, options: DemoOptions, env: dict[st
     if not options.check:
         supervisor.start("dashboard", ["dashboard", "--port", str(options.dashboard_port)])
     types = [a for t in ASSET_TYPES for a in ("--asset-type", t)]
-    supervisor.start("simulator", ["simulate", "live", *types, "--machines", str(options.machines_per_type),
+    supervisor.start("simulator", ["simulate", "live", *types, "--machines", str(options.machines),
                                    "--sites", str(options.sites), "--speed", str(options.speed),
                                    "--delivery", "batch", "--seed", str(options.seed)])
     say(f"logs of every component: {supervisor.log_dir}")

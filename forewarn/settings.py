@@ -23,6 +23,8 @@ from pydantic_settings import (
 from forewarn.errors import ConfigError
 
 __all__ = [
+    "DemoOptions",
+    "DemoSettings",
     "KafkaSettings",
     "MqttSettings",
     "ServiceSettings",
@@ -161,6 +163,27 @@ class ServiceSettings(BaseSettings):
         # First wins: flags (init kwargs) > environment > forewarn.toml.
         toml = TomlConfigSettingsSource(settings_cls, toml_file=config_path())
         return (init_settings, env_settings, toml)
+
+
+class DemoOptions(_Section):
+    """What ``forewarn demo`` runs: the simulated fleet, the pipeline and, with ``check``, for how long."""
+
+    machines: int = Field(250, ge=1, le=100_000, description="simulated machines per asset type")
+    sites: int = Field(2, ge=1, description="sites the simulated machines are spread over")
+    speed: float = Field(120.0, ge=1, le=100_000, description="simulated seconds per wall second (readings come "
+                         "every 60 simulated seconds)")
+    dashboard_port: int = Field(8501, ge=1, le=65535, description="port of the dashboard")
+    workers: int = Field(2, ge=1, description="scoring workers to run")
+    seed: int = Field(7, ge=0, description="seed of the simulated history and fleet")
+    check: bool = Field(False, description="run headless for --minutes, then exit 1 unless predictions flowed and an "
+                        "alert opened before a simulated failure")
+    minutes: float = Field(5.0, ge=0.5, le=600, description="how long --check runs the pipeline, in minutes")
+
+
+class DemoSettings(ServiceSettings):
+    """Settings of ``forewarn demo``."""
+
+    demo: DemoOptions = DemoOptions()
 
 
 S = TypeVar("S", bound=ServiceSettings)
