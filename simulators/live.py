@@ -14,15 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from forewarn.mqtt import MqttClient
 from forewarn.topics import batch_topic, maintenance_topic, telemetry_topic
 from simulators.faults import FaultReport
 from simulators.fleet import Fleet, FleetConfig
 from simulators.messages import Delivery, MessageBuilder, Outgoing
 
-__all__ = ["LiveSummary", "MqttSink", "Pacer", "run_live", "topic_for"]
+__all__ = ["LiveSummary", "MqttPublisher", "MqttSink", "Pacer", "run_live", "topic_for"]
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +35,33 @@ def topic_for(message: Outgoing) -> str:
     return maintenance_topic(message.source)
 
 
+class MqttPublisher(Protocol):
+    """What :class:`MqttSink` needs of an MQTT client (:class:`~forewarn.mqtt.MqttClient`,
+    or :class:`~forewarn.testing.FakeMqtt` in unit tests)."""
+
+    on_published: Callable[[int], None] | None
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> Any: ...
+
+
 class MqttSink:
-    """Publishes messages with a connected :class:`MqttClient` and tracks the broker's
-    acknowledgements (paho's ``on_publish``), keeping at most ``max_pending``
+    """Publishes messages with a connected MQTT client and tracks the broker's
+    acknowledgements (the client's ``on_published`` hook), keeping at most ``max_pending``
     unacknowledged QoS ≥ 1 publishes: when the broker is slow or away, :meth:`send`
     blocks (back-pressure) instead of queueing without bound. Publishes made while
     disconnected are resent by paho after the reconnect."""
 
-    def __init__(self, client: MqttClient, qos: int = 1, max_pending: int = 20_000) -> None:
-        self.client = client
+    def __init__(self, mqtt: MqttPublisher, qos: int = 1, max_pending: int = 20_000) -> None:
+        self.mqtt = mqtt
         self.qos = qos
         self.max_pending = max(1, min(max_pending, 60_000))  # below the 16-bit message id space
         self._cond = threading.Condition()
         self._pending: set[int] = set()
         self._early: set[int] = set()  # acknowledged before publish() returned their id
         if qos:
-            client.client.on_publish = self._on_publish
+            mqtt.on_published = self._on_published
 
-    def _on_publish(self, _client: Any, _userdata: Any, mid: int, _reason: Any, _properties: Any) -> None:
+    def _on_published(self, mid: int) -> None:
         with self._cond:
             if mid in self._pending:
                 self._pending.discard(mid)
@@ -62,7 +70,7 @@ class MqttSink:
                 self._early.add(mid)
 
     def send(self, message: Outgoing) -> None:
-        info = self.client.publish(topic_for(message), message.payload, qos=self.qos)
+        info = self.mqtt.publish(topic_for(message), message.payload, qos=self.qos)
         if self.qos == 0:
             return
         with self._cond:
@@ -128,7 +136,7 @@ class LiveSummary:
 
 def run_live(
     fleet_config: FleetConfig,
-    client: MqttClient,
+    client: MqttPublisher,
     *,
     builder_factory: Callable[[MqttSink, list[str]], MessageBuilder] | None = None,
     qos: int = 1,

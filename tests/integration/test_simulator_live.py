@@ -38,17 +38,17 @@ class Subscriber:
     def __init__(self, stack: RunningStack) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
-        self.client = MqttClient(stack.mqtt_settings, f"sub-{uuid.uuid4().hex[:8]}", on_message=self._on_message)
+        self.mqtt = MqttClient(stack.mqtt_settings, f"sub-{uuid.uuid4().hex[:8]}", on_message=self._on_message)
 
     def _on_message(self, message: MqttMessage) -> None:
         with self._lock:
             self.messages.append((message.topic, bytes(message.payload)))
 
     def start(self) -> None:
-        self.client.connect()
-        self.client.subscribe(["forewarn/#"], qos=1)
+        self.mqtt.connect()
+        self.mqtt.subscribe(["forewarn/#"], qos=1)
         probe = f"forewarn/probe/{uuid.uuid4().hex[:8]}/telemetry"
-        self.client.publish(probe, b"probe", qos=1)
+        self.mqtt.publish(probe, b"probe", qos=1)
         self.wait_for(lambda: any(t == probe for t, _ in self.messages), 10)
         with self._lock:
             self.messages.clear()
@@ -73,7 +73,7 @@ def subscriber(stack: RunningStack) -> Iterator[Subscriber]:
     try:
         yield sub
     finally:
-        sub.client.disconnect()
+        sub.mqtt.disconnect()
 
 
 def decode_all(messages: list[tuple[str, bytes]]) -> tuple[list[Telemetry], list[Rejected], list[MaintenanceEvent]]:

@@ -1,0 +1,66 @@
+"""Live mode on the in-memory MQTT client: what is published where, and back-pressure."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from forewarn.contract import Decoder, MaintenanceEvent
+from forewarn.testing import FakeMqtt
+from simulators.fleet import FleetConfig
+from simulators.live import MqttSink, run_live
+from simulators.messages import Outgoing
+
+decoder = Decoder()
+
+
+def test_live_publishes_gateway_batches_and_events_and_waits_for_every_ack() -> None:
+    mqtt = FakeMqtt()
+    config = FleetConfig(machines=6, sites=2, stagger=True, seed=4, mtbf_cycles=60, start_ms=1_767_225_600_000)
+    summary = run_live(config, mqtt, qos=1, speed=0, ticks=30, delivery="batch", batch_size=5)
+    assert summary.ticks == 30 and summary.unacked == 0
+    assert summary.messages == len(mqtt.published) and all(m.qos == 1 for m in mqtt.published)
+    batches = [m for m in mqtt.published if m.topic.endswith("/batch")]
+    assert {m.topic for m in batches} == {"forewarn/site-01/gateway/gw-1/batch", "forewarn/site-02/gateway/gw-1/batch"}
+    readings = [r for m in batches for r in decoder.batch(m.payload)[1]]
+    assert len(readings) == summary.readings == summary.report.readings > 0
+    assert len({(r.machine_id, r.seq) for r in readings}) == len(readings)
+    events = [decoder.maintenance(m.payload) for m in mqtt.published if m.topic.endswith("/maintenance")]
+    assert len(events) == summary.failures + summary.repairs > 0
+    assert all(isinstance(e, MaintenanceEvent) for e in events)
+
+
+def test_sink_blocks_at_max_pending_until_the_broker_acknowledges() -> None:
+    mqtt = FakeMqtt()
+    mqtt.auto_puback = False
+    sink = MqttSink(mqtt, qos=1, max_pending=3)
+    message = Outgoing("telemetry", "site-01", "site-01/pump-00001", b"{}", 0, 1)
+    sent: list[int] = []
+
+    def send_five() -> None:
+        for i in range(5):
+            sink.send(message)
+            sent.append(i)
+
+    sender = threading.Thread(target=send_five, daemon=True)
+    sender.start()
+    deadline = time.monotonic() + 5
+    while len(mqtt.published) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert len(mqtt.published) == 3 and sink.unacked == 3 and len(sent) == 2  # the third send waits
+    while sender.is_alive() and time.monotonic() < deadline:
+        mqtt.puback()
+        sender.join(0.05)
+    assert not sender.is_alive() and len(mqtt.published) == 5
+    mqtt.puback()
+    assert sink.wait_acked(1.0) == 0
+
+
+def test_acknowledgement_before_publish_returns_counts_as_acknowledged() -> None:
+    mqtt = FakeMqtt()  # acknowledges inside publish(), as paho's network thread can
+    sink = MqttSink(mqtt, qos=1)
+    for _ in range(10):
+        sink.send(Outgoing("maintenance", "site-01", "site-01/pump-00001", b"{}", 0, 0))
+    assert sink.unacked == 0 and sink.wait_acked(0.0) == 0
+    assert [m.topic for m in mqtt.published] == ["forewarn/site-01/pump-00001/maintenance"] * 10
