@@ -7,8 +7,9 @@
    each split.
 2. :func:`cross_validate` (only with ``folds > 1``) and :func:`fit`: the Keras network.
 3. :func:`export`: the ONNX graph, checked against Keras on validation windows.
-4. :func:`choose_thresholds` on the validation machines, then :func:`evaluate`: metrics on the
-   test machines beside the naive baselines.
+4. :func:`draft_meta` (the input and targets the graph is scored with), :func:`choose_thresholds`
+   on the validation machines, then :func:`evaluate`: metrics on the test machines beside the
+   naive baselines.
 5. :func:`describe` (``model.json``) and :func:`write` (a new version under the models folder).
 
 Machines are split (never rows) into train, validation (early stopping, threshold choice)
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -69,6 +71,7 @@ __all__ = [
     "choose_thresholds",
     "cross_validate",
     "describe",
+    "draft_meta",
     "evaluate",
     "export",
     "feature_stats",
@@ -231,7 +234,9 @@ def select_columns(readings: Readings, train_machines: frozenset[str]) -> Column
     frame = readings.frame
     rows = np.isin(frame["machine_id"].to_numpy().astype(str), list(train_machines))
     values = frame.loc[rows, readings.value_columns].to_numpy(np.float64)
-    std = np.nanstd(values, axis=0) if len(values) else np.zeros(len(readings.value_columns))
+    with warnings.catch_warnings():  # an all-NaN column warns; it is dropped and named below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        std = np.nanstd(values, axis=0) if len(values) else np.zeros(len(readings.value_columns))
     keep = np.isfinite(std) & (std > 0)
     dropped = [c for c, k in zip(readings.value_columns, keep, strict=True) if not k]
     if dropped:
@@ -362,8 +367,9 @@ def export(model: Any, validation: LabelledWindows, options: TrainOptions) -> Ex
     return Exported(onnx=onnx_bytes, parity=parity)
 
 
-def _draft(data: Prepared, options: TrainOptions, time_kind: str) -> ModelMeta:
-    """``model.json`` as far as the data and options define it: input, targets, statistics."""
+def draft_meta(data: Prepared, options: TrainOptions, time_kind: str) -> ModelMeta:
+    """``model.json`` as far as the data and options define it (input, targets, feature
+    statistics): enough to score the exported graph with the workers' runner."""
     settings = options.settings or ()
     features = [FeatureSpec(name=c, kind="setting" if c in settings else "sensor", unit=unit_from_name(c))
                 for c in data.columns.names]
@@ -478,12 +484,12 @@ def train(readings: Readings, events: Events, options: TrainOptions, *, asset_ty
     exported = export(fitted.model, data.validation, options)
     timings["export_s"] = time.perf_counter() - t2
 
-    draft = _draft(data, options, readings.time_kind)
+    draft = draft_meta(data, options, readings.time_kind)
     scorer = _scorer(draft, exported.onnx)
     val_pred = score_windows(scorer, data.validation)
     thresholds = choose_thresholds(val_pred, data.validation, options)
     figures = evaluate(scorer, data, thresholds, options, val_pred)
-    params = figures.pop("baseline_params")
+    params = figures.pop("baseline_params")  # stays last in model.json, after parity and cross-validation
     metrics: dict[str, Any] = {**figures, "parity_max_abs_diff": exported.parity,
                                **({"cross_validation": cv} if cv is not None else {}), "baseline_params": params}
     timings["total_s"] = time.perf_counter() - t0
