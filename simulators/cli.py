@@ -18,7 +18,7 @@ import click
 
 from forewarn.cli_options import Flag, flags, kafka_options, mqtt_options, settings_from
 from forewarn.errors import ForewarnError
-from forewarn.service import SignalScope, on_signals
+from forewarn.service import on_signals
 from simulators.errors import SimulatorError
 from simulators.fleet import to_epoch_ms
 from simulators.settings import SimulateSettings
@@ -144,11 +144,8 @@ def _progress(line: str) -> None:
     click.echo(line, err=True)
 
 
-def _stop_on_signals(stop: threading.Event) -> SignalScope:
-    """SIGTERM or Ctrl-C sets ``stop``: publishing ends once what is in flight is acknowledged
-    (a second signal exits at once)."""
-    return on_signals(lambda _sig: stop.set(), say=_progress,
-                      action="stopping after in-flight messages are acknowledged")
+# What SIGTERM or Ctrl-C does to live and replay (through on_signals; a second one exits at once).
+_ON_SIGNAL = "stopping after in-flight messages are acknowledged"
 
 
 @click.group(cls=_Group)
@@ -188,7 +185,7 @@ def live() -> None:
     client.connect()
     stop = threading.Event()
     try:
-        with _stop_on_signals(stop):
+        with on_signals(lambda _sig: stop.set(), say=_progress, action=_ON_SIGNAL):
             click.echo(f"simulating {fleet.machines * len(fleet.asset_types)} machines "
                        f"({', '.join(fleet.asset_types)}) at {opts.live.speed}x, {opts.delivery} delivery, "
                        f"QoS {opts.qos} -> mqtt://{settings.mqtt.host}:{settings.mqtt.port}", err=True)
@@ -283,7 +280,7 @@ def replay(file: Path) -> None:
                                  delivery=opts.delivery, batch_size=opts.batch_size,
                                  gateways_per_site=opts.gateways_per_site)
         stop = threading.Event()
-        with _stop_on_signals(stop):
+        with on_signals(lambda _sig: stop.set(), say=_progress, action=_ON_SIGNAL):
             seconds = run_replay(data, builder, rate=run.rate, stop=stop, progress_s=opts.progress_s,
                                  progress=_progress)
         unacked = sink.wait_acked(30.0) if opts.qos else 0
