@@ -430,7 +430,9 @@ class KafkaConsumer(_Lazy):
 
     def seek(self, partition: confluent_kafka.TopicPartition) -> None:
         """Continue an assigned partition at ``partition.offset``; records fetched already and
-        not yet returned are dropped."""
+        not yet returned are dropped. Only for a partition being fetched (after a
+        :meth:`consume`): right after :meth:`assign` librdkafka may still fetch from the assigned
+        offset too, so to start elsewhere assign with that offset instead."""
         try:
             self._client.seek(partition)
         except confluent_kafka.KafkaException as exc:

@@ -214,6 +214,10 @@ class InMemoryKafka:
         return next(self._clock)
 
 
+def _fenced_error() -> confluent_kafka.KafkaError:
+    return broker_error(_E._FENCED, "This instance has been fenced by a newer instance", fatal=True)
+
+
 def _as_bytes(value: bytes | str | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
@@ -243,13 +247,20 @@ class FakeProducer:
     def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None, *,
                 headers: Sequence[tuple[str, bytes | str]] | None = None, timestamp_ms: int | None = None,
                 on_delivery: Callable[[Any, Any], None] | None = None, partition: int | None = None) -> None:
+        hdrs = [(k, _as_bytes(v) or b"") for k, v in headers] if headers else None
+        bkey = _as_bytes(key)
         if self.transactional_id is not None:
-            self._check_usable(f"produce to {topic}")
+            if self._fatal is not None:
+                raise kafka_error(self._fatal, f"produce to {topic}")
             if self._txn is None:
                 raise kafka_error(broker_error(_E._STATE, "Operation not valid in state Ready"),
                                   f"produce to {topic}")
-        hdrs = [(k, _as_bytes(v) or b"") for k, v in headers] if headers else None
-        bkey = _as_bytes(key)
+            if self._fenced():  # the broker refuses the record; the producer learns it is fenced
+                self._fatal = _fenced_error()
+                unsent = FakeMessage(topic, -1 if partition is None else partition, OFFSET_INVALID, bkey, value, hdrs,
+                                     timestamp_ms or 0, self._fatal)
+                self._pending.append((on_delivery, self._fatal, unsent))
+                return
         if self.fail_next > 0:
             self.fail_next -= 1
             unsent = FakeMessage(topic, -1 if partition is None else partition, OFFSET_INVALID, bkey, value, hdrs,
@@ -285,11 +296,15 @@ class FakeProducer:
     def in_transaction(self) -> bool:
         return self._txn is not None
 
-    def _check_usable(self, what: str) -> None:
-        if self._fatal is None and self._epoch is not None and self.transactional_id is not None \
-                and self.kafka._epochs.get(self.transactional_id) != self._epoch:
-            self._fatal = broker_error(_E._FENCED, "The producer has been fenced by a newer instance", fatal=True)
-            self._txn = None
+    def _fenced(self) -> bool:
+        tid = self.transactional_id
+        return tid is not None and self._epoch is not None and self.kafka._epochs.get(tid) != self._epoch
+
+    def _check_usable(self, what: str, *, local: bool = False) -> None:
+        """Raise what librdkafka would: fatal once fenced (learnt from the broker, so not by a
+        ``local`` call such as ``begin_transaction``), ``_STATE`` before ``init_transactions``."""
+        if self._fatal is None and not local and self._fenced():
+            self._fatal = _fenced_error()
         if self._fatal is not None:
             raise kafka_error(self._fatal, what)
         if self._epoch is None:
@@ -306,7 +321,7 @@ class FakeProducer:
         self._epoch = self.kafka._epochs[tid] = self.kafka._epochs.get(tid, 0) + 1
 
     def begin_transaction(self) -> None:
-        self._check_usable("begin transaction")
+        self._check_usable("begin transaction", local=True)
         if self._txn is not None:
             raise kafka_error(broker_error(_E._STATE, "Operation not valid in state InTransaction"),
                               "begin transaction")
@@ -388,6 +403,7 @@ class FakeConsumer:
         self._generation = -1
         self._assignment: dict[tuple[str, int], None] = {}  # ordered set
         self._positions: dict[tuple[str, int], int] = {}  # OFFSET_* constants until the first fetch resolves them
+        self._fetched: set[tuple[str, int]] = set()  # partitions with a position to report
         self._cached: dict[tuple[str, int], tuple[int, int]] = {}
         self._assigned_by_callback = False
         self._closed = False
@@ -443,12 +459,13 @@ class FakeConsumer:
         if not self._assigned_by_callback:
             self._assignment = dict.fromkeys(share)
             self._positions = dict.fromkeys(share, OFFSET_INVALID)
+            self._fetched = set()
 
     def _revoke(self) -> None:
         if not self._assignment:
             return
         revoked = list(self._assignment)
-        self._assignment, self._positions = {}, {}
+        self._assignment, self._positions, self._fetched = {}, {}, set()
         if self._on_revoke is not None:
             self._on_revoke([TopicPartition(t, p) for t, p in revoked])
 
@@ -502,6 +519,7 @@ class FakeConsumer:
                 if entry.visible(self.read_committed):
                     out.append(entry)
             self._positions[key] = position
+            self._fetched.add(key)
             self._cached[key] = (0, high)
             if len(out) >= max_messages:
                 break
@@ -514,7 +532,7 @@ class FakeConsumer:
             raise kafka_error(broker_error(_E.ILLEGAL_GENERATION, "Broker: Specified group generation id is not valid"),
                               "commit offsets")
         if offsets is None:
-            chosen = {k: o for k, o in self._positions.items() if o >= 0}
+            chosen = {k: o for k, o in self._positions.items() if o >= 0 and k in self._fetched}
         else:
             chosen = {(tp.topic, tp.partition): tp.offset for tp in offsets if tp.offset >= 0}
         group.committed.update(chosen)
@@ -536,6 +554,7 @@ class FakeConsumer:
         self._check_open()
         self._assignment = dict.fromkeys((tp.topic, tp.partition) for tp in partitions)
         self._positions = {(tp.topic, tp.partition): tp.offset for tp in partitions}
+        self._fetched = set()
         self._assigned_by_callback = True
 
     def incremental_assign(self, partitions: Sequence[Any]) -> None:
@@ -543,11 +562,12 @@ class FakeConsumer:
         for tp in partitions:
             self._assignment[(tp.topic, tp.partition)] = None
             self._positions[(tp.topic, tp.partition)] = tp.offset
+            self._fetched.discard((tp.topic, tp.partition))
         self._assigned_by_callback = True
 
     def unassign(self) -> None:
         self._check_open()
-        self._assignment, self._positions = {}, {}
+        self._assignment, self._positions, self._fetched = {}, {}, set()
 
     def assignment(self) -> list[Any]:
         self._check_open()
@@ -560,13 +580,15 @@ class FakeConsumer:
             raise kafka_error(broker_error(_E._UNKNOWN_PARTITION), f"seek {key[0]}[{key[1]}] to {partition.offset}")
         offset = partition.offset
         self._positions[key] = offset if offset >= 0 else self._start(key, offset)
+        self._fetched.add(key)
 
     def position(self, partitions: Sequence[Any]) -> list[Any]:
         self._check_open()
         out = []
         for tp in partitions:
-            offset = self._positions.get((tp.topic, tp.partition), OFFSET_INVALID)
-            out.append(TopicPartition(tp.topic, tp.partition, offset if offset >= 0 else OFFSET_INVALID))
+            key = (tp.topic, tp.partition)
+            offset = self._positions.get(key, OFFSET_INVALID) if key in self._fetched else OFFSET_INVALID
+            out.append(TopicPartition(tp.topic, tp.partition, offset))
         return out
 
     def committed(self, partitions: Sequence[Any], timeout_s: float = 10.0) -> list[Any]:
