@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ import pandas as pd
 
 from forewarn.bundle import Bundle, pack
 from forewarn.contract import Decoder, MaintenanceEvent, Rejected, Telemetry
-from forewarn.kafka import KafkaConsumer, KafkaProducer
+from forewarn.kafka import KafkaConsumer, KafkaProducer, TopicPartition, read_to_end
+from forewarn.ports import ConsumerLike, ProducerLike
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import Topics
 from training.errors import TrainingError
@@ -45,64 +45,34 @@ class ExportResult:
     lineage: dict[str, Any] = field(default_factory=dict)
 
 
-def _read_topic(settings: KafkaSettings, topic: str, since_ms: int | None, until_ms: int | None,
+def _read_topic(consumer: ConsumerLike, topic: str, since_ms: int | None, until_ms: int | None,
                 timeout_s: float) -> tuple[list[bytes], dict[str, list[int]]]:
-    import confluent_kafka
-
-    overrides: dict[str, Any] = {"enable.partition.eof": True}
-    consumer = KafkaConsumer(settings, f"forewarn-export-{uuid.uuid4().hex[:8]}", (), **overrides)
-    client = consumer.client
-    try:
-        meta = client.list_topics(topic, timeout=timeout_s)
-        info = meta.topics.get(topic)
-        if info is None or info.error is not None:
-            raise TrainingError(f"Kafka topic {topic!r} not found",
-                                hint="run `forewarn topics create` or check --topic-prefix")
-        ranges: dict[str, list[int]] = {}
-        assignment = []
-        for partition in sorted(info.partitions):
-            low, high = client.get_watermark_offsets(confluent_kafka.TopicPartition(topic, partition),
-                                                     timeout=timeout_s)
-            start, end = low, high
-            if since_ms is not None or until_ms is not None:
-                stamps = [confluent_kafka.TopicPartition(topic, partition, t) for t in
-                          (since_ms if since_ms is not None else 0, until_ms if until_ms is not None else 0)]
-                found = client.offsets_for_times(stamps, timeout=timeout_s)
-                if since_ms is not None:
-                    start = found[0].offset if found[0].offset >= 0 else high
-                if until_ms is not None:
-                    end = found[1].offset if found[1].offset >= 0 else high
-            if end > start:
-                ranges[str(partition)] = [start, end]
-                assignment.append(confluent_kafka.TopicPartition(topic, partition, start))
-        values: list[bytes] = []
-        if not assignment:
-            return values, ranges
-        client.assign(assignment)
-        remaining = {int(p): r[1] for p, r in ranges.items()}
-        deadline = time.monotonic() + timeout_s
-        while remaining:
-            messages = client.consume(1000, 1.0)
-            if not messages and time.monotonic() > deadline:
-                raise TrainingError(f"timed out reading {topic}: partitions {sorted(remaining)} not at their end")
-            for message in messages:
-                error = message.error()
-                partition = message.partition()
-                if error is not None and error.code() != confluent_kafka.KafkaError._PARTITION_EOF:
-                    raise TrainingError(f"reading {topic}: {error.str()}")
-                offset = message.offset() if error is None else None
-                if error is None and partition in remaining and offset is not None and offset < remaining[partition]:
-                    value = message.value()
-                    if value is not None:
-                        values.append(value)
-                position = (offset + 1) if offset is not None else message.offset()
-                if partition in remaining and position is not None and position >= remaining[partition]:
-                    del remaining[partition]
-            if messages:
-                deadline = time.monotonic() + timeout_s
-        return values, ranges
-    finally:
-        consumer.close()
+    """The values of ``topic`` from its first offset (or the first at ``since_ms``) to the end
+    it has now (or the first offset at ``until_ms``), and the ``[start, end)`` offsets read per
+    non-empty partition."""
+    ranges: dict[str, list[int]] = {}
+    start_at: list[TopicPartition] = []
+    stop_at: dict[tuple[str, int], int] = {}
+    for partition in consumer.partitions(topic, timeout_s):
+        low, high = consumer.watermarks(topic, partition, timeout_s=timeout_s)
+        start, end = low, high
+        if since_ms is not None or until_ms is not None:
+            stamps = [TopicPartition(topic, partition, t) for t in
+                      (since_ms if since_ms is not None else 0, until_ms if until_ms is not None else 0)]
+            found = consumer.offsets_for_times(stamps, timeout_s)
+            if since_ms is not None:
+                start = found[0].offset if found[0].offset >= 0 else high
+            if until_ms is not None:
+                end = found[1].offset if found[1].offset >= 0 else high
+        if end > start:
+            ranges[str(partition)] = [start, end]
+            start_at.append(TopicPartition(topic, partition, start))
+            stop_at[(topic, partition)] = end
+    if not start_at:
+        return [], ranges
+    values = [value for message in read_to_end(consumer, start_at, stop_at=stop_at, idle_timeout_s=timeout_s)
+              if (value := message.value()) is not None]
+    return values, ranges
 
 
 def _ms(value: datetime | None) -> int | None:
@@ -111,14 +81,23 @@ def _ms(value: datetime | None) -> int | None:
 
 def export_dataset(kafka: KafkaSettings, topic_settings: TopicSettings, out: str | Path, *,
                    since: datetime | None = None, until: datetime | None = None,
-                   timeout_s: float = 30.0) -> ExportResult:
+                   timeout_s: float = 30.0, consumer: ConsumerLike | None = None) -> ExportResult:
+    """Export ``telemetry`` (from ``since``) and ``maintenance`` (from their start), both up
+    to ``until`` or their current end, to ``out``. Reads with ``consumer`` when given (it is
+    left open), else with a private ``read_committed`` consumer; no progress for
+    ``timeout_s`` raises :class:`~forewarn.errors.KafkaError`."""
     topics = Topics.from_settings(topic_settings)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     decoder = Decoder()
     since_ms, until_ms = _ms(since), _ms(until)
-    raw_readings, reading_ranges = _read_topic(kafka, topics.telemetry, since_ms, until_ms, timeout_s)
-    raw_events, event_ranges = _read_topic(kafka, topics.maintenance, None, until_ms, timeout_s)
+    reader = consumer if consumer is not None else KafkaConsumer(kafka, f"forewarn-export-{uuid.uuid4().hex[:8]}")
+    try:
+        raw_readings, reading_ranges = _read_topic(reader, topics.telemetry, since_ms, until_ms, timeout_s)
+        raw_events, event_ranges = _read_topic(reader, topics.maintenance, None, until_ms, timeout_s)
+    finally:
+        if consumer is None:
+            reader.close()
     result = ExportResult(folder=folder)
     rows: dict[str, list[Telemetry]] = defaultdict(list)
     for raw in raw_readings:
@@ -179,17 +158,28 @@ def export_dataset(kafka: KafkaSettings, topic_settings: TopicSettings, out: str
 
 
 def publish_bundle(kafka: KafkaSettings, topic_settings: TopicSettings, bundle: Bundle,
-                   timeout_s: float = 30.0) -> str:
-    """Put ``bundle`` on the compacted ``models`` topic, keyed by its name; returns the topic."""
+                   timeout_s: float = 30.0, producer: ProducerLike | None = None) -> str:
+    """Put ``bundle`` on the compacted ``models`` topic, keyed by its name, and wait until
+    Kafka confirmed it; returns the topic. Sends with ``producer`` when given (it is left
+    open), else with a private one."""
     topic = Topics.from_settings(topic_settings).models
-    producer = KafkaProducer(kafka, **{"message.max.bytes": 16 * 1024 * 1024})
+    sender = producer if producer is not None else KafkaProducer(kafka, **{"message.max.bytes": 16 * 1024 * 1024})
+    refused: list[Any] = []
+
+    def delivered(error: Any, _message: Any) -> None:
+        if error is not None:
+            refused.append(error)
+
     try:
-        producer.produce(topic, pack(bundle), key=bundle.meta.name,
-                         headers=[("version", bundle.meta.version.encode()),
-                                  ("sha256", bundle.meta.sha256.encode())])
-        left = producer.flush(timeout_s)
+        sender.produce(topic, pack(bundle), key=bundle.meta.name, on_delivery=delivered,
+                       headers=[("version", bundle.meta.version.encode()), ("sha256", bundle.meta.sha256.encode())])
+        left = sender.flush(timeout_s)
     finally:
-        producer.close(timeout_s)
+        if producer is None:
+            sender.close(timeout_s)
+    if refused:
+        raise TrainingError(f"Kafka refused {bundle.label} on {topic}: {refused[0]}",
+                            hint="check the models topic's max.message.bytes and the broker's logs")
     if left:
         raise TrainingError(f"could not publish {bundle.label} to {topic} within {timeout_s:.0f}s",
                             hint="check that Kafka is reachable")
