@@ -8,10 +8,12 @@
 * Failure: PR-AUC, precision and recall at the alert threshold over windows with a known
   label; then alerts as the scoring workers raise them — an alert opens after
   ``consecutive`` windows at or above the threshold and stays open while they stay there.
-  An alert is *true* when it is still open inside the horizon before a failure of its run.
-  ``alert_precision`` = true alerts / alerts. The warning lead time of a failed run is its
-  RUL when the alert that is open at the failure opened (0 when none is): the median over
-  failed runs is ``median_lead_time``.
+  An alert is *true* when its run fails within the horizon of the alert's opening (what
+  p_fail promises); one opened earlier, or in a run that does not fail, is false.
+  ``alert_precision`` = true alerts / alerts. The warning lead time of a failed run is the RUL
+  at the opening of its earliest alert still open inside the horizon before the failure,
+  capped at the horizon (0 when there is none): the median over failed runs is
+  ``median_lead_time``.
 """
 
 from __future__ import annotations

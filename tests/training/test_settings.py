@@ -3,11 +3,16 @@ variables, flags that set fields, and a --help that names every option's variabl
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import click
 import pytest
 from click.testing import CliRunner
+from pydantic import BaseModel
 
 from forewarn.cli import cli
+from forewarn.cli_options import env_var
 from forewarn.settings import load_settings
 from training import cli as training_cli
 from training.settings import LSTM_MAX_WINDOW, TrainingSettings
@@ -96,3 +101,26 @@ def test_flags_reach_the_options(monkeypatch, tmp_path):
     monkeypatch.setenv("FOREWARN_TRAIN__DATA", str(tmp_path / "from-env"))
     outcome = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "from-flag"), "--run-to-failure"])
     assert outcome.exit_code == 2 and "from-flag" in outcome.output and "from-env" not in outcome.output
+
+
+def _variables(model: type[BaseModel], prefix: str = "") -> set[str]:
+    found: set[str] = set()
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found |= _variables(annotation, f"{path}.")
+        else:
+            found.add(env_var(path))
+    return found
+
+
+def test_readme_names_only_real_variables():
+    """training/README.md stays true to the settings: every FOREWARN_ variable it names exists."""
+    readme = (Path(training_cli.__file__).parent / "README.md").read_text()
+    named = set(re.findall(r"FOREWARN_[A-Z0-9_]*[A-Z0-9]", readme)) - {"FOREWARN_CONFIG"}
+    real = _variables(TrainingSettings)
+    assert named and named <= real, sorted(named - real)
+    train_flags = {p.envvar for p in training_cli.train.params if isinstance(p, click.Option)
+                   and (p.envvar or "").startswith("FOREWARN_TRAIN__")}
+    assert train_flags <= named, sorted(train_flags - named)
