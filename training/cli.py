@@ -16,12 +16,15 @@ import math
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from forewarn.cli_options import Flag, env_var, flags, kafka_options, settings_from
 from training.settings import TrainingSettings
+
+if TYPE_CHECKING:
+    from training.pipeline import TrainResult
 
 __all__ = ["evaluate", "export", "model", "predict", "train"]
 
@@ -152,7 +155,7 @@ def _setting_columns(folder: Path, given: tuple[str, ...] | None, value_columns:
     return tuple(guess_settings(value_columns))
 
 
-def _report(result: Any) -> None:
+def _report(result: TrainResult) -> None:
     meta = result.meta
     click.echo(f"bundle {result.bundle_path}  ({meta.training['windows']['train']} training windows, "
                f"{meta.training['epochs_run']} epochs, {result.timings['total_s']:.0f}s)")
