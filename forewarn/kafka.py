@@ -541,13 +541,15 @@ class KafkaConsumer(_Lazy):
             raise _wrap(exc, "read the consumer group metadata") from None
 
     def close(self) -> None:
-        """Leave the group (``on_revoke`` runs) and release the client."""
+        """Leave the group (``on_revoke`` runs) and release the client. A Kafka error while
+        leaving is logged, not raised: the client is released either way, and the group
+        reassigns the partitions once the session times out."""
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             try:
                 consumer.close()
             except confluent_kafka.KafkaException as exc:
-                raise _wrap(exc, "close the consumer") from None
+                log.warning("%s", _wrap(exc, "closing the kafka consumer").one_line())
 
     def __enter__(self) -> Self:
         return self

@@ -180,6 +180,20 @@ class InMemoryKafka:
             txn.touched.add((topic, p))
         return message
 
+    def consumer(self, group_id: str | None = None, topics: Iterable[str] = (), **overrides: Any) -> FakeConsumer:
+        """A :class:`FakeConsumer` built like ``KafkaConsumer(settings, group_id, topics, **overrides)``:
+        of the librdkafka overrides, ``isolation.level`` and ``auto.offset.reset`` apply, the rest
+        is ignored. Lets a client factory serve fakes and real clients alike."""
+        isolation = overrides.get("isolation.level", "read_committed")
+        reset = overrides.get("auto.offset.reset", "earliest")
+        return FakeConsumer(self, topics, group_id=group_id, isolation_level=isolation,
+                            auto_offset_reset="latest" if reset in ("latest", "largest", "end") else "earliest")
+
+    def producer(self, **overrides: Any) -> FakeProducer:
+        """A :class:`FakeProducer` built like ``KafkaProducer(settings, **overrides)``: of the
+        librdkafka overrides only ``transactional.id`` applies."""
+        return FakeProducer(self, transactional_id=overrides.get("transactional.id"))
+
     def messages(self, topic: str) -> list[FakeMessage]:
         """Every record of a topic a ``read_committed`` reader sees, partition by partition
         (no markers, nothing aborted, nothing of an open transaction)."""
@@ -363,8 +377,7 @@ class FakeProducer:
 
     def abort_transaction(self, timeout_s: float = 60.0) -> None:
         txn = self._current("abort transaction")
-        self._pending = [(cb, err or broker_error(_E._PURGE_QUEUE), msg) for cb, err, msg in self._pending]
-        self.poll()
+        self.poll()  # the fake broker had every record already: their reports say delivered, as librdkafka's do
         self.kafka._end(txn, "aborted")
         self._finish()
 
@@ -529,6 +542,8 @@ class FakeConsumer:
         self._check_open()
         group = self.kafka.group(self.group_id)
         if self._subscribed and self in group.members and self._generation != group.generation:
+            if asynchronous:  # the failure goes to librdkafka's commit callback, which the adapter has not
+                return
             raise kafka_error(broker_error(_E.ILLEGAL_GENERATION, "Broker: Specified group generation id is not valid"),
                               "commit offsets")
         if offsets is None:
