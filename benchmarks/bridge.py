@@ -37,7 +37,7 @@ from forewarn.kafka import KafkaAdmin
 from forewarn.settings import TopicSettings
 from forewarn.topics import Topics, TopicSpec, topic_specs
 from tests.bridge.helpers import BridgeProcess, batch_load, publish_all, single_load, topic_size
-from tests.conftest import make_stack
+from tests.stacks import make_stack
 
 
 def _cpu(proc: psutil.Process) -> float:

@@ -41,7 +41,7 @@ from forewarn.settings import TopicSettings
 from forewarn.testing import FakeMqtt, FakeProducer, InMemoryKafka
 from forewarn.topics import Topics, topic_specs
 from scoring.testing import conv_bundle
-from tests.conftest import free_port, make_stack
+from tests.stacks import free_port, make_stack
 from tests.edge.procs import EdgeProcess, publish_paced
 from tests.scoring.procs import publish_model
 

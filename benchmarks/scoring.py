@@ -43,7 +43,7 @@ from forewarn.topics import Topics, topic_specs
 from scoring.settings import ScoringOptions, ScoringSettings
 from scoring.worker import ScoringWorker
 from simulators.fleet import Fleet, FleetConfig
-from tests.conftest import REPO, free_port, make_stack
+from tests.stacks import REPO, free_port, make_stack
 
 log = logging.getLogger("bench.scoring")
 _prediction = msgspec.json.Decoder(Prediction)

@@ -25,7 +25,7 @@ from tests.bridge.helpers import (
     reading_bytes,
     wait_until,
 )
-from tests.conftest import RunningStack
+from tests.stacks import RunningStack
 
 pytestmark = pytest.mark.integration  # real Mosquitto and Kafka (the session's stack)
 

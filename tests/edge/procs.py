@@ -19,7 +19,7 @@ from paho.mqtt import client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from forewarn.settings import KafkaSettings, MqttSettings, TopicSettings
-from tests.conftest import REPO
+from tests.stacks import REPO
 
 
 class EdgeProcess:

@@ -21,7 +21,7 @@ from forewarn.testing import FakeConsumer, FakeMqtt, FakeProducer, InMemoryKafka
 from forewarn.topics import Topics
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
-from tests.conftest import REPO
+from tests.stacks import REPO
 from tests.edge.helpers import edge_bundle, edge_settings, fleet, mqtt_messages
 
 _prediction = msgspec.json.Decoder(Prediction)

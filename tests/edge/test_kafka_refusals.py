@@ -18,7 +18,7 @@ from forewarn.kafka import KafkaProducer
 from forewarn.settings import TopicSettings
 from forewarn.topics import Topics
 from tests.bridge.helpers import consume_records, dead_letter_headers, limit_record_size
-from tests.conftest import RunningStack
+from tests.stacks import RunningStack
 
 pytestmark = pytest.mark.integration  # real Mosquitto and Kafka (the session's stack)
 

@@ -21,7 +21,7 @@ from forewarn.kafka import (
 )
 from forewarn.mqtt import MqttClient
 from forewarn.settings import KafkaSettings, MqttSettings
-from tests.conftest import RunningStack, free_port
+from tests.stacks import RunningStack, free_port
 
 
 def test_producer_keeps_key_headers_and_event_time(stack: RunningStack, fresh_topics: Any) -> None:

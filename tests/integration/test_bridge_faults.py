@@ -28,7 +28,7 @@ from tests.bridge.helpers import (
     topic_size,
     wait_until,
 )
-from tests.conftest import RunningStack, free_port, make_stack
+from tests.stacks import RunningStack, free_port, make_stack
 
 N = int(os.environ.get("FOREWARN_BRIDGE_TEST_MESSAGES", "10000"))
 

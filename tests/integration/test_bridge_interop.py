@@ -20,7 +20,7 @@ from forewarn.contract import Reason
 from forewarn.settings import TopicSettings
 from forewarn.topics import Topics, telemetry_topic
 from tests.bridge.helpers import BridgeProcess, consume_records, publish_all, reading, reading_bytes
-from tests.conftest import RunningStack
+from tests.stacks import RunningStack
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from bridge._subscriber import _CHUNK, Subscriber
 from tests.bridge.helpers import publish_all
-from tests.conftest import RunningStack
+from tests.stacks import RunningStack
 
 N = 20_000
 

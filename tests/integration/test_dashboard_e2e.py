@@ -30,7 +30,7 @@ from forewarn.contract import Alert, MaintenanceEvent, Prediction, Telemetry, en
 from forewarn.kafka import KafkaProducer
 from forewarn.settings import TopicSettings
 from forewarn.topics import Topics
-from tests.conftest import RunningStack, free_port
+from tests.stacks import RunningStack, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import JAR_CACHE, free_port
+from tests.stacks import JAR_CACHE, free_port
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from forewarn.stack import LocalStack
 from forewarn.topics import Topics, topic_specs
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
-from tests.conftest import RunningStack, free_port, make_stack
+from tests.stacks import RunningStack, free_port, make_stack
 from tests.edge.helpers import edge_bundle, fleet, mqtt_messages
 from tests.edge.procs import EdgeProcess, LocalScreen, identities, out_of_order, publish_paced, read_topic
 from tests.scoring.procs import publish_model

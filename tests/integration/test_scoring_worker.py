@@ -19,7 +19,7 @@ from forewarn.topics import Topics
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions
-from tests.conftest import REPO, RunningStack
+from tests.stacks import REPO, RunningStack
 from tests.scoring.fleet_data import FleetData, fitted_bundle, simulate
 from tests.scoring.procs import (
     PredictionKey,

@@ -27,7 +27,7 @@ from simulators.faults import FaultConfig
 from simulators.fleet import FleetConfig
 from simulators.live import run_live
 from simulators.messages import Delivery, MessageBuilder
-from tests.conftest import RunningStack
+from tests.stacks import RunningStack
 
 decoder = Decoder()
 

@@ -19,7 +19,7 @@ from forewarn.kafka import KafkaAdmin, KafkaConsumer, KafkaProducer
 from forewarn.mqtt import MqttClient
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import topic_specs
-from tests.conftest import JAR_CACHE, RunningStack, free_port
+from tests.stacks import JAR_CACHE, RunningStack, free_port
 
 
 def _consume_all(stack: RunningStack, topic: str, expect: int, timeout_s: float = 30) -> list[bytes]:

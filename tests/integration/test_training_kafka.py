@@ -14,7 +14,7 @@ from forewarn.bundle import read_bundle, resolve_bundle, unpack
 from forewarn.cli import cli
 from forewarn.contract import MaintenanceEvent, Telemetry, encode
 from forewarn.kafka import KafkaConsumer, KafkaProducer
-from tests.conftest import RunningStack
+from tests.stacks import RunningStack
 from tests.training.synth import make_history
 from training.kafka_io import export_dataset
 

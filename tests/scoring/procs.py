@@ -17,7 +17,7 @@ import msgspec
 from forewarn.contract import Alert, MaintenanceEvent, Prediction, Telemetry, encode
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import Topics
-from tests.conftest import REPO
+from tests.stacks import REPO
 
 _prediction = msgspec.json.Decoder(Prediction)
 _alert = msgspec.json.Decoder(Alert)

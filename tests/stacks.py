@@ -1,0 +1,86 @@
+"""Real brokers for tests and benchmarks: free ports, a LocalStack in a temporary home, and the
+client settings that reach it. The session fixtures in ``tests/conftest.py`` are built from
+these; tests and benchmarks that start their own stack import them from here."""
+
+from __future__ import annotations
+
+import random
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from forewarn.settings import KafkaSettings, MqttSettings, StackSettings, TopicSettings
+from forewarn.stack import LocalStack
+
+REPO = Path(__file__).resolve().parents[1]
+JAR_CACHE = REPO / ".forewarn" / "cache"
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A port nothing listens on, below the kernel's ephemeral range: a port the kernel picked
+    (bind to 0) can be taken as the source port of some client's connection before the broker
+    binds it, which failed a Kafka start with "Address already in use"."""
+    low, _high = _ephemeral_range()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12_000), low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port found below the ephemeral range")
+
+
+@dataclass
+class RunningStack:
+    """A started LocalStack and the client settings that reach it."""
+
+    local: LocalStack
+    kafka_settings: KafkaSettings
+    mqtt_settings: MqttSettings
+    topic_settings: TopicSettings
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_settings.bootstrap_servers
+
+    @property
+    def mqtt_port(self) -> int:
+        return self.mqtt_settings.port
+
+    def restart_mosquitto(self) -> None:
+        self.local.mosquitto.stop()
+        self.local.mosquitto.start()
+        self.local.mosquitto.wait_ready(30)
+
+    def stop_kafka(self) -> None:
+        self.local.kafka.stop()
+
+    def start_kafka(self) -> None:
+        self.local.kafka.start()
+        self.local.kafka.wait_ready(90)
+
+
+def make_stack(home: Path) -> LocalStack:
+    kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", client_id="forewarn-tests")
+    mqtt = MqttSettings(port=free_port())
+    settings = StackSettings(home=home, cache_dir=JAR_CACHE, controller_port=free_port(), kafka_heap="1g")
+    return LocalStack(settings, kafka, mqtt)
+
+
