@@ -41,9 +41,9 @@ from forewarn.settings import TopicSettings
 from forewarn.testing import FakeMqtt, FakeProducer, InMemoryKafka
 from forewarn.topics import Topics, topic_specs
 from scoring.testing import conv_bundle
-from tests.stacks import free_port, make_stack
 from tests.edge.procs import EdgeProcess, publish_paced
 from tests.scoring.procs import publish_model
+from tests.stacks import free_port, make_stack
 
 SENSORS = tuple(f"s{i}" for i in range(8))
 

@@ -21,8 +21,8 @@ from forewarn.testing import FakeConsumer, FakeMqtt, FakeProducer, InMemoryKafka
 from forewarn.topics import Topics
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
-from tests.stacks import REPO
 from tests.edge.helpers import edge_bundle, edge_settings, fleet, mqtt_messages
+from tests.stacks import REPO
 
 _prediction = msgspec.json.Decoder(Prediction)
 _alert = msgspec.json.Decoder(Alert)

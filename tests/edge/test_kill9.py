@@ -24,10 +24,10 @@ import pytest
 from forewarn.bundle import write_bundle
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import Topics
-from tests.stacks import RunningStack
 from tests.edge.helpers import edge_bundle, fleet, mqtt_messages
 from tests.edge.procs import EdgeProcess, identities, out_of_order, publish_paced, read_topic
 from tests.integration.test_edge_outage import reference, report
+from tests.stacks import RunningStack
 
 Ident = tuple[str, int]
 

@@ -24,10 +24,10 @@ from forewarn.stack import LocalStack
 from forewarn.topics import Topics, topic_specs
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
-from tests.stacks import RunningStack, free_port, make_stack
 from tests.edge.helpers import edge_bundle, fleet, mqtt_messages
 from tests.edge.procs import EdgeProcess, LocalScreen, identities, out_of_order, publish_paced, read_topic
 from tests.scoring.procs import publish_model
+from tests.stacks import RunningStack, free_port, make_stack
 
 READINGS = int(os.environ.get("FOREWARN_EDGE_TEST_READINGS", "4000"))
 OUTAGE_S = float(os.environ.get("FOREWARN_EDGE_TEST_OUTAGE_S", "20"))

@@ -19,7 +19,6 @@ from forewarn.topics import Topics
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions
-from tests.stacks import REPO, RunningStack
 from tests.scoring.fleet_data import FleetData, fitted_bundle, simulate
 from tests.scoring.procs import (
     PredictionKey,
@@ -33,6 +32,7 @@ from tests.scoring.procs import (
     read_committed,
     wait_for,
 )
+from tests.stacks import REPO, RunningStack
 
 FreshTopics = Callable[..., tuple[TopicSettings, Topics]]
 # Batches of up to 150 readings in slices of 40: the kill tests also cover the inference thread.
