@@ -25,16 +25,9 @@ from simulators.fleet import Fleet, FleetConfig
 from simulators.history import write_history
 from simulators.live import run_live
 from simulators.messages import ListSink, MessageBuilder
+from tests.stacks import free_port
 
 HALF = 50_000  # machines per asset type: 100,000 in all
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def step_rate() -> dict[str, Any]:
