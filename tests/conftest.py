@@ -11,11 +11,13 @@ import itertools
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from forewarn.kafka import KafkaAdmin
 from forewarn.settings import TopicSettings
+from forewarn.stack import LocalStack
 from forewarn.topics import Topics, topic_specs
 from tests.stacks import RunningStack, make_stack
 
@@ -26,6 +28,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     local.up()
     try:
         yield RunningStack(local, local.kafka_settings, local.mqtt_settings, TopicSettings())
+    finally:
+        local.down()
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path) -> Iterator[LocalStack]:
+    """A private Mosquitto + Kafka for one test that stops, kills or restarts a broker (the
+    session's ``stack`` is shared and must stay up)."""
+    local = make_stack(tmp_path / "stack")
+    local.up()
+    try:
+        yield local
     finally:
         local.down()
 
