@@ -8,35 +8,59 @@ visible like any other consumer's; the store's own offsets are what it resumes f
 
 It also samples the lag of every consumer group reading the dashboard's topics, and enforces
 the store's retention.
+
+:class:`Materializer` is a :class:`~forewarn.service.LoopService` (``start`` / ``step`` /
+``close``), so tests drive it step by step on the in-memory fakes; :class:`ServiceThread` runs
+it on a daemon thread, which is how a dashboard server process uses it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
-
-import confluent_kafka
-from confluent_kafka import admin as kadmin
+from types import TracebackType
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from dashboard.ingest import ROLES, Ingest
 from dashboard.store import Store
 from forewarn.errors import KafkaError
-from forewarn.kafka import KafkaAdmin, KafkaConsumer
+from forewarn.kafka import OFFSET_BEGINNING, GroupLag, KafkaAdmin, KafkaConsumer, TopicPartition
+from forewarn.ports import ConsumerLike
+from forewarn.service import LoopService
 from forewarn.settings import KafkaSettings
 from forewarn.topics import Topics
 
-__all__ = ["ConsumerStatus", "Materializer"]
+__all__ = ["ConsumerFactory", "ConsumerStatus", "LagSource", "Materializer", "ServiceThread"]
 
 log = logging.getLogger(__name__)
 
-_TOPIC_RETRY_S = 5.0
+_TOPIC_RETRY_S = 5.0  # while none of the topics exists
+_TOPIC_RECHECK_S = 30.0  # once reading: look for topics or partitions that appeared since
+_NO_TOPICS_WAIT_S = 0.5
+_ERROR_WAIT_S = 1.0
+_POLL_TIMEOUT_S = 0.5
+_ADMIN_TIMEOUT_S = 5.0
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class ConsumerFactory(Protocol):
+    """Builds the consumer like ``KafkaConsumer(settings, group_id, topics, **overrides)`` with the
+    settings bound (``functools.partial(KafkaConsumer, settings)`` or ``InMemoryKafka.consumer``)."""
+
+    def __call__(self, group_id: str, topics: Iterable[str] = (), **overrides: Any) -> ConsumerLike: ...
+
+
+class LagSource(Protocol):
+    """Consumer-group lag, as :meth:`forewarn.kafka.KafkaAdmin.group_lag` reports it."""
+
+    def group_lag(self, topics: Iterable[str] | None = None, timeout_s: float = 5.0) -> list[GroupLag]: ...
 
 
 @dataclass
@@ -52,15 +76,25 @@ class ConsumerStatus:
     errors: int = 0
 
 
-class Materializer:
-    """Reads the dashboard's topics into a :class:`Store` on a daemon thread.
+class Materializer(LoopService):
+    """Reads the dashboard's topics into a :class:`Store`, one batch per :meth:`step`.
 
-    ``start()`` / ``stop()``; also a context manager.
+    ``start()`` builds the clients (no network until the first step), ``step()`` looks for new
+    topics and partitions now and then, reads one batch, writes it to the store with its
+    offsets, and now and then samples group lag and prunes the store; ``close()`` releases the
+    consumer. A Kafka error while reading is counted in :attr:`status` and retried; any other
+    failure sets the status to ``failed`` and stops the loop (the thread reports, never
+    vanishes). A closed store stops it too.
+
+    ``consumer_factory`` and ``lag_source`` default to the real clients built from ``kafka``;
+    unit tests pass ``InMemoryKafka.consumer`` and a lag source of their own.
     """
 
     def __init__(self, store: Store, kafka: KafkaSettings, topics: Topics, *, group_id: str = "forewarn-dashboard",
                  sample_every: int = 5, poll_batch: int = 5000, lag_every_s: float = 10.0,
-                 prune_every_s: float = 30.0) -> None:
+                 prune_every_s: float = 30.0, consumer_factory: ConsumerFactory | None = None,
+                 lag_source: LagSource | None = None) -> None:
+        super().__init__()
         self.store = store
         self.kafka = kafka
         self.topics = topics
@@ -70,117 +104,112 @@ class Materializer:
         self.prune_every_s = prune_every_s
         self.ingest = Ingest(topics, sample_every=sample_every)
         self.status = ConsumerStatus()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._consumer_factory: ConsumerFactory = consumer_factory or functools.partial(KafkaConsumer, kafka)
+        self._lag_source = lag_source
+        self._roles = {getattr(topics, role): role for role in ROLES}
+        self._consumer: ConsumerLike | None = None
         self._assigned: set[tuple[str, int]] = set()
+        self._next_topics = self._next_lag = self._next_prune = 0.0
+        self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> Materializer:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="forewarn-dashboard-consumer", daemon=True)
-            self._thread.start()
-        return self
+    def start(self) -> None:
+        """Build the consumer and the lag source (idempotent; no network yet)."""
+        if self._consumer is not None or self._closed:
+            return
+        self._consumer = self._consumer_factory(self.group_id, (),
+                                                **{"client.id": f"{self.kafka.client_id}-dashboard"})
+        if self._lag_source is None:
+            self._lag_source = KafkaAdmin(self.kafka)
+        self._next_topics = self._next_lag = 0.0
+        self._next_prune = time.monotonic() + self.prune_every_s
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
-
-    def __enter__(self) -> Materializer:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    # -- the loop --------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        consumer = KafkaConsumer(self.kafka, self.group_id, (), **{"client.id": f"{self.kafka.client_id}-dashboard"})
-        admin = KafkaAdmin(self.kafka)
-        next_topics = next_lag = 0.0
-        next_prune = time.monotonic() + self.prune_every_s
+    def step(self) -> int:
+        """One round; returns how many records were read (0 when there were none)."""
+        self.start()
+        consumer = self._consumer
+        if consumer is None:  # closed
+            return 0
         try:
-            while not self._stop.is_set():
-                now = time.monotonic()
-                if now >= next_topics:
-                    self._assign_new(consumer)
-                    next_topics = now + (_TOPIC_RETRY_S if len(self._assigned) == 0 else 30.0)
-                if not self._assigned:
-                    self._stop.wait(0.5)
-                    continue
-                self._poll_once(consumer)
-                if now >= next_lag:
-                    self._sample_lag(admin, consumer)
-                    next_lag = now + self.lag_every_s
-                if now >= next_prune:
-                    self.store.prune()
-                    next_prune = now + self.prune_every_s
-        except Exception as error:  # the thread must report, not vanish
+            return self._round(consumer)
+        except Exception as error:  # the loop must report, not vanish
             self.status.state, self.status.detail = "failed", str(error)
             log.exception("dashboard consumer stopped")
-        finally:
-            try:
-                consumer.close()
-            except (KafkaError, confluent_kafka.KafkaException, RuntimeError) as error:
-                log.warning("closing the dashboard consumer: %s", error)
-            if self.status.state != "failed":
-                self.status.state = "stopped"
+            self.stop()
+            return 0
 
-    def _poll_once(self, consumer: KafkaConsumer) -> None:
+    def close(self) -> None:
+        """Release the consumer; the status says ``stopped`` (unless it ``failed``). A closed
+        materializer stays stopped: it does not start again."""
+        consumer, self._consumer = self._consumer, None
+        self._closed = True
+        self.stop()
+        if consumer is not None:
+            consumer.close()  # the adapter logs a Kafka error while leaving, never raises it
+        if self.status.state != "failed":
+            self.status.state = "stopped"
+
+    # -- one round -------------------------------------------------------------------------
+
+    def _round(self, consumer: ConsumerLike) -> int:
+        now = time.monotonic()
+        if now >= self._next_topics:
+            self._assign_new(consumer)
+            self._next_topics = now + (_TOPIC_RETRY_S if not self._assigned else _TOPIC_RECHECK_S)
+        if not self._assigned:
+            self._stop.wait(_NO_TOPICS_WAIT_S)
+            return 0
+        read = self._poll_once(consumer)
+        if now >= self._next_lag:
+            self._sample_lag()
+            self._next_lag = now + self.lag_every_s
+        if now >= self._next_prune:
+            self.store.prune()
+            self._next_prune = now + self.prune_every_s
+        return read
+
+    def _poll_once(self, consumer: ConsumerLike) -> int:
         try:
-            messages = consumer.consume(self.poll_batch, 0.5)
+            messages = consumer.consume(self.poll_batch, _POLL_TIMEOUT_S)
         except KafkaError as error:
             self.status.errors += 1
             self.status.detail = str(error)
             log.warning("dashboard consumer: %s", error)
-            self._stop.wait(1.0)
-            return
+            self._stop.wait(_ERROR_WAIT_S)
+            return 0
         if not messages:
-            return
+            return 0
         batch = self.ingest.batch(messages, _now_ms())
         if self.store.closed:
-            self._stop.set()
-            return
+            self.stop()
+            return 0
         self.store.write(batch)
         self.status.records += len(messages)
         self.status.batches += 1
         self.status.last_batch_ms = _now_ms()
         self.status.state, self.status.detail = "running", ""
         try:
-            consumer.client.commit(offsets=[confluent_kafka.TopicPartition(t, p, o)
-                                            for (t, p), o in batch.offsets.items()], asynchronous=True)
-        except confluent_kafka.KafkaException as error:  # only for lag display; the store holds the truth
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()],
+                            asynchronous=True)
+        except KafkaError as error:  # only for lag display; the store holds the truth
             log.debug("commit for lag display failed: %s", error)
+        return len(messages)
 
-    def _assign_new(self, consumer: KafkaConsumer) -> None:
+    def _assign_new(self, consumer: ConsumerLike) -> None:
         """Assign partitions of our topics not assigned yet (topics may appear later)."""
-        wanted = [getattr(self.topics, role) for role in ROLES]
         try:
-            metadata = consumer.client.list_topics(timeout=5.0)
-        except confluent_kafka.KafkaException as error:
-            self.status.state, self.status.detail = "waiting", f"Kafka at {self.kafka.bootstrap_servers}: {error}"
+            existing = consumer.topic_partitions(list(self._roles), timeout_s=_ADMIN_TIMEOUT_S)
+        except KafkaError as error:
+            self.status.state, self.status.detail = "waiting", str(error)
             return
         stored = self.store.offsets()
-        new: list[confluent_kafka.TopicPartition] = []
-        missing: list[str] = []
-        for name in wanted:
-            topic = metadata.topics.get(name)
-            if topic is None or topic.error is not None:
-                missing.append(name)
-                continue
-            for partition in topic.partitions:
-                if (name, partition) in self._assigned:
-                    continue
-                offset = stored.get((name, partition), confluent_kafka.OFFSET_BEGINNING)
-                new.append(confluent_kafka.TopicPartition(name, partition, offset))
+        new = [TopicPartition(name, partition, stored.get((name, partition), OFFSET_BEGINNING))
+               for name, partitions in existing.items() for partition in partitions
+               if (name, partition) not in self._assigned]
+        missing = [name for name in self._roles if name not in existing]
         if new:
-            consumer.client.incremental_assign(new)
+            consumer.incremental_assign(new)
             self._assigned.update((tp.topic, tp.partition) for tp in new)
             self.status.assigned = sorted({t for t, _ in self._assigned})
             log.info("dashboard consumer assigned %s partitions", len(new))
@@ -192,44 +221,55 @@ class Materializer:
 
     # -- consumer-group lag ----------------------------------------------------------------
 
-    def _sample_lag(self, admin: KafkaAdmin, consumer: KafkaConsumer) -> None:
+    def _sample_lag(self) -> None:
+        if self._lag_source is None:
+            return
         try:
-            rows = self._lag_rows(admin)
-        except (confluent_kafka.KafkaException, KafkaError) as error:
+            lags = self._lag_source.group_lag(list(self._roles), timeout_s=_ADMIN_TIMEOUT_S)
+        except KafkaError as error:
             log.debug("lag sample failed: %s", error)
             return
-        self.store.replace_lag(rows)
-
-    def _lag_rows(self, admin: KafkaAdmin) -> list[tuple[str, str, str, int, int | None, int, int | None, int]]:
-        client = admin.client
-        roles = {getattr(self.topics, role): role for role in ROLES}
-        groups = client.list_consumer_groups(request_timeout=5).result()
-        committed: dict[str, dict[tuple[str, int], int]] = {}
-        for listing in groups.valid:
-            request = [confluent_kafka.ConsumerGroupTopicPartitions(listing.group_id)]
-            futures = client.list_consumer_group_offsets(request, request_timeout=5)
-            for future in futures.values():
-                result = future.result()
-                offsets = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions or []
-                           if tp.topic in roles}
-                if offsets:
-                    committed[listing.group_id] = offsets
-        partitions = {tp for offsets in committed.values() for tp in offsets}
-        if not partitions:
-            return []
-        specs: dict[Any, Any] = {confluent_kafka.TopicPartition(t, p): kadmin.OffsetSpec.latest()
-                                 for t, p in partitions}
-        ends: dict[tuple[str, int], int] = {}
-        futures = client.list_offsets(specs, isolation_level=confluent_kafka.IsolationLevel.READ_COMMITTED,
-                                      request_timeout=5)
-        for tp, future in futures.items():
-            ends[(tp.topic, tp.partition)] = future.result().offset
         now = _now_ms()
-        rows: list[tuple[str, str, str, int, int | None, int, int | None, int]] = []
-        for group, offsets in sorted(committed.items()):
-            for (topic, partition), offset in sorted(offsets.items()):
-                end = ends.get((topic, partition), 0)
-                done = offset if offset >= 0 else None
-                rows.append((group, topic, roles[topic], partition, done, end,
-                             None if done is None else max(0, end - done), now))
-        return rows
+        self.store.replace_lag([(g.group, g.topic, self._roles[g.topic], g.partition, g.committed, g.end, g.lag, now)
+                                for g in lags if g.topic in self._roles])
+
+
+S = TypeVar("S", bound=LoopService)
+
+
+class ServiceThread(Generic[S]):
+    """Runs a :class:`~forewarn.service.LoopService` on a daemon thread: :meth:`start` returns at
+    once, :meth:`stop` asks the service to stop and waits (up to ``timeout_s``) until it has
+    closed; also a context manager. The service is reachable as :attr:`service`."""
+
+    def __init__(self, service: S, name: str) -> None:
+        self.service = service
+        self.name = name
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        """Start the thread (a second call does nothing)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.service.run, name=self.name, daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the service and wait up to ``timeout_s`` for its thread to end."""
+        self.service.stop()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("%s did not stop within %.0fs", self.name, timeout_s)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

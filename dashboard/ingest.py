@@ -15,6 +15,7 @@ import msgspec
 
 from dashboard.store import Batch
 from forewarn.contract import Alert, MaintenanceEvent, Prediction, Telemetry, site_of
+from forewarn.deadletter import DeadLetter
 from forewarn.ports import MessageLike
 from forewarn.topics import Topics
 
@@ -28,13 +29,6 @@ ROLES: Final = ("predictions", "alerts", "maintenance", "telemetry", "dlq", "mod
 
 # What the dashboard reads from a Kafka message (confluent_kafka.Message fits).
 Record = MessageLike
-
-
-def _header(headers: list[tuple[str, bytes]] | None, name: str) -> str | None:
-    for key, value in headers or ():
-        if key == name:
-            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return None
 
 
 @dataclass
@@ -70,7 +64,7 @@ class Ingest:
             batch.throughput[(second, role)] = batch.throughput.get((second, role), 0) + 1
             value = record.value()
             if role == "dlq":
-                self._dlq(batch, record, value, now_ms, minute)
+                self._dlq(batch, record, now_ms, minute)
                 continue
             if value is None:
                 continue
@@ -121,12 +115,12 @@ class Ingest:
         meta_json = msgspec.json.encode(_meta_summary(meta)).decode()
         batch.models.append((meta.asset_type, meta.version, meta.name, meta.created_at, meta_json, now_ms))
 
-    def _dlq(self, batch: Batch, record: Record, value: bytes | None, now_ms: int, minute: int) -> None:
-        headers = record.headers()
-        reason = _header(headers, "reason") or "unknown"
+    def _dlq(self, batch: Batch, record: Record, now_ms: int, minute: int) -> None:
+        # Whichever component wrote it, the dead-letter record has one definition.
+        letter = DeadLetter.from_message(record)
+        reason = letter.reason
         batch.dlq_counts[(minute, reason)] = batch.dlq_counts.get((minute, reason), 0) + 1
-        batch.add("dlq_samples", (now_ms, reason, (_header(headers, "detail") or "")[:300],
-                                  _header(headers, "mqtt_topic"), len(value or b"")))
+        batch.add("dlq_samples", (now_ms, reason, letter.detail[:300], letter.mqtt_topic or None, len(letter.value)))
 
 
 def _meta_summary(meta: Any) -> dict[str, Any]:

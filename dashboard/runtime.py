@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import streamlit as st
 
-from dashboard.consumer import ConsumerStatus, Materializer
+from dashboard.consumer import ConsumerStatus, Materializer, ServiceThread
 from dashboard.settings import DashboardSettings
 from dashboard.store import Retention, Store
 from forewarn.kafka import KafkaProducer
@@ -42,12 +42,12 @@ class Runtime:
     store: Store
     topics: Topics
     sink: AlertSink
-    materializer: Materializer | None = None
+    materializer: ServiceThread[Materializer] | None = None  # the background consumer, on its thread
     _closed: bool = field(default=False, repr=False)
 
     @property
     def status(self) -> ConsumerStatus | None:
-        return None if self.materializer is None else self.materializer.status
+        return None if self.materializer is None else self.materializer.service.status
 
     def close(self) -> None:
         if self._closed:
@@ -71,9 +71,11 @@ def build_runtime(settings: DashboardSettings) -> Runtime:
     producer = KafkaProducer(settings.kafka, **{"client.id": f"{settings.kafka.client_id}-dashboard"})
     materializer = None
     if options.consume:
-        materializer = Materializer(store, settings.kafka, topics, group_id=options.group_id,
-                                    sample_every=options.telemetry_sample_every, poll_batch=options.poll_batch,
-                                    lag_every_s=options.lag_every_s, prune_every_s=options.prune_every_s).start()
+        materializer = ServiceThread(
+            Materializer(store, settings.kafka, topics, group_id=options.group_id,
+                         sample_every=options.telemetry_sample_every, poll_batch=options.poll_batch,
+                         lag_every_s=options.lag_every_s, prune_every_s=options.prune_every_s),
+            "forewarn-dashboard-consumer").start()
     runtime = Runtime(settings, store, topics, producer, materializer)
     atexit.register(runtime.close)
     log.info("dashboard runtime started (store %s, topics prefix %r)", options.store, settings.topics.prefix)
