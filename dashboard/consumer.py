@@ -38,8 +38,7 @@ __all__ = ["ConsumerFactory", "ConsumerStatus", "LagSource", "Materializer", "Se
 
 log = logging.getLogger(__name__)
 
-_TOPIC_RETRY_S = 5.0  # while none of the topics exists
-_TOPIC_RECHECK_S = 30.0  # once reading: look for topics or partitions that appeared since
+_TOPIC_RETRY_S = 5.0  # while none of the topics exists (or sooner, with a shorter topics_every_s)
 _NO_TOPICS_WAIT_S = 0.5
 _ERROR_WAIT_S = 1.0
 _POLL_TIMEOUT_S = 0.5
@@ -79,9 +78,10 @@ class ConsumerStatus:
 class Materializer(LoopService):
     """Reads the dashboard's topics into a :class:`Store`, one batch per :meth:`step`.
 
-    ``start()`` builds the clients (no network until the first step), ``step()`` looks for new
-    topics and partitions now and then, reads one batch, writes it to the store with its
-    offsets, and now and then samples group lag and prunes the store; ``close()`` releases the
+    ``start()`` builds the clients (no network until the first step); ``step()`` looks for new
+    topics and partitions every ``topics_every_s`` (every few seconds while there are none),
+    reads one batch, writes it to the store with its offsets, samples group lag every
+    ``lag_every_s`` and prunes the store every ``prune_every_s``; ``close()`` releases the
     consumer. A Kafka error while reading is counted in :attr:`status` and retried; any other
     failure sets the status to ``failed`` and stops the loop (the thread reports, never
     vanishes). A closed store stops it too.
@@ -92,8 +92,8 @@ class Materializer(LoopService):
 
     def __init__(self, store: Store, kafka: KafkaSettings, topics: Topics, *, group_id: str = "forewarn-dashboard",
                  sample_every: int = 5, poll_batch: int = 5000, lag_every_s: float = 10.0,
-                 prune_every_s: float = 30.0, consumer_factory: ConsumerFactory | None = None,
-                 lag_source: LagSource | None = None) -> None:
+                 prune_every_s: float = 30.0, topics_every_s: float = 30.0,
+                 consumer_factory: ConsumerFactory | None = None, lag_source: LagSource | None = None) -> None:
         super().__init__()
         self.store = store
         self.kafka = kafka
@@ -102,6 +102,7 @@ class Materializer(LoopService):
         self.poll_batch = poll_batch
         self.lag_every_s = lag_every_s
         self.prune_every_s = prune_every_s
+        self.topics_every_s = topics_every_s
         self.ingest = Ingest(topics, sample_every=sample_every)
         self.status = ConsumerStatus()
         self._consumer_factory: ConsumerFactory = consumer_factory or functools.partial(KafkaConsumer, kafka)
@@ -156,7 +157,8 @@ class Materializer(LoopService):
         now = time.monotonic()
         if now >= self._next_topics:
             self._assign_new(consumer)
-            self._next_topics = now + (_TOPIC_RETRY_S if not self._assigned else _TOPIC_RECHECK_S)
+            self._next_topics = now + (min(_TOPIC_RETRY_S, self.topics_every_s) if not self._assigned
+                                       else self.topics_every_s)
         if not self._assigned:
             self._stop.wait(_NO_TOPICS_WAIT_S)
             return 0
