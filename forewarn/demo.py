@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import confluent_kafka
 import msgspec
 
 from forewarn.contract import Alert, MaintenanceEvent
 from forewarn.errors import ForewarnError
-from forewarn.kafka import KafkaAdmin, KafkaConsumer
+from forewarn.kafka import KafkaAdmin, KafkaConsumer, read_to_end
+from forewarn.ports import ConsumerLike
 from forewarn.service import on_signals
 from forewarn.settings import DemoOptions, DemoSettings, ServiceSettings
 from forewarn.stack import LocalStack
@@ -98,49 +98,43 @@ def ensure_models(models_dir: Path, data_dir: Path, env: dict[str, str], say: Ca
     say(f"models trained in {time.monotonic() - t0:.0f}s (metrics in {data_dir / 'train.log'})")
 
 
-def _count(consumer: KafkaConsumer, topic: str) -> int:
-    client = consumer.client
-    metadata = client.list_topics(topic, timeout=5)
+def _count(consumer: ConsumerLike, topic: str) -> int:
+    """Offsets in ``topic`` now (records, plus transaction markers): a progress figure, no read."""
     total = 0
-    for p in metadata.topics[topic].partitions:
-        low, high = client.get_watermark_offsets(confluent_kafka.TopicPartition(topic, p), timeout=5, cached=False)
+    for p in consumer.topic_partitions([topic], timeout_s=5).get(topic, []):
+        low, high = consumer.watermarks(topic, p, timeout_s=5)
         total += max(0, high - low)
     return total
 
 
-def check_pipeline(settings: ServiceSettings, topics: Topics, timeout_s: float = 60.0) -> CheckResult:
-    """Read what the pipeline committed and check predictions flowed and alerts came early."""
-    consumer = KafkaConsumer(settings.kafka, f"forewarn-demo-check-{time.time_ns()}",
-                             [topics.predictions, topics.alerts, topics.maintenance])
+def check_pipeline(settings: ServiceSettings, topics: Topics, timeout_s: float = 60.0, *,
+                   consumer: ConsumerLike | None = None) -> CheckResult:
+    """Read what the pipeline committed up to now and check predictions flowed and alerts came
+    early. ``timeout_s`` bounds a read that makes no progress; ``consumer`` (a fake in unit
+    tests) reads instead of a private one."""
     alerts = msgspec.json.Decoder(Alert)
     events = msgspec.json.Decoder(MaintenanceEvent)
     predictions = 0
     opened: dict[str, list[int]] = {}
     failures: list[tuple[str, int]] = []
-    try:
-        goal = {t: _count(consumer, t) for t in (topics.predictions, topics.alerts, topics.maintenance)}
-        seen = dict.fromkeys(goal, 0)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and any(seen[t] < goal[t] for t in goal):
-            for message in consumer.consume(5000, 0.5):
-                topic = message.topic()
-                seen[topic] += 1
-                value = message.value() or b""
-                try:
-                    if topic == topics.predictions:
-                        predictions += 1
-                    elif topic == topics.alerts:
-                        alert = alerts.decode(value)
-                        if alert.state == "open":
-                            opened.setdefault(alert.machine_id, []).append(alert.opened_at)
-                    else:
-                        event = events.decode(value)
-                        if event.event == "failure":
-                            failures.append((event.machine_id, event.ts))
-                except msgspec.DecodeError:
-                    log.warning("undecodable record on %s", topic)
-    finally:
-        consumer.close()
+    source = [topics.predictions, topics.alerts, topics.maintenance]
+    for message in read_to_end(settings.kafka if consumer is None else consumer, source, idle_timeout_s=timeout_s,
+                               max_messages=5000):
+        topic = message.topic()
+        value = message.value() or b""
+        try:
+            if topic == topics.predictions:
+                predictions += 1
+            elif topic == topics.alerts:
+                alert = alerts.decode(value)
+                if alert.state == "open":
+                    opened.setdefault(alert.machine_id, []).append(alert.opened_at)
+            else:
+                event = events.decode(value)
+                if event.event == "failure":
+                    failures.append((event.machine_id, event.ts))
+        except msgspec.DecodeError:
+            log.warning("undecodable record on %s", topic)
     return CheckResult(predictions, sum(len(v) for v in opened.values()), len(failures),
                        _warned_failures(failures, opened))
 
