@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from forewarn.cli_options import Flag, flags, kafka_options, settings_from
-from forewarn.service import on_signals
 from scoring.settings import ScoringSettings
 
 __all__ = ["score"]
@@ -51,13 +50,12 @@ def score() -> None:
     settings = settings_from(ScoringSettings)
     worker = ScoringWorker(settings)
 
-    with on_signals(lambda _sig: worker.stop(), say=lambda line: click.echo(line, err=True),
-                    action="finishing the current batch"):
+    with worker.stop_on_signals(say=lambda line: click.echo(line, err=True)):
         try:
             worker.start()
             serving = sorted(m.bundle.label for m in worker.registry.serving.values()) or "no model yet"
             click.echo(f"scoring as {worker.worker_id} in group {settings.scoring.group_id}; serving {serving}",
                        err=True)
-            worker.run()
+            worker.run()  # until SIGTERM/Ctrl-C: the current transaction is finished, then the worker closes
         finally:
             worker.close()

@@ -1,10 +1,16 @@
-"""Prometheus metrics of a scoring worker (one registry per worker, so tests can run several)."""
+"""Prometheus metrics of a scoring worker, on the shared endpoint (one registry per worker, so
+tests can run several in one process).
+
+The per-batch counts (readings by outcome, predictions by asset type) are typed tallies: the
+worker counts into them while it builds a batch and flushes them once that batch's transaction
+has committed, so an aborted and re-done batch is counted once.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from forewarn.metrics import MetricsEndpoint
 
 __all__ = ["ScoringMetrics"]
 
@@ -13,11 +19,12 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.35,
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 20_000, 50_000)
 
 
-@dataclass
-class ScoringMetrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+class ScoringMetrics(MetricsEndpoint):
+    """The worker's metrics; :attr:`readings_by_outcome` and :attr:`predictions_by_asset` are
+    the tallies of one batch (flushed with :meth:`flush` when it commits)."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
         r = self.registry
         self.readings = Counter("forewarn_scoring_readings", "Telemetry readings consumed", ["outcome"], registry=r)
         self.predictions = Counter("forewarn_scoring_predictions", "Predictions committed", ["asset_type"],
@@ -42,6 +49,7 @@ class ScoringMetrics:
                                   "Mean |p_fail(candidate) - p_fail(serving)|", ["asset_type"], registry=r)
         self.restore = Histogram("forewarn_scoring_restore_seconds", "Time to rebuild state after an assignment",
                                  registry=r)
-
-    def serve(self, port: int) -> None:
-        start_http_server(port, registry=self.registry)
+        for outcome in ("accepted", "dropped", "unscored", "rejected"):
+            self.readings.labels(outcome)  # every outcome is exported from the start, at 0
+        self.readings_by_outcome = self.tally(self.readings)
+        self.predictions_by_asset = self.tally(self.predictions)

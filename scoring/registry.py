@@ -12,7 +12,6 @@ keeps serving.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +56,6 @@ class ModelRegistry:
     shadow: bool = True
     serving: dict[str, OnnxModel] = field(default_factory=dict)
     candidates: dict[str, OnnxModel] = field(default_factory=dict)
-    on_swap: list[Callable[[str, OnnxModel | None, OnnxModel], None]] = field(default_factory=list)
 
     def load_dir(self, models_dir: Path) -> list[Offer]:
         """Serve the ``current`` (else newest) bundle of every asset type under ``models_dir``
@@ -123,8 +121,6 @@ class ModelRegistry:
             if candidate is not None and candidate.meta.sha256 == bundle.meta.sha256:
                 del self.candidates[asset]  # the candidate was promoted
             log.info("%s: now serving %s (was %s)", asset, bundle.label, old.bundle.label if old else "nothing")
-            for callback in self.on_swap:
-                callback(asset, old, model)
         return Offer("accepted", role, asset, bundle.label)
 
     @staticmethod

@@ -21,11 +21,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import confluent_kafka
 import msgspec
 
-from forewarn.kafka import KafkaConsumer
-from forewarn.settings import KafkaSettings
+from forewarn.errors import KafkaError
+from forewarn.kafka import OFFSET_BEGINNING, TopicPartition, read_to_end
+from forewarn.ports import ConsumerLike
 from scoring.alerts import MachineAlerts
 from scoring.errors import RecoveryError
 
@@ -81,12 +81,15 @@ class PartitionState:
     done: bool = False
 
 
-def restore_partitions(settings: KafkaSettings, state_topic: str, targets: dict[int, Marker],
-                       *, group_id: str, timeout_s: float = 120.0) -> dict[int, PartitionState]:
+def restore_partitions(consumer: ConsumerLike, state_topic: str, targets: dict[int, Marker],
+                       *, timeout_s: float = 120.0) -> dict[int, PartitionState]:
     """Read ``state_topic``'s partitions up to the marker equal to each partition's committed
     offsets and return the latest record of every machine seen before it.
 
-    A partition whose target is ``(-1, -1)`` (nothing committed yet) starts empty.
+    ``consumer`` is a reader outside any group (its assignment is replaced; the caller closes
+    it). A partition whose target is ``(-1, -1)`` (nothing committed yet) starts empty. A
+    partition read to its end without its marker raises :class:`RecoveryError`, as does
+    ``timeout_s`` without progress.
     """
     states = {p: PartitionState(p, target) for p, target in targets.items()}
     pending = {p for p, s in states.items() if s.target != Marker(NO_OFFSET, NO_OFFSET)}
@@ -95,50 +98,33 @@ def restore_partitions(settings: KafkaSettings, state_topic: str, targets: dict[
     if not pending:
         return states
     started = time.monotonic()
-    consumer = KafkaConsumer(settings, group_id, (), **{"enable.auto.offset.store": False})
+    buffers: dict[int, dict[str, bytes]] = {p: {} for p in pending}
+    source = [TopicPartition(state_topic, p, OFFSET_BEGINNING) for p in sorted(pending)]
     try:
-        client = consumer.client
-        client.assign([confluent_kafka.TopicPartition(state_topic, p, confluent_kafka.OFFSET_BEGINNING)
-                       for p in sorted(pending)])
-        buffers: dict[int, dict[str, bytes]] = {p: {} for p in pending}
-        while pending:
-            if time.monotonic() - started > timeout_s:
-                raise RecoveryError(
-                    f"{state_topic}: no state marker for partitions {sorted(pending)} matching the committed "
-                    f"offsets after {timeout_s:.0f}s",
-                    hint="the state changelog was deleted or truncated; reset the consumer group's offsets")
-            for message in consumer.consume(5000, 0.5):
-                p = message.partition()
-                if p not in pending:
-                    continue
-                key = message.key() or b""
-                value = message.value() or b""
-                if key == MARKER_KEY:
-                    if _marker_decoder.decode(value) == states[p].target:
-                        pending.discard(p)
-                        states[p].records = {k: decode_record(v) for k, v in buffers.pop(p).items()}
-                        states[p].done = True
-                else:
-                    buffers[p][key.decode()] = value
-            if pending:
-                _check_not_exhausted(client, state_topic, pending, states)
-    finally:
-        consumer.close()
+        for message in read_to_end(consumer, source, idle_timeout_s=timeout_s, max_messages=5000):
+            p = message.partition()
+            if p not in pending:
+                continue
+            key = message.key() or b""
+            value = message.value() or b""
+            if key == MARKER_KEY:
+                if _marker_decoder.decode(value) == states[p].target:
+                    pending.discard(p)
+                    states[p].records = {k: decode_record(v) for k, v in buffers.pop(p).items()}
+                    states[p].done = True
+                    if not pending:
+                        break  # what follows the markers is not part of the committed state
+            else:
+                buffers[p][key.decode()] = value
+    except KafkaError as error:
+        raise RecoveryError(f"{state_topic}: cannot read the state changelog of partitions {sorted(pending)}: "
+                            f"{error.one_line()}", hint="is Kafka healthy?") from None
+    if pending:
+        first = min(pending)
+        raise RecoveryError(
+            f"{state_topic}[{first}]: read to the end without a marker for committed offsets "
+            f"{states[first].target.telemetry}/{states[first].target.maintenance}",
+            hint="the state changelog does not match the consumer group; reset the group's offsets")
     log.info("restored state of partitions %s (%s machines) in %.2fs", sorted(states),
              sum(len(s.records) for s in states.values()), time.monotonic() - started)
     return states
-
-
-def _check_not_exhausted(client: confluent_kafka.Consumer, topic: str, pending: set[int],
-                         states: dict[int, PartitionState]) -> None:
-    """Fail fast when a partition was read to its end without finding its marker."""
-    for p in list(pending):
-        tp = confluent_kafka.TopicPartition(topic, p)
-        position = client.position([tp])[0].offset
-        _low, high = client.get_watermark_offsets(tp, timeout=5.0, cached=False)
-        if position >= 0 and high >= 0 and position >= high:
-            raise RecoveryError(
-                f"{topic}[{p}]: read to the end without a marker for committed offsets "
-                f"{states[p].target.telemetry}/{states[p].target.maintenance}",
-                hint="the state changelog does not match the consumer group; reset the group's offsets")
-
