@@ -1,10 +1,9 @@
 """A lean MQTT 5 / 3.1.1 subscriber for the bridge's receive path, driven by the bridge's own loop.
 
-Why not paho: measured on a drain, paho's network thread spent about 85 µs per QoS 1 PUBLISH
-(MQTT 5 ``Properties`` objects, ``MQTTMessage``, the callback chain, one packet per wake-up) and
-handed every message to the loop thread across the GIL; it, not Kafka, set the bridge's pace.
-Here there is no thread: :meth:`Subscriber.read` parses whole PUBLISH packets straight out of a
-socket buffer (a few µs each) when the bridge's loop asks for them, so
+There is no network thread: :meth:`Subscriber.read` parses whole PUBLISH packets straight out
+of a socket buffer when the bridge's loop asks for them (paho's thread, its per-message objects
+and the hand-over across the GIL cost far more per message than Kafka; bridge/README.md has the
+figures), so
 
 - TCP is the backpressure: when the bridge stops asking (in-flight bound reached, Kafka away),
   nothing is read and the broker's socket buffer fills; no inbox grows without bound, whatever
@@ -28,12 +27,12 @@ import ssl
 import struct
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Protocol
 
 from forewarn.errors import MqttError
 from forewarn.settings import MqttSettings
 
-__all__ = ["Subscriber"]
+__all__ = ["Message", "Subscriber", "SubscriberLike"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +45,33 @@ _UNSUPPORTED_PROTOCOL = (0x84, 0x01)  # MQTT 5 reason "unsupported protocol vers
 _TOPIC_CACHE_MAX = 100_000
 
 Message = tuple[str, bytes, int, int]  # (topic, payload, qos, packet id)
+
+
+class SubscriberLike(Protocol):
+    """What the bridge's loop needs from its MQTT connection: the one intake path.
+
+    :class:`Subscriber` is the real one; the bridge's unit tests use an in-memory double with the
+    same semantics (broker-assigned packet ids, acknowledgements in arrival order, a resumed
+    session redelivering what was not acknowledged, with the same ids, after ``on_connected``).
+    """
+
+    on_connected: Callable[[bool], None] | None
+
+    def connect(self, timeout_s: float = 10.0) -> None:
+        """Connect; raise :class:`MqttError` when refused."""
+    def subscribe(self, topics: Iterable[str], qos: int = 1) -> None:
+        """Subscribe now and again after every reconnect."""
+    def read(self, limit: int) -> list[Message]:
+        """Up to ``limit`` messages that already arrived, all of the current connection; never
+        blocks; reconnects (calling ``on_connected`` first) when the connection is gone."""
+    def ack_many(self, mids: list[int]) -> None:
+        """Acknowledge these packet ids (in arrival order) of the current connection."""
+    def wait_readable(self, timeout_s: float) -> None:
+        """Sleep up to ``timeout_s`` unless something is (or becomes) ready to read."""
+    def housekeeping(self) -> None:
+        """Keep-alive and reconnects while the loop is not reading."""
+    def disconnect(self) -> None:
+        """Disconnect for good; the persistent session stays on the broker."""
 
 
 def _varint(n: int) -> bytes:
@@ -85,7 +111,6 @@ class Subscriber:
         self.clean_start = clean_start
         self.session_expiry_s = session_expiry_s
         self.receive_maximum = receive_maximum
-        self.on_message: Callable[[Any], None] | None = None  # the MqttLike protocol; read() is the fast path
         self.on_connected: Callable[[bool], None] | None = None
         self._sock: socket.socket | None = None
         self._v5 = settings.protocol != "3.1.1"
@@ -103,7 +128,7 @@ class Subscriber:
         self._delay = settings.reconnect_min_s
         self._wanted = False  # connect() was called and disconnect() was not
 
-    # -- the MqttLike surface ----------------------------------------------------------------
+    # -- connection ----------------------------------------------------------------------------
 
     @property
     def protocol(self) -> str:
@@ -124,18 +149,6 @@ class Subscriber:
         self._filters.extend(new)
         if self._sock is not None and new:
             self._subscribe(new, 10.0)
-
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
-        """QoS 0 only: the bridge never publishes; this keeps the client usable as an ``MqttLike``."""
-        if qos:
-            raise MqttError("the bridge's subscriber publishes with QoS 0 only")
-        raw = payload.encode() if isinstance(payload, str) else payload
-        body = _string(topic) + (b"\x00" if self._v5 else b"") + raw
-        self._send(_packet(_PUBLISH | int(retain), body))
-
-    def ack(self, mid: int, qos: int) -> None:
-        if qos:
-            self.ack_many([mid])
 
     def ack_many(self, mids: list[int]) -> None:
         """PUBACK these packet ids in one write. ``0x40 0x02 <id>`` is valid for 3.1.1 and 5 (reason

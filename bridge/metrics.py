@@ -3,21 +3,22 @@ process in tests; the default registry would refuse the second)."""
 
 from __future__ import annotations
 
-import logging
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from forewarn.metrics import MetricsEndpoint
 
 __all__ = ["BridgeMetrics"]
 
-log = logging.getLogger(__name__)
-
 _ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 class BridgeMetrics(MetricsEndpoint):
-    """received, forwarded, rejected by reason, in flight, Kafka errors, acknowledgement latency."""
+    """received, forwarded, rejected by reason, in flight, Kafka errors, acknowledgement latency.
+
+    The loop counts into the tallies (``received_by_kind``, ``forwarded_by_topic``,
+    ``rejected_by_reason``, ``acked_now``, ``kafka_errors_now``); :meth:`flush` adds them to the
+    counters once per round. ``dead_letters`` (rare) is incremented directly.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         super().__init__(registry)
@@ -43,3 +44,8 @@ class BridgeMetrics(MetricsEndpoint):
         self.ack_latency = Histogram("forewarn_bridge_ack_latency_seconds",
                                      "time from receiving an MQTT message to acknowledging it",
                                      buckets=_ACK_BUCKETS, registry=r)
+        self.received_by_kind = self.tally(self.received)
+        self.forwarded_by_topic = self.tally(self.forwarded)
+        self.rejected_by_reason = self.tally(self.rejected)
+        self.acked_now = self.total(self.acked)
+        self.kafka_errors_now = self.total(self.kafka_errors)

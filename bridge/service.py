@@ -1,21 +1,19 @@
 """The bridge service: MQTT (QoS 1, persistent shared-subscription session) → Kafka, at least once.
 
-One thread: the loop (the thread that calls :meth:`Bridge.run`) reads PUBLISH packets from the
-socket of the bridge's own subscriber (:mod:`bridge._subscriber`), decodes, produces, serves
-Kafka's delivery reports, sends the PUBACKs, keep-alives and reconnects. So the producer and
-every piece of state have one owner and no message crosses the GIL between threads. (An
-injected ``MqttLike``, e.g. the tests' fake, delivers through ``on_message`` into an inbox
-instead.)
+One thread: the loop (the thread that calls :meth:`Bridge.run`) reads PUBLISH packets from its
+subscriber (:class:`bridge._subscriber.Subscriber`, or any :class:`~bridge._subscriber.SubscriberLike`),
+decodes, produces, serves Kafka's delivery reports, sends the PUBACKs, keep-alives and
+reconnects. So the producer and every piece of state have one owner and no message crosses the
+GIL between threads.
 
 At least once: a message's PUBACK is sent only when Kafka confirmed every record made from it.
 Acknowledgements go out in the order messages arrived (as MQTT asks), so one slow record holds
 back the ones behind it; a record Kafka failed to deliver is re-sent, never skipped. A record
-Kafka refuses for good (an error that is not retriable: ``MSG_SIZE_TOO_LARGE``,
-``TOPIC_AUTHORIZATION_FAILED``, ...) is sent again alone (Kafka fails a whole produce request
-for one bad record, so the others may be innocent neighbours) and, refused ``dead_letter_after``
-times, replaced by its dead-letter record (reason ``kafka_refused``); a dead-letter record the
-DLQ refuses is cut to ``_REFUSED_DLQ_BYTES`` bytes, and dropped — logged and counted — only
-when Kafka refuses that too. So such a record never holds the acknowledgements behind it.
+Kafka refuses for good follows :class:`forewarn.deadletter.RefusalPolicy`: sent again alone,
+then replaced by its dead letter (reason ``kafka_refused``); a dead letter the DLQ refuses is cut
+short. When even that is refused, the bridge — which has no storage of its own — drops it with
+an ERROR line holding the whole record and counts it. So such a record never holds the
+acknowledgements behind it.
 
 Backpressure: the broker sends at most ``receive_maximum`` unacknowledged messages (MQTT 5
 Receive Maximum; ``max_inflight_messages`` on Mosquitto for 3.1.1), and the loop stops reading
@@ -29,23 +27,18 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
 import time
 from typing import Any
 
-import confluent_kafka
-
-from bridge._acks import AckWriter
-from bridge._subscriber import Subscriber
+from bridge._subscriber import Message, Subscriber, SubscriberLike
 from bridge.errors import BridgeError
 from bridge.metrics import BridgeMetrics
 from bridge.settings import BridgeSettings
 from forewarn.contract import Decoder
-from forewarn.deadletter import INGEST_HEADER, DeadLetter, Kind, Origin, Record
+from forewarn.deadletter import INGEST_HEADER, DeadLetter, Kind, Origin, Record, RefusalPolicy
 from forewarn.errors import KafkaError
 from forewarn.kafka import KafkaAdmin, KafkaProducer, error_code, refused_for_good
-from forewarn.mqtt import MqttClient
-from forewarn.ports import MqttLike, ProducerLike
+from forewarn.ports import ProducerLike
 from forewarn.routing import Router
 from forewarn.service import LoopService
 from forewarn.topics import Topics, mqtt_subscriptions
@@ -60,7 +53,6 @@ _IDLE_WAIT_S = 0.005
 _LINGER_MS = 20  # the producer's linger unless kafka.extra sets one
 _BUSY_WAIT_S = 0.001  # wait for delivery reports while records are in flight: short, the socket may fill
 _ALONE_WAIT_S = 1.0  # flush around a record sent alone after Kafka refused it for good (bounded: the loop waits)
-_REFUSED_DLQ_BYTES = 1024  # a dead-letter record the DLQ refuses is sent again cut to this
 
 
 def subscriptions(share_group: str) -> list[str]:
@@ -72,8 +64,8 @@ def subscriptions(share_group: str) -> list[str]:
 class _Pending:
     """One MQTT message between its arrival and its acknowledgement."""
 
-    __slots__ = ("attempts", "epoch", "error", "failed", "mid", "qos", "received", "records", "refused", "remaining",
-                 "topic")
+    __slots__ = ("alone", "attempts", "epoch", "error", "failed", "mid", "qos", "received", "records", "refused",
+                 "remaining", "topic")
 
     def __init__(self, mid: int, qos: int, epoch: int, received: float, records: list[Record], topic: str) -> None:
         self.mid = mid
@@ -87,6 +79,7 @@ class _Pending:
         self.error: Any = None
         self.attempts = 0
         self.refused: list[tuple[Any, Any]] | None = None  # (Record or librdkafka message, error)
+        self.alone: set[int] | None = None  # id() of the records whose last send was alone
 
     def on_delivery(self, error: Any, message: Any) -> None:
         self.remaining -= 1
@@ -123,13 +116,15 @@ class _Pending:
 class Bridge(LoopService):
     """MQTT → Kafka. ``run()`` blocks until :meth:`stop` (e.g. from a signal handler), then drains.
 
-    ``producer`` and ``mqtt`` default to the real adapters built from ``settings``; unit tests
-    pass the in-memory fakes of :mod:`forewarn.testing`.
+    ``producer`` and ``subscriber`` default to the real ones built from ``settings``; unit tests
+    pass in-memory doubles (:class:`forewarn.testing.FakeProducer` and a ``SubscriberLike``),
+    which take exactly the same path through the bridge.
     """
 
     def __init__(self, settings: BridgeSettings, *, producer: ProducerLike | None = None,
-                 mqtt: MqttLike | None = None, metrics: BridgeMetrics | None = None,
+                 subscriber: SubscriberLike | None = None, metrics: BridgeMetrics | None = None,
                  decoder: Decoder | None = None) -> None:
+        super().__init__()
         self.settings = settings
         self.options = settings.bridge
         self.topics = Topics.from_settings(settings.topics)
@@ -138,50 +133,38 @@ class Bridge(LoopService):
         self._own_producer = producer is None
         self.producer: ProducerLike = producer if producer is not None else KafkaProducer(
             settings.kafka, **self._producer_overrides(settings))
-        self._own_mqtt = mqtt is None
-        self.mqtt: MqttLike = mqtt if mqtt is not None else Subscriber(
+        self.subscriber: SubscriberLike = subscriber if subscriber is not None else Subscriber(
             settings.mqtt, self.options.client_id, clean_start=False,
             session_expiry_s=self.options.session_expiry_s, receive_maximum=self.options.receive_maximum)
-        self.mqtt.on_message = self._on_message
-        if isinstance(self.mqtt, MqttClient | Subscriber):
-            self.mqtt.on_connected = self._on_connected
-        # The lean subscriber is read by the loop itself (no inbox: TCP is the backpressure).
-        self._reader = self.mqtt if isinstance(self.mqtt, Subscriber) else None
+        self.subscriber.on_connected = self._on_connected
+        self._refusals = RefusalPolicy(self.options.dead_letter_after)
         self._records_per_message = 1.0
-        self._kafka: Any = None  # confluent_kafka.Producer once started (the adapter's per-call overhead skipped)
-        self._acks = AckWriter(self.mqtt)
-        self._inbox: collections.deque[tuple[Any, int, float]] = collections.deque()
+        self._acks: list[int] = []  # packet ids to acknowledge at the end of this round
         self._pending: collections.deque[_Pending] = collections.deque()
         self._live: dict[int, _Pending] = {}  # mid -> newest pending message with that id
         self._retry: list[tuple[float, _Pending, list[Record]]] = []
         self._epoch = 0  # bumped on every (re)connect: ids of an older connection are never acknowledged
         self._intake = False
-        self._stop = threading.Event()
         self._started = False
         self.in_flight = 0  # records of unacknowledged messages
         self._last_progress = time.monotonic()
         self._waiting_since: float | None = None
         self._last_wait_log = 0.0
         self._next_housekeeping = 0.0
-        self._counts: collections.Counter[str] = collections.Counter()
-        self._roles = {self.topics.telemetry: "forwarded:telemetry", self.topics.maintenance: "forwarded:maintenance",
-                       self.topics.dlq: "forwarded:dlq"}
+        self._roles = {self.topics.telemetry: "telemetry", self.topics.maintenance: "maintenance",
+                       self.topics.dlq: "dlq"}
 
     @staticmethod
     def _producer_overrides(settings: BridgeSettings) -> dict[str, Any]:
         # Throughput over a few ms of latency: larger produce requests cost the broker (and the
-        # 2-core box it shares) much less per record. kafka.extra still wins.
+        # box it may share) much less per record. kafka.extra still wins.
         overrides: dict[str, Any] = {"queue.buffering.max.messages": max(100_000, 2 * settings.bridge.max_in_flight),
                                      "linger.ms": _LINGER_MS}
         return {k: v for k, v in overrides.items() if k not in settings.kafka.extra}
 
-    # -- MQTT callbacks (the injected client's thread, or the loop itself) ----------------
-
-    def _on_message(self, message: Any) -> None:
-        if self._intake:
-            self._inbox.append((message, self._epoch, time.time()))
-
     def _on_connected(self, session_present: bool) -> None:
+        """The subscriber (re)connected; called on the loop's thread before any message of the
+        new connection is read."""
         self._epoch += 1
         if not session_present:
             log.info("mqtt session was not present: a new session starts (nothing was queued for it)")
@@ -194,14 +177,12 @@ class Bridge(LoopService):
             return
         if self.options.metrics_port is not None:
             self.metrics.serve(self.options.metrics_port, self.options.metrics_host)
-        if self.options.check_topics and isinstance(self.producer, KafkaProducer):
+        if self.options.check_topics and self._own_producer:
             self._check_topics()
-        if isinstance(self.producer, KafkaProducer):
-            self._kafka = self.producer.client
         self._intake = True
         filters = subscriptions(self.options.share_group)
-        self.mqtt.connect()
-        self.mqtt.subscribe(filters, qos=1)
+        self.subscriber.connect()
+        self.subscriber.subscribe(filters, qos=1)
         self._started = True
         log.info("bridge %s subscribed to %s; forwarding to %s, %s and %s", self.options.client_id,
                  ", ".join(filters), self.topics.telemetry, self.topics.maintenance, self.topics.dlq)
@@ -222,23 +203,16 @@ class Bridge(LoopService):
     # -- the loop --------------------------------------------------------------------------
 
     def step(self, wait_s: float = _IDLE_WAIT_S) -> int:
-        """One round: handle what arrived (within the in-flight bound), serve delivery
-        reports, acknowledge, housekeeping. Returns how many messages were handled."""
+        """One round: read what arrived (within the in-flight bound), serve delivery reports,
+        acknowledge, housekeeping. Returns how many messages were handled."""
         handled = 0
-        limit = self.options.max_in_flight
-        reader = self._reader
-        if reader is not None:
-            room = limit - self.in_flight
-            if room > 0 and self._intake:
-                want = max(1, int(min(_STEP_MESSAGES, room, _STEP_RECORDS) / self._records_per_message))
-                messages = reader.read(want)
-                if messages:
-                    handled = self._handle_read(messages)
-        else:
-            inbox = self._inbox
-            while inbox and self.in_flight < limit and handled < _STEP_MESSAGES:
-                self._handle(*inbox.popleft())
-                handled += 1
+        reader = self.subscriber
+        room = self.options.max_in_flight - self.in_flight
+        if room > 0 and self._intake:
+            want = max(1, int(min(_STEP_MESSAGES, room, _STEP_RECORDS) / self._records_per_message))
+            messages = reader.read(want)
+            if messages:
+                handled = self._handle_read(messages)
         self.producer.poll(0.0)
         if self._pending:
             self._acknowledge()
@@ -248,10 +222,8 @@ class Bridge(LoopService):
             if self._pending:
                 self.producer.poll(min(wait_s, _BUSY_WAIT_S))
                 self._acknowledge()
-            elif reader is not None:
+            else:
                 reader.wait_readable(wait_s)
-            elif not self._inbox:
-                time.sleep(wait_s)  # nothing at all to do (the fakes' poll does not wait)
         now = time.monotonic()
         if self._retry:
             self._resend_due(now)
@@ -259,28 +231,27 @@ class Bridge(LoopService):
             self._housekeeping(now)
         return handled
 
-    def _handle_read(self, messages: list[tuple[str, bytes, int, int]]) -> int:
+    def _handle_read(self, messages: list[Message]) -> int:
         """Route and produce the messages of one read of the subscriber (all of the current connection)."""
-        received = time.time()
-        received_ms = int(received * 1000)
+        received_ms = int(time.time() * 1000)
         arrived = time.monotonic()
         epoch = self._epoch
         route = self.router.route
-        counts = self._counts
+        rejected = self.metrics.rejected_by_reason
+        received = self.metrics.received_by_kind
         live = self._live
         append = self._pending.append
         produce = self._produce
         records_total = 0
-        kinds: collections.Counter[str] = collections.Counter()
         for topic, payload, qos, mid in messages:
             try:
                 routed = route(topic, payload, received_ms)
             except Exception:  # noqa: BLE001 - a routing bug must not stop the stream; internal_error logs it
                 routed = self.router.internal_error(topic, payload, received_ms)
-            kinds[routed.kind] += 1
+            received[routed.kind] += 1
             if routed.rejected:
                 for reason in routed.rejected:
-                    counts["rejected:" + reason] += 1
+                    rejected[reason] += 1
             records = routed.records
             pending = _Pending(mid, qos, epoch, arrived, records, topic)
             if qos:
@@ -288,50 +259,12 @@ class Bridge(LoopService):
             append(pending)
             records_total += len(records)
             produce(pending, records)
-        for kind, n in kinds.items():
-            counts["received:" + kind] += n
         self.in_flight += records_total
         self._records_per_message = max(1.0, records_total / len(messages))
         return len(messages)
 
-    def _handle(self, message: Any, epoch: int, received: float) -> None:
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = repr(message._topic)
-        received_ms = int(received * 1000)
-        try:
-            routed = self.router.route(topic, message.payload, received_ms)
-        except Exception:  # noqa: BLE001 - a routing bug must not stop the stream; internal_error logs it
-            routed = self.router.internal_error(topic, message.payload, received_ms)
-        counts = self._counts
-        counts["received:" + routed.kind] += 1
-        for reason in routed.rejected:
-            counts["rejected:" + reason] += 1
-        pending = _Pending(message.mid, message.qos, epoch, time.monotonic(), routed.records, topic)
-        if pending.qos:
-            self._live[pending.mid] = pending
-        self._pending.append(pending)
-        self.in_flight += len(routed.records)
-        self._produce(pending, routed.records)
-
     def _produce(self, pending: _Pending, records: list[Record]) -> None:
         callback = pending.on_delivery
-        raw = self._kafka
-        if raw is not None:  # confluent_kafka.Producer directly: no adapter call per record
-            for topic, value, key, timestamp_ms, headers in records:
-                while True:
-                    try:
-                        raw.produce(topic, value, key, on_delivery=callback, timestamp=timestamp_ms or 0,
-                                    headers=headers)
-                        break
-                    except BufferError:  # librdkafka's queue is full: serve delivery reports, retry
-                        raw.poll(0.05)
-                    except confluent_kafka.KafkaException as exc:  # refused locally (e.g. too large): retry later
-                        pending.remaining -= 1
-                        pending.fail(Record(topic, value, key, timestamp_ms, headers), exc.args[0])
-                        break
-            return
         produce = self.producer.produce
         for topic, value, key, timestamp_ms, headers in records:
             try:
@@ -345,7 +278,8 @@ class Bridge(LoopService):
         live = self._live
         epoch = self._epoch
         acks = self._acks
-        counts = self._counts
+        forwarded = self.metrics.forwarded_by_topic
+        acked = self.metrics.acked_now
         observe = self.metrics.ack_latency.observe
         now = time.monotonic()
         roles = self._roles
@@ -360,26 +294,31 @@ class Bridge(LoopService):
             self._last_progress = now
             self.in_flight -= len(head.records)
             for record in head.records:
-                counts[roles[record.topic]] += 1
+                forwarded[roles[record.topic]] += 1
+            if head.attempts:
+                self._refusals.forget([(head, id(r)) for r in head.records])
             if not head.qos:
                 continue
             if live.get(head.mid) is head:
                 del live[head.mid]
                 if head.epoch == epoch:
-                    acks.ack(head.mid)
+                    acks.append(head.mid)
                     observe(now - head.received)
-                    counts["acked"] += 1
-        acks.flush()
+                    acked.n += 1
+        if acks:
+            self.subscriber.ack_many(acks)
+            acks.clear()
 
     def _schedule_retry(self, pending: _Pending, now: float) -> None:
         failed = pending.failed_records()
         pending.failed = False
         pending.refused = None
         pending.attempts += 1
-        self._counts["kafka_errors"] += 1
+        self.metrics.kafka_errors_now.n += 1
         if failed is not None and all(refused_for_good(error) for _i, error in failed):
             self._send_alone(pending, failed)
             return
+        pending.alone = None  # re-sent with the others below
         records = pending.records if failed is None else [pending.records[i] for i, _error in failed]
         pending.remaining = len(records)
         delay = min(self.options.retry_backoff_s * pending.attempts, 30.0)
@@ -396,24 +335,27 @@ class Bridge(LoopService):
 
     def _send_alone(self, pending: _Pending, failed: list[tuple[int, Any]]) -> None:
         """Kafka refused these records for good, maybe only for a bad neighbour in the same
-        request: send each again alone (everything else flushed first); from the
-        ``dead_letter_after``-th refusal on, send its dead letter instead."""
+        request: each is sent again alone (everything else flushed first), or replaced as the
+        refusal policy says."""
         pending.remaining = len(failed)
         self.producer.flush(_ALONE_WAIT_S)
-        dead = pending.attempts >= max(2, self.options.dead_letter_after)  # refused alone at least once
-        dropped: list[int] = []
+        policy = self._refusals
+        alone = pending.alone if pending.alone is not None else set()
+        pending.alone = alone
+        dropped: set[int] = set()
         for index, error in failed:
             record = pending.records[index]
-            if dead:
+            if policy.refused((pending, id(record)), alone=id(record) in alone):
                 letter = self._dead_letter(pending, record, error)
                 if letter is None:
-                    dropped.append(index)
+                    dropped.add(index)
                     pending.remaining -= 1
                     continue
                 pending.records[index] = record = letter
             else:
                 log.warning("Kafka refused a %s record (%s); sending it again alone (refusal %s of %s)", record.topic,
-                            error, pending.attempts, self.options.dead_letter_after)
+                            error, policy.refusals((pending, id(record))), self.options.dead_letter_after)
+            alone.add(id(record))
             self._produce(pending, [record])
             self.producer.flush(_ALONE_WAIT_S)
         if dropped:
@@ -421,8 +363,9 @@ class Bridge(LoopService):
             pending.records = [r for i, r in enumerate(pending.records) if i not in dropped]
 
     def _dead_letter(self, pending: _Pending, record: Record, error: Any) -> Record | None:
-        """What replaces a record Kafka refuses for good: its dead letter; for a dead letter, the
-        same cut to ``_REFUSED_DLQ_BYTES``; None (drop it, loudly) when even that was refused."""
+        """What replaces a record Kafka refuses for good: its dead letter; for a dead letter, what
+        the refusal policy makes of it; None when it has nothing left (the bridge's last resort:
+        the record is dropped, logged whole at ERROR and counted)."""
         code = error_code(error)
         dlq = self.topics.dlq
         if record.topic != dlq:
@@ -436,16 +379,14 @@ class Bridge(LoopService):
                                         origin=Origin.BRIDGE).record(dlq)
             self.metrics.dead_letters.labels("dlq", code).inc()
             log.error("Kafka refused a %s record %s times for good (%s: %s); sent to %s instead", record.topic,
-                      pending.attempts, code, error, dlq)
+                      self.options.dead_letter_after, code, error, dlq)
             return letter
-        if len(record.value) > _REFUSED_DLQ_BYTES:
-            headers = [(k, v) for k, v in record.headers if k != "truncated_from"]
-            original = dict(record.headers).get("truncated_from", str(len(record.value)).encode())
-            headers += [("truncated_from", original), ("kafka_refused", f"{code}: {error}".encode())]
+        cut = self._refusals.replace_refused_letter(DeadLetter.from_record(record), f"{code}: {error}")
+        if cut is not None:
             self.metrics.dead_letters.labels("dlq_cut", code).inc()
             log.error("%s refused a dead-letter record of %s bytes (%s: %s); sending its first %s bytes instead", dlq,
-                      len(record.value), code, error, _REFUSED_DLQ_BYTES)
-            return Record(dlq, record.value[:_REFUSED_DLQ_BYTES], record.key, record.timestamp_ms, headers)
+                      len(record.value), code, error, len(cut.value))
+            return cut.record(dlq)
         self.metrics.dead_letters.labels("dropped", code).inc()
         log.error("%s refused a dead-letter record for good (%s: %s); DROPPED it: MQTT topic %s, headers %s, "
                   "payload %r", dlq, code, error, pending.topic, record.headers, record.value)
@@ -453,8 +394,7 @@ class Bridge(LoopService):
 
     def _housekeeping(self, now: float) -> None:
         self._next_housekeeping = now + 0.5
-        if self._reader is not None:
-            self._reader.housekeeping()  # keep-alive and reconnects, also while intake is paused
+        self.subscriber.housekeeping()  # keep-alive and reconnects, also while intake is paused
         self._flush_metrics()
         self._watch_kafka(now)
 
@@ -468,8 +408,8 @@ class Bridge(LoopService):
             if now - self._last_wait_log >= period:
                 self._last_wait_log = now
                 log.warning("waiting for Kafka: %s records of %s MQTT messages unconfirmed for %.0fs; not "
-                            "acknowledging MQTT (the broker keeps the messages), %s more waiting in the inbox",
-                            self.in_flight, len(self._pending), now - self._waiting_since, len(self._inbox))
+                            "acknowledging MQTT (the broker keeps the messages)",
+                            self.in_flight, len(self._pending), now - self._waiting_since)
         elif self._waiting_since is not None and now - self._last_progress < period:
             log.warning("Kafka confirms records again after %.0fs; acknowledging MQTT again",
                         now - self._waiting_since)
@@ -478,10 +418,9 @@ class Bridge(LoopService):
 
     def _flush_metrics(self) -> None:
         m = self.metrics
-        m.add_counts(self._counts)
-        self._counts.clear()
+        m.flush()
         m.in_flight.set(self.in_flight)
-        m.in_flight_messages.set(len(self._pending) + len(self._inbox))
+        m.in_flight_messages.set(len(self._pending))
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -492,8 +431,6 @@ class Bridge(LoopService):
             return
         self._started = False
         self._intake = False
-        dropped = len(self._inbox)
-        self._inbox.clear()  # never acknowledged: the broker sends them again next session
         deadline = time.monotonic() + self.options.shutdown_timeout_s
         while self._pending and time.monotonic() < deadline:
             self.producer.poll(0.05)
@@ -506,9 +443,9 @@ class Bridge(LoopService):
         if self._pending:
             log.warning("shutting down with %s MQTT messages (%s records) not confirmed by Kafka; the broker "
                         "will send them again", len(self._pending), self.in_flight)
-        log.info("bridge stopped; %s received messages left unacknowledged for the next session", dropped)
+        log.info("bridge stopped")
         try:
-            self.mqtt.disconnect()
+            self.subscriber.disconnect()
         finally:
             if self._own_producer:
                 self.producer.close(timeout_s=0.0 if self._pending else 5.0)

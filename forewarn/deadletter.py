@@ -183,19 +183,30 @@ class DeadLetter:
     @classmethod
     def from_message(cls, message: MessageLike) -> DeadLetter:
         """Parse a record of the dead-letter topic (written by any version of any component)."""
+        return cls._parse(message.value() or b"", message.headers(), message.timestamp()[1],
+                          message.partition() or 0, message.offset() or 0)
+
+    @classmethod
+    def from_record(cls, record: Record) -> DeadLetter:
+        """Parse a dead-letter record not yet written (one :meth:`record` built), e.g. to replace
+        it when the dead-letter topic refuses it."""
+        return cls._parse(record.value, record.headers, record.timestamp_ms or 0, -1, -1)
+
+    @classmethod
+    def _parse(cls, value: bytes, raw_headers: Sequence[tuple[str, bytes]] | None, timestamp: int, partition: int,
+               offset: int) -> DeadLetter:
         headers: dict[str, bytes] = {}
-        for name, value in message.headers() or ():
-            if isinstance(value, bytes):
-                headers[name] = value
+        for name, header in raw_headers or ():
+            if isinstance(header, bytes):
+                headers[name] = header
         received = _text(headers.get("received_at"))
         truncated = _text(headers.get("truncated_from"))
         kind = _text(headers.get("kind"))
         origin = _text(headers.get("origin"))
         mqtt = _text(headers.get("mqtt_topic"))
         kafka_topic = _text(headers.get("kafka_topic") or headers.get("source_topic"))
-        timestamp = message.timestamp()[1]
         return cls(
-            value=message.value() or b"",
+            value=value,
             reason=_text(headers.get("reason")) or "unknown",
             detail=_text(headers.get("detail")),
             kind=Kind(kind) if kind in Kind.__members__.values() else Kind.UNKNOWN,
@@ -205,8 +216,8 @@ class DeadLetter:
             kafka_topic=kafka_topic,
             truncated_from=int(truncated) if truncated.isdigit() else None,
             kafka_refused=_text(headers.get("kafka_refused")),
-            partition=message.partition() or 0,
-            offset=message.offset() or 0,
+            partition=partition,
+            offset=offset,
         )
 
 
@@ -229,7 +240,7 @@ class RefusalPolicy:
         count, seen_alone = self._refusals.get(key, (0, False))
         count, seen_alone = count + 1, seen_alone or alone
         if count >= self.dead_letter_after and seen_alone:
-            del self._refusals[key]
+            self._refusals.pop(key, None)  # absent when the first refusal already decides
             return True
         self._refusals[key] = (count, seen_alone)
         return False

@@ -1,4 +1,5 @@
-"""Shared helpers for the bridge's tests: payloads, publishing and counting (real brokers)."""
+"""Shared helpers for the bridge's tests: payloads, a size-limited fake Kafka, publishing and counting
+(real brokers)."""
 
 from __future__ import annotations
 
@@ -9,45 +10,19 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from forewarn.kafka import KafkaConsumer
+import confluent_kafka
+
+from forewarn.kafka import OFFSET_INVALID, KafkaAdmin, KafkaConsumer
 from forewarn.settings import KafkaSettings
-from forewarn.testing import FakeProducer, InMemoryKafka
+from forewarn.testing import FakeMessage, FakeProducer, InMemoryKafka, broker_error
 from forewarn.topics import batch_topic, telemetry_topic
 
 TS0 = 1_764_212_345_123
 
 
-class TooLarge:
-    """A delivery error like librdkafka's MSG_SIZE_TOO_LARGE: not retriable, not fatal."""
-
-    def retriable(self) -> bool:
-        return False
-
-    def fatal(self) -> bool:
-        return False
-
-    def name(self) -> str:
-        return "MSG_SIZE_TOO_LARGE"
-
-    def __str__(self) -> str:
-        return "Broker: Message size too large"
-
-
-class Unsent:
-    """The message a failed delivery report names."""
-
-    def __init__(self, topic: str, value: bytes | None, key: bytes | str | None) -> None:
-        self._topic, self._value = topic, value
-        self._key = key.encode() if isinstance(key, str) else key
-
-    def topic(self) -> str:
-        return self._topic
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def key(self) -> bytes | None:
-        return self._key
+def too_large() -> confluent_kafka.KafkaError:
+    """The delivery error librdkafka reports for a record above the topic's limit."""
+    return broker_error(confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large")
 
 
 class SizeLimitedKafka(FakeProducer):
@@ -72,10 +47,15 @@ class SizeLimitedKafka(FakeProducer):
         for callback, topic, value, key, headers, ts in request:
             if bad:
                 assert callback is not None
-                callback(TooLarge(), Unsent(topic, value, key))
+                error = too_large()
+                callback(error, FakeMessage(topic, -1, OFFSET_INVALID, _as_key(key), value, None, ts or 0, error))
             else:
                 super().produce(topic, value, key, headers=headers, timestamp_ms=ts, on_delivery=callback)
         return super().poll(timeout_s) + (len(request) if bad else 0)
+
+
+def _as_key(key: bytes | str | None) -> bytes | None:
+    return key.encode() if isinstance(key, str) else key
 
 
 def reading(machine_id: str, seq: int, **extra: Any) -> dict[str, Any]:
@@ -190,14 +170,9 @@ def consume_records(kafka: KafkaSettings, topic: str, expect: int, timeout_s: fl
 
 def topic_size(kafka: KafkaSettings, topic: str) -> int:
     """How many records ``topic`` holds (sum of high watermarks; the topics start at 0)."""
-    import confluent_kafka
-
     consumer = KafkaConsumer(kafka, f"size-{uuid.uuid4().hex}")
     try:
-        client = consumer.client
-        parts = client.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(client.get_watermark_offsets(confluent_kafka.TopicPartition(topic, p), timeout=10)[1]
-                   for p in parts)
+        return sum(consumer.watermarks(topic, p)[1] for p in consumer.partitions(topic))
     finally:
         consumer.close()
 
@@ -262,21 +237,7 @@ def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.2) -> boo
 def limit_record_size(kafka: KafkaSettings, limits: dict[str, int]) -> None:
     """Set ``max.message.bytes`` of existing topics: Kafka then refuses larger records for good
     (``MSG_SIZE_TOO_LARGE``, and every record batched with one)."""
-    from confluent_kafka import admin as kadmin
-
-    from forewarn.kafka import KafkaAdmin
-
-    resources = [kadmin.ConfigResource(kadmin.ResourceType.TOPIC, topic, incremental_configs=[
-        kadmin.ConfigEntry("max.message.bytes", str(size),
-                           incremental_operation=kadmin.AlterConfigOpType.SET)]) for topic, size in limits.items()]
-    admin = KafkaAdmin(kafka)
-    for future in admin.client.incremental_alter_configs(resources).values():
-        future.result(30)
-    deadline = time.monotonic() + 30
-    while any(config["max.message.bytes"] != str(limits[name])
-              for name, config in admin.topic_configs(limits, timeout_s=10).items()):
-        assert time.monotonic() < deadline, "the topic configuration did not change"
-        time.sleep(0.1)
+    KafkaAdmin(kafka).alter_topic_configs({topic: {"max.message.bytes": str(size)} for topic, size in limits.items()})
 
 
 def dead_letter_headers(message: Any) -> dict[str, bytes]:

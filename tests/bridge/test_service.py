@@ -1,3 +1,6 @@
+"""The bridge on in-memory doubles that take its production path: the subscriber's read
+interface (tests/bridge/fakes.py) and the fake Kafka producer."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +11,16 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
+from bridge._subscriber import Subscriber
 from bridge.service import Bridge, subscriptions
 from bridge.settings import BridgeOptions, BridgeSettings
+from forewarn.errors import KafkaError
+from forewarn.kafka import KafkaProducer
 from forewarn.settings import TopicSettings
-from forewarn.testing import FakeMqtt, FakeProducer, InMemoryKafka
-from forewarn.topics import batch_topic, telemetry_topic
-from tests.bridge.helpers import SizeLimitedKafka, batch_bytes, reading, reading_bytes
+from forewarn.testing import FakeProducer, InMemoryKafka
+from forewarn.topics import batch_topic, maintenance_topic, telemetry_topic
+from tests.bridge.fakes import FakeSubscriber
+from tests.bridge.helpers import TS0, SizeLimitedKafka, batch_bytes, reading, reading_bytes
 
 
 class HeldProducer(FakeProducer):
@@ -33,16 +40,28 @@ class HeldProducer(FakeProducer):
         self.held = False
 
 
-def make(producer_cls: Callable[[InMemoryKafka], FakeProducer] = FakeProducer,
-         **options: Any) -> tuple[Bridge, FakeMqtt, Any, InMemoryKafka]:
+def make(producer_cls: Callable[[InMemoryKafka], FakeProducer] = FakeProducer, *,
+         subscriber: FakeSubscriber | None = None,
+         **options: Any) -> tuple[Bridge, FakeSubscriber, Any, InMemoryKafka]:
     kafka = InMemoryKafka()
     producer = producer_cls(kafka)
-    mqtt = FakeMqtt()
+    mqtt = subscriber if subscriber is not None else FakeSubscriber()
     settings = BridgeSettings(topics=TopicSettings(prefix="u."),
                               bridge=BridgeOptions(client_id="b1", shutdown_timeout_s=0.2, **options))
-    bridge = Bridge(settings, producer=producer, mqtt=mqtt)
+    bridge = Bridge(settings, producer=producer, subscriber=mqtt)
     bridge.start()
     return bridge, mqtt, producer, kafka
+
+
+def metric_text(bridge: Bridge) -> str:
+    bridge._flush_metrics()
+    return generate_latest(bridge.metrics.registry).decode()
+
+
+def test_by_default_the_bridge_reads_its_own_subscriber_and_produces_through_the_adapter() -> None:
+    bridge = Bridge(BridgeSettings(bridge=BridgeOptions(client_id="b0")))  # nothing touches the network yet
+    assert isinstance(bridge.subscriber, Subscriber) and isinstance(bridge.producer, KafkaProducer)
+    assert bridge.subscriber.on_connected == bridge._on_connected
 
 
 def test_subscribes_through_a_shared_subscription() -> None:
@@ -61,6 +80,21 @@ def test_ack_only_after_kafka_confirmed() -> None:
     producer.release()
     bridge.step(0)
     assert mqtt.acks == [message.mid] and bridge.in_flight == 0
+
+
+def test_records_carry_key_event_time_and_ingest_header() -> None:
+    bridge, mqtt, _producer, kafka = make()
+    mqtt.deliver(telemetry_topic("s/m1"), reading_bytes("s/m1", 4))
+    mqtt.deliver(maintenance_topic("s/m1"), json.dumps(
+        {"v": 1, "machine_id": "s/m1", "ts": TS0, "event": "repair", "component": "bearing"}).encode())
+    before = int(time.time() * 1000)
+    bridge.step(0)
+    [record] = kafka.messages("u.telemetry")
+    assert record.key() == b"s/m1" and record.timestamp()[1] == TS0 + 4000
+    assert record.value() == reading_bytes("s/m1", 4)
+    ingest = int(dict(record.headers() or [])["ingest_ts"])
+    assert before - 1000 <= ingest <= int(time.time() * 1000)
+    assert [m.key() for m in kafka.messages("u.maintenance")] == [b"s/m1"] and len(mqtt.acks) == 2
 
 
 def test_a_batch_is_acknowledged_once_all_its_records_are_confirmed() -> None:
@@ -88,16 +122,45 @@ def test_failed_delivery_is_resent_and_acked_only_after_success() -> None:
         if mqtt.acks:
             break
     assert mqtt.acks == [message.mid] and len(kafka.messages("u.telemetry")) == 1
-    bridge._flush_metrics()
-    assert b"forewarn_bridge_kafka_errors_total 1.0" in generate_latest(bridge.metrics.registry)
+    assert "forewarn_bridge_kafka_errors_total 1.0" in metric_text(bridge)
+
+
+class LocallyRefusing(FakeProducer):
+    """librdkafka refusing the first produce call at once (raised by the adapter as KafkaError)."""
+
+    refuse = 1
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None, **kw: Any) -> None:
+        if self.refuse:
+            self.refuse -= 1
+            raise KafkaError(f"produce to {topic}: Local: Message size too large", code="MSG_SIZE_TOO_LARGE")
+        super().produce(topic, value, key, **kw)
+
+
+def test_a_record_refused_by_the_local_queue_is_sent_again() -> None:
+    bridge, mqtt, _producer, kafka = make(LocallyRefusing, retry_backoff_s=0.01)
+    message = mqtt.deliver(telemetry_topic("s/m1"), reading_bytes("s/m1", 1))
+    for _ in range(50):
+        bridge.step(0)
+        if mqtt.acks:
+            break
+    assert mqtt.acks == [message.mid] and len(kafka.messages("u.telemetry")) == 1
 
 
 def test_acks_go_out_in_arrival_order() -> None:
     bridge, mqtt, _producer, _kafka = make()
     mids = [mqtt.deliver(telemetry_topic(f"s/m{i}"), reading_bytes(f"s/m{i}", i)).mid for i in range(20)]
-    mqtt.deliver(telemetry_topic("s/bad"), b"not json")
+    mids.append(mqtt.deliver(telemetry_topic("s/bad"), b"not json").mid)
     bridge.step(0)
-    assert mqtt.acks[:20] == mids and len(mqtt.acks) == 21
+    assert mqtt.acks == mids  # the fake refuses a PUBACK out of order
+
+
+def test_packet_ids_wrap_and_qos0_messages_are_forwarded_without_an_ack() -> None:
+    bridge, mqtt, _producer, kafka = make(subscriber=FakeSubscriber(first_mid=65534))
+    sent = [mqtt.deliver(telemetry_topic(f"s/m{i}"), reading_bytes(f"s/m{i}", i), qos=i % 2) for i in range(8)]
+    bridge.step(0)
+    assert [m.mid for m in sent if m.qos] == [65534, 65535, 1, 2] == mqtt.acks
+    assert len(kafka.messages("u.telemetry")) == 8
 
 
 def test_invalid_payload_goes_to_the_dlq_and_is_acknowledged() -> None:
@@ -107,10 +170,50 @@ def test_invalid_payload_goes_to_the_dlq_and_is_acknowledged() -> None:
     [dead] = kafka.messages("u.telemetry.dlq")
     assert dead.value() == b"\xff\x00garbage" and dict(dead.headers() or [])["reason"] == b"not_json"
     assert mqtt.acks == [message.mid]
-    bridge._flush_metrics()
-    text = generate_latest(bridge.metrics.registry).decode()
+    text = metric_text(bridge)
     assert 'forewarn_bridge_rejected_total{reason="not_json"} 1.0' in text
     assert 'forewarn_bridge_forwarded_total{topic="dlq"} 1.0' in text
+    assert 'forewarn_bridge_received_total{kind="telemetry"} 1.0' in text
+    assert "forewarn_bridge_acked_total 1.0" in text
+
+
+def test_metrics_count_each_kind_topic_and_reason() -> None:
+    bridge, mqtt, _producer, _kafka = make()
+    readings = [reading("s/m1", 1), reading("s/m2", 2), {**reading("s/m3", 3), "ts": "later"}]
+    mqtt.deliver(batch_topic("s", "gw"), batch_bytes("s/gw", readings))
+    mqtt.deliver(telemetry_topic("s/m9"), reading_bytes("s/other", 1))
+    mqtt.deliver("forewarn/elsewhere", b"{}")
+    bridge.step(0)
+    text = metric_text(bridge)
+    for line in ('forewarn_bridge_received_total{kind="batch"} 1.0',
+                 'forewarn_bridge_received_total{kind="telemetry"} 1.0',
+                 'forewarn_bridge_received_total{kind="unknown"} 1.0',
+                 'forewarn_bridge_forwarded_total{topic="telemetry"} 2.0',
+                 'forewarn_bridge_forwarded_total{topic="dlq"} 3.0',
+                 'forewarn_bridge_rejected_total{reason="wrong_type"} 1.0',
+                 'forewarn_bridge_rejected_total{reason="topic_mismatch"} 2.0',
+                 "forewarn_bridge_acked_total 3.0", "forewarn_bridge_in_flight_records 0.0"):
+        assert line in text, line
+
+
+def test_a_routing_bug_dead_letters_the_message_and_the_stream_goes_on(monkeypatch: pytest.MonkeyPatch,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    bridge, mqtt, _producer, kafka = make()
+    route = bridge.router.route
+
+    def broken(topic: str, payload: bytes, received_ms: int) -> Any:
+        if b"boom" in payload:
+            raise RuntimeError("a bug")
+        return route(topic, payload, received_ms)
+
+    monkeypatch.setattr(bridge.router, "route", broken)
+    mids = [mqtt.deliver(telemetry_topic("s/m1"), b'{"boom": 1}').mid,
+            mqtt.deliver(telemetry_topic("s/m2"), reading_bytes("s/m2", 1)).mid]
+    with caplog.at_level("ERROR"):
+        bridge.step(0)
+    assert mqtt.acks == mids and len(kafka.messages("u.telemetry")) == 1
+    [dead] = kafka.messages("u.telemetry.dlq")
+    assert dict(dead.headers() or [])["reason"] == b"bad_value" and "routing failed" in caplog.text
 
 
 def test_intake_pauses_at_the_in_flight_bound() -> None:
@@ -118,24 +221,63 @@ def test_intake_pauses_at_the_in_flight_bound() -> None:
     for i in range(12):
         mqtt.deliver(telemetry_topic(f"s/m{i}"), reading_bytes(f"s/m{i}", i))
     bridge.step(0)
-    assert bridge.in_flight == 5 and len(kafka.messages("u.telemetry")) == 5 and len(bridge._inbox) == 7
+    bridge.step(0)
+    assert bridge.in_flight == 5 and len(kafka.messages("u.telemetry")) == 5 and len(mqtt.queued) == 7
     producer.release()
     for _ in range(5):
         bridge.step(0)
     assert len(mqtt.acks) == 12 and bridge.in_flight == 0
 
 
-def test_a_message_redelivered_on_a_new_connection_is_acknowledged_once() -> None:
-    bridge, mqtt, producer, _kafka = make(HeldProducer)
-    payload = reading_bytes("s/m1", 1)
-    old = mqtt.deliver(telemetry_topic("s/m1"), payload)
+def test_the_broker_sends_no_more_than_receive_maximum_unacknowledged() -> None:
+    bridge, mqtt, producer, _kafka = make(HeldProducer, subscriber=FakeSubscriber(receive_maximum=3))
+    for i in range(5):
+        mqtt.deliver(telemetry_topic(f"s/m{i}"), reading_bytes(f"s/m{i}", i))
     bridge.step(0)
-    bridge._on_connected(True)  # reconnect: the broker sends the unacknowledged message again, same id
-    bridge._on_message(type(old)(old.topic, old.payload, 1, old.mid))
+    assert bridge.in_flight == 3 and len(mqtt.queued) == 2
+    producer.release()
+    for _ in range(3):
+        bridge.step(0)
+    assert len(mqtt.acks) == 5
+
+
+def test_a_message_redelivered_on_a_new_connection_is_acknowledged_once() -> None:
+    bridge, mqtt, producer, kafka = make(HeldProducer)
+    old = mqtt.deliver(telemetry_topic("s/m1"), reading_bytes("s/m1", 1))
+    bridge.step(0)
+    mqtt.drop(session_present=True)  # the broker sends the unacknowledged message again, same id
+    bridge.step(0)
+    bridge.step(0)
+    assert [m.dup for m in mqtt.sent] == [False, True] and mqtt.connects == 2
+    producer.release()
+    bridge.step(0)
+    assert mqtt.acks == [old.mid] and bridge.in_flight == 0 and len(kafka.messages("u.telemetry")) == 2
+
+
+def test_ids_of_a_lost_session_are_never_acknowledged_on_the_new_one() -> None:
+    bridge, mqtt, producer, _kafka = make(HeldProducer)
+    mqtt.deliver(telemetry_topic("s/m1"), reading_bytes("s/m1", 1))
+    bridge.step(0)
+    mqtt.drop(session_present=False)
+    bridge._next_housekeeping = 0
+    bridge.step(0)  # housekeeping reconnects
+    new = mqtt.deliver(telemetry_topic("s/m2"), reading_bytes("s/m2", 1))
     bridge.step(0)
     producer.release()
     bridge.step(0)
-    assert mqtt.acks == [old.mid]
+    assert mqtt.acks == [new.mid] and bridge.in_flight == 0  # an ack of the old id would be a ProtocolViolation
+
+
+def test_acks_written_while_disconnected_are_lost_and_the_message_comes_again() -> None:
+    bridge, mqtt, producer, kafka = make(HeldProducer)
+    message = mqtt.deliver(telemetry_topic("s/m1"), reading_bytes("s/m1", 1))
+    bridge.step(0)
+    mqtt.drop()
+    producer.release()
+    bridge.step(0)  # confirmed while the connection is down: the PUBACK goes nowhere
+    for _ in range(3):
+        bridge.step(0)  # reconnect, redelivery, ack of the copy
+    assert mqtt.acks == [message.mid] and len(kafka.messages("u.telemetry")) == 2
 
 
 def test_kafka_away_logs_a_clear_line_and_nothing_is_acked(caplog: pytest.LogCaptureFixture) -> None:
@@ -156,10 +298,10 @@ def test_close_acks_what_was_delivered_and_leaves_the_rest() -> None:
     bridge, mqtt, producer, _kafka = make(HeldProducer)
     mqtt.deliver(telemetry_topic("s/m1"), reading_bytes("s/m1", 1))
     bridge.step(0)
-    mqtt.deliver(telemetry_topic("s/m2"), reading_bytes("s/m2", 1))  # arrives, never handled
+    mqtt.deliver(telemetry_topic("s/m2"), reading_bytes("s/m2", 1))  # arrives, never read
     producer.release()
     bridge.close()
-    assert len(mqtt.acks) == 1 and not mqtt.connected
+    assert len(mqtt.acks) == 1 and not mqtt.connected and len(mqtt.queued) == 1
 
 
 def test_run_stops_on_stop() -> None:
