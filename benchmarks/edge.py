@@ -1,8 +1,8 @@
 """Edge gateway benchmark: score + buffer throughput, RSS with 1,000 machines, drain rate after an outage.
 
 1. In process (no broker): MQTT messages handed to the gateway's inbox, timed until every one
-   is scored, committed to the SQLite outbox and acknowledged (forwarding paused), with the
-   windows kept in the outbox (the default) and without. Model: a convolution stack shaped like
+   is scored, committed to the SQLite buffer and acknowledged (forwarding paused), with the
+   windows kept in the buffer (the default) and without. Model: a convolution stack shaped like
    the training default (50-reading windows, 16 filters), 8 sensors, every reading scored.
 2. A real ``forewarn edge`` process on a private Mosquitto + Kafka, as deployed (model sync from
    the ``models`` topic on, which holds the bundle): 1,000 machines publish over MQTT as fast as
@@ -40,6 +40,7 @@ from forewarn.mqtt import telemetry_topic
 from forewarn.settings import TopicSettings
 from forewarn.testing import FakeMqtt, FakeProducer, InMemoryKafka
 from forewarn.topics import Topics, topic_specs
+from scoring.settings import ScoringOptions
 from scoring.testing import conv_bundle
 from tests.edge.procs import EdgeProcess, publish_paced
 from tests.scoring.procs import publish_model
@@ -73,10 +74,15 @@ def readings(machines: int, per_machine: int, start_seq: int = 0) -> list[tuple[
     return out
 
 
+def _predictions(gw: EdgeGateway) -> int:
+    return int(gw.metrics.registry.get_sample_value("forewarn_edge_predictions_total") or 0)
+
+
 def in_process(machines: int, n: int, persist: bool, seed: Path) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = EdgeSettings(edge=EdgeOptions(data_dir=Path(tmp), models_dir=seed, models_sync=False,
-                                                 persist_windows=persist, max_forward_in_flight=1, threads=1))
+                                                 persist_windows=persist, max_forward_in_flight=1),
+                                scoring=ScoringOptions(threads=1))
         mqtt = FakeMqtt()
         messages = readings(machines, max(1, n // machines), start_seq=60)
         with EdgeGateway(settings, mqtt=mqtt, producer=_Paused(InMemoryKafka())) as gw:
@@ -86,7 +92,7 @@ def in_process(machines: int, n: int, persist: bool, seed: Path) -> dict[str, fl
             while len(mqtt.acks) < len(warm):
                 gw.step(0.0)
             mqtt.acks.clear()
-            predicted0 = gw.stats["buffered:predictions"]
+            predicted0 = _predictions(gw)
             for topic, payload in messages:
                 mqtt.deliver(topic, payload)
             started = time.perf_counter()
@@ -95,7 +101,7 @@ def in_process(machines: int, n: int, persist: bool, seed: Path) -> dict[str, fl
                 gw.step(0.0)
             elapsed = time.perf_counter() - started
             cpu = time.process_time() - cpu0
-            predictions = gw.stats["buffered:predictions"] - predicted0
+            predictions = _predictions(gw) - predicted0
     return {"readings": len(messages), "seconds": round(elapsed, 2), "readings_per_s": round(len(messages) / elapsed),
             "cpu_s": round(cpu, 2), "predictions": predictions}
 

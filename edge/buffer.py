@@ -1,6 +1,7 @@
-"""The edge's durable store-and-forward buffer: an SQLite outbox in WAL mode.
+"""The edge's durable store-and-forward buffer: an SQLite database in WAL mode
+(``DATA_DIR/outbox.db``, its queue in the table ``outbox``).
 
-A record is acknowledged upstream (the MQTT PUBACK) only after :meth:`Outbox.put_many`
+A record is acknowledged upstream (the MQTT PUBACK) only after :meth:`Buffer.put_many`
 returned, i.e. after its transaction committed to the write-ahead log, so it survives a
 ``kill -9`` of the edge. Records drain to Kafka oldest first; one machine's records keep
 their order because ids grow monotonically and the producer preserves per-partition order.
@@ -9,11 +10,12 @@ Bounded by size. When full, the policy decides:
 - ``block`` (default): refuse new records; the caller stops acknowledging MQTT, so the plant
   broker keeps the messages in the persistent session. Nothing is lost.
 - ``drop_oldest``: evict the oldest records to make room, counting what was evicted.
-A warning is logged (and :attr:`Outbox.near_full` is true) above ``warn_fraction``.
+A warning is logged (and :attr:`Buffer.near_full` is true) above ``warn_fraction``.
 
 A record Kafka refuses for good is replaced, in one transaction, by its dead-letter record
-(:meth:`Outbox.replace`); a dead-letter record Kafka refuses too is moved to the local
-``dead_letters`` table (:meth:`Outbox.dead_letter`), where it stays for an operator.
+(:meth:`Buffer.replace`); a dead-letter record Kafka refuses too is moved to the local
+``dead_letters`` table (:meth:`Buffer.dead_letter`, or ``replace(..., keep=...)`` when its cut
+takes its place in the queue), where it stays for an operator.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import msgspec
 
 from forewarn.errors import ForewarnError
 
-__all__ = ["BufferFull", "FullPolicy", "Outbox", "OutboxRecord", "StateItem", "Stored"]
+__all__ = ["Buffer", "BufferFull", "BufferRecord", "FullPolicy", "StateItem", "Stored"]
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +50,11 @@ CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, {
 
 
 class BufferFull(ForewarnError):
-    """The outbox is full and its policy is ``block``: stop acknowledging upstream."""
+    """The buffer is full and its policy is ``block``: stop acknowledging upstream."""
 
 
 @dataclass(frozen=True)
-class OutboxRecord:
+class BufferRecord:
     """One Kafka record waiting to be forwarded. ``topic`` is a role name resolved at drain."""
 
     topic: str
@@ -69,25 +71,25 @@ class OutboxRecord:
 
 @dataclass(frozen=True)
 class Stored:
-    """A record read back from the outbox, with its id for :meth:`Outbox.remove`."""
+    """A record read back from the buffer, with its id for :meth:`Buffer.remove`."""
 
     id: int
-    record: OutboxRecord
+    record: BufferRecord
 
 
 StateItem = tuple[str, bytes]
-_Bytes = bytes
-"""A (key, value) pair of the outbox's side table (the edge's per-machine state)."""
+"""A (key, value) pair of the buffer's side table (the edge's per-machine state)."""
+_Bytes = bytes  # ``bytes`` inside Buffer is its property
 
 _headers_encoder = msgspec.msgpack.Encoder()
 _headers_decoder = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
 
 
-def _record(topic: str, key: bytes | None, value: bytes | None, headers: bytes | None, ts: int | None) -> OutboxRecord:
-    return OutboxRecord(topic, value, key, tuple(_headers_decoder.decode(headers)) if headers else (), ts)
+def _record(topic: str, key: bytes | None, value: bytes | None, headers: bytes | None, ts: int | None) -> BufferRecord:
+    return BufferRecord(topic, value, key, tuple(_headers_decoder.decode(headers)) if headers else (), ts)
 
 
-class Outbox:
+class Buffer:
     """A bounded, durable FIFO of Kafka records. Thread-safe (one connection, one lock)."""
 
     def __init__(self, path: Path, *, max_bytes: int = 512 * 1024 * 1024, policy: FullPolicy = "block",
@@ -131,7 +133,7 @@ class Outbox:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def put_many(self, records: Sequence[OutboxRecord], state: Sequence[StateItem] = ()) -> None:
+    def put_many(self, records: Sequence[BufferRecord], state: Sequence[StateItem] = ()) -> None:
         """Store ``records`` durably in one transaction, all or nothing.
 
         ``state`` (key, value) pairs are upserted into a side table in the same transaction
@@ -225,13 +227,17 @@ class Outbox:
             self._db.execute("COMMIT")
             self._check_fill()
 
-    def replace(self, row_id: int, record: OutboxRecord) -> None:
-        """Swap a buffered record for another (its dead letter), at the end of the queue, in
-        one transaction. The bound is not checked: the dead letter is about the same size."""
+    def replace(self, row_id: int, record: BufferRecord, *, keep: tuple[str, str, int] | None = None) -> None:
+        """Swap a buffered record for another (its dead letter, or a dead letter's cut), at the
+        end of the queue, in one transaction. With ``keep`` = (reason, detail, at_ms) the
+        replaced record moves to the local ``dead_letters`` table in that transaction. The
+        bound is not checked: the new record is at most about the old one's size."""
         headers = _headers_encoder.encode(list(record.headers)) if record.headers else None
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if keep is not None:
+                    self._keep_locally(row_id, *keep)
                 freed, gone = self._delete(row_id)
                 self._db.execute("INSERT INTO outbox (topic, key, value, headers, ts, size) VALUES (?, ?, ?, ?, ?, ?)",
                                  (record.topic, record.key, record.value, headers, record.ts, record.size))
@@ -248,9 +254,7 @@ class Outbox:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("INSERT INTO dead_letters (topic, key, value, headers, ts, reason, detail, at) "
-                                 "SELECT topic, key, value, headers, ts, ?, ?, ? FROM outbox WHERE id = ?",
-                                 (reason, detail, at_ms, row_id))
+                self._keep_locally(row_id, reason, detail, at_ms)
                 freed, gone = self._delete(row_id)
                 self._db.execute("COMMIT")
             except BaseException:
@@ -259,6 +263,11 @@ class Outbox:
             self._bytes -= freed
             self._count -= gone
 
+    def _keep_locally(self, row_id: int, reason: str, detail: str, at_ms: int) -> None:
+        self._db.execute("INSERT INTO dead_letters (topic, key, value, headers, ts, reason, detail, at) "
+                         "SELECT topic, key, value, headers, ts, ?, ?, ? FROM outbox WHERE id = ?",
+                         (reason, detail, at_ms, row_id))
+
     def _delete(self, row_id: int) -> tuple[int, int]:
         row = self._db.execute("SELECT size FROM outbox WHERE id = ?", (row_id,)).fetchone()
         if row is None:
@@ -266,7 +275,7 @@ class Outbox:
         self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
         return int(row[0]), 1
 
-    def dead_letters(self) -> list[tuple[OutboxRecord, str, str]]:
+    def dead_letters(self) -> list[tuple[BufferRecord, str, str]]:
         """The local dead letters: (record, reason, detail), oldest first."""
         with self._lock:
             rows = self._db.execute(
@@ -274,20 +283,11 @@ class Outbox:
         return [(_record(topic, key, value, headers, ts), reason, detail)
                 for topic, key, value, headers, ts, reason, detail in rows]
 
-    def dead_letter_count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
-
     def load_state(self) -> dict[str, _Bytes]:
         """Every (key, value) stored with :meth:`put_many`'s ``state``."""
         with self._lock:
             rows = self._db.execute("SELECT key, value FROM state").fetchall()
         return {str(key): bytes(value) for key, value in rows}
-
-    def clear_state(self) -> None:
-        """Forget the side table (e.g. when the state no longer fits the model)."""
-        with self._lock:
-            self._db.execute("DELETE FROM state")
 
     def close(self) -> None:
         with self._lock:

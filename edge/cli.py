@@ -25,11 +25,11 @@ EDGE_FLAGS = (
     Flag("--publish-predictions", "edge.publish_predictions", secondary="--no-publish-predictions"),
     Flag("--persist-windows", "edge.persist_windows", secondary="--no-persist-windows"),
     Flag("--dead-letter-after", "edge.dead_letter_after"),
-    Flag("--stride", "edge.stride"),
-    Flag("--reorder-slack", "edge.reorder_slack"),
-    Flag("--threads", "edge.threads"),
-    Flag("--alert-p-fail", "edge.alerts.p_fail"),
-    Flag("--alert-consecutive", "edge.alerts.consecutive"),
+    Flag("--stride", "scoring.stride"),
+    Flag("--reorder-slack", "scoring.reorder_slack"),
+    Flag("--threads", "scoring.threads"),
+    Flag("--alert-p-fail", "scoring.alerts.p_fail"),
+    Flag("--alert-consecutive", "scoring.alerts.consecutive"),
     Flag("--metrics-port", "edge.metrics_port"),
     Flag("--metrics-host", "edge.metrics_host"),
     Flag("--shutdown-timeout", "edge.shutdown_timeout_s"),
@@ -45,7 +45,8 @@ def edge() -> None:
 
     Subscribes to the plant broker's telemetry, gateway batches and maintenance events (QoS 1,
     persistent session), scores with the last good model bundle on disk (the same windows and
-    alert rules as the data-centre workers), publishes predictions and alerts on
+    alert rules as the data-centre workers, set by the same [scoring] section and
+    FOREWARN_SCORING__* variables), publishes predictions and alerts on
     forewarn/<site>/<machine>/prediction and .../alert, and forwards everything to Kafka
     through a durable SQLite buffer. An MQTT message is acknowledged only once its records are
     in the buffer. Kafka being unreachable only makes the buffer grow. SIGTERM or Ctrl-C: finish

@@ -1,11 +1,11 @@
-"""Drains the outbox to Kafka, oldest record first, on a thread of its own.
+"""Drains the buffer to Kafka, oldest record first, on a thread of its own.
 
-Records are produced in outbox-id order through an idempotent producer (``acks=all``,
+Records are produced in buffer-id order through an idempotent producer (``acks=all``,
 ``message.timeout.ms=0``: librdkafka retries forever and keeps per-partition order across
-retries), and a row is removed from the outbox only when its delivery report says Kafka has
+retries), and a row is removed from the buffer only when its delivery report says Kafka has
 it. While Kafka is unreachable at most ``max_in_flight`` records (and ``max_in_flight_bytes``)
 sit in librdkafka's queue; the rest wait on disk. A ``kill -9`` loses only the in-memory queue:
-those rows are still in the outbox and are sent again (duplicates, never losses).
+those rows are still in the buffer and are sent again (duplicates, never losses).
 
 A failed delivery report stops intake until everything in flight is settled, then resends from
 the oldest row still there. Kafka fails a whole produce request for one bad record (e.g. a
@@ -13,12 +13,16 @@ record above the topic's ``max.message.bytes`` sinks every record batched with i
 that failed is sent again *alone* (innocent neighbours are delivered after records that were
 queued behind them: the only way this forwarder breaks per-machine order). A record larger than
 its topic's ``max.message.bytes`` (read from Kafka by ``record_limits``) is sent alone from the
-start, so it sinks no neighbour. If Kafka takes a record sent alone, it was an innocent neighbour; once Kafka
-refused it ``dead_letter_after`` times (the last time alone) with an error that is not
-retriable (:func:`~forewarn.kafka.refused_for_good`), it is replaced in the outbox by its dead-letter
-record for the ``dlq`` topic (reason ``kafka_refused``, the bridge's headers). A dead-letter
-record Kafka refuses too goes to the outbox's local ``dead_letters`` table. Both are logged
-and counted; neither stops the records behind them.
+start, so it sinks no neighbour. If Kafka takes a record sent alone, it was an innocent neighbour.
+
+What happens to a record Kafka refuses for good (an error that is not retriable,
+:func:`~forewarn.kafka.refused_for_good`) is the bridge's rule, :class:`~forewarn.deadletter.RefusalPolicy`:
+refused ``dead_letter_after`` times, at least once alone, it is replaced in the buffer by its
+dead letter for the ``dlq`` topic (reason ``kafka_refused``). A dead letter the dead-letter topic
+refuses is replaced by the same cut to :data:`~forewarn.deadletter.REFUSED_CUT_BYTES`, and its
+full bytes move to the buffer's local ``dead_letters`` table in the same transaction (the edge
+has storage, so nothing is lost); a cut dead letter refused too moves to that table as well,
+the edge's last resort. Each step is logged and counted; none stops the records behind.
 """
 
 from __future__ import annotations
@@ -26,15 +30,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from edge.buffer import Outbox, OutboxRecord, Stored
+from edge.buffer import Buffer, BufferRecord, Stored
 from edge.metrics import EdgeMetrics
-from forewarn.deadletter import INGEST_HEADER, DeadLetter, Kind, Origin
+from forewarn.deadletter import INGEST_HEADER, DeadLetter, Kind, Origin, Record, RefusalPolicy
 from forewarn.errors import KafkaError
 from forewarn.kafka import KafkaAdmin, error_code, refused_for_good
+from forewarn.metrics import Tally
 from forewarn.mqtt import alert_topic, maintenance_topic, prediction_topic, telemetry_topic
 from forewarn.ports import ProducerLike
 from forewarn.settings import KafkaSettings
@@ -58,8 +62,17 @@ _MQTT_TOPICS = {"telemetry": telemetry_topic, "maintenance": maintenance_topic, 
                 "alerts": alert_topic}
 
 
+def _buffered(record: Record) -> BufferRecord:
+    return BufferRecord("dlq", record.value, (record.key or "").encode(), tuple(record.headers), record.timestamp_ms)
+
+
+def _letter(record: BufferRecord, topic: str) -> Record:
+    key = record.key.decode(errors="replace") if record.key is not None else None
+    return Record(topic, record.value or b"", key, record.ts, list(record.headers))
+
+
 def role_topics(topics: Topics) -> dict[str, str]:
-    """Outbox role name → Kafka topic name."""
+    """Buffer role name → Kafka topic name."""
     return {"telemetry": topics.telemetry, "maintenance": topics.maintenance, "dlq": topics.dlq,
             "predictions": topics.predictions, "alerts": topics.alerts}
 
@@ -74,31 +87,32 @@ def topic_limits(kafka: KafkaSettings, topics: Topics) -> dict[str, int]:
 class Forwarder:
     """``start()`` a thread that forwards until ``stop()``; ``drain()`` forwards until empty."""
 
-    def __init__(self, outbox: Outbox, producer: ProducerLike, topics: Topics, metrics: EdgeMetrics, *,
+    def __init__(self, buffer: Buffer, producer: ProducerLike, topics: Topics, metrics: EdgeMetrics, *,
                  batch: int = 5000, max_in_flight: int = 50_000, max_in_flight_bytes: int = 16 * 2**20,
                  dead_letter_after: int = 3, log_period_s: float = 30.0,
                  record_limits: Callable[[], dict[str, int]] | None = None) -> None:
-        self.outbox = outbox
+        self.buffer = buffer
         self.producer = producer
         self.metrics = metrics
         self.batch = batch
         self.max_in_flight = max_in_flight
         self.max_in_flight_bytes = max_in_flight_bytes
         self.dead_letter_after = dead_letter_after
+        self._policy = RefusalPolicy(dead_letter_after)
         self.log_period_s = log_period_s
         self._topics = role_topics(topics)
         self._record_limits = record_limits
-        self._limits: dict[str, int] = {}  # outbox role -> largest record Kafka takes
+        self._limits: dict[str, int] = {}  # buffer role -> largest record Kafka takes
         self._limits_at = 0.0
         self._topics_dlq = topics.dlq
-        self._sent_upto = 0  # highest outbox id handed to the producer
+        self._sent_upto = 0  # highest buffer id handed to the producer
         self.in_flight = 0
         self.in_flight_bytes = 0
         self._delivered: list[int] = []
         self._failures: list[tuple[Stored, Any]] = []
-        self._refusals: dict[int, int] = {}  # row id -> times Kafka refused it for good (it goes alone)
+        self._failed_rows: set[int] = set()  # row ids whose delivery failed: each is sent again alone
         self._alone: int | None = None  # the row sent alone, until its report
-        self._roles: Counter[str] = Counter()
+        self._forwarded = Tally(metrics.forwarded)  # by role, flushed as the rows are removed
         self._failed = False
         self._retry_at = 0.0
         self._backoff = 1.0
@@ -133,16 +147,16 @@ class Forwarder:
                 if self._record_limits is not None and time.monotonic() >= self._limits_at:
                     self.read_limits()
                 self.pump()
-            except Exception:  # keep forwarding; the rows stay in the outbox
+            except Exception:  # keep forwarding; the rows stay in the buffer
                 log.exception("forwarding round failed; retrying in 1s")
                 time.sleep(1.0)
 
     def drain(self, timeout_s: float) -> int:
-        """Forward until the outbox is empty or ``timeout_s`` passed; returns the rows left."""
+        """Forward until the buffer is empty or ``timeout_s`` passed; returns the rows left."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and (len(self.outbox) or self.in_flight):
+        while time.monotonic() < deadline and (len(self.buffer) or self.in_flight):
             self.pump()
-        return len(self.outbox)
+        return len(self.buffer)
 
     def read_limits(self) -> None:
         """Read the topics' ``max.message.bytes`` (the thread retries every minute while Kafka is away)."""
@@ -182,13 +196,13 @@ class Forwarder:
             return sent
 
     def _send(self, limit: int) -> int:
-        rows = self.outbox.peek(limit, after_id=self._sent_upto)
+        rows = self.buffer.peek(limit, after_id=self._sent_upto)
         sent = 0
         limits = self._limits
         for stored in rows:
             r = stored.record
             size = r.size
-            alone = stored.id in self._refusals or size - 64 > limits.get(r.topic, _DEFAULT_LIMIT)
+            alone = stored.id in self._failed_rows or size - 64 > limits.get(r.topic, _DEFAULT_LIMIT)
             if alone and (sent or self.in_flight):
                 break  # a row that failed goes alone: once everything before it is settled
             self._produce(stored, size)
@@ -218,7 +232,7 @@ class Forwarder:
             self.in_flight_bytes -= size
             if error is None:
                 self._delivered.append(stored.id)
-                self._roles[stored.record.topic] += 1
+                self._forwarded[stored.record.topic] += 1
             else:
                 self._failures.append((stored, error))
 
@@ -228,20 +242,19 @@ class Forwarder:
         if self._failures:
             self._failed_deliveries()
         if self._alone is not None and self.in_flight == 0:  # its report is in
-            if self._alone in self._delivered:
-                del self._refusals[self._alone]  # an innocent neighbour of a bad record
+            if self._alone in self._delivered:  # an innocent neighbour of a bad record
+                self._failed_rows.discard(self._alone)
+                self._policy.forget(self._alone)
             self._alone = None
         if not self._delivered:
             return
         done, self._delivered = self._delivered, []
-        self.outbox.remove(done)
+        self.buffer.remove(done)
         self.forwarded += len(done)
         self.last_delivery = time.monotonic()
         if not self._failed:
             self._backoff = 1.0
-        for role, n in self._roles.items():
-            self.metrics.forwarded.labels(role).inc(n)
-        self._roles.clear()
+        self._forwarded.flush()
 
     def _failed_deliveries(self) -> None:
         failures, self._failures = self._failures, []
@@ -250,10 +263,9 @@ class Forwarder:
         for stored, error in failures:
             permanent = refused_for_good(error)
             retry_soon = retry_soon and permanent
-            # Counted, but only a refusal of the record alone can dead-letter it (with others,
-            # it may be an innocent neighbour of the bad one); from now on it is sent alone.
-            refused = self._refusals[stored.id] = self._refusals.get(stored.id, 0) + permanent
-            if permanent and stored.id == self._alone and refused >= self.dead_letter_after:
+            self._failed_rows.add(stored.id)  # from now on it is sent alone
+            if permanent and self._policy.refused(stored.id, alone=stored.id == self._alone):
+                self._failed_rows.discard(stored.id)
                 self._dead_letter(stored, error)
         if not self._failed:
             stored, error = failures[0]
@@ -266,31 +278,41 @@ class Forwarder:
             self._backoff = min(self._backoff * 2, 30.0)
 
     def _dead_letter(self, stored: Stored, error: Any) -> None:
-        """Replace a record Kafka refuses for good by its dead letter; a refused dead letter
-        goes to the local table."""
-        self._refusals.pop(stored.id, None)
+        """Replace a record Kafka refuses for good by its dead letter (a refused dead letter by
+        its cut, or, refused cut, move it to the local table)."""
         r = stored.record
         topic = self._topics.get(r.topic, r.topic)
         code = error_code(error)
-        detail = f"{topic}: {code}: {error}"
+        refusal = f"{code}: {error}"
+        detail = f"{topic}: {refusal}"
         now_ms = int(time.time() * 1000)
         if r.topic == "dlq":
-            self.outbox.dead_letter(stored.id, "kafka_refused", detail, now_ms)
+            letter = DeadLetter.from_record(_letter(r, topic))
+            cut = self._policy.replace_refused_letter(letter, refusal)
+            if cut is None:
+                self.buffer.dead_letter(stored.id, "kafka_refused", detail, now_ms)
+                self.dead_lettered_locally += 1
+                self.metrics.dead_letters.labels("local", code).inc()
+                log.error("Kafka refused dead-letter record %s for good (%s): kept in the local dead_letters table "
+                          "of %s", stored.id, detail, self.buffer.path)
+                return
+            self.buffer.replace(stored.id, _buffered(cut.record(self._topics_dlq)),
+                                keep=("kafka_refused", detail, now_ms))
             self.dead_lettered_locally += 1
-            self.metrics.dead_letters.labels("local", code).inc()
-            log.error("Kafka refused dead-letter record %s for good (%s): kept in the local dead_letters table of %s",
-                      stored.id, detail, self.outbox.path)
+            self.metrics.dead_letters.labels("dlq_cut", code).inc()
+            log.error("Kafka refused a dead-letter record of %s bytes for good (%s): sending its first %s bytes "
+                      "instead; the whole record is kept in the local dead_letters table of %s", len(letter.value),
+                      detail, len(cut.value), self.buffer.path)
             return
         key = (r.key or b"").decode(errors="replace")
         to_mqtt = _MQTT_TOPICS.get(r.topic)
         ingest = dict(r.headers).get(INGEST_HEADER, b"")
-        letter = DeadLetter.refused(value=r.value, kafka_topic=topic, error=f"{code}: {error}",
+        letter = DeadLetter.refused(value=r.value, kafka_topic=topic, error=refusal,
                                     mqtt_topic=to_mqtt(key) if to_mqtt and key else "",
                                     kind=_KINDS.get(r.topic, Kind.UNKNOWN),
                                     received_at=int(ingest) if ingest.isdigit() else now_ms,
-                                    origin=Origin.EDGE).record(self._topics_dlq)
-        self.outbox.replace(stored.id, OutboxRecord("dlq", letter.value, (letter.key or "").encode(),
-                                                    tuple(letter.headers), letter.timestamp_ms))
+                                    origin=Origin.EDGE)
+        self.buffer.replace(stored.id, _buffered(letter.record(self._topics_dlq)))
         self.dead_lettered += 1
         self.metrics.dead_letters.labels("dlq", code).inc()
         log.error("Kafka refused a %s record %s times for good (%s): sent to the dead-letter topic instead",
@@ -303,15 +325,15 @@ class Forwarder:
                 self._down_since = self.last_delivery
                 self.metrics.uplink_up.set(0)
                 log.warning("uplink down: Kafka confirmed nothing for %.0fs; buffering on disk (%s records)",
-                            now - self.last_delivery, len(self.outbox))
+                            now - self.last_delivery, len(self.buffer))
                 self._last_log = now
             elif now - self._last_log >= self.log_period_s:
                 self._last_log = now
                 log.warning("uplink down for %.0fs: %s records (%.1f MB, %.0f%% of the bound) buffered",
-                            now - self._down_since, len(self.outbox), self.outbox.bytes / 1e6,
-                            self.outbox.fill * 100)
+                            now - self._down_since, len(self.buffer), self.buffer.bytes / 1e6,
+                            self.buffer.fill * 100)
         elif self._down_since is not None and now - self.last_delivery < 1.0:
             log.warning("uplink back after %.0fs; draining %s buffered records", now - self._down_since,
-                        len(self.outbox))
+                        len(self.buffer))
             self._down_since = None
             self.metrics.uplink_up.set(1)

@@ -1,4 +1,4 @@
-"""The edge gateway: a bridge and a scorer composed at the plant, with a durable outbox.
+"""The edge gateway: a bridge and a scorer composed at the plant, with a durable buffer.
 
 Threads: paho's network thread only appends received messages to an inbox; the gateway's
 loop (the thread calling :meth:`EdgeGateway.run`) takes up to ``max_batch`` of them, routes
@@ -6,12 +6,12 @@ them with the bridge's :class:`~forewarn.routing.Router` (same validation, same 
 records, same ``ingest_ts`` header), scores the good readings with the scoring core's
 :class:`~scoring.engine.ScoringEngine` (same windows, bundle and alert rules as the
 data-centre workers), and commits telemetry, maintenance events, dead letters, predictions,
-alert events — and the touched machines' windows — to the SQLite outbox in one transaction.
+alert events — and the touched machines' windows — to the SQLite buffer in one transaction.
 Only then are the MQTT messages acknowledged and the predictions and alerts published on the
 plant's broker (``forewarn/<site>/<machine>/prediction`` and ``.../alert``). A
-:class:`~edge.forwarder.Forwarder` thread drains the outbox to Kafka.
+:class:`~edge.forwarder.Forwarder` thread drains the buffer to Kafka.
 
-So the ack point is the outbox commit: a ``kill -9`` before it means no PUBACK (the broker
+So the ack point is the buffer commit: a ``kill -9`` before it means no PUBACK (the broker
 redelivers from the persistent session); after it, the records are on disk. A crash between
 the commit and the PUBACK duplicates a message; the windows drop the duplicate reading by
 (machine_id, seq), Kafka consumers do the same.
@@ -20,10 +20,10 @@ When the buffer is full under the ``block`` policy, the scored batch is kept in 
 retried; no further message is taken or acknowledged, so the plant broker holds them.
 
 The inbox is bounded (``receive_maximum + max_batch`` messages): Mosquitto 2.0 sends well beyond
-the Receive Maximum the edge asks for (measured: 40,000 unacknowledged messages, ~110 MB of
-paho message objects, when the edge fell behind a fast publisher), so when the inbox is full
-paho's network thread waits in the callback until the loop took a batch. It then reads nothing
-from its socket and TCP holds the broker back; the broker keeps the messages in the session.
+the Receive Maximum the edge asks for, so when the inbox is full paho's network thread waits in
+the callback until the loop took a batch. It then reads nothing from its socket and TCP holds
+the broker back; the broker keeps the messages in the session (edge/README.md, "Footprint and
+throughput", says what this bounds).
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from edge.buffer import BufferFull, Outbox, OutboxRecord
+from edge.buffer import Buffer, BufferFull, BufferRecord
 from edge.errors import EdgeError
 from edge.forwarder import Forwarder, topic_limits
-from edge.metrics import EdgeMetrics
+from edge.metrics import BatchCounts, EdgeMetrics
 from edge.models import ModelSync
 from edge.settings import EdgeSettings
 from forewarn.contract import Alert, MaintenanceEvent, Telemetry, encode, model_refused_alert
@@ -73,7 +73,7 @@ _maintenance = msgspec.json.Decoder(MaintenanceEvent)
 
 def _malloc_trim() -> Callable[[], int] | None:
     """glibc's ``malloc_trim(0)``: hands the free memory malloc keeps in its arenas back to the
-    system (after a scoring burst, 12-18 MB of the edge's RSS). None where there is none."""
+    system (after a scoring burst). None where there is none."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
@@ -90,20 +90,28 @@ def subscriptions(sites: tuple[str, ...] = ()) -> list[str]:
                                           f"{MQTT_ROOT}/{site}/+/maintenance")]
 
 
+@runtime_checkable
+class _Queueing(Protocol):
+    """An MQTT client that says how many packets wait for its socket (MqttClient, FakeMqtt)."""
+
+    @property
+    def outgoing_packets(self) -> int: ...
+
+
 @dataclass
 class _Batch:
-    """Scored MQTT messages between scoring and the outbox commit."""
+    """Scored MQTT messages between scoring and the buffer commit."""
 
+    counts: BatchCounts
     acks: list[tuple[int, int, int]] = field(default_factory=list)  # (mid, qos, epoch)
-    records: list[OutboxRecord] = field(default_factory=list)
+    records: list[BufferRecord] = field(default_factory=list)
     state: list[tuple[str, bytes]] = field(default_factory=list)
     predictions: list[tuple[str, bytes]] = field(default_factory=list)
     alerts: list[tuple[str, bytes, str]] = field(default_factory=list)  # (machine_id, JSON, state)
-    counts: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 class EdgeGateway(LoopService):
-    """MQTT in, local scoring, outbox, Kafka out. ``run()`` blocks until :meth:`stop`.
+    """MQTT in, local scoring, buffer, Kafka out. ``run()`` blocks until :meth:`stop`.
 
     ``mqtt``, ``producer`` and ``models_consumer`` default to the real adapters; unit tests
     pass the in-memory fakes of :mod:`forewarn.testing`.
@@ -112,6 +120,7 @@ class EdgeGateway(LoopService):
     def __init__(self, settings: EdgeSettings, *, mqtt: MqttLike | None = None,
                  producer: ProducerLike | None = None, models_consumer: ConsumerLike | None = None,
                  metrics: EdgeMetrics | None = None, clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
         self.settings = settings
         self.options = o = settings.edge
         self.topics = Topics.from_settings(settings.topics)
@@ -120,8 +129,9 @@ class EdgeGateway(LoopService):
                        self.topics.dlq: "dlq"}
         self.metrics = metrics or EdgeMetrics()
         self.clock = clock
-        self.registry = ModelRegistry(threads=o.threads, batch_size=o.score_batch, shadow=False)
-        self.engine = ScoringEngine(self.registry, o.scoring_options(), clock)
+        scoring = settings.scoring.model_copy(update={"shadow": False})  # candidates are a data-centre concern
+        self.registry = ModelRegistry(threads=scoring.threads, batch_size=scoring.score_batch, shadow=False)
+        self.engine = ScoringEngine(self.registry, scoring, clock)
         self.models = ModelSync(self.registry, o.bundles_dir, kafka=settings.kafka if o.models_sync else None,
                                 models_topic=self.topics.models, group_id=f"{o.client_id}.models",
                                 consumer=models_consumer, seed_dir=o.models_dir)
@@ -133,7 +143,8 @@ class EdgeGateway(LoopService):
         self.mqtt.on_message = self._on_message
         if isinstance(self.mqtt, MqttClient):
             self.mqtt.on_connected = self._on_connected
-        self.outbox: Outbox | None = None
+        self._queueing = self.mqtt if isinstance(self.mqtt, _Queueing) else None
+        self.buffer: Buffer | None = None
         self.forwarder: Forwarder | None = None
         self._inbox: collections.deque[tuple[Any, int, float]] = collections.deque()
         # Only paho's own thread may wait for room (a fake delivering from the test's thread would deadlock).
@@ -144,22 +155,20 @@ class EdgeGateway(LoopService):
         self._next_retry = 0.0
         self._epoch = 0
         self._intake = False
-        self._stop = threading.Event()
         self._started = False
         self._next_housekeeping = 0.0
         self._trim = _malloc_trim()
         self._next_trim = 0.0
         self._last_full_log = 0.0
-        self.stats: collections.Counter[str] = collections.Counter()
         self._events: list[Alert] = []  # model_refused events for the next commit
 
     @staticmethod
     def _producer_overrides(settings: EdgeSettings) -> dict[str, Any]:
         """librdkafka's queue bounded by what the forwarder keeps in flight (its defaults, 100,000
         records and 1 GB, would let it hold far more than the edge's memory); small batches
-        (64 KiB: librdkafka's batch buffers grew RSS by ~100 MB when the uplink dropped); a
-        reconnect at least every 2 s while the uplink is down (librdkafka's backoff grows to
-        10 s: the drain started up to 10 s after Kafka was back). ``kafka.extra`` wins."""
+        (64 KiB: librdkafka's batch buffers grow while the uplink is down); a reconnect at least
+        every 2 s while the uplink is down (librdkafka's backoff grows to 10 s, which delays the
+        drain after Kafka is back). ``kafka.extra`` wins."""
         o = settings.edge
         overrides: dict[str, Any] = {"queue.buffering.max.messages": 2 * o.max_forward_in_flight,
                                      "queue.buffering.max.kbytes": 2 * o.max_forward_in_flight_bytes // 1024,
@@ -192,21 +201,21 @@ class EdgeGateway(LoopService):
         o = self.options
         try:
             o.data_dir.mkdir(parents=True, exist_ok=True)
-            self.outbox = Outbox(o.buffer_path, max_bytes=o.buffer_max_bytes, policy=o.buffer_policy,
+            self.buffer = Buffer(o.buffer_path, max_bytes=o.buffer_max_bytes, policy=o.buffer_policy,
                                  warn_fraction=o.buffer_warn_fraction, synchronous=o.buffer_sync)
         except OSError as error:
             raise EdgeError(f"cannot open the edge buffer under {o.data_dir}: {error}",
                             hint="fix --data-dir or its permissions") from None
-        if len(self.outbox):
-            log.info("buffer holds %s records (%.1f MB) from before; forwarding them first", len(self.outbox),
-                     self.outbox.bytes / 1e6)
+        if len(self.buffer):
+            log.info("buffer holds %s records (%.1f MB) from before; forwarding them first", len(self.buffer),
+                     self.buffer.bytes / 1e6)
         self._offered(self.models.load_local())
         self._restore_windows()
         if self.options.metrics_port is not None:
             self.metrics.serve(self.options.metrics_port, self.options.metrics_host)
         if self._producer is None:
             self._producer = KafkaProducer(self.settings.kafka, **self._producer_overrides(self.settings))
-        self.forwarder = Forwarder(self.outbox, self._producer, self.topics, self.metrics, batch=o.forward_batch,
+        self.forwarder = Forwarder(self.buffer, self._producer, self.topics, self.metrics, batch=o.forward_batch,
                                    max_in_flight=o.max_forward_in_flight,
                                    max_in_flight_bytes=o.max_forward_in_flight_bytes,
                                    dead_letter_after=o.dead_letter_after, log_period_s=o.uplink_log_s,
@@ -227,10 +236,10 @@ class EdgeGateway(LoopService):
                  self.settings.kafka.bootstrap_servers)
 
     def _restore_windows(self) -> None:
-        assert self.outbox is not None
+        assert self.buffer is not None
         if not self.options.persist_windows:
             return
-        saved = self.outbox.load_state()
+        saved = self.buffer.load_state()
         if not saved:
             return
         records: dict[str, MachineRecord] = {}
@@ -278,8 +287,9 @@ class EdgeGateway(LoopService):
 
     def _score(self, messages: list[tuple[Any, int, float]]) -> _Batch:
         started = time.perf_counter()
-        batch = _Batch()
-        counts = batch.counts
+        counts = BatchCounts(self.metrics)
+        batch = _Batch(counts)
+        kinds, rejected = counts.received, counts.rejected
         route = self.router.route
         roles = self._roles
         readings: list[Incoming] = []
@@ -295,13 +305,13 @@ class EdgeGateway(LoopService):
                 routed = route(topic, message.payload, received_ms)
             except Exception:  # noqa: BLE001 - a routing bug must not stop the stream; internal_error logs it
                 routed = self.router.internal_error(topic, message.payload, received_ms)
-            counts["received:" + routed.kind] += 1
+            kinds[routed.kind] += 1
             for reason in routed.rejected:
-                counts["rejected:" + reason] += 1
+                rejected[reason] += 1
             for rec in routed.records:
                 role = roles[rec.topic]
                 key = rec.key.encode() if rec.key is not None else None
-                records.append(OutboxRecord(role, rec.value, key, tuple(rec.headers), rec.timestamp_ms))
+                records.append(BufferRecord(role, rec.value, key, tuple(rec.headers), rec.timestamp_ms))
                 if role == "telemetry":
                     readings.append(Incoming(_telemetry.decode(rec.value), 0, received_ms))
                 elif role == "maintenance":
@@ -312,16 +322,18 @@ class EdgeGateway(LoopService):
         if self._events:  # model_refused events go first
             result.alerts[:0] = self._events
             self._events = []
-        counts["readings:accepted"] += result.accepted
-        counts["readings:dropped"] += result.dropped
-        counts["readings:unscored"] += result.unscored
+        readings_by = counts.readings
+        readings_by["accepted"] += result.accepted
+        readings_by["dropped"] += result.dropped
+        readings_by["unscored"] += result.unscored
         for machine_id, value in result.predictions:
-            records.append(OutboxRecord("predictions", value, machine_id.encode()))
+            records.append(BufferRecord("predictions", value, machine_id.encode()))
         batch.predictions = result.predictions
         for alert in result.alerts:
             value = encode(alert)
-            records.append(OutboxRecord("alerts", value, alert.machine_id.encode(), (), alert.ts))
+            records.append(BufferRecord("alerts", value, alert.machine_id.encode(), (), alert.ts))
             batch.alerts.append((alert.machine_id, value, alert.state))
+            counts.alerts[alert.state] += 1
         if self.options.persist_windows and result.dirty:
             machines = set().union(*result.dirty.values())
             batch.state = [(key, encode_record(record)) for key, record in self.engine.export(machines)]
@@ -329,9 +341,9 @@ class EdgeGateway(LoopService):
         return batch
 
     def _commit(self, batch: _Batch) -> int:
-        assert self.outbox is not None
+        assert self.buffer is not None
         try:
-            self.outbox.put_many(batch.records, batch.state)
+            self.buffer.put_many(batch.records, batch.state)
         except BufferFull as full:
             now = time.monotonic()
             if self._blocked is None:
@@ -355,10 +367,12 @@ class EdgeGateway(LoopService):
                 acked += 1
         self._publish(batch)
         counts = batch.counts
-        counts["acked"] += acked
+        counts.acked.n += acked
+        buffered = counts.buffered
         for record in batch.records:
-            counts["buffered:" + record.topic] += 1
-        self._count(counts)
+            buffered[record.topic] += 1
+        counts.predictions.n += buffered["predictions"]
+        counts.flush()
         return len(batch.acks)
 
     def _publish(self, batch: _Batch) -> None:
@@ -372,33 +386,26 @@ class EdgeGateway(LoopService):
                     publish(prediction_topic(machine_id), value, qos)
             for machine_id, value, _state in batch.alerts:
                 publish(alert_topic(machine_id), value, qos)
-        except (MqttError, OSError) as error:  # the plant broker is away: the outbox has them anyway
+        except (MqttError, OSError) as error:  # the plant broker is away: the buffer has them anyway
             log.warning("local publish failed (%s); predictions and alerts still go to the buffer", error)
 
     def _wait_for_outgoing(self) -> None:
         """Backpressure for local publications: paho queues them without bound, and scoring
-        outruns its network thread; wait (briefly) while more than ``_MAX_OUTGOING`` are queued."""
-        if not isinstance(self.mqtt, MqttClient) or not self.mqtt.is_connected:
-            return
-        try:
-            queue = self.mqtt.client._out_packet
-        except (MqttError, AttributeError):
+        outruns its network thread; wait (at most ``_MAX_OUTGOING_WAIT_S``) while more than
+        ``_MAX_OUTGOING`` are queued. No wait while the plant broker is away (they stay queued)."""
+        queueing = self._queueing
+        if queueing is None or (isinstance(queueing, MqttClient) and not queueing.is_connected):
             return
         deadline = time.monotonic() + _MAX_OUTGOING_WAIT_S
-        while len(queue) > _MAX_OUTGOING and time.monotonic() < deadline:
+        while queueing.outgoing_packets > _MAX_OUTGOING and time.monotonic() < deadline:
             time.sleep(0.002)
-
-    def _count(self, counts: collections.Counter[str]) -> None:
-        self.stats.update(counts)
-        self.metrics.add_counts(counts)
-        self.metrics.predictions.inc(counts.get("buffered:predictions", 0))
 
     def _housekeeping(self, now: float) -> None:
         self._next_housekeeping = now + 1.0
         if self._trim is not None and now >= self._next_trim:
             self._next_trim = now + _TRIM_EVERY_S
-            self._trim()  # ~5 ms
-        box = self.outbox
+            self._trim()
+        box = self.buffer
         if box is None:
             return
         m = self.metrics
@@ -435,8 +442,8 @@ class EdgeGateway(LoopService):
         if self._producer is not None and self._own_producer:
             self._producer.close(timeout_s=0.0 if left else 5.0)
         self.models.close()
-        if self.outbox is not None:
-            self.outbox.close()
+        if self.buffer is not None:
+            self.buffer.close()
         self.metrics.close()
         log.info("edge stopped: %s buffered records left for the next run, %s received messages left "
                  "unacknowledged for the broker to resend", left, dropped)

@@ -1,4 +1,9 @@
-"""Prometheus metrics of one edge gateway, in a registry of its own."""
+"""Prometheus metrics of one edge gateway, in a registry of its own.
+
+The gateway counts each batch in a :class:`BatchCounts` of its own and adds it to the metrics
+only once the batch is committed to the buffer (a batch the full buffer holds back is counted
+when it finally goes in, once). The forwarder counts on its own thread in tallies of its own.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,9 @@ import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from forewarn.metrics import MetricsEndpoint
+from forewarn.metrics import MetricsEndpoint, Tally, Total
 
-__all__ = ["EdgeMetrics"]
+__all__ = ["BatchCounts", "EdgeMetrics"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +30,8 @@ class EdgeMetrics(MetricsEndpoint):
         self.acked = Counter("forewarn_edge_acked", "MQTT messages acknowledged after their records were "
                              "committed to the buffer", registry=r)
         self.readings = Counter("forewarn_edge_readings", "readings by scoring outcome", ["outcome"], registry=r)
+        for outcome in ("accepted", "dropped", "unscored"):
+            self.readings.labels(outcome)  # every outcome is exported from the start, at 0
         self.predictions = Counter("forewarn_edge_predictions", "predictions made locally", registry=r)
         self.alerts = Counter("forewarn_edge_alerts", "alert events, by state", ["state"], registry=r)
         self.buffered = Counter("forewarn_edge_buffered", "records committed to the buffer, by topic role",
@@ -48,3 +55,24 @@ class EdgeMetrics(MetricsEndpoint):
                               registry=r)
         self.step_seconds = Histogram("forewarn_edge_step_seconds", "decode + score + commit of one batch",
                                       registry=r)
+
+
+class BatchCounts:
+    """The counts of one batch, from intake to its commit; :meth:`flush` adds them to the metrics."""
+
+    __slots__ = ("acked", "alerts", "buffered", "predictions", "readings", "received", "rejected")
+
+    def __init__(self, metrics: EdgeMetrics) -> None:
+        self.received = Tally(metrics.received)
+        self.rejected = Tally(metrics.rejected)
+        self.readings = Tally(metrics.readings)
+        self.alerts = Tally(metrics.alerts)
+        self.buffered = Tally(metrics.buffered)
+        self.acked = Total(metrics.acked)
+        self.predictions = Total(metrics.predictions)
+
+    def flush(self) -> None:
+        for tally in (self.received, self.rejected, self.readings, self.alerts, self.buffered):
+            tally.flush()
+        self.acked.flush()
+        self.predictions.flush()

@@ -59,7 +59,6 @@ class ModelSync:
             self._consumer = KafkaConsumer(kafka, group_id, [models_topic], **{
                 "isolation.level": "read_uncommitted", "auto.offset.reset": "earliest",
                 "queued.max.messages.kbytes": 2048})
-        self.offers: list[Offer] = []
 
     def load_local(self) -> list[Offer]:
         """Serve the seed folder's bundles (saved to disk when good), then the disk's."""
@@ -76,7 +75,6 @@ class ModelSync:
         else:
             log.warning("no model bundle on disk under %s; readings are buffered but not scored until one "
                         "comes from the models topic", self.bundles_dir)
-        self.offers.extend(offers)
         return offers
 
     def poll(self, max_messages: int = 10) -> list[Offer]:
@@ -91,7 +89,6 @@ class ModelSync:
             offer = self.registry.offer(key, message.value())
             offers.append(offer)
             self._keep(offer)
-        self.offers.extend(offers)
         return offers
 
     def _keep(self, offer: Offer) -> None:

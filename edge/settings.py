@@ -1,8 +1,18 @@
-"""The edge gateway's settings: the shared connections plus an ``[edge]`` section.
+"""The edge gateway's settings: the shared connections, an ``[edge]`` section and the scoring
+workers' ``[scoring]`` section.
 
-Set them in ``forewarn.toml`` (``[edge]``), with ``FOREWARN_EDGE__*`` environment variables
-(e.g. ``FOREWARN_EDGE__DATA_DIR=/var/lib/forewarn-edge``) or with the ``forewarn edge`` flags.
-At a plant, ``mqtt`` is the plant's broker and ``kafka`` the data centre's cluster (the uplink).
+Set them in ``forewarn.toml`` (``[edge]``, ``[scoring]``), with ``FOREWARN_EDGE__*`` and
+``FOREWARN_SCORING__*`` environment variables (e.g. ``FOREWARN_EDGE__DATA_DIR=/var/lib/forewarn-edge``,
+``FOREWARN_SCORING__STRIDE=5``) or with the ``forewarn edge`` flags. At a plant, ``mqtt`` is the
+plant's broker and ``kafka`` the data centre's cluster (the uplink).
+
+The edge scores with the data-centre workers' engine, so it reads the same
+:class:`~scoring.settings.ScoringOptions`: windowing (``stride``, ``max_gap``, ``max_imputed``,
+``reorder_slack``, ``score_slice``), onnxruntime (``threads``, ``score_batch``) and the alert
+rules (``alerts``) mean the same in both. The worker's Kafka fields (``group_id``,
+``worker_id``, ``max_batch``, transactions, ``models_dir``, ``metrics_port``, ...) do not apply
+at the edge, which has its own in ``[edge]``; ``shadow`` is always off at the edge (shadow
+candidates are a data-centre concern).
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from forewarn.settings import ServiceSettings
-from scoring.settings import AlertOptions, ScoringOptions
+from scoring.settings import ScoringOptions
 
 __all__ = ["EdgeOptions", "EdgeSettings"]
 
@@ -24,8 +34,8 @@ def _default_client_id() -> str:
 
 
 class EdgeOptions(BaseModel):
-    """Where the edge keeps its data, how big its buffer may grow, what it subscribes to and
-    how it scores."""
+    """Where the edge keeps its data, how big its buffer may grow, what it subscribes to, how
+    it forwards to Kafka. How it scores is :attr:`EdgeSettings.scoring`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -68,16 +78,6 @@ class EdgeOptions(BaseModel):
     shutdown_timeout_s: float = Field(10.0, ge=0, description="seconds a shutdown keeps forwarding the buffer")
     uplink_log_s: float = Field(30.0, gt=0, description="period of the 'uplink down' and 'buffer near full' lines, "
                                 "in seconds")
-    # Scoring: the same engine and rules as the data-centre workers.
-    stride: int = Field(1, ge=1, description="score readings whose seq is a multiple of this")
-    max_gap: int | None = Field(10, ge=1, description="a seq jump larger than this restarts a machine's window")
-    max_imputed: int = Field(5, ge=0, description="consecutive readings a missing sensor may be imputed for")
-    reorder_slack: int = Field(2, ge=0, description="readings held back per machine waiting for a missing "
-                               "earlier seq (0: late readings are dropped)")
-    threads: int = Field(1, ge=0, description="intra-op threads of onnxruntime (0 = all cores)")
-    score_batch: int = Field(64, ge=1, description="windows per onnxruntime call (small keeps onnxruntime's "
-                             "memory arena small)")
-    alerts: AlertOptions = AlertOptions()
 
     @field_validator("sites", mode="before")
     @classmethod
@@ -96,20 +96,17 @@ class EdgeOptions(BaseModel):
 
     @property
     def buffer_path(self) -> Path:
+        """The buffer's SQLite database; the file keeps the name ``outbox.db`` so that an upgraded
+        edge finds the buffer it left."""
         return self.data_dir / "outbox.db"
 
     @property
     def bundles_dir(self) -> Path:
         return self.data_dir / "models"
 
-    def scoring_options(self) -> ScoringOptions:
-        """The scoring core's options (the Kafka-only fields keep their defaults)."""
-        return ScoringOptions(stride=self.stride, max_gap=self.max_gap, max_imputed=self.max_imputed,
-                              reorder_slack=self.reorder_slack, threads=self.threads, shadow=False,
-                              alerts=self.alerts)
-
 
 class EdgeSettings(ServiceSettings):
     """Everything ``forewarn edge`` needs."""
 
     edge: EdgeOptions = EdgeOptions()
+    scoring: ScoringOptions = ScoringOptions()

@@ -11,15 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.buffer import BufferFull, Outbox, OutboxRecord
+from edge.buffer import Buffer, BufferFull, BufferRecord
 
 
-def rec(i: int, machine: str = "s/m1", size: int = 10) -> OutboxRecord:
-    return OutboxRecord("telemetry", b"x" * size, machine.encode(), (("ingest_ts", str(i).encode()),), i)
+def rec(i: int, machine: str = "s/m1", size: int = 10) -> BufferRecord:
+    return BufferRecord("telemetry", b"x" * size, machine.encode(), (("ingest_ts", str(i).encode()),), i)
 
 
 def test_fifo_round_trip_with_headers(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db") as box:
+    with Buffer(tmp_path / "o.db") as box:
         box.put_many([rec(i) for i in range(5)])
         stored = box.peek(10)
         assert [s.record.ts for s in stored] == [0, 1, 2, 3, 4]
@@ -29,7 +29,7 @@ def test_fifo_round_trip_with_headers(tmp_path: Path) -> None:
 
 
 def test_block_policy_refuses_when_full(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db", max_bytes=1000, policy="block") as box:
+    with Buffer(tmp_path / "o.db", max_bytes=1000, policy="block") as box:
         box.put_many([rec(i, size=100) for i in range(5)])
         with pytest.raises(BufferFull):
             box.put_many([rec(9, size=200)])
@@ -38,7 +38,7 @@ def test_block_policy_refuses_when_full(tmp_path: Path) -> None:
 
 
 def test_drop_oldest_policy_evicts_and_counts(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db", max_bytes=1000, policy="drop_oldest") as box:
+    with Buffer(tmp_path / "o.db", max_bytes=1000, policy="drop_oldest") as box:
         box.put_many([rec(i, size=100) for i in range(5)])
         box.put_many([rec(9, size=300)])
         assert box.bytes <= 1000
@@ -47,10 +47,10 @@ def test_drop_oldest_policy_evicts_and_counts(tmp_path: Path) -> None:
 
 
 def test_contents_and_size_survive_reopen(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db") as box:
+    with Buffer(tmp_path / "o.db") as box:
         box.put_many([rec(i) for i in range(3)])
         size = box.bytes
-    with Outbox(tmp_path / "o.db") as box:
+    with Buffer(tmp_path / "o.db") as box:
         assert len(box) == 3 and box.bytes == size
 
 
@@ -61,11 +61,11 @@ def test_committed_records_survive_kill_9(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from edge.buffer import Outbox, OutboxRecord
-        box = Outbox(Path({str(db)!r}))
+        from edge.buffer import Buffer, BufferRecord
+        box = Buffer(Path({str(db)!r}))
         i = 0
         while True:
-            box.put_many([OutboxRecord("telemetry", b"v" * 50, b"s/m", (), i * 100 + j) for j in range(100)])
+            box.put_many([BufferRecord("telemetry", b"v" * 50, b"s/m", (), i * 100 + j) for j in range(100)])
             print(i, flush=True)
             i += 1
     """)
@@ -80,7 +80,7 @@ def test_committed_records_survive_kill_9(tmp_path: Path) -> None:
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     child.stdout.close()
-    with Outbox(db) as box:
+    with Buffer(db) as box:
         assert len(box) >= (acknowledged + 1) * 100
         ts = [s.record.ts for s in box.peek(100_000)]
         assert ts == list(range(len(ts)))
@@ -92,12 +92,12 @@ def test_committed_records_survive_kill_9(tmp_path: Path) -> None:
 def test_drain_keeps_per_machine_order(tmp_path_factory: pytest.TempPathFactory, items: list[tuple[str, int]],
                                        chunk: int) -> None:
     path = tmp_path_factory.mktemp("prop") / "o.db"
-    with Outbox(path) as box:
-        records = [OutboxRecord("telemetry", b"v" * size, machine.encode(), (), i)
+    with Buffer(path) as box:
+        records = [BufferRecord("telemetry", b"v" * size, machine.encode(), (), i)
                    for i, (machine, size) in enumerate(items)]
         for start in range(0, len(records), chunk):
             box.put_many(records[start:start + chunk])
-        drained: list[OutboxRecord] = []
+        drained: list[BufferRecord] = []
         while batch := box.peek(7):
             drained.extend(s.record for s in batch)
             box.remove(s.id for s in batch)

@@ -5,23 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.buffer import Outbox, OutboxRecord
+from edge.buffer import Buffer, BufferRecord
 from edge.forwarder import Forwarder
 from edge.metrics import EdgeMetrics
+from forewarn.deadletter import REFUSED_CUT_BYTES
 from forewarn.settings import TopicSettings
 from forewarn.testing import FakeProducer, InMemoryKafka
 from forewarn.topics import Topics
 from tests.bridge.helpers import SizeLimitedKafka
 
 
-def records(n: int) -> list[OutboxRecord]:
-    return [OutboxRecord("telemetry", b"%d" % i, b"m%d" % (i % 3), (("ingest_ts", b"1"),), 1_700_000_000_000 + i)
+def records(n: int) -> list[BufferRecord]:
+    return [BufferRecord("telemetry", b"%d" % i, b"m%d" % (i % 3), (("ingest_ts", b"1"),), 1_700_000_000_000 + i)
             for i in range(n)]
 
 
 def test_forwards_in_order_and_removes_only_delivered_rows(tmp_path: Path) -> None:
     kafka = InMemoryKafka()
-    with Outbox(tmp_path / "o.db") as box:
+    with Buffer(tmp_path / "o.db") as box:
         box.put_many(records(100))
         fwd = Forwarder(box, FakeProducer(kafka), Topics.from_settings(TopicSettings(prefix="p.")), EdgeMetrics(),
                         batch=7, max_in_flight=20)
@@ -39,7 +40,7 @@ def test_a_failed_delivery_is_resent_and_nothing_is_lost(tmp_path: Path) -> None
     producer = FakeProducer(kafka)
     producer.fail_next = 1
     metrics = EdgeMetrics()
-    with Outbox(tmp_path / "o.db") as box:
+    with Buffer(tmp_path / "o.db") as box:
         box.put_many(records(50))
         fwd = Forwarder(box, producer, Topics.from_settings(TopicSettings()), metrics, batch=10, max_in_flight=10)
         fwd._backoff = 0.0
@@ -54,8 +55,8 @@ def test_a_record_kafka_refuses_for_good_goes_to_the_dlq_and_the_rest_flows(tmp_
     producer = SizeLimitedKafka(kafka, {"telemetry": 1000})
     metrics = EdgeMetrics()
     rows = records(30)
-    rows[10] = OutboxRecord("telemetry", b"x" * 5000, b"site-e/pump-1", (("ingest_ts", b"1700000000123"),), 17)
-    with Outbox(tmp_path / "o.db") as box:
+    rows[10] = BufferRecord("telemetry", b"x" * 5000, b"site-e/pump-1", (("ingest_ts", b"1700000000123"),), 17)
+    with Buffer(tmp_path / "o.db") as box:
         box.put_many(rows)
         fwd = Forwarder(box, producer, Topics.from_settings(TopicSettings()), metrics, batch=8, max_in_flight=8,
                         dead_letter_after=3)
@@ -74,22 +75,63 @@ def test_a_record_kafka_refuses_for_good_goes_to_the_dlq_and_the_rest_flows(tmp_
     assert len(alone) == 2, "refused 3 times, the last two alone"
 
 
-def test_a_dead_letter_kafka_refuses_too_is_kept_in_the_local_table(tmp_path: Path) -> None:
+def test_a_dead_letter_the_dlq_refuses_is_sent_cut_and_kept_whole_in_the_local_table(tmp_path: Path) -> None:
     kafka = InMemoryKafka(partitions=1)
-    producer = SizeLimitedKafka(kafka, {"predictions": 1000, "telemetry.dlq": 1000})
+    producer = SizeLimitedKafka(kafka, {"predictions": 1000, "telemetry.dlq": 2000})
     metrics = EdgeMetrics()
     rows = records(5)
-    rows[2] = OutboxRecord("predictions", b"p" * 5000, b"site-e/pump-1")
-    with Outbox(tmp_path / "o.db") as box:
+    rows[2] = BufferRecord("predictions", b"p" * 5000, b"site-e/pump-1")
+    with Buffer(tmp_path / "o.db") as box:
         box.put_many(rows)
         fwd = Forwarder(box, producer, Topics.from_settings(TopicSettings()), metrics, batch=8, max_in_flight=8,
                         dead_letter_after=1)
         assert fwd.drain(10) == 0
         [(record, reason, detail)] = box.dead_letters()
     assert [m.value() for m in kafka.messages("telemetry")] == [b"0", b"1", b"3", b"4"]
-    assert kafka.messages("predictions") == [] and kafka.messages("telemetry.dlq") == []
-    assert record.topic == "dlq" and record.value == b"p" * 5000 and reason == "kafka_refused"
-    assert dict(record.headers)["kind"] == b"prediction" and dict(record.headers)["kafka_topic"] == b"predictions"
+    assert kafka.messages("predictions") == []
+    [cut] = kafka.messages("telemetry.dlq")
+    headers = dict(cut.headers() or [])
+    assert cut.value() == b"p" * REFUSED_CUT_BYTES and headers["truncated_from"] == b"5000"
+    assert headers["kind"] == b"prediction" and headers["kafka_topic"] == b"predictions"
+    assert headers["reason"] == b"kafka_refused" and b"MSG_SIZE_TOO_LARGE" in headers["kafka_refused"]
+    assert record.topic == "dlq" and record.value == b"p" * 5000 and reason == "kafka_refused", "kept whole"
     assert "telemetry.dlq: MSG_SIZE_TOO_LARGE" in detail
     assert fwd.dead_lettered == 1 and fwd.dead_lettered_locally == 1
+    assert metrics.dead_letters.labels("dlq_cut", "MSG_SIZE_TOO_LARGE")._value.get() == 1
+
+
+def test_a_cut_dead_letter_the_dlq_refuses_too_is_kept_in_the_local_table(tmp_path: Path) -> None:
+    kafka = InMemoryKafka(partitions=1)
+    producer = SizeLimitedKafka(kafka, {"predictions": 1000, "telemetry.dlq": 1000})
+    metrics = EdgeMetrics()
+    rows = records(5)
+    rows[2] = BufferRecord("predictions", b"p" * 5000, b"site-e/pump-1")
+    with Buffer(tmp_path / "o.db") as box:
+        box.put_many(rows)
+        fwd = Forwarder(box, producer, Topics.from_settings(TopicSettings()), metrics, batch=8, max_in_flight=8,
+                        dead_letter_after=1)
+        assert fwd.drain(10) == 0
+        [(whole, reason, detail), (cut, cut_reason, _)] = box.dead_letters()
+    assert [m.value() for m in kafka.messages("telemetry")] == [b"0", b"1", b"3", b"4"]
+    assert kafka.messages("predictions") == [] and kafka.messages("telemetry.dlq") == []
+    assert whole.topic == "dlq" and whole.value == b"p" * 5000 and reason == cut_reason == "kafka_refused"
+    assert dict(whole.headers)["kind"] == b"prediction" and dict(whole.headers)["kafka_topic"] == b"predictions"
+    assert "telemetry.dlq: MSG_SIZE_TOO_LARGE" in detail
+    assert cut.value == b"p" * REFUSED_CUT_BYTES and dict(cut.headers)["truncated_from"] == b"5000"
+    assert fwd.dead_lettered == 1 and fwd.dead_lettered_locally == 2
+    assert metrics.dead_letters.labels("dlq_cut", "MSG_SIZE_TOO_LARGE")._value.get() == 1
     assert metrics.dead_letters.labels("local", "MSG_SIZE_TOO_LARGE")._value.get() == 1
+
+
+def test_a_row_that_failed_is_sent_alone_until_delivered_then_forgotten(tmp_path: Path) -> None:
+    kafka = InMemoryKafka(partitions=1)
+    producer = FakeProducer(kafka)
+    producer.fail_next = 1  # a retriable error: counted by no refusal policy, but the row goes alone
+    with Buffer(tmp_path / "o.db") as box:
+        box.put_many(records(6))
+        fwd = Forwarder(box, producer, Topics.from_settings(TopicSettings()), EdgeMetrics(), batch=6,
+                        max_in_flight=6)
+        fwd._backoff = 0.0
+        assert fwd.drain(10) == 0
+        assert fwd._failed_rows == set() and fwd._alone is None
+    assert sorted(int(m.value() or b"") for m in kafka.messages("telemetry")) == list(range(6))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from forewarn.testing import FakeConsumer, FakeMqtt, FakeProducer, InMemoryKafka
 from forewarn.topics import Topics
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
+from scoring.settings import ScoringOptions
 from tests.edge.helpers import edge_bundle, edge_settings, fleet, mqtt_messages
 from tests.stacks import REPO
 
@@ -60,7 +62,7 @@ def run_until(gw: EdgeGateway, done: Any, timeout_s: float = 10.0) -> None:
 def reference(readings: list[Any]) -> list[tuple[str, int]]:
     registry = ModelRegistry(threads=1)
     registry.offer_bundle(edge_bundle())
-    engine = ScoringEngine(registry, EdgeOptions().scoring_options())
+    engine = ScoringEngine(registry, ScoringOptions())
     result = engine.process([Incoming(r, 0) for r in readings], [])
     return sorted((m, _prediction.decode(v).seq) for m, v in result.predictions)
 
@@ -102,11 +104,11 @@ def test_uplink_away_buffers_and_drains_in_order(tmp_path: Path) -> None:
         for t, p in mqtt_messages(readings):
             mqtt.deliver(t, p)
         run_until(gw, lambda: len(mqtt.acks) == len(readings))
-        assert gw.outbox is not None and len(gw.outbox) > len(readings)  # telemetry + predictions + alerts
+        assert gw.buffer is not None and len(gw.buffer) > len(readings)  # telemetry + predictions + alerts
         assert gw.forwarder is not None and gw.forwarder.in_flight <= 50
         assert not kafka.messages("telemetry")
         producer.up = True
-        run_until(gw, lambda: gw.outbox is not None and len(gw.outbox) == 0)
+        run_until(gw, lambda: gw.buffer is not None and len(gw.buffer) == 0)
     assert len(kafka.messages("telemetry")) >= len(readings)
 
 
@@ -128,9 +130,17 @@ def test_block_policy_stops_acknowledging_until_the_buffer_drains(tmp_path: Path
             gw.step(0.001)
         assert len(mqtt.acks) == acked, "nothing is acknowledged while the buffer is full"
         assert gw.metrics.buffer_blocked._value.get() == 1
+        sample = gw.metrics.registry.get_sample_value
+        assert sample("forewarn_edge_acked_total") == acked
+        assert sample("forewarn_edge_received_total", {"kind": "telemetry"}) == acked, "the held-back batch uncounted"
         producer.up = True
         run_until(gw, lambda: len(mqtt.acks) == len(readings), timeout_s=30)
-        run_until(gw, lambda: gw.outbox is not None and len(gw.outbox) == 0, timeout_s=30)
+        run_until(gw, lambda: gw.buffer is not None and len(gw.buffer) == 0, timeout_s=30)
+        assert sample("forewarn_edge_acked_total") == len(readings)
+        assert sample("forewarn_edge_received_total", {"kind": "telemetry"}) == len(readings), "each batch once"
+        assert sample("forewarn_edge_buffered_total", {"topic": "telemetry"}) == len(readings)
+        assert sample("forewarn_edge_forwarded_total", {"topic": "telemetry"}) == len(readings)
+        assert sample("forewarn_edge_readings_total", {"outcome": "dropped"}) == 0
     seqs = sorted(msgspec.json.decode(m.value() or b"")["seq"] for m in kafka.messages("telemetry")
                   if m.key() == b"site-e/pump-0000")
     assert seqs == list(range(200))
@@ -145,8 +155,8 @@ def test_drop_oldest_policy_keeps_acknowledging_and_counts_evictions(tmp_path: P
         for t, p in mqtt_messages(readings):
             mqtt.deliver(t, p)
         run_until(gw, lambda: len(mqtt.acks) == len(readings))
-        assert gw.outbox is not None
-        assert gw.outbox.counter("evicted") > 0 and gw.outbox.bytes <= 64 * 1024
+        assert gw.buffer is not None
+        assert gw.buffer.counter("evicted") > 0 and gw.buffer.bytes <= 64 * 1024
 
 
 def test_restart_keeps_windows_so_predictions_match_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -193,6 +203,38 @@ def test_model_sync_keeps_the_last_good_bundle_on_disk(tmp_path: Path) -> None:
     other = ModelRegistry(threads=1)
     ModelSync(other, disk).load_local()
     assert other.serving["pump"].meta.version == "v2"
+
+
+def test_local_publications_wait_while_paho_has_many_queued(tmp_path: Path) -> None:
+    kafka, mqtt = InMemoryKafka(), FakeMqtt()
+    readings = fleet(2, 30, hot_every=0)
+    with EdgeGateway(seeded(tmp_path), mqtt=mqtt, producer=FakeProducer(kafka)) as gw:
+        mqtt.outgoing_packets = 5000  # paho's network thread is behind
+        for t, p in mqtt_messages(readings):
+            mqtt.deliver(t, p)
+        stepping = threading.Thread(target=lambda: run_until(gw, lambda: len(mqtt.acks) == len(readings)))
+        stepping.start()
+        time.sleep(0.5)
+        assert not [m for m in mqtt.published if m.topic.endswith("/prediction")], "scoring waits for the socket"
+        mqtt.outgoing_packets = 0
+        stepping.join(10)
+        assert not stepping.is_alive()
+    expected = reference(readings)
+    assert expected and len([m for m in mqtt.published if m.topic.endswith("/prediction")]) == len(expected)
+
+
+def test_the_scoring_section_configures_the_edge_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FOREWARN_SCORING__STRIDE", "5")
+    monkeypatch.setenv("FOREWARN_SCORING__ALERTS__P_FAIL", "0.5")
+    monkeypatch.setenv("FOREWARN_SCORING__SHADOW", "true")
+    settings = EdgeSettings(edge=EdgeOptions(data_dir=tmp_path))
+    assert settings.scoring.stride == 5 and settings.scoring.alerts.p_fail == 0.5
+    gw = EdgeGateway(settings, mqtt=FakeMqtt(), producer=FakeProducer(InMemoryKafka()))
+    assert gw.engine.options.stride == 5 and gw.engine.options.alerts.p_fail == 0.5
+    assert not gw.engine.options.shadow, "shadow candidates are left to the data centre"
+    monkeypatch.setenv("FOREWARN_EDGE__STRIDE", "5")
+    with pytest.raises(ValueError, match="stride"):
+        EdgeSettings()  # scoring options are no longer part of [edge]: a stale variable fails loudly
 
 
 def test_sites_setting_and_subscriptions() -> None:

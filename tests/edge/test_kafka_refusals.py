@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.buffer import Outbox, OutboxRecord
+from edge.buffer import Buffer, BufferRecord
 from edge.forwarder import Forwarder, topic_limits
 from edge.metrics import EdgeMetrics
 from forewarn.kafka import KafkaProducer
@@ -23,10 +23,10 @@ from tests.stacks import RunningStack
 pytestmark = pytest.mark.integration  # real Mosquitto and Kafka (the session's stack)
 
 
-def reading(machine: str, seq: int) -> OutboxRecord:
+def reading(machine: str, seq: int) -> BufferRecord:
     value = b'{"v":1,"machine_id":"%s","asset_type":"pump","ts":1764212345123,"seq":%d,"sensors":{"t":1.0}}' % (
         machine.encode(), seq)
-    return OutboxRecord("telemetry", value, machine.encode(), (("ingest_ts", b"1764212345999"),), 1764212345123)
+    return BufferRecord("telemetry", value, machine.encode(), (("ingest_ts", b"1764212345999"),), 1764212345123)
 
 
 def test_a_record_kafka_refuses_goes_to_the_dlq_and_a_refused_dead_letter_stays_local(
@@ -36,13 +36,13 @@ def test_a_record_kafka_refuses_goes_to_the_dlq_and_a_refused_dead_letter_stays_
     too_big_for_telemetry = os.urandom(50_000)  # incompressible: lz4 cannot bring it under the limit
     too_big_for_the_dlq = os.urandom(150_000)
     rows = [reading("site-r/pump-1", seq) for seq in range(300)]
-    rows.insert(100, OutboxRecord("telemetry", too_big_for_telemetry, b"site-r/pump-1",
+    rows.insert(100, BufferRecord("telemetry", too_big_for_telemetry, b"site-r/pump-1",
                                   (("ingest_ts", b"1764212345999"),), 1764212345123))
-    rows.insert(200, OutboxRecord("dlq", too_big_for_the_dlq, b"forewarn/site-r/pump-1/telemetry",
+    rows.insert(200, BufferRecord("dlq", too_big_for_the_dlq, b"forewarn/site-r/pump-1/telemetry",
                                   (("reason", b"too_large"),), 1764212345123))
     metrics = EdgeMetrics()
     producer = KafkaProducer(stack.kafka_settings, **{"linger.ms": 20, "batch.size": 65_536})
-    with Outbox(tmp_path / "outbox.db") as box:
+    with Buffer(tmp_path / "outbox.db") as box:
         box.put_many(rows)
         forwarder = Forwarder(box, producer, topics, metrics, batch=500, max_in_flight=1000,
                               record_limits=partial(topic_limits, stack.kafka_settings, topics))

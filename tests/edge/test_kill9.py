@@ -3,7 +3,7 @@ real Mosquitto and Kafka, every reading, prediction and alert reaches Kafka, fir
 in order per machine, and the duplicates the crash causes are counted and reported.
 
 To be sure the duplicate path is taken, the edge is frozen (SIGSTOP) until a frozen moment
-shows readings Kafka already has that are still in the edge's outbox (their delivery reports
+shows readings Kafka already has that are still in the edge's buffer (their delivery reports
 not yet handled); it is killed (SIGKILL) in that state, so the restarted edge sends them again.
 """
 
@@ -65,7 +65,7 @@ class Seen:
 
 
 def buffered_readings(db: Path) -> set[Ident]:
-    """The readings in the outbox on disk (read while the edge is frozen)."""
+    """The readings in the buffer on disk (read while the edge is frozen)."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         rows = conn.execute("SELECT value FROM outbox WHERE topic = 'telemetry'").fetchall()
     docs = [msgspec.json.decode(value) for (value,) in rows]
@@ -73,7 +73,7 @@ def buffered_readings(db: Path) -> set[Ident]:
 
 
 def kill_with_delivered_rows_buffered(edge: EdgeProcess, seen: Seen, db: Path, tries: int = 100) -> set[Ident]:
-    """Freeze the edge until Kafka has readings its outbox still holds, then kill -9 it there."""
+    """Freeze the edge until Kafka has readings its buffer still holds, then kill -9 it there."""
     assert edge.proc is not None
     for _ in range(tries):
         os.kill(edge.proc.pid, signal.SIGSTOP)
@@ -119,4 +119,4 @@ def test_kill_9_while_kafka_is_up_duplicates_are_counted_nothing_is_lost(
     print(f"kill -9 with Kafka up and {len(resent)} delivered readings still buffered: {duplicates} duplicated "
           f"readings and {duplicates_p} duplicated predictions in Kafka (consumers drop them by (machine_id, seq))")
     assert duplicates >= len(resent) and all(seen_readings[ident] >= 2 for ident in resent), \
-        "what Kafka had but the outbox still held was sent again"
+        "what Kafka had but the buffer still held was sent again"

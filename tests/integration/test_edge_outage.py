@@ -15,7 +15,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from edge.settings import EdgeOptions
 from forewarn.bundle import pack, write_bundle
 from forewarn.contract import Alert, Prediction
 from forewarn.kafka import KafkaAdmin
@@ -24,6 +23,7 @@ from forewarn.stack import LocalStack
 from forewarn.topics import Topics, topic_specs
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
+from scoring.settings import ScoringOptions
 from tests.edge.helpers import edge_bundle, fleet, mqtt_messages
 from tests.edge.procs import EdgeProcess, LocalScreen, identities, out_of_order, publish_paced, read_topic
 from tests.scoring.procs import publish_model
@@ -51,7 +51,7 @@ def reference(readings: list[object]) -> tuple[set[tuple[str, int]], set[tuple[s
     """Predictions (machine, seq) and alert events (alert_id, state, ts) of an uninterrupted run."""
     registry = ModelRegistry(threads=1)
     registry.offer_bundle(edge_bundle())
-    engine = ScoringEngine(registry, EdgeOptions().scoring_options())
+    engine = ScoringEngine(registry, ScoringOptions())
     result = engine.process([Incoming(r, 0) for r in readings], [])  # type: ignore[arg-type]
     predictions = {(m, _prediction.decode(v).seq) for m, v in result.predictions}
     return predictions, {(a.alert_id, a.state, a.ts) for a in result.alerts}
