@@ -2,7 +2,9 @@
 
 Both read the whole topic, from its first to its current last record, without a consumer
 group (nothing is committed): ``replay`` after a contract fix re-validates every matching
-record and re-sends the ones that pass, with their original ingest time. Running it twice
+record — whichever component wrote it: bridge, edge or scoring worker
+(:meth:`forewarn.routing.Router.route_dead_letter`) — and re-sends the ones that pass, with
+their original ingest time. Running it twice
 re-sends twice; downstream drops duplicates by (machine_id, seq) as it does for the bridge's.
 """
 
@@ -10,19 +12,15 @@ from __future__ import annotations
 
 import collections
 import logging
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import confluent_kafka
-
 from bridge.errors import BridgeError
 from forewarn.deadletter import DeadLetter
 from forewarn.errors import KafkaError
-from forewarn.kafka import KafkaConsumer, KafkaProducer
-from forewarn.ports import ProducerLike
+from forewarn.kafka import KafkaProducer, read_to_end
+from forewarn.ports import ConsumerLike, ProducerLike
 from forewarn.routing import Router
 from forewarn.settings import KafkaSettings
 from forewarn.topics import Topics
@@ -32,46 +30,20 @@ __all__ = ["ReplayResult", "read_dead_letters", "replay", "replay_records", "sta
 log = logging.getLogger(__name__)
 
 
-def read_dead_letters(kafka: KafkaSettings, topic: str, idle_timeout_s: float = 30.0) -> Iterator[DeadLetter]:
-    """Every record of ``topic`` from the first to the last present when this starts."""
-    consumer = KafkaConsumer(kafka, f"forewarn-dlq-reader-{uuid.uuid4().hex[:8]}")
+def read_dead_letters(kafka: KafkaSettings | ConsumerLike, topic: str,
+                      idle_timeout_s: float = 30.0) -> Iterator[DeadLetter]:
+    """Every record of ``topic`` from the first to the last present when this starts, read by a
+    private consumer (or by ``kafka`` itself when it is a consumer, e.g. a test's fake)."""
     try:
-        client = consumer.client
-        try:
-            metadata = client.list_topics(topic, timeout=10)
-        except confluent_kafka.KafkaException as exc:
-            raise BridgeError(f"cannot read topic {topic}: {exc}", hint="is Kafka running?") from None
-        found = metadata.topics.get(topic)
-        if found is None or found.error is not None:
-            raise BridgeError(f"dead-letter topic {topic} not found", hint="check --topic-prefix")
-        ends: dict[int, int] = {}
-        assignment = []
-        for partition in found.partitions:
-            low, high = client.get_watermark_offsets(confluent_kafka.TopicPartition(topic, partition), timeout=10)
-            if high > low:
-                ends[partition] = high
-                assignment.append(confluent_kafka.TopicPartition(topic, partition, low))
-        if not ends:
-            return
-        client.assign(assignment)
-        last = time.monotonic()
-        while ends:
-            messages = consumer.consume(1000, 0.5)
-            if messages:
-                last = time.monotonic()
-            elif time.monotonic() - last > idle_timeout_s:
-                raise BridgeError(f"no records from {topic} for {idle_timeout_s:.0f}s while "
-                                  f"{len(ends)} partition(s) were not read to the end", hint="is Kafka healthy?")
-            for message in messages:
-                partition, offset = message.partition(), message.offset()
-                yield DeadLetter.from_message(message)
-                if partition in ends and offset + 1 >= ends[partition]:
-                    del ends[partition]
-    finally:
-        consumer.close()
+        for message in read_to_end(kafka, topic, idle_timeout_s=idle_timeout_s):
+            yield DeadLetter.from_message(message)
+    except KafkaError as error:
+        if error.code == "UNKNOWN_TOPIC_OR_PART":
+            raise BridgeError(f"dead-letter topic {topic} not found", hint="check --topic-prefix") from None
+        raise BridgeError(f"cannot read topic {topic}: {error.one_line()}", hint="is Kafka running?") from None
 
 
-def stats(kafka: KafkaSettings, topics: Topics) -> collections.Counter[str]:
+def stats(kafka: KafkaSettings | ConsumerLike, topics: Topics) -> collections.Counter[str]:
     """How many dead-letter records there are, by reason."""
     return collections.Counter(letter.reason for letter in read_dead_letters(kafka, topics.dlq))
 

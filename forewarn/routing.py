@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 from typing import Final, NamedTuple
 
-from forewarn.contract import Decoder, Reason, Rejected, Telemetry, encode
+import msgspec
+
+from forewarn.contract import Alert, Decoder, Prediction, Reason, Rejected, Telemetry, encode
 from forewarn.deadletter import INGEST_HEADER, DeadLetter, Headers, Kind, Origin, Record
-from forewarn.topics import MQTT_ROOT, Topics
+from forewarn.topics import MQTT_ROOT, Topics, alert_topic, prediction_topic
 
 __all__ = ["Routed", "Router", "parse_topic"]
 
@@ -140,7 +142,15 @@ class Router:
         return Routed(Kind.UNKNOWN, [self.dead_letter(bad, mqtt_topic, Kind.UNKNOWN, received_ms)], [str(bad.reason)])
 
     def route_dead_letter(self, mqtt_topic: str, kind: str, payload: bytes, received_ms: int) -> Routed:
-        """Re-validate a dead-letter record (for ``dlq replay``): same checks as on arrival."""
+        """Re-validate a dead letter of any origin (for ``dlq replay``): same checks as on arrival.
+
+        Telemetry, batches and maintenance events are routed like a fresh message on
+        ``mqtt_topic`` (a scoring worker's or the edge's letter names the topic its machine
+        publishes on); a reading of a batch is checked against its gateway's site; the edge's
+        predictions and alerts are decoded as such and go back to their topics, keyed by machine.
+        """
+        if kind in (Kind.PREDICTION, Kind.ALERT):
+            return self._route_output(mqtt_topic, Kind(kind), payload)
         if kind == Kind.READING:
             _kind, gateway = parse_topic(mqtt_topic)
             site_prefix = gateway.partition("/")[0] + "/"
@@ -155,3 +165,19 @@ class Router:
         routed = self.route(mqtt_topic, payload, received_ms)
         dlq = self.topics.dlq
         return Routed(routed.kind, [r for r in routed.records if r.topic != dlq], routed.rejected)
+
+    def _route_output(self, mqtt_topic: str, kind: Kind, payload: bytes) -> Routed:
+        output: Prediction | Alert
+        try:
+            if kind is Kind.PREDICTION:
+                output, topic = msgspec.json.decode(payload, type=Prediction), self.topics.predictions
+            else:
+                output, topic = msgspec.json.decode(payload, type=Alert), self.topics.alerts
+        except msgspec.ValidationError:
+            return Routed(kind, [], [str(Reason.WRONG_TYPE)])
+        except msgspec.DecodeError:
+            return Routed(kind, [], [str(Reason.NOT_JSON)])
+        expected = (prediction_topic if kind is Kind.PREDICTION else alert_topic)(output.machine_id)
+        if mqtt_topic != expected:
+            return Routed(kind, [], [str(Reason.TOPIC_MISMATCH)])
+        return Routed(kind, [Record(topic, payload, output.machine_id, output.ts, [])], [])
