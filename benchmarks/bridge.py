@@ -55,20 +55,17 @@ def _drain(pid: int, kafka: Any, topic: str, expect: int, base: int = 0, timeout
            ready: Any = None) -> dict[str, float]:
     """Watch ``topic`` until it holds ``expect`` more records than ``base``. The drain is timed from
     ``ready()`` turning true (subscriber connected) when given, else from the first record."""
-    import confluent_kafka
-
     from forewarn.kafka import KafkaConsumer
 
     proc = psutil.Process(pid)
     peak_rss = 0
     started = time.monotonic()
     t_first = cpu_first = None
-    watcher = KafkaConsumer(kafka, f"watch-{uuid.uuid4().hex[:6]}").client
-    parts = [confluent_kafka.TopicPartition(topic, p)
-             for p in watcher.list_topics(topic, timeout=10).topics[topic].partitions]
+    watcher = KafkaConsumer(kafka, f"watch-{uuid.uuid4().hex[:6]}")
+    parts = watcher.partitions(topic)
 
     def size() -> int:
-        return sum(watcher.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in parts)
+        return sum(watcher.watermarks(topic, p)[1] for p in parts)
 
     while ready is not None and not ready():
         time.sleep(0.005)
