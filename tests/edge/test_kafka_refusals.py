@@ -1,6 +1,7 @@
 """Records a real Kafka refuses for good (larger than the topic's ``max.message.bytes``): the
-edge's forwarder sends them alone (so they sink no neighbour), dead-letters them and keeps
-forwarding what comes after, in order."""
+edge's forwarder sends them alone (so they sink no neighbour), dead-letters them (a dead letter
+the DLQ refuses too is sent cut, and kept whole in the local table) and keeps forwarding what
+comes after, in order."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from edge.buffer import Buffer, BufferRecord
 from edge.forwarder import Forwarder, topic_limits
 from edge.metrics import EdgeMetrics
+from forewarn.deadletter import REFUSED_CUT_BYTES
 from forewarn.kafka import KafkaProducer
 from forewarn.settings import TopicSettings
 from forewarn.topics import Topics
@@ -38,8 +40,11 @@ def test_a_record_kafka_refuses_goes_to_the_dlq_and_a_refused_dead_letter_stays_
     rows = [reading("site-r/pump-1", seq) for seq in range(300)]
     rows.insert(100, BufferRecord("telemetry", too_big_for_telemetry, b"site-r/pump-1",
                                   (("ingest_ts", b"1764212345999"),), 1764212345123))
-    rows.insert(200, BufferRecord("dlq", too_big_for_the_dlq, b"forewarn/site-r/pump-1/telemetry",
-                                  (("reason", b"too_large"),), 1764212345123))
+    letter_headers = (("reason", b"too_large"), ("detail", b"payload too large"), ("kind", b"telemetry"),
+                      ("mqtt_topic", b"forewarn/site-r/pump-1/telemetry"), ("received_at", b"1764212345999"),
+                      ("origin", b"edge"))
+    rows.insert(200, BufferRecord("dlq", too_big_for_the_dlq, b"forewarn/site-r/pump-1/telemetry", letter_headers,
+                                  1764212345123))
     metrics = EdgeMetrics()
     producer = KafkaProducer(stack.kafka_settings, **{"linger.ms": 20, "batch.size": 65_536})
     with Buffer(tmp_path / "outbox.db") as box:
@@ -54,15 +59,19 @@ def test_a_record_kafka_refuses_goes_to_the_dlq_and_a_refused_dead_letter_stays_
     telemetry = consume_records(stack.kafka_settings, topics.telemetry, 300)
     seqs = [int(m.value().split(b'"seq":')[1].split(b",")[0]) for m in telemetry]
     assert seqs == list(range(300)), "every reading before and after the refused ones, in order"
-    [dead] = consume_records(stack.kafka_settings, topics.dlq, 1, timeout_s=10)
+    dead, cut = consume_records(stack.kafka_settings, topics.dlq, 2, timeout_s=10)
     headers = dead_letter_headers(dead)
     assert dead.value() == too_big_for_telemetry
     assert headers["reason"] == b"kafka_refused" and headers["kind"] == b"telemetry"
     assert headers["kafka_topic"] == topics.telemetry.encode() and b"MSG_SIZE_TOO_LARGE" in headers["detail"]
     assert headers["mqtt_topic"] == b"forewarn/site-r/pump-1/telemetry" and headers["received_at"] == b"1764212345999"
+    cut_headers = dead_letter_headers(cut)
+    assert cut.value() == too_big_for_the_dlq[:REFUSED_CUT_BYTES] and cut.key() == b"forewarn/site-r/pump-1/telemetry"
+    assert cut_headers["truncated_from"] == b"150000" and b"MSG_SIZE_TOO_LARGE" in cut_headers["kafka_refused"]
+    assert cut_headers["reason"] == b"too_large" and cut_headers["mqtt_topic"] == b"forewarn/site-r/pump-1/telemetry"
     [(record, reason, detail)] = local
     assert record.topic == "dlq" and record.value == too_big_for_the_dlq and reason == "kafka_refused"
     assert detail.startswith(f"{topics.dlq}: MSG_SIZE_TOO_LARGE")
     assert forwarder.dead_lettered == 1 and forwarder.dead_lettered_locally == 1
     assert metrics.dead_letters.labels("dlq", "MSG_SIZE_TOO_LARGE")._value.get() == 1
-    assert metrics.dead_letters.labels("local", "MSG_SIZE_TOO_LARGE")._value.get() == 1
+    assert metrics.dead_letters.labels("dlq_cut", "MSG_SIZE_TOO_LARGE")._value.get() == 1
