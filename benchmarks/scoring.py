@@ -29,15 +29,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import confluent_kafka
 import msgspec
 import numpy as np
 
 from benchmarks._common import write_result
 from forewarn.bundle import Bundle, BundleError, encode_meta, read_bundle, resolve_bundle
 from forewarn.contract import Prediction
+from forewarn.deadletter import INGEST_HEADER
 from forewarn.inference import OnnxModel
-from forewarn.kafka import KafkaAdmin
+from forewarn.kafka import KafkaAdmin, KafkaConsumer, KafkaProducer
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import Topics, topic_specs
 from scoring.settings import ScoringOptions, ScoringSettings
@@ -100,17 +100,12 @@ def fleet_payloads(machines: int, ticks: int, seed: int = 1) -> tuple[list[tuple
 def produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, int]]) -> float:
     # Idempotent: a plain producer's retries under load wrote duplicates and reordered batches,
     # which the worker rightly dropped (and the readings count then ended its run early).
-    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
-                                         "compression.type": "lz4", "queue.buffering.max.messages": 500_000,
-                                         "enable.idempotence": True})
+    producer = KafkaProducer(KafkaSettings(bootstrap_servers=bootstrap), **{
+        "linger.ms": 50, "batch.size": 1_000_000, "compression.type": "lz4",
+        "queue.buffering.max.messages": 500_000})
     started = time.perf_counter()
     for key, value, ts in records:
-        while True:
-            try:
-                producer.produce(topic, value, key, timestamp=ts)
-                break
-            except BufferError:
-                producer.poll(0.1)
+        producer.produce(topic, value, key, timestamp_ms=ts)  # waits out a full local queue itself
     producer.flush(120)
     return time.perf_counter() - started
 
@@ -276,16 +271,12 @@ def run_latency(bootstrap: str, prefix: str, models_dir: Path, rate: int, machin
     measure_from = [0.0]
 
     def read() -> None:
-        consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{os.getpid()}",
-                                             "isolation.level": "read_committed", "auto.offset.reset": "earliest",
-                                             "fetch.wait.max.ms": 5})
-        consumer.subscribe([topics.predictions])
+        consumer = KafkaConsumer(KafkaSettings(bootstrap_servers=bootstrap), f"lat-{os.getpid()}",
+                                 [topics.predictions], **{"fetch.wait.max.ms": 5})
         while not stop.is_set():
             # A short timeout: consume() waits for its timeout unless 2,000 records are there, and
             # that wait is the reader's, not the pipeline's latency.
             for m in consumer.consume(2000, 0.002):
-                if m.error() is not None:
-                    continue
                 now = time.time() * 1000
                 p = _prediction.decode(m.value() or b"")
                 if measure_from[0] and p.ts >= measure_from[0]:
@@ -299,7 +290,7 @@ def run_latency(bootstrap: str, prefix: str, models_dir: Path, rate: int, machin
         time.sleep(0.2)
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "enable.idempotence": True})
+    producer = KafkaProducer(KafkaSettings(bootstrap_servers=bootstrap), **{"linger.ms": 2, "compression.type": "none"})
     tick = 0.02
     per_tick = max(1, round(rate * tick))
     seq = [0] * len(template)
@@ -319,7 +310,7 @@ def run_latency(bootstrap: str, prefix: str, models_dir: Path, rate: int, machin
             rest = rest.split(b',"sensors"', 1)[1]
             producer.produce(topics.telemetry, head + b',"ts":' + str(now_ms).encode() + b',"seq":'
                              + str(seq[j]).encode() + b',"sensors"' + rest, key,
-                             timestamp=now_ms, headers=[("ingest_ts", str(now_ms))])
+                             timestamp_ms=now_ms, headers=[(INGEST_HEADER, str(now_ms))])
             seq[j] += 1
             i += 1
             sent += 1

@@ -9,16 +9,20 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from forewarn.bundle import Bundle, pack
 from forewarn.contract import Telemetry
+from forewarn.errors import KafkaError
+from forewarn.kafka import KafkaProducer
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import Topics
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
-from scoring.settings import ScoringOptions
+from scoring.settings import ScoringOptions, ScoringSettings
+from scoring.worker import ScoringWorker
 from tests.scoring.fleet_data import FleetData, fitted_bundle, simulate
 from tests.scoring.procs import (
     PredictionKey,
@@ -201,3 +205,53 @@ def test_alert_opens_before_failure_and_repair_resolves_it(stack: RunningStack, 
     resolved = [a for a in found if a.state == "resolved" and a.message == "repaired"]
     assert resolved and all(a.machine_id in repairs for a in resolved)
     assert all(a.model_version == "v1" for a in found if a.state == "open")
+
+
+class _AbortOnce:
+    """The real transactional producer, except that one armed commit fails the way an
+    abortable broker error does (the transaction stays open, for the worker to abort)."""
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        self.producer = producer
+        self.armed = False
+        self.failed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.producer, name)
+
+    def commit_transaction(self, timeout_s: float = 60.0) -> None:
+        if self.armed:
+            self.armed = False
+            self.failed += 1
+            raise KafkaError("commit transaction: injected abortable error", code="INVALID_PRODUCER_EPOCH",
+                             txn_requires_abort=True)
+        self.producer.commit_transaction(timeout_s)
+
+
+def test_aborted_transaction_rewinds_on_the_real_broker(stack: RunningStack, fresh_topics: FreshTopics,
+                                                        data: FleetData, bundle: Bundle) -> None:
+    expected = offline(data, bundle)
+    kafka = stack.kafka_settings
+    settings, topics = fresh_topics(partitions=3)
+    publish_model(kafka, topics, "pump", pack(bundle))
+    produce_readings(kafka, topics, data.readings)
+    wrapped: list[_AbortOnce] = []
+
+    def producer_factory(**overrides: Any) -> Any:
+        wrapped.append(_AbortOnce(KafkaProducer(kafka, **overrides)))
+        return wrapped[-1]
+
+    worker = ScoringWorker(ScoringSettings(kafka=kafka, topics=settings, scoring=ScoringOptions(
+        group_id=f"{settings.prefix}scoring", worker_id="abort", threads=1, max_batch=150, commit_interval_ms=50,
+        session_timeout_ms=6000, transaction_timeout_ms=6000)), producer_factory=producer_factory)
+    accepted = worker.metrics.readings.labels("accepted")
+    deadline = time.monotonic() + 120
+    with worker:
+        while worker.batches < 3 and time.monotonic() < deadline:
+            worker.step()
+        wrapped[0].armed = True
+        while accepted._value.get() < len(data.readings) and time.monotonic() < deadline:
+            worker.step()
+    assert wrapped[0].failed == 1
+    values = read_committed(kafka, topics.predictions, expect=len(expected), timeout_s=60)
+    assert prediction_keys(values) == expected
