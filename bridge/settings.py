@@ -39,7 +39,7 @@ class BridgeOptions(BaseModel):
     kafka_wait_log_s: float = Field(10.0, gt=0, description="period of the 'waiting for Kafka' log line, in seconds")
     retry_backoff_s: float = Field(1.0, gt=0, description="pause before re-sending records Kafka refused, in seconds")
     dead_letter_after: int = Field(3, ge=1, description="times Kafka may refuse a record for good (an error that is "
-                                   "not retriable; the last times alone) before its dead letter replaces it")
+                                   "not retriable), at least once sent alone, before its dead letter replaces it")
     shutdown_timeout_s: float = Field(30.0, ge=0, description="seconds a shutdown waits for Kafka to confirm what is "
                                       "in flight")
     check_topics: bool = Field(True, description="check at start that the Kafka topics exist")
