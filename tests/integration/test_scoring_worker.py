@@ -244,13 +244,16 @@ def test_aborted_transaction_rewinds_on_the_real_broker(stack: RunningStack, fre
     worker = ScoringWorker(ScoringSettings(kafka=kafka, topics=settings, scoring=ScoringOptions(
         group_id=f"{settings.prefix}scoring", worker_id="abort", threads=1, max_batch=150, commit_interval_ms=50,
         session_timeout_ms=6000, transaction_timeout_ms=6000)), producer_factory=producer_factory)
-    accepted = worker.metrics.readings.labels("accepted")
+
+    def accepted() -> float:
+        return worker.metrics.registry.get_sample_value("forewarn_scoring_readings_total", {"outcome": "accepted"}) or 0
+
     deadline = time.monotonic() + 120
     with worker:
         while worker.batches < 3 and time.monotonic() < deadline:
             worker.step()
         wrapped[0].armed = True
-        while accepted._value.get() < len(data.readings) and time.monotonic() < deadline:
+        while accepted() < len(data.readings) and time.monotonic() < deadline:
             worker.step()
     assert wrapped[0].failed == 1
     values = read_committed(kafka, topics.predictions, expect=len(expected), timeout_s=60)

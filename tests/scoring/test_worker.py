@@ -77,7 +77,7 @@ def offline(data: FleetData, bundle: Bundle) -> list[PredictionKey]:
 
 
 def counted(w: ScoringWorker, outcome: str) -> int:
-    return int(w.metrics.readings.labels(outcome)._value.get())
+    return int(w.metrics.registry.get_sample_value("forewarn_scoring_readings_total", {"outcome": outcome}) or 0)
 
 
 def test_a_batch_commits_its_predictions_state_and_offsets_in_one_transaction(data: FleetData,
