@@ -36,10 +36,9 @@ from edge.settings import EdgeOptions, EdgeSettings
 from forewarn.bundle import Bundle, Thresholds, pack, write_bundle
 from forewarn.contract import SCHEMA_VERSION, Telemetry, encode
 from forewarn.kafka import KafkaAdmin
-from forewarn.mqtt import telemetry_topic
 from forewarn.settings import TopicSettings
 from forewarn.testing import FakeMqtt, FakeProducer, InMemoryKafka
-from forewarn.topics import Topics, topic_specs
+from forewarn.topics import Topics, telemetry_topic, topic_specs
 from scoring.settings import ScoringOptions
 from scoring.testing import conv_bundle
 from tests.edge.procs import EdgeProcess, publish_paced

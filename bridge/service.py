@@ -296,7 +296,7 @@ class Bridge(LoopService):
             for record in head.records:
                 forwarded[roles[record.topic]] += 1
             if head.attempts:
-                self._refusals.forget([(head, id(r)) for r in head.records])
+                self._refusals.forget(*[(head, id(r)) for r in head.records])
             if not head.qos:
                 continue
             if live.get(head.mid) is head:

@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, Protocol
 
 from dashboard.ingest import ROLES, Ingest
 from dashboard.store import Store
 from forewarn.errors import KafkaError
 from forewarn.kafka import OFFSET_BEGINNING, GroupLag, KafkaAdmin, KafkaConsumer, TopicPartition
 from forewarn.ports import ConsumerLike
-from forewarn.service import LoopService
+from forewarn.service import LoopService, ServiceThread
 from forewarn.settings import KafkaSettings
 from forewarn.topics import Topics
 
@@ -236,42 +234,3 @@ class Materializer(LoopService):
                                 for g in lags if g.topic in self._roles])
 
 
-S = TypeVar("S", bound=LoopService)
-
-
-class ServiceThread(Generic[S]):
-    """Runs a :class:`~forewarn.service.LoopService` on a daemon thread: :meth:`start` returns at
-    once, :meth:`stop` asks the service to stop and waits (up to ``timeout_s``) until it has
-    closed; also a context manager. The service is reachable as :attr:`service`."""
-
-    def __init__(self, service: S, name: str) -> None:
-        self.service = service
-        self.name = name
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> Self:
-        """Start the thread (a second call does nothing)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self.service.run, name=self.name, daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the service and wait up to ``timeout_s`` for its thread to end."""
-        self.service.stop()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                log.warning("%s did not stop within %.0fs", self.name, timeout_s)
-            self._thread = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()

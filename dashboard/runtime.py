@@ -13,10 +13,11 @@ from typing import Any, Protocol
 
 import streamlit as st
 
-from dashboard.consumer import ConsumerStatus, Materializer, ServiceThread
+from dashboard.consumer import ConsumerStatus, Materializer
 from dashboard.settings import DashboardSettings
 from dashboard.store import Retention, Store
 from forewarn.kafka import KafkaProducer
+from forewarn.service import ServiceThread
 from forewarn.settings import load_settings
 from forewarn.topics import Topics
 

@@ -39,10 +39,9 @@ from forewarn.deadletter import INGEST_HEADER, DeadLetter, Kind, Origin, Record,
 from forewarn.errors import KafkaError
 from forewarn.kafka import KafkaAdmin, error_code, refused_for_good
 from forewarn.metrics import Tally
-from forewarn.mqtt import alert_topic, maintenance_topic, prediction_topic, telemetry_topic
 from forewarn.ports import ProducerLike
 from forewarn.settings import KafkaSettings
-from forewarn.topics import Topics
+from forewarn.topics import Topics, alert_topic, maintenance_topic, prediction_topic, telemetry_topic
 
 __all__ = ["Forwarder", "role_topics", "topic_limits"]
 

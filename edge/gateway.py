@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import msgspec
 
@@ -49,11 +49,11 @@ from edge.settings import EdgeSettings
 from forewarn.contract import Alert, MaintenanceEvent, Telemetry, encode, model_refused_alert
 from forewarn.errors import MqttError
 from forewarn.kafka import KafkaProducer
-from forewarn.mqtt import MqttClient, alert_topic, prediction_topic
+from forewarn.mqtt import MqttClient
 from forewarn.ports import ConsumerLike, MqttLike, ProducerLike
 from forewarn.routing import Router
 from forewarn.service import LoopService
-from forewarn.topics import MQTT_ROOT, Topics, mqtt_subscriptions
+from forewarn.topics import MQTT_ROOT, Topics, alert_topic, mqtt_subscriptions, prediction_topic
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry, Offer
 from scoring.state import MachineRecord, Marker, PartitionState, decode_record, encode_record
@@ -88,14 +88,6 @@ def subscriptions(sites: tuple[str, ...] = ()) -> list[str]:
         return mqtt_subscriptions()
     return [f for site in sites for f in (f"{MQTT_ROOT}/{site}/+/telemetry", f"{MQTT_ROOT}/{site}/gateway/+/batch",
                                           f"{MQTT_ROOT}/{site}/+/maintenance")]
-
-
-@runtime_checkable
-class _Queueing(Protocol):
-    """An MQTT client that says how many packets wait for its socket (MqttClient, FakeMqtt)."""
-
-    @property
-    def outgoing_packets(self) -> int: ...
 
 
 @dataclass
@@ -143,7 +135,6 @@ class EdgeGateway(LoopService):
         self.mqtt.on_message = self._on_message
         if isinstance(self.mqtt, MqttClient):
             self.mqtt.on_connected = self._on_connected
-        self._queueing = self.mqtt if isinstance(self.mqtt, _Queueing) else None
         self.buffer: Buffer | None = None
         self.forwarder: Forwarder | None = None
         self._inbox: collections.deque[tuple[Any, int, float]] = collections.deque()
@@ -393,8 +384,8 @@ class EdgeGateway(LoopService):
         """Backpressure for local publications: paho queues them without bound, and scoring
         outruns its network thread; wait (at most ``_MAX_OUTGOING_WAIT_S``) while more than
         ``_MAX_OUTGOING`` are queued. No wait while the plant broker is away (they stay queued)."""
-        queueing = self._queueing
-        if queueing is None or (isinstance(queueing, MqttClient) and not queueing.is_connected):
+        queueing = self.mqtt
+        if isinstance(queueing, MqttClient) and not queueing.is_connected:
             return
         deadline = time.monotonic() + _MAX_OUTGOING_WAIT_S
         while queueing.outgoing_packets > _MAX_OUTGOING and time.monotonic() < deadline:

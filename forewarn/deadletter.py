@@ -248,8 +248,9 @@ class RefusalPolicy:
     def refusals(self, key: Hashable) -> int:
         return self._refusals.get(key, (0, False))[0]
 
-    def forget(self, keys: Hashable | Sequence[Hashable]) -> None:
-        for key in keys if isinstance(keys, list | tuple) else (keys,):
+    def forget(self, *keys: Hashable) -> None:
+        """Drop what is counted for ``keys`` (delivered, or replaced by a dead letter)."""
+        for key in keys:
             self._refusals.pop(key, None)
 
     def replace_refused_letter(self, letter: DeadLetter, error: str) -> DeadLetter | None:

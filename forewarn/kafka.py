@@ -174,11 +174,6 @@ class KafkaProducer(_Lazy):
         producer = self._producer
         return producer if producer is not None else self._create()
 
-    @property
-    def client(self) -> confluent_kafka.Producer:
-        """The raw librdkafka producer. Temporary: only until no component uses it any more."""
-        return self._client
-
     def produce(
         self,
         topic: str,
@@ -331,12 +326,6 @@ class KafkaConsumer(_Lazy):
         if self._consumer is not None:
             self._subscribe(self._consumer)
 
-    def on_rebalance(self, on_assign: Callable[..., None] | None = None,
-                     on_revoke: Callable[..., None] | None = None) -> None:
-        """Set rebalance callbacks ``f(raw_consumer, partitions)`` before first use.
-        Temporary: use :meth:`subscribe`, whose callbacks take only the partitions."""
-        self._on_assign, self._on_revoke = on_assign, on_revoke
-
     def _subscribe(self, consumer: confluent_kafka.Consumer) -> None:
         kwargs: dict[str, Any] = {}
         if self._on_assign is not None:
@@ -356,11 +345,6 @@ class KafkaConsumer(_Lazy):
             if self.topics:
                 self._subscribe(consumer)
         return consumer
-
-    @property
-    def client(self) -> confluent_kafka.Consumer:
-        """The raw librdkafka consumer. Temporary: only until no component uses it any more."""
-        return self._client
 
     def consume(self, max_messages: int = 500, timeout_s: float = 1.0) -> list[confluent_kafka.Message]:
         """Up to ``max_messages`` records, waiting at most ``timeout_s`` for the first. Partition
@@ -716,11 +700,6 @@ class KafkaAdmin(_Lazy):
         if self._admin is None:
             self._admin = kadmin.AdminClient(self.config({}))
         return self._admin
-
-    @property
-    def client(self) -> kadmin.AdminClient:
-        """The raw admin client. Temporary: only until no component uses it any more."""
-        return self._client
 
     def ping(self, timeout_s: float = 5.0) -> Any:
         """Cluster metadata, or :class:`KafkaError` saying the cluster is unreachable."""

@@ -36,7 +36,6 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Mapping
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, start_http_server
@@ -127,18 +126,6 @@ class MetricsEndpoint:
         bound = int(self._server.server_port)
         log.info("metrics on http://%s:%s/metrics", host, bound)
         return bound
-
-    # Deprecated: use tally()/total() and flush(). Kept until the bridge and edge have moved.
-    def add_counts(self, counts: Mapping[str, int]) -> None:
-        """Add per-round tallies keyed by string: ``"name:label"`` → the counter attribute
-        ``name`` with that label, ``"name"`` → an unlabelled counter. An unknown name raises
-        :class:`LookupError`."""
-        for key, n in counts.items():
-            name, _, label = key.partition(":")
-            metric = getattr(self, name, None)
-            if not isinstance(metric, Counter):
-                raise LookupError(f"{type(self).__name__} has no counter {name!r} (counted as {key!r})")
-            (metric.labels(label) if label else metric).inc(n)
 
     def close(self) -> None:
         """Flush the tallies and stop the HTTP endpoint (if it was started)."""

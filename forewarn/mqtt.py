@@ -23,25 +23,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from forewarn.errors import MqttError
 from forewarn.settings import MqttSettings
-from forewarn.topics import (
-    alert_topic,
-    batch_topic,
-    maintenance_topic,
-    mqtt_subscriptions,
-    prediction_topic,
-    telemetry_topic,
-)
 
-__all__ = [
-    "MqttClient",
-    "MqttMessage",
-    "alert_topic",
-    "batch_topic",
-    "maintenance_topic",
-    "mqtt_subscriptions",
-    "prediction_topic",
-    "telemetry_topic",
-]
+__all__ = ["MqttClient", "MqttMessage"]
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +251,7 @@ class MqttClient:
     # -- operations ------------------------------------------------------------------------
 
     @property
-    def client(self) -> paho.Client:
+    def _connected_client(self) -> paho.Client:
         if self._client is None:
             raise MqttError("MQTT client is not connected", hint="call connect() first")
         return self._client
@@ -277,13 +260,13 @@ class MqttClient:
         """Subscribe (and remember, to re-subscribe after reconnects)."""
         for topic in topics:
             self._subscriptions.append((topic, qos))
-            result, _mid = self.client.subscribe(topic, qos)
+            result, _mid = self._connected_client.subscribe(topic, qos)
             if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 raise MqttError(f"subscribe to {topic} failed: {paho.error_string(result)}")
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> paho.MQTTMessageInfo:
         """Queue a publish; the returned info's ``wait_for_publish()`` waits for the PUBACK."""
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info = self._connected_client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         return info

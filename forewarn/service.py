@@ -1,5 +1,7 @@
 """The explicit lifecycle of Forewarn's long-running services, and their one signal helper.
 
+:class:`ServiceThread` runs a :class:`LoopService` in the background (the dashboard's consumer).
+
 :class:`LoopService` is the lifecycle of the bridge, the edge gateway and the scoring worker:
 ``start()``, a loop of ``step()`` until ``stop()`` (safe from signal handlers and other
 threads), then ``close()`` drains and releases; usable as a context manager. A subclass
@@ -38,9 +40,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import FrameType, TracebackType
-from typing import Self
+from typing import Generic, Self, TypeVar
 
-__all__ = ["LoopService", "SignalScope", "on_signals"]
+__all__ = ["LoopService", "ServiceThread", "SignalScope", "on_signals"]
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +190,44 @@ class LoopService:
                  tb: TracebackType | None) -> None:
         self.stop()
         self.close()
+
+
+S = TypeVar("S", bound=LoopService)
+
+
+class ServiceThread(Generic[S]):
+    """Runs a :class:`~forewarn.service.LoopService` on a daemon thread: :meth:`start` returns at
+    once, :meth:`stop` asks the service to stop and waits (up to ``timeout_s``) until it has
+    closed; also a context manager. The service is reachable as :attr:`service`."""
+
+    def __init__(self, service: S, name: str) -> None:
+        self.service = service
+        self.name = name
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        """Start the thread (a second call does nothing)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.service.run, name=self.name, daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the service and wait up to ``timeout_s`` for its thread to end."""
+        self.service.stop()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("%s did not stop within %.0fs", self.name, timeout_s)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

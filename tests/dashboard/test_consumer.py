@@ -11,13 +11,14 @@ from typing import Any
 import confluent_kafka
 
 from dashboard import queries
-from dashboard.consumer import Materializer, ServiceThread
+from dashboard.consumer import Materializer
 from dashboard.settings import DashboardSettings
 from dashboard.store import Store
 from forewarn.contract import Alert, Prediction, Reason, Rejected, encode
 from forewarn.deadletter import DeadLetter, Kind, Origin
 from forewarn.errors import KafkaError
 from forewarn.kafka import GroupLag, kafka_error
+from forewarn.service import ServiceThread
 from forewarn.settings import KafkaSettings
 from forewarn.testing import FakeConsumer, InMemoryKafka, broker_error
 from forewarn.topics import Topics

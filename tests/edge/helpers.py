@@ -9,8 +9,8 @@ from typing import Any
 from edge.settings import EdgeOptions, EdgeSettings
 from forewarn.bundle import Bundle, Thresholds
 from forewarn.contract import SCHEMA_VERSION, Telemetry, encode
-from forewarn.mqtt import telemetry_topic
 from forewarn.settings import KafkaSettings, MqttSettings, TopicSettings
+from forewarn.topics import telemetry_topic
 from scoring.testing import linear_bundle
 
 FEATURES = ("temp", "vib")

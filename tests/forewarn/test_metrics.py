@@ -58,17 +58,6 @@ def test_a_misspelt_metric_fails_in_mypy_and_at_run_time() -> None:
         m.recieved_by_kind["telemetry"] += 1  # type: ignore[attr-defined]
 
 
-def test_deprecated_add_counts_refuses_unknown_names() -> None:
-    m = _Metrics()
-    m.add_counts({"received:telemetry": 3, "acked": 4})
-    assert m.registry.get_sample_value("t_received_total", {"kind": "telemetry"}) == 3
-    assert m.registry.get_sample_value("t_acked_total") == 4
-    with pytest.raises(LookupError, match="unknown"):
-        m.add_counts({"unknown:x": 9})
-    with pytest.raises(LookupError, match="received_by_kind"):  # a tally is no counter
-        m.add_counts({"received_by_kind:x": 1})
-
-
 def test_endpoint_serves_and_close_flushes_what_is_left() -> None:
     m = _Metrics()
     m.acked_now.n += 2
