@@ -60,7 +60,14 @@ def fresh_topics(stack: RunningStack) -> Callable[..., tuple[TopicSettings, Topi
     return make
 
 
+_BROKER_FIXTURES = frozenset({"stack", "own_stack", "fresh_topics"})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/integration/" in str(item.path).replace(os.sep, "/"):
-            item.add_marker(pytest.mark.integration)
+    """One way to mark integration tests: a module that needs real brokers says
+    ``pytestmark = pytest.mark.integration``. A test that takes a broker fixture without it
+    fails here, so ``make test-unit`` never starts a broker by accident."""
+    unmarked = [item.nodeid for item in items if _BROKER_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("integration") is None]
+    if unmarked:
+        raise pytest.UsageError("tests using a real broker must be marked integration: " + ", ".join(unmarked))

@@ -23,6 +23,8 @@ from forewarn.mqtt import MqttClient
 from forewarn.settings import KafkaSettings, MqttSettings
 from tests.stacks import RunningStack, free_port
 
+pytestmark = pytest.mark.integration  # real Mosquitto and Kafka
+
 
 def test_producer_keeps_key_headers_and_event_time(stack: RunningStack, fresh_topics: Any) -> None:
     _settings, topics = fresh_topics(partitions=3)

@@ -28,7 +28,9 @@ from tests.bridge.helpers import (
     topic_size,
     wait_until,
 )
-from tests.stacks import RunningStack, free_port, make_stack
+from tests.stacks import RunningStack, free_port
+
+pytestmark = pytest.mark.integration  # real Mosquitto and Kafka
 
 N = int(os.environ.get("FOREWARN_BRIDGE_TEST_MESSAGES", "10000"))
 
@@ -111,16 +113,6 @@ def test_two_bridges_split_a_shared_subscription_and_lose_nothing_when_one_is_ki
     assert 0 < received_by_a < len(load) and received_by_b > 0, "both bridges take a share"
     lost, _dups = _report(seen, expected)
     assert lost == 0
-
-
-@pytest.fixture
-def own_stack(tmp_path: Path):  # type: ignore[no-untyped-def]
-    local = make_stack(tmp_path / "stack")
-    local.up()
-    try:
-        yield local
-    finally:
-        local.down()
 
 
 def test_kafka_stopped_for_30s_while_publishing_continues_loses_nothing(own_stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -22,6 +22,8 @@ from forewarn.topics import Topics, telemetry_topic
 from tests.bridge.helpers import BridgeProcess, consume_records, publish_all, reading, reading_bytes
 from tests.stacks import RunningStack
 
+pytestmark = pytest.mark.integration  # real Mosquitto and Kafka
+
 
 @pytest.fixture
 def running_bridge(stack: RunningStack, fresh_topics: Callable[..., tuple[TopicSettings, Topics]],

@@ -12,6 +12,8 @@ from bridge._subscriber import _CHUNK, Subscriber
 from tests.bridge.helpers import publish_all
 from tests.stacks import RunningStack
 
+pytestmark = pytest.mark.integration  # real Mosquitto and Kafka
+
 N = 20_000
 
 

@@ -13,6 +13,8 @@ import pytest
 
 from tests.stacks import JAR_CACHE, free_port
 
+pytestmark = pytest.mark.integration  # real Mosquitto and Kafka
+
 
 @pytest.mark.slow
 def test_demo_check_passes_from_a_clean_home(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ import sys
 import time
 from collections.abc import Callable
 
+import pytest
+
 from forewarn.bundle import pack
 from forewarn.contract import SCHEMA_VERSION, DecodeLimits, Decoder, Telemetry, encode
 from forewarn.deadletter import DeadLetter, Kind, Origin
@@ -18,6 +20,8 @@ from scoring.settings import ScoringOptions, ScoringSettings
 from scoring.testing import linear_bundle
 from scoring.worker import ScoringWorker
 from tests.stacks import REPO, RunningStack
+
+pytestmark = pytest.mark.integration  # real Mosquitto and Kafka
 
 FreshTopics = Callable[..., tuple[TopicSettings, Topics]]
 STRICT_BYTES = 256  # the worker's decoder refuses readings longer than this; the contract allows 16 KiB

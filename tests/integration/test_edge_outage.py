@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -27,7 +27,9 @@ from scoring.settings import ScoringOptions
 from tests.edge.helpers import edge_bundle, fleet, mqtt_messages
 from tests.edge.procs import EdgeProcess, LocalScreen, identities, out_of_order, publish_paced, read_topic
 from tests.scoring.procs import publish_model
-from tests.stacks import RunningStack, free_port, make_stack
+from tests.stacks import RunningStack, free_port
+
+pytestmark = pytest.mark.integration  # real Mosquitto and Kafka
 
 READINGS = int(os.environ.get("FOREWARN_EDGE_TEST_READINGS", "4000"))
 OUTAGE_S = float(os.environ.get("FOREWARN_EDGE_TEST_OUTAGE_S", "20"))
@@ -35,16 +37,6 @@ MACHINES = 50
 
 _prediction = msgspec.json.Decoder(Prediction)
 _alert = msgspec.json.Decoder(Alert)
-
-
-@pytest.fixture
-def own_stack(tmp_path: Path) -> Iterator[LocalStack]:
-    local = make_stack(tmp_path / "stack")
-    local.up()
-    try:
-        yield local
-    finally:
-        local.down()
 
 
 def reference(readings: list[object]) -> tuple[set[tuple[str, int]], set[tuple[str, str, int]]]:

@@ -38,6 +38,8 @@ from tests.scoring.procs import (
 )
 from tests.stacks import REPO, RunningStack
 
+pytestmark = pytest.mark.integration  # real Mosquitto and Kafka
+
 FreshTopics = Callable[..., tuple[TopicSettings, Topics]]
 # Batches of up to 150 readings in slices of 40: the kill tests also cover the inference thread.
 FAST = ("--max-batch", "150", "--commit-interval-ms", "50", "--score-slice", "40")

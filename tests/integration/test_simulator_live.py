@@ -29,6 +29,8 @@ from simulators.live import run_live
 from simulators.messages import Delivery, MessageBuilder
 from tests.stacks import RunningStack
 
+pytestmark = pytest.mark.integration  # real Mosquitto and Kafka
+
 decoder = Decoder()
 
 

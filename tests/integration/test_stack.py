@@ -21,6 +21,8 @@ from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import topic_specs
 from tests.stacks import JAR_CACHE, RunningStack, free_port
 
+pytestmark = pytest.mark.integration  # real Mosquitto and Kafka
+
 
 def _consume_all(stack: RunningStack, topic: str, expect: int, timeout_s: float = 30) -> list[bytes]:
     consumer = KafkaConsumer(stack.kafka_settings, f"g-{uuid.uuid4().hex}", [topic])

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from forewarn.bundle import read_bundle, resolve_bundle, unpack
@@ -17,6 +18,8 @@ from forewarn.kafka import KafkaConsumer, KafkaProducer
 from tests.stacks import RunningStack
 from tests.training.synth import make_history
 from training.kafka_io import export_dataset
+
+pytestmark = pytest.mark.integration  # real Mosquitto and Kafka
 
 T0 = 1_767_225_600_000
 
