@@ -128,7 +128,7 @@ class Bridge(LoopService):
         self.settings = settings
         self.options = settings.bridge
         self.topics = Topics.from_settings(settings.topics)
-        self.router = Router(self.topics, decoder, self.options.dlq_max_bytes)
+        self.router = Router(self.topics, decoder or Decoder(settings.input.limits()), self.options.dlq_max_bytes)
         self.metrics = metrics or BridgeMetrics()
         self._own_producer = producer is None
         self.producer: ProducerLike = producer if producer is not None else KafkaProducer(

@@ -46,7 +46,7 @@ from edge.forwarder import Forwarder, topic_limits
 from edge.metrics import BatchCounts, EdgeMetrics
 from edge.models import ModelSync
 from edge.settings import EdgeSettings
-from forewarn.contract import Alert, MaintenanceEvent, Telemetry, encode, model_refused_alert
+from forewarn.contract import Alert, Decoder, MaintenanceEvent, Telemetry, encode, model_refused_alert
 from forewarn.errors import MqttError
 from forewarn.kafka import KafkaProducer
 from forewarn.mqtt import MqttClient
@@ -116,7 +116,7 @@ class EdgeGateway(LoopService):
         self.settings = settings
         self.options = o = settings.edge
         self.topics = Topics.from_settings(settings.topics)
-        self.router = Router(self.topics)
+        self.router = Router(self.topics, Decoder(settings.input.limits(), clock))
         self._roles = {self.topics.telemetry: "telemetry", self.topics.maintenance: "maintenance",
                        self.topics.dlq: "dlq"}
         self.metrics = metrics or EdgeMetrics()

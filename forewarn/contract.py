@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import enum
 import math
+import time
+from collections.abc import Callable
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -24,6 +26,7 @@ __all__ = [
     "GatewayBatch",
     "MaintenanceEvent",
     "MaintenanceKind",
+    "PipelineStats",
     "Prediction",
     "Reason",
     "Rejected",
@@ -35,14 +38,22 @@ __all__ = [
 
 SCHEMA_VERSION: Final = 1
 
-# Event time bounds: 2000-01-01 .. 2100-01-01 UTC, in epoch milliseconds.
+# Event time bounds: 2000-01-01 .. 2100-01-01 UTC, in epoch milliseconds. Beyond these fixed
+# bounds, event time is checked against arrival time (see DecodeLimits).
 TS_MIN_MS: Final = 946_684_800_000
 TS_MAX_MS: Final = 4_102_444_800_000
+# Counters (seq, boot) fit a signed 64-bit integer, so every consumer can hold them in int64.
+SEQ_MAX: Final = 2**63 - 1
+# Sensor and setting values are bounded in magnitude: beyond this no physical quantity is
+# meant, and float32 model inputs (max ~3.4e38) stay finite after scaling.
+VALUE_MAX: Final = 1e15
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^/\s#+]+/[^/\s#+]+$")]
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-_NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
-_Values = Annotated[dict[str, float], msgspec.Meta(max_length=256)]
+_Counter = Annotated[int, msgspec.Meta(ge=0, le=SEQ_MAX)]
+_Key = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+_Value = Annotated[float, msgspec.Meta(ge=-VALUE_MAX, le=VALUE_MAX)]
+_Values = Annotated[dict[_Key, _Value], msgspec.Meta(max_length=256)]
 
 
 class Reason(enum.StrEnum):
@@ -59,19 +70,29 @@ class Reason(enum.StrEnum):
     UNKNOWN_VERSION = "unknown_version"
     TOPIC_MISMATCH = "topic_mismatch"
     KAFKA_REFUSED = "kafka_refused"  # valid, but Kafka refused the record for good (e.g. too large)
+    UNPROCESSABLE = "unprocessable"  # valid, but a consumer could not process it (its detail says why)
 
 
 class Telemetry(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """One reading of one machine. ``ts`` is event time (UTC epoch ms); ``seq`` counts
-    readings per machine and is the identity used to drop duplicates."""
+    readings per machine and, with ``boot``, is the identity used to drop duplicates.
+
+    ``boot`` is an optional restart epoch: a device (or its gateway) that can keep one sends a
+    number that grows with every restart (a boot counter, or the boot time in epoch ms), and
+    its ``seq`` may start again from 0 with each new ``boot``. A reading with a higher ``boot``
+    than the machine's last one starts the machine's window afresh; a lower one is late. For a
+    device that sends no ``boot``, a restart is a large ``seq`` regression with a later ``ts``
+    (see :mod:`forewarn.windows`).
+    """
 
     v: int
     machine_id: _Id
     asset_type: _Name
     ts: int
-    seq: _NonNegInt
+    seq: _Counter
     sensors: _Values
     settings: _Values = {}
+    boot: _Counter | None = None
 
     @property
     def site(self) -> str:
@@ -90,7 +111,13 @@ MaintenanceKind = Literal["failure", "repair", "inspection"]
 
 
 class MaintenanceEvent(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
-    """Ground truth: something that happened to a machine."""
+    """Ground truth: something that happened to a machine.
+
+    ``event_id`` names the event uniquely (the sender picks it, e.g. a work-order number or a
+    UUID); applying the same event twice (a redelivery, a dead-letter replay) is a no-op
+    everywhere. Events sent without one are identified by :attr:`identity`: machine, time
+    and kind.
+    """
 
     v: int
     machine_id: _Id
@@ -98,6 +125,12 @@ class MaintenanceEvent(msgspec.Struct, frozen=True, gc=False, omit_defaults=True
     event: MaintenanceKind
     failure_mode: str | None = None
     asset_type: str | None = None
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+
+    @property
+    def identity(self) -> str:
+        """The key that makes applying this event idempotent."""
+        return self.event_id if self.event_id is not None else f"{self.machine_id}@{self.ts}/{self.event}"
 
 
 class Prediction(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
@@ -149,6 +182,23 @@ def model_refused_alert(asset_type: str, version: str | None, role: str, reason:
                  message=f"{role} bundle refused ({reason}): {detail}"[:1000])
 
 
+class PipelineStats(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """What one scorer (a scoring worker or an edge gateway) did with the readings it consumed
+    between ``since`` and ``until`` (epoch ms): ``counts`` maps an outcome to a number of
+    readings — ``scored``, and the reasons a reading was not scored (``duplicate``, ``late``,
+    ``warmup`` while a window fills after a start, restart or gap, ``unscorable`` when no model
+    could score it, ``rejected`` when it was dead-lettered) — and ``resets`` maps why a machine's
+    window started afresh (``restart``, ``gap``) to how often."""
+
+    v: int
+    source: str
+    role: Literal["scoring", "edge"]
+    since: int
+    until: int
+    counts: dict[str, int]
+    resets: dict[str, int] = {}
+
+
 class Rejected(msgspec.Struct, frozen=True, gc=False):
     """A payload (or one reading of a batch) that did not pass validation."""
 
@@ -158,12 +208,30 @@ class Rejected(msgspec.Struct, frozen=True, gc=False):
 
 
 class DecodeLimits(msgspec.Struct, frozen=True):
-    """Size and time bounds enforced by :class:`Decoder`."""
+    """Size and time bounds enforced by :class:`Decoder`.
+
+    Event time must lie within the fixed bounds ``ts_min_ms .. ts_max_ms`` and, relative to
+    the message's arrival time, at most ``max_future_ms`` ahead of it (clock skew) and at most
+    ``max_age_ms`` behind it (a device whose clock reset to 2000); ``None`` turns that check off.
+    The past is open by default: a gateway's backlog after a months-long outage, a replay of old
+    history and offline training all carry old event times legitimately.
+    """
 
     max_message_bytes: int = 16 * 1024
     max_batch_bytes: int = 4 * 1024 * 1024
     ts_min_ms: int = TS_MIN_MS
     ts_max_ms: int = TS_MAX_MS
+    max_future_ms: int | None = 5 * 60 * 1000
+    max_age_ms: int | None = None
+
+    def ts_window(self, arrived_ms: int) -> tuple[int, int]:
+        """The accepted event-time range ``(lo, hi)`` for a message that arrived at ``arrived_ms``."""
+        lo, hi = self.ts_min_ms, self.ts_max_ms
+        if self.max_age_ms is not None:
+            lo = max(lo, arrived_ms - self.max_age_ms)
+        if self.max_future_ms is not None:
+            hi = min(hi, arrived_ms + self.max_future_ms)
+        return lo, hi
 
 
 class _Version(msgspec.Struct):
@@ -222,8 +290,9 @@ class Decoder:
     """Validating decoder for every inbound message type. Reuse one instance: the
     msgspec decoders it holds are compiled once."""
 
-    def __init__(self, limits: DecodeLimits | None = None) -> None:
+    def __init__(self, limits: DecodeLimits | None = None, clock: Callable[[], float] = time.time) -> None:
         self.limits = limits or DecodeLimits()
+        self._clock = clock  # seconds since the epoch: the arrival time when a caller gives none
         self._telemetry = msgspec.json.Decoder(Telemetry)
         self._batch = msgspec.json.Decoder(_RawBatch)
         self._maintenance = msgspec.json.Decoder(MaintenanceEvent)
@@ -243,15 +312,20 @@ class Decoder:
                 return Rejected(Reason.UNKNOWN_VERSION, f"schema version {version!r}", raw)
         return Rejected(reason, str(error)[:300], raw)
 
-    def _check_ts(self, ts: int, raw: bytes) -> Rejected | None:
-        if self.limits.ts_min_ms <= ts <= self.limits.ts_max_ms:
-            return None
-        return Rejected(Reason.TS_OUT_OF_RANGE, f"ts {ts} outside the accepted range", raw)
+    def arrival_ms(self) -> int:
+        """Now, by the decoder's clock, in epoch milliseconds."""
+        return int(self._clock() * 1000)
 
-    def _check_reading(self, reading: Telemetry, raw: bytes) -> Telemetry | Rejected:
+    def _check_ts(self, ts: int, raw: bytes, arrived_ms: int | None) -> Rejected | None:
+        lo, hi = self.limits.ts_window(self.arrival_ms() if arrived_ms is None else arrived_ms)
+        if lo <= ts <= hi:
+            return None
+        return Rejected(Reason.TS_OUT_OF_RANGE, f"ts {ts} outside {lo}..{hi} (arrival time bounds)", raw)
+
+    def _check_reading(self, reading: Telemetry, raw: bytes, arrived_ms: int | None) -> Telemetry | Rejected:
         if reading.v != SCHEMA_VERSION:
             return Rejected(Reason.UNKNOWN_VERSION, f"schema version {reading.v!r}", raw)
-        bad_ts = self._check_ts(reading.ts, raw)
+        bad_ts = self._check_ts(reading.ts, raw, arrived_ms)
         if bad_ts is not None:
             return bad_ts
         if not _all_finite(reading.sensors) or (reading.settings and not _all_finite(reading.settings)):
@@ -260,8 +334,8 @@ class Decoder:
 
     # -- public API ----------------------------------------------------------------------
 
-    def telemetry(self, raw: bytes) -> Telemetry | Rejected:
-        """Decode one reading."""
+    def telemetry(self, raw: bytes, arrived_ms: int | None = None) -> Telemetry | Rejected:
+        """Decode one reading that arrived at ``arrived_ms`` (default: now)."""
         if len(raw) > self.limits.max_message_bytes:
             return Rejected(Reason.TOO_LARGE, f"{len(raw)} bytes > {self.limits.max_message_bytes}", raw)
         try:
@@ -270,10 +344,11 @@ class Decoder:
             return self._rejected_from(error, raw)
         except RecursionError:
             return Rejected(Reason.TOO_LARGE, "nesting too deep", raw)
-        return self._check_reading(reading, raw)
+        return self._check_reading(reading, raw, arrived_ms)
 
-    def batch(self, raw: bytes) -> tuple[str | None, list[Telemetry], list[Rejected]]:
-        """Decode a gateway batch into its good readings and its rejected ones.
+    def batch(self, raw: bytes, arrived_ms: int | None = None) -> tuple[str | None, list[Telemetry], list[Rejected]]:
+        """Decode a gateway batch (arrived at ``arrived_ms``, default now) into its good
+        readings and its rejected ones.
 
         One bad reading does not sink the others: each is validated on its own and a bad
         one comes back as a :class:`Rejected` holding just that reading's bytes. When the
@@ -292,14 +367,15 @@ class Decoder:
             return None, [], [Rejected(Reason.UNKNOWN_VERSION, f"schema version {envelope.v!r}", raw)]
         good: list[Telemetry] = []
         bad: list[Rejected] = []
+        arrived = self.arrival_ms() if arrived_ms is None else arrived_ms
         for item in envelope.readings:
             item_raw = bytes(item)
-            result = self.telemetry(item_raw)
+            result = self.telemetry(item_raw, arrived)
             (bad if isinstance(result, Rejected) else good).append(result)  # type: ignore[arg-type]
         return envelope.gateway_id, good, bad
 
-    def maintenance(self, raw: bytes) -> MaintenanceEvent | Rejected:
-        """Decode one maintenance event."""
+    def maintenance(self, raw: bytes, arrived_ms: int | None = None) -> MaintenanceEvent | Rejected:
+        """Decode one maintenance event that arrived at ``arrived_ms`` (default: now)."""
         if len(raw) > self.limits.max_message_bytes:
             return Rejected(Reason.TOO_LARGE, f"{len(raw)} bytes > {self.limits.max_message_bytes}", raw)
         try:
@@ -310,4 +386,4 @@ class Decoder:
             return Rejected(Reason.TOO_LARGE, "nesting too deep", raw)
         if event.v != SCHEMA_VERSION:
             return Rejected(Reason.UNKNOWN_VERSION, f"schema version {event.v!r}", raw)
-        return self._check_ts(event.ts, raw) or event
+        return self._check_ts(event.ts, raw, arrived_ms) or event

@@ -81,7 +81,7 @@ class Router:
         # Fast path: a single reading, by far the most common message.
         if mqtt_topic.endswith(_TELEMETRY) and mqtt_topic.startswith(_ROOT):
             machine_id = mqtt_topic[_ROOT_LEN:-len(_TELEMETRY)]
-            result = self._decode_telemetry(payload)
+            result = self._decode_telemetry(payload, received_ms)
             if type(result) is Telemetry:
                 if result.machine_id == machine_id:
                     record = _record(Record, (self._telemetry, payload, machine_id, result.ts,
@@ -95,7 +95,7 @@ class Router:
         if kind is Kind.BATCH:
             return self._route_batch(mqtt_topic, ident, payload, received_ms)
         if kind is Kind.MAINTENANCE:
-            event = self.decoder.maintenance(payload)
+            event = self.decoder.maintenance(payload, received_ms)
             if isinstance(event, Rejected):
                 bad = event
             elif event.machine_id != ident:
@@ -110,7 +110,7 @@ class Router:
         return Routed(kind, [self.dead_letter(bad, mqtt_topic, kind, received_ms)], [str(bad.reason)])
 
     def _route_batch(self, mqtt_topic: str, gateway: str, payload: bytes, received_ms: int) -> Routed:
-        gateway_id, good, bad = self.decoder.batch(payload)
+        gateway_id, good, bad = self.decoder.batch(payload, received_ms)
         if gateway_id is None:
             return Routed(Kind.BATCH, [self.dead_letter(r, mqtt_topic, Kind.BATCH, received_ms) for r in bad],
                           [str(r.reason) for r in bad])
@@ -154,7 +154,7 @@ class Router:
         if kind == Kind.READING:
             _kind, gateway = parse_topic(mqtt_topic)
             site_prefix = gateway.partition("/")[0] + "/"
-            result = self._decode_telemetry(payload)
+            result = self._decode_telemetry(payload, received_ms)
             if isinstance(result, Rejected):
                 return Routed(Kind.READING, [], [str(result.reason)])
             if not result.machine_id.startswith(site_prefix):

@@ -20,11 +20,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from forewarn.contract import DecodeLimits
 from forewarn.errors import ConfigError
 
 __all__ = [
     "DemoOptions",
     "DemoSettings",
+    "InputSettings",
     "KafkaSettings",
     "MqttSettings",
     "ServiceSettings",
@@ -112,6 +114,23 @@ class TopicSettings(_Section):
     telemetry_retention_gib: float = Field(2.0, gt=0, description="telemetry kept per partition, in GiB")
 
 
+class InputSettings(_Section):
+    """How far a message's event time may stray from its arrival time (``ts_out_of_range``
+    beyond). Every component that decodes inbound messages applies the same bounds."""
+
+    max_future_s: float | None = Field(300.0, ge=0, description="how far event time may run ahead of arrival "
+                                       "time (clock skew), in seconds; unset = no bound")
+    max_age_days: float | None = Field(None, gt=0, description="how far event time may lag arrival time, in "
+                                       "days; unset (the default) = no bound, as backlogs and replays of old "
+                                       "history carry old event times")
+
+    def limits(self) -> DecodeLimits:
+        """The decoder limits these settings mean."""
+        return DecodeLimits(
+            max_future_ms=None if self.max_future_s is None else int(self.max_future_s * 1000),
+            max_age_ms=None if self.max_age_days is None else int(self.max_age_days * 86_400_000))
+
+
 class StackSettings(_Section):
     """The local Mosquitto + Kafka stack that ``forewarn stack`` runs."""
 
@@ -124,6 +143,8 @@ class StackSettings(_Section):
     kafka_heap: str = Field("768m", description="Java heap of the local Kafka broker (-Xmx)")
     mosquitto_bin: str = Field("mosquitto", description="the Mosquitto executable")
     max_queued_messages: int = Field(2_000_000, ge=0, description="messages Mosquitto queues per client")
+    autosave_interval_s: int = Field(5, ge=1, description="how often Mosquitto saves its queues to disk, in seconds "
+                                     "(a Mosquitto crash loses at most this much of what it acknowledged)")
     max_inflight_messages: int = Field(1000, ge=0, description="unacknowledged QoS 1 and 2 messages Mosquitto sends a "
                                        "client at once")
     startup_timeout_s: float = Field(90.0, gt=0, description="how long `stack up` waits for the brokers to answer")
@@ -150,6 +171,7 @@ class ServiceSettings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     topics: TopicSettings = TopicSettings()
     stack: StackSettings = StackSettings()
+    input: InputSettings = InputSettings()
 
     @classmethod
     def settings_customise_sources(

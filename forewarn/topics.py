@@ -56,6 +56,7 @@ class Topics:
     alerts: str
     models: str
     scoring_state: str
+    pipeline: str
 
     @classmethod
     def from_settings(cls, settings: TopicSettings) -> Topics:
@@ -68,6 +69,7 @@ class Topics:
             alerts=f"{p}alerts",
             models=f"{p}models",
             scoring_state=f"{p}scoring.state",
+            pipeline=f"{p}pipeline.stats",
         )
 
 
@@ -104,6 +106,9 @@ def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
                   "model bundles, compacted, keyed by model name (asset type)"),
         TopicSpec("scoring_state", t.scoring_state, n, rf, compacted,
                   "scoring workers' window state changelog, compacted, keyed by machine_id"),
+        TopicSpec("pipeline", t.pipeline, 1, rf, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
+                  "what each scorer did with its readings (PipelineStats: scored, and not scored by reason), "
+                  "keyed by scorer; kept 7 days"),
     ]
 
 

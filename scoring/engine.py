@@ -77,6 +77,10 @@ class BatchResult:
     accepted: int = 0
     dropped: int = 0
     unscored: int = 0
+    # Readings of this batch not scored, by reason (duplicate, late, warmup, unscorable; the
+    # names PipelineStats uses), and machines whose window started afresh, by why (restart, gap).
+    not_scored: dict[str, int] = field(default_factory=dict)
+    resets: dict[str, int] = field(default_factory=dict)
     inference_s: dict[str, float] = field(default_factory=dict)
     per_asset: dict[str, int] = field(default_factory=dict)
     shadow: list[ShadowReport] = field(default_factory=list)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from forewarn.contract import Alert
 from forewarn.metrics import MetricsEndpoint
+from scoring.engine import BatchResult
 
 __all__ = ["ScoringMetrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
                     30.0, 60.0, 300.0)
+_MAX_LATENCY_SAMPLES = 1000
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 20_000, 50_000)
 
 
@@ -53,3 +56,27 @@ class ScoringMetrics(MetricsEndpoint):
             self.readings.labels(outcome)  # every outcome is exported from the start, at 0
         self.readings_by_outcome = self.tally(self.readings)
         self.predictions_by_asset = self.tally(self.predictions)
+
+    def observe_batch(self, result: BatchResult, alerts: list[Alert], n_readings: int, n_rejected: int,
+                      now_ms: float) -> None:
+        """Count a batch whose transaction committed at ``now_ms``."""
+        self.batch_size.observe(n_readings)
+        outcomes = self.readings_by_outcome
+        outcomes["accepted"] += result.accepted
+        outcomes["dropped"] += result.dropped
+        outcomes["unscored"] += result.unscored
+        outcomes["rejected"] += n_rejected
+        self.predictions_by_asset.update(result.per_asset)
+        for alert in alerts:
+            self.alerts.labels(alert.state, alert.rule).inc()
+        for asset, seconds in result.inference_s.items():
+            self.inference.labels(asset).observe(seconds)
+        self.flush()
+        if result.prediction_ts:
+            step = max(1, len(result.prediction_ts) // _MAX_LATENCY_SAMPLES)
+            event = self.latency.labels("event")
+            ingest = self.latency.labels("ingest")
+            for ts, ingest_ts in result.prediction_ts[::step]:
+                event.observe(max(0.0, (now_ms - ts) / 1000))
+                if ingest_ts is not None:
+                    ingest.observe(max(0.0, (now_ms - ingest_ts) / 1000))

@@ -57,7 +57,6 @@ __all__ = ["ConsumerFactory", "ProducerFactory", "ScoringWorker"]
 
 log = logging.getLogger(__name__)
 
-_MAX_LATENCY_SAMPLES = 1000
 
 
 class ProducerFactory(Protocol):
@@ -101,7 +100,7 @@ class ScoringWorker(LoopService):
         self.metrics = metrics if metrics is not None else ScoringMetrics()
         self.clock = clock
         self.engine = ScoringEngine(self.registry, self.options, clock)
-        self.decoder = decoder if decoder is not None else Decoder()
+        self.decoder = decoder if decoder is not None else Decoder(settings.input.limits(), clock)
         self._fast_telemetry = msgspec.json.Decoder(Telemetry)
         kafka = settings.kafka
 
@@ -215,14 +214,18 @@ class ScoringWorker(LoopService):
             topic, partition = message.topic() or "", message.partition() or 0
             nxt[(topic, partition)] = (message.offset() or 0) + 1
             raw = message.value() or b""
+            # Event time is checked against the bridge's arrival time (the ingest header);
+            # records produced without one are checked against now.
+            ingest = _header(message, INGEST_HEADER)
+            arrived = ingest if ingest is not None else decoder.arrival_ms()
             if topic == telemetry:
-                reading = self._decode_telemetry(raw)
+                reading = self._decode_telemetry(raw, arrived)
                 if isinstance(reading, Rejected):
                     rejected.append((reading, message))
                 else:
-                    readings.append(Incoming(reading, partition, _header(message, INGEST_HEADER)))
+                    readings.append(Incoming(reading, partition, ingest))
             else:
-                event = decoder.maintenance(raw)
+                event = decoder.maintenance(raw, arrived)
                 if isinstance(event, Rejected):
                     rejected.append((event, message))
                 else:
@@ -250,10 +253,10 @@ class ScoringWorker(LoopService):
             return first
         return [*first, *consumer.consume(most - 1, 0)]
 
-    def _decode_telemetry(self, raw: bytes) -> Telemetry | Rejected:
+    def _decode_telemetry(self, raw: bytes, arrived_ms: int) -> Telemetry | Rejected:
         """The contract decoder's verdict, with a fast path for the common good reading: JSON
         has no NaN/Infinity and msgspec refuses out-of-range numbers, so a reading that decodes,
-        is small enough and has an in-range ts needs no further checks."""
+        is small enough and has a ts within the arrival-time bounds needs no further checks."""
         limits = self.decoder.limits
         if len(raw) <= limits.max_message_bytes:
             try:
@@ -261,9 +264,10 @@ class ScoringWorker(LoopService):
             except (msgspec.MsgspecError, RecursionError):
                 pass
             else:
-                if reading.v == SCHEMA_VERSION and limits.ts_min_ms <= reading.ts <= limits.ts_max_ms:
+                lo, hi = limits.ts_window(arrived_ms)
+                if reading.v == SCHEMA_VERSION and lo <= reading.ts <= hi:
                     return reading
-        return self.decoder.telemetry(raw)
+        return self.decoder.telemetry(raw, arrived_ms)
 
     def _transact(self, result: BatchResult, alerts: list[Alert], rejected: list[tuple[Rejected, MessageLike]],
                   moved: set[int]) -> bool:
@@ -319,27 +323,7 @@ class ScoringWorker(LoopService):
     def _observe(self, result: BatchResult, alerts: list[Alert], n_readings: int, n_rejected: int) -> None:
         """Count a committed batch."""
         m = self.metrics
-        m.batch_size.observe(n_readings)
-        outcomes = m.readings_by_outcome
-        outcomes["accepted"] += result.accepted
-        outcomes["dropped"] += result.dropped
-        outcomes["unscored"] += result.unscored
-        outcomes["rejected"] += n_rejected
-        m.predictions_by_asset.update(result.per_asset)
-        for alert in alerts:
-            m.alerts.labels(alert.state, alert.rule).inc()
-        for asset, seconds in result.inference_s.items():
-            m.inference.labels(asset).observe(seconds)
-        m.flush()
-        if result.prediction_ts:
-            now_ms = self.clock() * 1000
-            step = max(1, len(result.prediction_ts) // _MAX_LATENCY_SAMPLES)
-            event = m.latency.labels("event")
-            ingest = m.latency.labels("ingest")
-            for ts, ingest_ts in result.prediction_ts[::step]:
-                event.observe(max(0.0, (now_ms - ts) / 1000))
-                if ingest_ts is not None:
-                    ingest.observe(max(0.0, (now_ms - ingest_ts) / 1000))
+        m.observe_batch(result, alerts, n_readings, n_rejected, self.clock() * 1000)
         for report in result.shadow:
             m.agreement.labels(report.asset_type).set(report.agreement)
             m.shadow_delta.labels(report.asset_type).set(report.abs_p_fail)

@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forewarn.contract import (
+    SEQ_MAX,
+    VALUE_MAX,
     Alert,
     DecodeLimits,
     Decoder,
@@ -104,7 +106,8 @@ def test_maintenance_event() -> None:
 
 # -- properties -------------------------------------------------------------------------
 
-finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+finite = st.floats(-VALUE_MAX, VALUE_MAX, allow_nan=False, width=64)
+key = st.text(min_size=1, max_size=30)
 part = st.text(st.characters(blacklist_characters="/#+", blacklist_categories=("Zs", "Cc", "Cs", "Zl", "Zp")),
                min_size=1, max_size=20)
 readings = st.builds(
@@ -113,15 +116,57 @@ readings = st.builds(
     machine_id=st.builds(lambda a, b: f"{a}/{b}", part, part),
     asset_type=st.text(min_size=1, max_size=20),
     ts=st.integers(946_684_800_000, 4_102_444_800_000),
-    seq=st.integers(0, 2**62),
-    sensors=st.dictionaries(st.text(max_size=30), finite, max_size=30),
-    settings=st.dictionaries(st.text(max_size=30), finite, max_size=3),
+    seq=st.integers(0, SEQ_MAX),
+    sensors=st.dictionaries(key, finite, max_size=30),
+    settings=st.dictionaries(key, finite, max_size=3),
+    boot=st.none() | st.integers(0, SEQ_MAX),
 )
 
 
 @given(readings)
 def test_encode_decode_round_trip(reading: Telemetry) -> None:
-    assert decoder.telemetry(encode(reading)) == reading
+    assert decoder.telemetry(encode(reading), arrived_ms=reading.ts) == reading
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"seq": SEQ_MAX + 1}, Reason.BAD_VALUE),  # does not fit int64: refused, not a crash further on
+    ({"boot": -1}, Reason.BAD_VALUE),
+    ({"sensors": {"x": 1e16}}, Reason.BAD_VALUE),
+    ({"settings": {"load": -1e300}}, Reason.BAD_VALUE),
+    ({"sensors": {"": 1.0}}, Reason.BAD_VALUE),
+    ({"sensors": {f"s{i}": 1.0 for i in range(257)}}, Reason.TOO_LARGE),
+])
+def test_values_no_consumer_could_hold_are_refused(change: dict[str, object], reason: Reason) -> None:
+    result = Decoder(DecodeLimits(max_message_bytes=1 << 20)).telemetry(raw(**change), arrived_ms=GOOD["ts"])
+    assert isinstance(result, Rejected) and result.reason == reason
+
+
+def test_event_time_is_checked_against_arrival_time() -> None:
+    ts = int(GOOD["ts"])  # type: ignore[call-overload]
+    limits = DecodeLimits(max_future_ms=60_000, max_age_ms=86_400_000)
+    strict = Decoder(limits)
+    assert isinstance(strict.telemetry(raw(), arrived_ms=ts - 59_000), Telemetry)  # clock a little fast
+    ahead = strict.telemetry(raw(), arrived_ms=ts - 61_000)
+    assert isinstance(ahead, Rejected) and ahead.reason == Reason.TS_OUT_OF_RANGE
+    stale = strict.telemetry(raw(), arrived_ms=ts + 86_400_001)
+    assert isinstance(stale, Rejected) and stale.reason == Reason.TS_OUT_OF_RANGE
+    # The default leaves the past open (backlogs, replays) and bounds the future by five minutes.
+    assert isinstance(decoder.telemetry(raw(), arrived_ms=ts + 10 * 365 * 86_400_000), Telemetry)
+    future = decoder.telemetry(raw(), arrived_ms=ts - 301_000)
+    assert isinstance(future, Rejected) and future.reason == Reason.TS_OUT_OF_RANGE
+    # Without an arrival time, the decoder's clock is now.
+    clocked = Decoder(limits, clock=lambda: (ts - 120_000) / 1000)
+    assert isinstance(clocked.telemetry(raw()), Rejected)
+    event = b'{"v":1,"machine_id":"s/m","ts":%d,"event":"repair"}' % (ts + 3_600_000)
+    assert isinstance(strict.maintenance(event, arrived_ms=ts), Rejected)
+
+
+def test_maintenance_identity_is_its_id_or_machine_time_and_kind() -> None:
+    bare = MaintenanceEvent(1, "s/m", 1764212345123, "repair")
+    assert bare.identity == "s/m@1764212345123/repair"
+    named = MaintenanceEvent(1, "s/m", 1764212345123, "repair", event_id="WO-1")
+    assert named.identity == "WO-1"
+    assert decoder.maintenance(encode(named), arrived_ms=named.ts) == named
 
 
 @given(st.binary(max_size=2000))

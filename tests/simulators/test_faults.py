@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forewarn.contract import Decoder, MaintenanceEvent, Rejected, Telemetry
+from forewarn.contract import VALUE_MAX, Decoder, MaintenanceEvent, Rejected, Telemetry
 from simulators.errors import SimulatorError
 from simulators.faults import MALFORMED_KINDS, FaultConfig, FaultReport
 from simulators.fleet import Block, Fleet, FleetConfig
@@ -185,7 +185,7 @@ def test_report_json_has_every_counter() -> None:
     assert '"duplicate"' in report.to_json()
 
 
-finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+finite = st.floats(-VALUE_MAX, VALUE_MAX, allow_nan=False, width=64)
 
 
 @settings(max_examples=60, deadline=None)
