@@ -73,7 +73,7 @@ def _letter(record: BufferRecord, topic: str) -> Record:
 def role_topics(topics: Topics) -> dict[str, str]:
     """Buffer role name → Kafka topic name."""
     return {"telemetry": topics.telemetry, "maintenance": topics.maintenance, "dlq": topics.dlq,
-            "predictions": topics.predictions, "alerts": topics.alerts}
+            "predictions": topics.predictions, "alerts": topics.alerts, "pipeline": topics.pipeline}
 
 
 def topic_limits(kafka: KafkaSettings, topics: Topics) -> dict[str, int]:
