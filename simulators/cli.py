@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,6 +84,7 @@ MALFORMED_KINDS_FLAG = Flag("--fault-malformed-kind", "simulate.faults.malformed
 
 LIVE_FLAGS = (
     Flag("--start", "simulate.live.start"),
+    Flag("--behind-h", "simulate.live.behind_h"),
     Flag("--ticks", "simulate.live.ticks"),
     Flag("--report", "simulate.live.report", _REPORT),
     Flag("--client-id", "simulate.live.client_id"),
@@ -116,10 +118,12 @@ def _options(*table: Flag) -> Callable[[F], F]:
     return flags(SimulateSettings, *table)
 
 
-def _parse_start(value: str) -> int:
-    """Epoch ms of an ISO-8601 time with a zone, or of the current second for ``now``."""
-    if value == "now":
-        return to_epoch_ms(datetime.now(UTC).replace(microsecond=0))
+def _parse_start(value: str, behind_h: float = 0.0) -> int:
+    """Epoch ms of an ISO-8601 time with a zone, of the current second for ``now``, or of
+    ``behind_h`` hours before it for ``auto``."""
+    if value in ("now", "auto"):
+        now = to_epoch_ms(datetime.now(UTC).replace(microsecond=0))
+        return now - round(behind_h * 3_600_000) if value == "auto" else now
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -164,7 +168,10 @@ def simulate() -> None:
 def live() -> None:
     """Publish live telemetry and maintenance events over MQTT, paced by --speed.
 
-    Machines start at random points of their life, so failures come within minutes.
+    Machines start at random points of their life, so failures come within minutes. Every
+    run is a restart of the simulated devices: its readings carry a new boot epoch (the run's
+    start in epoch ms) and seq starts again from 0, as a rebooted device's would. The
+    simulated clock starts --behind-h hours in the past and never overtakes the wall clock.
     SIGTERM (or Ctrl-C) stops after the in-flight messages are acknowledged.
     """
     from forewarn.mqtt import MqttClient
@@ -173,13 +180,14 @@ def live() -> None:
 
     settings = settings_from(SimulateSettings)
     opts = settings.simulate
-    start_ms = _parse_start(opts.live.start)
-    fleet = opts.fleet(start_ms=start_ms, stagger=True, seq_start=start_ms // opts.sample_period_ms)
+    boot = time.time_ns() // 1_000_000
+    start_ms = _parse_start(opts.live.start, opts.live.behind_h)
+    fleet = opts.fleet(start_ms=start_ms, stagger=True, run_id=f"boot-{boot}")
     faults = opts.faults.config()
 
     def builder(sink: Sink, machine_ids: list[str]) -> MessageBuilder:
         return MessageBuilder(sink, machine_ids, faults=faults, seed=opts.seed, delivery=opts.delivery,
-                              batch_size=opts.batch_size, gateways_per_site=opts.gateways_per_site)
+                              batch_size=opts.batch_size, gateways_per_site=opts.gateways_per_site, boot=boot)
 
     client = MqttClient(settings.mqtt, opts.live.client_id)
     client.connect()

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 import numpy as np
 import numpy.typing as npt
 
-from forewarn.contract import MaintenanceEvent
+from forewarn.contract import MaintenanceEvent, MaintenanceKind
 from simulators.assets import AssetSpec, asset_spec
 from simulators.errors import SimulatorError
 
@@ -70,6 +70,9 @@ class FleetConfig:
     max_runs: int | None = None
     first_machine: int = 0
     seq_start: int = 0
+    # Names this run in the maintenance events' ids (``<machine>/<run_id>/<n>``); default
+    # ``seed-<seed>``, so a rerun of the same history gives the same ids (the same events).
+    run_id: str | None = None
 
     def __post_init__(self) -> None:
         if not self.asset_types:
@@ -87,6 +90,7 @@ class FleetConfig:
             (not 0 <= self.regime_switch_prob <= 1, "regime switch probability must be in [0, 1]"),
             (self.max_runs is not None and self.max_runs < 1, "max runs must be >= 1"),
             (self.seq_start < 0, "seq start must be >= 0"),
+            (self.run_id is not None and not 0 < len(self.run_id) <= 100, "run id must be 1..100 characters"),
         ]
         for bad, message in problems:
             if bad:
@@ -95,6 +99,11 @@ class FleetConfig:
     @property
     def period_ms(self) -> int:
         return max(1, round(self.sample_period_s * 1000))
+
+    @property
+    def event_run(self) -> str:
+        """The run part of the maintenance events' ids."""
+        return self.run_id if self.run_id is not None else f"seed-{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,7 @@ class _Group:
     runs: IntArray
     regime: IntArray
     seq: IntArray
+    events: IntArray  # maintenance events sent per machine: the <n> of their ids
     phase_ms: IntArray
     machine_offset: FloatArray
     linear: FloatArray
@@ -259,7 +269,7 @@ class Fleet:
             curvature=np.zeros(n), d0=np.zeros(n), mode=np.zeros(n, dtype=np.int16),
             down_left=zeros_i.copy(), runs=zeros_i.copy(),
             regime=rng.integers(len(spec.regimes), size=n).astype(np.int64),
-            seq=np.full(n, c.seq_start, dtype=np.int64),
+            seq=np.full(n, c.seq_start, dtype=np.int64), events=zeros_i.copy(),
             phase_ms=rng.integers(0, c.period_ms, size=n).astype(np.int64),
             machine_offset=rng.standard_normal((n, n_s)) * spec.table("spread"),
             linear=np.zeros((n, n_s)), late=np.zeros((n, n_s)),
@@ -343,8 +353,7 @@ class Fleet:
         # Failures: the run's last reading was just taken.
         failed = np.flatnonzero(g.running & (g.t >= g.length - 1))
         for i in failed.tolist():
-            events.append(MaintenanceEvent(1, self.machine_ids[g.offset + i], int(ts[i]), "failure",
-                                           spec.mode_names[g.mode[i]], spec.name))
+            events.append(self._event(g, i, int(ts[i]), "failure"))
         if failed.size:
             g.running[failed] = False
             g.down_left[failed] = c.downtime_cycles + 1
@@ -356,9 +365,16 @@ class Fleet:
         g.down_left[waiting] -= 1
         repaired = np.flatnonzero(waiting & (g.down_left == 0))
         for i in repaired.tolist():
-            events.append(MaintenanceEvent(1, self.machine_ids[g.offset + i], int(ts[i]), "repair",
-                                           spec.mode_names[g.mode[i]], spec.name))
+            events.append(self._event(g, i, int(ts[i]), "repair"))
         if repaired.size:
             self._new_runs(g, repaired, first=False)
             g.running[repaired] = True
         return block, events
+
+    def _event(self, g: _Group, i: int, ts: int, kind: MaintenanceKind) -> MaintenanceEvent:
+        """Machine ``i`` of ``g``'s next maintenance event, with its unique id."""
+        machine = self.machine_ids[g.offset + i]
+        n = int(g.events[i])
+        g.events[i] += 1
+        return MaintenanceEvent(1, machine, ts, kind, g.spec.mode_names[g.mode[i]], g.spec.name,
+                                event_id=f"{machine}/{self.config.event_run}/{n}")

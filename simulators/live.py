@@ -4,6 +4,12 @@ One sample period of simulated time takes ``sample_period_s / speed`` wall secon
 (``speed=0``: no pacing, as fast as the broker takes it). :func:`run_live` returns when
 ``ticks`` periods are done or ``stop`` is set (the CLI sets it on SIGTERM/SIGINT); before
 returning it waits until every QoS ≥ 1 publish has been acknowledged by the broker.
+
+The simulated clock never runs ahead of the wall clock: consumers refuse event times too far
+ahead of arrival (``ts_out_of_range``), as they would a device with a skewed clock. A period
+is published only once the wall clock has passed its last possible event time, so a fast run
+that catches up with the wall clock goes on at 1x. Start it in the past (the CLI's
+``--start auto`` does) to run at ``speed`` for a while.
 """
 
 from __future__ import annotations
@@ -94,23 +100,29 @@ class MqttSink:
 
 
 class Pacer:
-    """Sleeps so that period ``k`` starts at ``k * period_s`` wall seconds after start.
+    """Sleeps so that period ``k`` starts at ``k * period_s`` wall seconds after start, and not
+    before the wall clock (``wall``, epoch seconds) reaches ``not_before_ms`` when given.
 
     Waiting uses ``stop`` so a stop request wakes it at once. Returns False when stopped.
+    ``held`` is True while the wall clock, not the pace, decides (the run goes at 1x).
     """
 
-    def __init__(self, period_s: float, stop: threading.Event, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, period_s: float, stop: threading.Event, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.period_s = period_s
         self.stop = stop
         self.clock = clock
+        self.wall = wall
         self.start = clock()
         self.behind_s = 0.0
+        self.held = False
 
-    def wait(self, k: int) -> bool:
-        if self.period_s <= 0:
-            return not self.stop.is_set()
-        delay = self.start + k * self.period_s - self.clock()
+    def wait(self, k: int, not_before_ms: int | None = None) -> bool:
+        delay = self.start + k * self.period_s - self.clock() if self.period_s > 0 else 0.0
         self.behind_s = max(0.0, -delay)
+        hold = 0.0 if not_before_ms is None else not_before_ms / 1000 - self.wall()
+        self.held = hold > 0 and hold >= delay
+        delay = max(delay, hold)
         if delay > 0:
             return not self.stop.wait(delay)
         return not self.stop.is_set()
@@ -148,8 +160,12 @@ def run_live(
     report_path: Path | None = None,
     delivery: Delivery = "single",
     batch_size: int = 100,
+    boot: int | None = None,
+    pacer: Pacer | None = None,
 ) -> LiveSummary:
-    """Simulate ``fleet_config`` and publish it through the connected ``client``."""
+    """Simulate ``fleet_config`` and publish it through the connected ``client``; ``boot`` is
+    the restart epoch of the default builder's readings, ``pacer`` (tests) replaces the one
+    ``speed`` makes."""
     stop = stop or threading.Event()
     fleet = Fleet(fleet_config)
     sink = MqttSink(client, qos)
@@ -157,16 +173,17 @@ def run_live(
         builder = builder_factory(sink, fleet.machine_ids)
     else:
         builder = MessageBuilder(sink, fleet.machine_ids, seed=fleet_config.seed, delivery=delivery,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, boot=boot)
     summary = LiveSummary(report=builder.report)
     period_wall = fleet_config.sample_period_s / speed if speed > 0 else 0.0
-    pacer = Pacer(period_wall, stop)
+    pacer = pacer or Pacer(period_wall, stop)
     started = last_report = time.monotonic()
     last_readings = 0
     log.info("live: %s machines, period %ss, speed %sx, %s delivery, QoS %s", fleet.size,
              fleet_config.sample_period_s, speed, delivery, qos)
     k = 0
-    while (ticks is None or k < ticks) and pacer.wait(k):
+    # Every event time of period k is below the start of period k + 1: wait for the wall clock to pass it.
+    while (ticks is None or k < ticks) and pacer.wait(k, fleet.time_ms(k + 1)):
         blocks, events = fleet.step()
         summary.readings += builder.publish(blocks, events)
         for event in events:
@@ -181,7 +198,9 @@ def run_live(
             line = (f"t+{k * fleet_config.sample_period_s:.0f}s simulated: {summary.readings} readings "
                     f"({rate:,.0f}/s), {builder.report.messages} messages, {summary.failures} failures, "
                     f"{sink.unacked} unacked")
-            if pacer.behind_s > period_wall > 0:
+            if pacer.held:
+                line += ", caught up with the wall clock (1x)"
+            elif pacer.behind_s > period_wall > 0:
                 line += f", {pacer.behind_s:.1f}s behind schedule"
             if progress is not None:
                 progress(line)

@@ -67,7 +67,7 @@ class ListSink:
 
 
 def _reading_dict(block: Block, i: int, machine_id: str, ts: int, values: list[float],
-                  settings: list[float]) -> dict[str, Any]:
+                  settings: list[float], boot: int | None) -> dict[str, Any]:
     sensors = dict(zip(block.sensor_names, values, strict=True))
     if block.missing is not None:
         for j in np.flatnonzero(block.missing[i]).tolist():
@@ -76,15 +76,18 @@ def _reading_dict(block: Block, i: int, machine_id: str, ts: int, values: list[f
     if block.settings_missing is not None:
         for j in np.flatnonzero(block.settings_missing[i]).tolist():
             del setting_values[block.setting_names[j]]
-    return {"v": SCHEMA_VERSION, "machine_id": machine_id, "asset_type": block.asset_type, "ts": ts,
-            "seq": int(block.seq[i]), "sensors": sensors, "settings": setting_values}
+    reading = {"v": SCHEMA_VERSION, "machine_id": machine_id, "asset_type": block.asset_type, "ts": ts,
+               "seq": int(block.seq[i]), "sensors": sensors, "settings": setting_values}
+    if boot is not None:
+        reading["boot"] = boot
+    return reading
 
 
 def encode_readings(block: Block, machine_ids: Sequence[str],
-                    ts: npt.NDArray[np.int64] | None = None) -> list[bytes]:
+                    ts: npt.NDArray[np.int64] | None = None, boot: int | None = None) -> list[bytes]:
     """Encode every reading of ``block`` as a telemetry message (``ts`` overrides the event
-    times, e.g. with clock skew). Missing fields are left out; non-finite values become
-    bare NaN/Infinity tokens."""
+    times, e.g. with clock skew; ``boot``, when given, is every reading's restart epoch).
+    Missing fields are left out; non-finite values become bare NaN/Infinity tokens."""
     n = len(block)
     if n == 0:
         return []
@@ -95,10 +98,11 @@ def encode_readings(block: Block, machine_ids: Sequence[str],
     names, setting_names, asset = block.sensor_names, block.setting_names, block.asset_type
     ids = [machine_ids[m] for m in block.machine.tolist()]
     enc = _encoder.encode
+    extra = {} if boot is None else {"boot": boot}
     out = [
         enc({"v": SCHEMA_VERSION, "machine_id": ids[i], "asset_type": asset, "ts": times[i], "seq": seqs[i],
              "sensors": dict(zip(names, values[i], strict=True)),
-             "settings": dict(zip(setting_names, settings[i], strict=True))})
+             "settings": dict(zip(setting_names, settings[i], strict=True)), **extra})
         for i in range(n)
     ]
     special = ~np.isfinite(block.sensors).all(axis=1)
@@ -107,7 +111,7 @@ def encode_readings(block: Block, machine_ids: Sequence[str],
     if block.settings_missing is not None:
         special |= block.settings_missing.any(axis=1)
     for i in np.flatnonzero(special).tolist():
-        obj = _reading_dict(block, i, ids[i], times[i], values[i], settings[i])
+        obj = _reading_dict(block, i, ids[i], times[i], values[i], settings[i], boot)
         out[i] = json.dumps(obj, separators=(",", ":")).encode()
     return out
 
@@ -144,13 +148,16 @@ class MessageBuilder:
     ``machine_ids`` is the stream's machine registry (block ``machine`` indexes it).
     ``delivery="batch"`` groups readings per gateway into gateway batches of at most
     ``batch_size`` readings; each machine belongs to one of its site's
-    ``gateways_per_site`` gateways. Call :meth:`close` at the end to release held readings.
+    ``gateways_per_site`` gateways. ``boot`` is the restart epoch every reading carries (live
+    runs set one per run, as a restarted device does; None: no ``boot`` field). Call
+    :meth:`close` at the end to release held readings.
     """
 
     def __init__(self, sink: Sink, machine_ids: Sequence[str], *, faults: FaultConfig | None = None,
                  seed: int = 0, delivery: Delivery = "single", batch_size: int = 100,
-                 gateways_per_site: int = 1, report: FaultReport | None = None) -> None:
+                 gateways_per_site: int = 1, report: FaultReport | None = None, boot: int | None = None) -> None:
         self.sink = sink
+        self.boot = boot
         self.machine_ids = list(machine_ids)
         self.faults = faults or FaultConfig()
         self.delivery = delivery
@@ -211,7 +218,7 @@ class MessageBuilder:
             skew = self._skew_ms[block.machine]
             ts = ts + skew
             self.report.count("clock_skew", int(np.count_nonzero(skew)))
-        payloads = encode_readings(block, self.machine_ids, ts)
+        payloads = encode_readings(block, self.machine_ids, ts, self.boot)
         machines = block.machine.tolist()
         times = ts.tolist()
         if not f.any_delivery and not f.non_finite:

@@ -24,7 +24,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from forewarn.contract import MaintenanceEvent
+from forewarn.contract import MaintenanceEvent, MaintenanceKind
 from simulators.assets import ASSET_TYPES
 from simulators.errors import SimulatorError
 from simulators.fleet import Block
@@ -198,14 +198,20 @@ def _load_events(path: Path | None, site: str, asset_names: list[str], registry:
             if kind not in ("failure", "repair", "inspection"):
                 raise SimulatorError(f"unknown event {kind!r} in {path}", hint="use failure, repair or inspection")
             mid = normalise_machine_id(str(raw), site)
-            events.append(MaintenanceEvent(1, mid, int(when), kind, mode, asset_of.get(mid)))
+            events.append(_event(mid, int(when), kind, mode, asset_of.get(mid)))
     if failure_at_end:
         last = np.full(len(registry), np.iinfo(np.int64).min, dtype=np.int64)
         np.maximum.at(last, machine, ts)
         for m, when in enumerate(last.tolist()):
-            events.append(MaintenanceEvent(1, registry[m], int(when), "failure", None, asset_of.get(registry[m])))
+            events.append(_event(registry[m], int(when), "failure", None, asset_of.get(registry[m])))
     events.sort(key=lambda e: (e.ts, e.machine_id))
     return events
+
+
+def _event(machine: str, ts: int, kind: MaintenanceKind, mode: str | None, asset: str | None) -> MaintenanceEvent:
+    """A replayed event; its id is what it is (machine, kind, time), so replaying the same file
+    twice sends the same events again, which consumers apply once."""
+    return MaintenanceEvent(1, machine, ts, kind, mode, asset, event_id=f"{machine}/{kind}@{ts}")
 
 
 def run_replay(data: ReplayData, builder: MessageBuilder, *, rate: float = 0.0, stop: threading.Event | None = None,

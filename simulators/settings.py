@@ -66,8 +66,12 @@ class FaultOptions(_Section):
 class LiveOptions(_Section):
     """What only ``forewarn simulate live`` has."""
 
-    speed: float = Field(60.0, ge=0, description="simulated seconds per wall second (0 = as fast as possible)")
-    start: str = Field("now", description="simulated start time, ISO-8601 UTC or 'now'")
+    speed: float = Field(60.0, ge=0, description="simulated seconds per wall second (0 = as fast as possible); "
+                         "the simulated clock never overtakes the wall clock: caught up, it runs at 1x")
+    start: str = Field("auto", description="simulated start time, ISO-8601 UTC, 'now', or 'auto' (--behind-h "
+                       "before now)")
+    behind_h: float = Field(24.0, ge=0, le=24 * 365, description="with --start auto: how many simulated hours "
+                            "the clock starts behind the wall clock (at --speed 60, 24 h take 24 wall minutes)")
     ticks: int | None = Field(None, ge=1, description="stop after this many sample periods (unset: run until "
                               "SIGTERM)")
     report: Path | None = Field(None, description="write the fault/production report (JSON) here at the end")

@@ -196,6 +196,6 @@ def test_history_to_kafka_fails_loudly_on_a_failed_delivery() -> None:
     producer = FakeProducer(InMemoryKafka())
     producer.fail_next = 2
     with pytest.raises(SimulatorError,
-                       match=r"2 records were not delivered to Kafka \(first error: .*simulated delivery failure"):
+                       match=r"2 records were not delivered to Kafka \(first error: .*_MSG_TIMED_OUT"):
         write_history_to_kafka(FleetConfig(machines=2, seed=1, max_runs=1), producer,
                                Topics.from_settings(TopicSettings()))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
-from forewarn.contract import Decoder, MaintenanceEvent
+from forewarn.contract import Decoder, MaintenanceEvent, Telemetry
 from forewarn.testing import FakeMqtt
 from simulators.fleet import FleetConfig
-from simulators.live import MqttSink, run_live
+from simulators.live import MqttSink, Pacer, run_live
 from simulators.messages import Outgoing
 
 decoder = Decoder()
@@ -64,3 +64,59 @@ def test_acknowledgement_before_publish_returns_counts_as_acknowledged() -> None
         sink.send(Outgoing("maintenance", "site-01", "site-01/pump-00001", b"{}", 0, 0))
     assert sink.unacked == 0 and sink.wait_acked(0.0) == 0
     assert [m.topic for m in mqtt.published] == ["forewarn/site-01/pump-00001/maintenance"] * 10
+
+
+def test_every_reading_of_a_run_carries_its_boot_and_events_have_unique_ids() -> None:
+    mqtt = FakeMqtt()
+    config = FleetConfig(machines=5, sites=2, stagger=True, seed=2, mtbf_cycles=60, start_ms=1_767_225_600_000,
+                         run_id="boot-42")
+    summary = run_live(config, mqtt, qos=1, speed=0, ticks=80, delivery="batch", batch_size=4, boot=42)
+    readings = [r for m in mqtt.published if m.topic.endswith("/batch") for r in decoder.batch(m.payload)[1]]
+    assert len(readings) == summary.readings > 0 and {r.boot for r in readings} == {42}
+    events = [decoder.maintenance(m.payload) for m in mqtt.published if m.topic.endswith("/maintenance")]
+    ids = [e.event_id for e in events if isinstance(e, MaintenanceEvent)]
+    assert len(ids) == len(events) == summary.failures + summary.repairs > 0
+    assert len(set(ids)) == len(ids) and all(i is not None and "/boot-42/" in i for i in ids)
+
+
+class _Clocks:
+    """A monotonic and a wall clock that only move when the pacer waits."""
+
+    def __init__(self, wall_s: float) -> None:
+        self.mono = 0.0
+        self.wall_s = wall_s
+        self.waited: list[float] = []
+
+    def advance(self, seconds: float) -> bool:
+        self.waited.append(seconds)
+        self.mono += seconds
+        self.wall_s += seconds
+        return False  # not stopped
+
+
+def test_the_simulated_clock_runs_at_speed_until_it_reaches_the_wall_clock_then_at_1x() -> None:
+    period_ms = 60_000
+    wall_start_ms = 1_767_225_600_000 + 10 * period_ms  # the run starts 10 periods behind the wall clock
+    clocks = _Clocks(wall_start_ms / 1000)
+    stop = threading.Event()
+    stop.wait = clocks.advance  # type: ignore[method-assign]
+    pacer = Pacer(period_ms / 1000 / 120, stop, clock=lambda: clocks.mono, wall=lambda: clocks.wall_s)
+    mqtt = FakeMqtt()
+    config = FleetConfig(machines=3, sites=1, seed=1, start_ms=1_767_225_600_000)
+    published_at: list[tuple[float, list[int]]] = []
+    original = mqtt.publish
+
+    def publish(topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> object:
+        if topic.endswith("/telemetry"):
+            reading = decoder.telemetry(payload if isinstance(payload, bytes) else payload.encode())
+            assert isinstance(reading, Telemetry)
+            published_at.append((clocks.wall_s * 1000, [reading.ts]))
+        return original(topic, payload, qos, retain)
+
+    mqtt.publish = publish  # type: ignore[method-assign]
+    summary = run_live(config, mqtt, qos=1, speed=120, ticks=20, pacer=pacer)
+    assert summary.ticks == 20
+    assert all(ts <= now for now, stamps in published_at for ts in stamps)  # never ahead of the wall clock
+    fast = [w for w in clocks.waited if w < 1]
+    slow = [w for w in clocks.waited if w >= 1]
+    assert len(fast) >= 8 and len(slow) >= 8 and pacer.held  # caught up: one period per period
