@@ -72,6 +72,12 @@ class ScoringOptions(_Section):
                                      "(unset = off)")
     restore_timeout_s: float = Field(120.0, gt=0, description="how long rebuilding state after an assignment may "
                                      "take, in seconds")
+    stats_interval_s: float = Field(10.0, gt=0, description="publish what was scored and why the rest was not "
+                                    "(a PipelineStats record on the pipeline topic) this often, in seconds, when "
+                                    "anything was counted")
+    retry_backoff_max_s: float = Field(5.0, ge=0, description="longest pause between attempts to recover from a "
+                                       "failed transaction or an unreachable Kafka, in seconds (the pause doubles "
+                                       "from a twentieth of a second up to this)")
     alerts: AlertOptions = AlertOptions()
 
 

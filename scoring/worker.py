@@ -26,7 +26,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -35,6 +35,8 @@ from forewarn.contract import (
     Alert,
     Decoder,
     MaintenanceEvent,
+    PipelineStats,
+    Reason,
     Rejected,
     Telemetry,
     encode,
@@ -57,6 +59,10 @@ __all__ = ["ConsumerFactory", "ProducerFactory", "ScoringWorker"]
 
 log = logging.getLogger(__name__)
 
+_FIRST_PAUSE_S = 0.05  # the first pause of a recovery that failed; it doubles with every failure in a row
+_Event = tuple[MaintenanceEvent, int]  # an event and its partition, as the engine takes them
+_T = TypeVar("_T")
+_Item = tuple[_T, MessageLike]  # what the engine takes, and the record it came from
 
 
 class ProducerFactory(Protocol):
@@ -113,9 +119,16 @@ class ScoringWorker(LoopService):
         self._producer_factory: ProducerFactory = producer_factory or kafka_producer
         self._consumer_factory: ConsumerFactory = consumer_factory or kafka_consumer
         self._started = False
+        self._transactional_id = f"{self.options.group_id}.{self.worker_id}"
+        self._recovering = False  # a failure left the worker off the committed state: rewind first
+        self._failures = 0  # failed transactions and recoveries since the last commit
+        self._stats_since = int(clock() * 1000)
+        self._stats_counts: dict[str, int] = {}  # committed, not yet published
+        self._stats_resets: dict[str, int] = {}
         self._producer: TransactionalProducerLike | None = None
         self._consumer: ConsumerLike | None = None
         self._models: ConsumerLike | None = None
+        self._models_next: dict[tuple[str, int], int] = {}  # the next models record to offer, per partition
         self._owned: set[int] = set()
         self._next: dict[tuple[str, int], int] = {}
         self._pending_alerts: list[Alert] = []
@@ -136,23 +149,11 @@ class ScoringWorker(LoopService):
         self._models = self._consumer_factory(f"{self.options.group_id}.models", (),
                                               **{"isolation.level": "read_uncommitted"})
         self._load_models_topic()
-        tid = f"{self.options.group_id}.{self.worker_id}"
-        self._producer = self._producer_factory(**{
-            "transactional.id": tid,
-            "transaction.timeout.ms": self.options.transaction_timeout_ms,
-            "linger.ms": 2,  # commit_transaction flushes anyway; a long linger only adds latency
-            # The coordinator answers CONCURRENT_TRANSACTIONS while it still writes the last
-            # transaction's markers; librdkafka's default 100 ms backoff then made every
-            # back-to-back send_offsets_to_transaction wait for it. Retry sooner.
-            "retry.backoff.ms": 5,
-            "batch.size": 1_000_000,
-            "queue.buffering.max.messages": 1_000_000,
-        })
         try:
-            self._producer.init_transactions()
+            self._producer = self._start_producer()
         except KafkaError as error:
-            raise ScoringError(f"cannot start the transactional producer {tid}: {error.one_line()}",
-                               hint="is Kafka running and reachable?") from None
+            raise ScoringError(f"cannot start the transactional producer {self._transactional_id}: "
+                               f"{error.one_line()}", hint="is Kafka running and reachable?") from None
         overrides: dict[str, object] = {
             "partition.assignment.strategy": "range",
             "max.poll.interval.ms": 300_000,
@@ -173,7 +174,28 @@ class ScoringWorker(LoopService):
             self.metrics.serve(self.options.metrics_port)
         self._started = True
         log.info("scoring worker %s started (group %s, transactional.id %s)", self.worker_id,
-                 self.options.group_id, tid)
+                 self.options.group_id, self._transactional_id)
+
+    def _start_producer(self) -> TransactionalProducerLike:
+        """A new transactional producer, registered: its ``init_transactions`` fences any older
+        producer of this worker id and aborts the transaction that one left open."""
+        producer = self._producer_factory(**{
+            "transactional.id": self._transactional_id,
+            "transaction.timeout.ms": self.options.transaction_timeout_ms,
+            "linger.ms": 2,  # commit_transaction flushes anyway; a long linger only adds latency
+            # The coordinator answers CONCURRENT_TRANSACTIONS while it still writes the last
+            # transaction's markers; librdkafka's default 100 ms backoff then made every
+            # back-to-back send_offsets_to_transaction wait for it. Retry sooner.
+            "retry.backoff.ms": 5,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 1_000_000,
+        })
+        try:
+            producer.init_transactions()
+        except KafkaError:
+            producer.close(1.0)
+            raise
+        return producer
 
     def close(self) -> None:
         """Leave the group, release the clients and stop the metrics endpoint."""
@@ -194,19 +216,47 @@ class ScoringWorker(LoopService):
 
     def step(self) -> int:
         """Consume, score and commit one batch; returns the records it consumed (a batch whose
-        transaction was aborted is consumed again by the next step)."""
-        assert self._consumer is not None and self._producer is not None, "start() first"
+        transaction failed is consumed again by a later step, once the worker is rewound)."""
+        assert self._consumer is not None, "start() first"
+        if self._recovering and not self._recover():
+            return 0
         self._poll_models(0.0)
         if not self.registry.serving:
             log.info("waiting for a model on %s", self.topics.models)
             self._poll_models(1.0)
             return 0
-        messages = self._next_batch()
-        if not messages and not self._pending_alerts:
+        try:
+            messages = self._next_batch()
+        except KafkaError as error:
+            self._consume_failed(error)
+            return 0
+        if self._recovering:  # a rebalance could not rebuild state: these records are read again
+            return 0
+        now_ms = int(self.clock() * 1000)
+        if not messages and not self._pending_alerts and not self._stats_due(now_ms, False):
             self._maybe_lag()
             return 0
-        readings: list[Incoming] = []
-        events: list[tuple[MaintenanceEvent, int]] = []
+        readings, events, rejected = self._decode(messages)
+        processed = self._process(readings, events)
+        if processed is None:
+            return 0
+        result, unprocessable = processed
+        rejected.extend(unprocessable)
+        alerts = [*self._pending_alerts, *result.alerts]
+        if self._transact(result, alerts, rejected, {m.partition() or 0 for m in messages}):
+            left_out = sum(1 for _, message in unprocessable if message.topic() == self.topics.telemetry)
+            self._observe(result, alerts, len(readings) - left_out, len(rejected))
+            self.batches += 1
+        self._maybe_lag()
+        return len(messages)
+
+    def _decode(self, messages: Sequence[MessageLike]) -> tuple[list[_Item[Incoming]], list[_Item[_Event]],
+                                                                 list[tuple[Rejected, MessageLike]]]:
+        """The batch's readings and maintenance events, each with its record, and what the
+        contract refused (or what its decoding could not handle, which is refused as
+        ``unprocessable``)."""
+        readings: list[_Item[Incoming]] = []
+        events: list[_Item[_Event]] = []
         rejected: list[tuple[Rejected, MessageLike]] = []
         telemetry, decoder = self.topics.telemetry, self.decoder
         nxt = self._next
@@ -218,25 +268,67 @@ class ScoringWorker(LoopService):
             # records produced without one are checked against now.
             ingest = _header(message, INGEST_HEADER)
             arrived = ingest if ingest is not None else decoder.arrival_ms()
-            if topic == telemetry:
-                reading = self._decode_telemetry(raw, arrived)
-                if isinstance(reading, Rejected):
-                    rejected.append((reading, message))
+            try:
+                if topic == telemetry:
+                    reading = self._decode_telemetry(raw, arrived)
+                    if isinstance(reading, Rejected):
+                        rejected.append((reading, message))
+                    else:
+                        readings.append((Incoming(reading, partition, ingest), message))
                 else:
-                    readings.append(Incoming(reading, partition, ingest))
+                    event = decoder.maintenance(raw, arrived)
+                    if isinstance(event, Rejected):
+                        rejected.append((event, message))
+                    else:
+                        events.append(((event, partition), message))
+            except Exception as error:  # noqa: BLE001 - one record must never stop the worker
+                rejected.append((_unprocessable(error, raw, "decoding"), message))
+        return readings, events, rejected
+
+    def _process(self, readings: list[_Item[Incoming]], events: list[_Item[_Event]]
+                 ) -> tuple[BatchResult, list[tuple[Rejected, MessageLike]]] | None:
+        """The engine's result for the batch. When processing raises, the records that make it
+        raise are found and left out (see :meth:`_isolate`); ``None`` when that could not be
+        done because Kafka was unreachable (the worker then rewinds and reads the batch again)."""
+        try:
+            return self.engine.process([r for r, _ in readings], [e for e, _ in events]), []
+        except Exception as error:  # noqa: BLE001 - any record the engine cannot handle is dead-lettered
+            log.error("scoring a batch of %s readings and %s maintenance events failed (%s: %s); looking for "
+                      "the records that cannot be processed", len(readings), len(events), type(error).__name__,
+                      error)
+        try:
+            return self._isolate(readings, events)
+        except KafkaError as error:
+            log.warning("cannot rebuild state to isolate the failing records (%s); rewinding", error.one_line())
+            self._recovering = True
+            return None
+
+    def _isolate(self, readings: list[_Item[Incoming]], events: list[_Item[_Event]]
+                 ) -> tuple[BatchResult, list[tuple[Rejected, MessageLike]]]:
+        """Process the batch again one record at a time, in the engine's order (readings, then
+        events), from the committed state: the first record that raises is dead-lettered as
+        ``unprocessable`` and the pass starts over without it (the failed call may have left
+        state half-updated). A pass without failure is the batch's result: predictions do not
+        depend on where a batch is cut, so it is what the whole batch would have given."""
+        items: list[tuple[Incoming | None, _Event | None, MessageLike]] = [
+            *((r, None, m) for r, m in readings), *((None, e, m) for e, m in events)]
+        bad: dict[int, Rejected] = {}
+        while True:
+            self._restore_owned()
+            results: list[BatchResult] = []
+            for index, (reading, event, message) in enumerate(items):
+                if index in bad:
+                    continue
+                try:
+                    results.append(self.engine.process([reading] if reading is not None else [],
+                                                       [event] if event is not None else []))
+                except Exception as error:  # noqa: BLE001 - this record is the one the engine cannot handle
+                    bad[index] = _unprocessable(error, message.value() or b"", "scoring")
+                    log.error("record %s[%s]@%s cannot be processed (%s); it goes to the dead-letter topic",
+                              message.topic(), message.partition(), message.offset(), bad[index].detail)
+                    break
             else:
-                event = decoder.maintenance(raw, arrived)
-                if isinstance(event, Rejected):
-                    rejected.append((event, message))
-                else:
-                    events.append((event, partition))
-        result = self.engine.process(readings, events)
-        alerts = [*self._pending_alerts, *result.alerts]
-        if self._transact(result, alerts, rejected, {m.partition() or 0 for m in messages}):
-            self._observe(result, alerts, len(readings), len(rejected))
-            self.batches += 1
-        self._maybe_lag()
-        return len(messages)
+                return _merge(results), [(bad[i], items[i][2]) for i in sorted(bad)]
 
     def _next_batch(self) -> Sequence[MessageLike]:
         """Whatever has been fetched already, up to ``max_batch`` records; when nothing has, the
@@ -271,12 +363,16 @@ class ScoringWorker(LoopService):
 
     def _transact(self, result: BatchResult, alerts: list[Alert], rejected: list[tuple[Rejected, MessageLike]],
                   moved: set[int]) -> bool:
-        """Produce the batch's output and commit it with the offsets; False when the
-        transaction had to be aborted (the worker is rewound to the committed state)."""
+        """Produce the batch's output (and, when due, the pipeline stats) and commit it with the
+        offsets; False when the transaction failed (the worker is rewound to the committed
+        state, or will be before its next batch)."""
         assert self._producer is not None and self._consumer is not None
         producer = self._producer
         produce = producer.produce
         started = time.perf_counter()
+        now_ms = int(self.clock() * 1000)
+        counts, resets = self._batch_counts(result, rejected)
+        stats = self._stats_record(now_ms, counts, resets)
         try:
             producer.begin_transaction()
             predictions, alerts_topic, state = self.topics.predictions, self.topics.alerts, self.topics.scoring_state
@@ -284,15 +380,13 @@ class ScoringWorker(LoopService):
                 produce(predictions, value, key)
             for alert in alerts:
                 produce(alerts_topic, encode(alert), alert.machine_id)
-            if rejected:
-                now_ms = int(self.clock() * 1000)
-                for reason, message in rejected:
-                    source = message.topic() or ""
-                    kind = Kind.MAINTENANCE if source == self.topics.maintenance else Kind.TELEMETRY
-                    letter = DeadLetter.from_kafka(reason, source_topic=source, kind=kind, key=message.key(),
-                                                   received_at=now_ms, origin=Origin.SCORING).record(self.topics.dlq)
-                    produce(letter.topic, letter.value, letter.key, headers=letter.headers,
-                            timestamp_ms=letter.timestamp_ms)
+            for reason, message in rejected:
+                source = message.topic() or ""
+                kind = Kind.MAINTENANCE if source == self.topics.maintenance else Kind.TELEMETRY
+                letter = DeadLetter.from_kafka(reason, source_topic=source, kind=kind, key=message.key(),
+                                               received_at=now_ms, origin=Origin.SCORING).record(self.topics.dlq)
+                produce(letter.topic, letter.value, letter.key, headers=letter.headers,
+                        timestamp_ms=letter.timestamp_ms)
             for partition, machines in result.dirty.items():
                 for key, record in self.engine.export(machines):
                     produce(state, encode_record(record), key, partition=partition)
@@ -300,25 +394,145 @@ class ScoringWorker(LoopService):
                 marker = Marker(self._next.get((self.topics.telemetry, partition), NO_OFFSET),
                                 self._next.get((self.topics.maintenance, partition), NO_OFFSET))
                 produce(state, encode_marker(marker), MARKER_KEY, partition=partition)
+            if stats is not None:
+                produce(self.topics.pipeline, encode(stats), self.worker_id)
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._next.items() if p in self._owned]
             if offsets:
                 producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata())
-            producer.commit_transaction()
+            self._commit(producer)
         except KafkaError as error:
-            if not error.txn_requires_abort:
-                raise ScoringError(f"transaction failed: {error.one_line()}",
-                                   hint="the worker stops; restarted, it resumes from the committed state") from None
-            log.warning("transaction aborted (%s); rewinding to the committed state", error.one_line())
-            try:
-                producer.abort_transaction()
-            except KafkaError as abort_error:
-                raise ScoringError(f"aborting the transaction failed: {abort_error.one_line()}",
-                                   hint="the worker stops; restarted, it resumes from the committed state") from None
-            self._rewind()
+            self._transaction_failed(error)
             return False
         self._pending_alerts.clear()
+        self._failures = 0
+        self._count_stats(counts, resets, stats)
         self.metrics.transaction.observe(time.perf_counter() - started)
         return True
+
+    def _commit(self, producer: TransactionalProducerLike) -> None:
+        """Commit the open transaction; a retriable failure (a timeout: the outcome is not
+        known yet) is retried until the transaction timeout has passed."""
+        deadline = time.monotonic() + self.options.transaction_timeout_ms / 1000
+        while True:
+            try:
+                producer.commit_transaction(max(1.0, deadline - time.monotonic()))
+                return
+            except KafkaError as error:
+                if not error.retriable or error.fatal or error.txn_requires_abort or time.monotonic() >= deadline:
+                    raise
+                log.warning("committing the transaction: %s; trying again", error.one_line())
+
+    def _transaction_failed(self, error: KafkaError) -> None:
+        """Undo a failed transaction. Fatal (the producer cannot go on, e.g. fenced after the
+        coordinator timed the transaction out): drop the producer; a new one's
+        ``init_transactions`` aborts what this one left open. Otherwise abort, and drop the
+        producer when the abort fails too. Then rewind, at once or before the next batch."""
+        self._failures += 1
+        if error.fatal:
+            log.error("transactional producer failed for good (%s); starting a new one and rewinding to the "
+                      "committed state", error.one_line())
+            self._drop_producer()
+        else:
+            log.warning("transaction failed (%s); aborting it and rewinding to the committed state",
+                        error.one_line())
+            if not self._abort():
+                self._drop_producer()
+        self._recovering = True
+        self._recover()
+
+    def _abort(self) -> bool:
+        """Abort the open transaction (retrying a timeout until the transaction timeout has
+        passed); False when it could not be aborted."""
+        assert self._producer is not None
+        deadline = time.monotonic() + self.options.transaction_timeout_ms / 1000
+        while True:
+            try:
+                self._producer.abort_transaction(max(1.0, deadline - time.monotonic()))
+                return True
+            except KafkaError as error:
+                if error.retriable and not error.fatal and time.monotonic() < deadline:
+                    log.warning("aborting the transaction: %s; trying again", error.one_line())
+                    continue
+                log.warning("aborting the transaction failed (%s); a new producer will abort it",
+                            error.one_line())
+                return False
+
+    def _drop_producer(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            try:
+                producer.close(1.0)
+            except KafkaError as error:
+                log.warning("closing the failed producer: %s", error.one_line())
+
+    def _recover(self) -> bool:
+        """Bring the worker back to the committed state after a failure: a new transactional
+        producer if the old one was dropped, then :meth:`_rewind`. On a Kafka error the worker
+        stays in recovery and the next step tries again, after a pause that doubles with every
+        failure in a row up to ``retry_backoff_max_s``."""
+        if self._failures > 1:
+            pause = min(self.options.retry_backoff_max_s, _FIRST_PAUSE_S * 2 ** (self._failures - 2))
+            self._stop.wait(pause)
+        try:
+            if self._producer is None:
+                self._producer = self._start_producer()
+            self._rewind()
+        except KafkaError as error:
+            self._failures += 1
+            log.warning("recovering to the committed state failed (%s); trying again", error.one_line())
+            return False
+        self._recovering = False
+        return True
+
+    def _consume_failed(self, error: KafkaError) -> None:
+        """A fatal consumer error ends the worker with one line (with static membership that is
+        another process running under this worker id, which the group let in). Anything else
+        may have cost records fetched in the same call: rewind to the committed offsets."""
+        if error.fatal:
+            raise ScoringError(f"the consumer of group {self.options.group_id} failed for good: {error.one_line()}",
+                               hint="is another worker running with the same worker id? restarted, this one "
+                                    "resumes from the committed state") from None
+        log.warning("consuming failed (%s); rewinding to the committed state", error.one_line())
+        self._failures += 1
+        self._recovering = True
+
+    # -- pipeline stats -----------------------------------------------------------------------
+
+    def _batch_counts(self, result: BatchResult, rejected: list[tuple[Rejected, MessageLike]]
+                      ) -> tuple[dict[str, int], dict[str, int]]:
+        """The batch's readings by outcome (scored, each reason not scored, rejected) and its
+        window restarts by why."""
+        counts = {reason: n for reason, n in result.not_scored.items() if n}
+        if result.predictions:
+            counts["scored"] = counts.get("scored", 0) + len(result.predictions)
+        telemetry = self.topics.telemetry
+        letters = sum(1 for _, message in rejected if message.topic() == telemetry)
+        if letters:
+            counts["rejected"] = counts.get("rejected", 0) + letters
+        return counts, {why: n for why, n in result.resets.items() if n}
+
+    def _stats_due(self, now_ms: int, counted: bool) -> bool:
+        """Whether a stats record goes into this transaction: the interval has passed and
+        something was counted (by committed batches or this one)."""
+        waiting = counted or bool(self._stats_counts) or bool(self._stats_resets)
+        return waiting and now_ms - self._stats_since >= self.options.stats_interval_s * 1000
+
+    def _stats_record(self, now_ms: int, counts: dict[str, int], resets: dict[str, int]) -> PipelineStats | None:
+        if not self._stats_due(now_ms, bool(counts or resets)):
+            return None
+        until = max(now_ms, self._stats_since)
+        return PipelineStats(SCHEMA_VERSION, self.worker_id, "scoring", self._stats_since, until,
+                             _added(self._stats_counts, counts), _added(self._stats_resets, resets))
+
+    def _count_stats(self, counts: dict[str, int], resets: dict[str, int], published: PipelineStats | None) -> None:
+        """After a commit: what was published starts a new period; else the batch's counts
+        wait for the next record."""
+        if published is not None:
+            self._stats_counts, self._stats_resets = {}, {}
+            self._stats_since = published.until
+        else:
+            self._stats_counts = _added(self._stats_counts, counts)
+            self._stats_resets = _added(self._stats_resets, resets)
 
     def _observe(self, result: BatchResult, alerts: list[Alert], n_readings: int, n_rejected: int) -> None:
         """Count a committed batch."""
@@ -358,6 +572,7 @@ class ScoringWorker(LoopService):
             # Every record in order (not only the latest per key): when the newest bundle of a
             # key is bad, the one before it keeps serving, as it would have without a restart.
             for message in read_to_end(self._models, self.topics.models, idle_timeout_s=timeout_s, max_messages=100):
+                self._models_next[(message.topic() or "", message.partition() or 0)] = (message.offset() or 0) + 1
                 key = (message.key() or b"").decode(errors="replace")
                 self._record_offer(self.registry.offer(key, message.value()))
         except KafkaError as error:
@@ -369,9 +584,22 @@ class ScoringWorker(LoopService):
                                ) from None
 
     def _poll_models(self, timeout_s: float) -> None:
+        """Offer what arrived on the ``models`` topic. A failed fetch may have taken records
+        with it: the reader goes back to the first record not yet offered."""
         if self._models is None:
             return
-        for message in self._models.consume(10, timeout_s):
+        try:
+            messages = self._models.consume(10, timeout_s)
+        except KafkaError as error:
+            log.warning("reading %s failed (%s); reading it again", self.topics.models, error.one_line())
+            try:
+                for (topic, partition), offset in sorted(self._models_next.items()):
+                    self._models.seek(TopicPartition(topic, partition, offset))
+            except KafkaError as seek_error:
+                log.warning("going back on %s failed: %s", self.topics.models, seek_error.one_line())
+            return
+        for message in messages:
+            self._models_next[(message.topic() or "", message.partition() or 0)] = (message.offset() or 0) + 1
             key = (message.key() or b"").decode(errors="replace")
             self._record_offer(self.registry.offer(key, message.value()))
 
@@ -386,21 +614,43 @@ class ScoringWorker(LoopService):
     # -- rebalancing and recovery -------------------------------------------------------
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
-        """Rebuild the state of the assigned partitions as of the group's committed offsets."""
-        assert self._consumer is not None
+        """Rebuild the state of the assigned partitions as of the group's committed offsets.
+        When Kafka does not answer, the worker rewinds before its next batch instead."""
+        try:
+            self._assign_state(partitions)
+        except KafkaError as error:
+            log.warning("cannot rebuild the state of partitions %s (%s); trying again",
+                        sorted(tp.partition for tp in partitions), error.one_line())
+            self._owned = {tp.partition for tp in partitions}
+            self._failures += 1
+            self._recovering = True
+
+    def _assign_state(self, partitions: list[TopicPartition]) -> None:
         numbers = {tp.partition for tp in partitions}
         started = time.monotonic()
-        try:
-            committed = self._consumer.committed(partitions, timeout_s=self.options.restore_timeout_s)
-        except KafkaError as error:
-            raise ScoringError(f"cannot read committed offsets: {error.one_line()}") from None
-        targets: dict[int, list[int]] = {p: [NO_OFFSET, NO_OFFSET] for p in numbers}
+        markers = self._committed_markers(partitions, set_next=True)
+        kept = self._restore(markers)
+        self._owned = numbers
+        self.metrics.restore.observe(time.monotonic() - started)
+        log.info("assigned partitions %s; restored %s windows in %.2fs", sorted(numbers), kept,
+                 time.monotonic() - started)
+
+    def _committed_markers(self, partitions: list[TopicPartition], *, set_next: bool) -> dict[int, Marker]:
+        """The changelog marker each partition's state is restored to: the group's committed
+        offsets (``set_next``: reading continues from there)."""
+        assert self._consumer is not None
+        committed = self._consumer.committed(partitions, timeout_s=self.options.restore_timeout_s)
+        targets: dict[int, list[int]] = {tp.partition: [NO_OFFSET, NO_OFFSET] for tp in partitions}
         for tp in committed:
             if tp.offset >= 0:
                 index = 0 if tp.topic == self.topics.telemetry else 1
                 targets[tp.partition][index] = tp.offset
-                self._next[(tp.topic, tp.partition)] = tp.offset
-        markers = {p: Marker(t, m) for p, (t, m) in targets.items()}
+                if set_next:
+                    self._next[(tp.topic, tp.partition)] = tp.offset
+        return {p: Marker(t, m) for p, (t, m) in targets.items()}
+
+    def _restore(self, markers: dict[int, Marker]) -> int:
+        """Load the partitions' state from the changelog up to ``markers``; returns the windows kept."""
         reader = self._consumer_factory(f"{self.options.group_id}.restore", (),
                                         **{"enable.auto.offset.store": False})
         try:
@@ -408,13 +658,16 @@ class ScoringWorker(LoopService):
                                         timeout_s=self.options.restore_timeout_s)
         finally:
             reader.close()
-        kept = 0
-        for state in states.values():
-            kept += self.engine.restore(state)
-        self._owned = numbers
-        self.metrics.restore.observe(time.monotonic() - started)
-        log.info("assigned partitions %s; restored %s windows in %.2fs", sorted(numbers), kept,
-                 time.monotonic() - started)
+        return sum(self.engine.restore(state) for state in states.values())
+
+    def _restore_owned(self) -> None:
+        """Put the engine back to the committed state of the owned partitions, leaving the
+        consumer where it is (to process the records in hand again)."""
+        assert self._consumer is not None
+        partitions = [TopicPartition(t, p) for t in (self.topics.telemetry, self.topics.maintenance)
+                      for p in sorted(self._owned)]
+        self.engine.forget_partitions(set(self._owned))
+        self._restore(self._committed_markers(partitions, set_next=False))
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         numbers = {tp.partition for tp in partitions}
@@ -425,17 +678,49 @@ class ScoringWorker(LoopService):
         log.info("revoked partitions %s", sorted(numbers))
 
     def _rewind(self) -> None:
-        """After an aborted transaction: rebuild the owned partitions' state from the
-        changelog and assign them again at the committed offsets, so the next step consumes
-        the aborted batch again."""
+        """After a failed transaction: rebuild the owned partitions' state from the changelog
+        and assign them again at the committed offsets, so the next step consumes the failed
+        batch again. Raises :class:`KafkaError` when Kafka does not answer."""
         assert self._consumer is not None
         consumer = self._consumer
         assignment = consumer.assignment()
         owned = set(self._owned)
         self._on_revoke(assignment)
-        self._on_assign(assignment)
+        self._assign_state(assignment)
         # OFFSET_INVALID: nothing committed yet, so the committed offset, i.e. auto.offset.reset.
         consumer.assign([TopicPartition(tp.topic, tp.partition, self._next.get((tp.topic, tp.partition),
                                                                                 OFFSET_INVALID))
                          for tp in assignment])
         log.info("rewound partitions %s to the committed state", sorted(owned))
+
+
+def _unprocessable(error: Exception, raw: bytes, doing: str) -> Rejected:
+    return Rejected(Reason.UNPROCESSABLE, f"{doing} raised {type(error).__name__}: {error}"[:1000], raw)
+
+
+def _added(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for key, n in b.items():
+        out[key] = out.get(key, 0) + n
+    return out
+
+
+def _merge(results: list[BatchResult]) -> BatchResult:
+    """One batch's result from the results of its parts, in order."""
+    merged = BatchResult()
+    for r in results:
+        merged.predictions.extend(r.predictions)
+        merged.prediction_ts.extend(r.prediction_ts)
+        merged.alerts.extend(r.alerts)
+        for partition, machines in r.dirty.items():
+            merged.dirty[partition] |= machines
+        merged.accepted += r.accepted
+        merged.dropped += r.dropped
+        merged.unscored += r.unscored
+        merged.not_scored = _added(merged.not_scored, r.not_scored)
+        merged.resets = _added(merged.resets, r.resets)
+        merged.per_asset = _added(merged.per_asset, r.per_asset)
+        for asset, seconds in r.inference_s.items():
+            merged.inference_s[asset] = merged.inference_s.get(asset, 0.0) + seconds
+        merged.shadow.extend(r.shadow)
+    return merged
