@@ -29,6 +29,21 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from bridge._mqtt_packets import (
+    CONNACK,
+    DISCONNECT,
+    PINGRESP,
+    PROP_RECEIVE_MAXIMUM,
+    PROP_SESSION_EXPIRY,
+    PUBACK,
+    PUBLISH,
+    SUBACK,
+    MalformedPacket,
+    connect_packet,
+    parse_connack,
+    parse_disconnect,
+    subscribe_packet,
+)
 from forewarn.errors import MqttError
 from forewarn.settings import MqttSettings
 
@@ -37,11 +52,14 @@ __all__ = ["Message", "Subscriber", "SubscriberLike"]
 log = logging.getLogger(__name__)
 
 _CHUNK = 256 * 1024
-_CONNECT, _CONNACK, _PUBLISH, _PUBACK, _SUBSCRIBE, _SUBACK = 0x10, 0x20, 0x30, 0x40, 0x82, 0x90
 _PINGREQ = b"\xc0\x00"
-_PINGRESP, _DISCONNECT = 0xD0, 0xE0
 _PUBACK_PACKET = struct.Struct("!BBH")
-_UNSUPPORTED_PROTOCOL = (0x84, 0x01)  # MQTT 5 reason "unsupported protocol version"; 3.1.1 return code 1
+# How a 3.1.1-only broker refuses an MQTT 5 CONNECT: a CONNACK with 3.1.1 return code 1
+# ("unacceptable protocol version", Mosquitto with 3.1.1 only), with MQTT 5 reason 0x84
+# ("unsupported protocol version"), or closing the connection before any CONNACK (aedes,
+# Moquette 0.17). A CONNACK that is only slow is none of these: MQTT 5 is tried again.
+_UNSUPPORTED_PROTOCOL = (0x84, 0x01)
+_STABLE_S = 30.0  # a connection up this long resets the reconnect backoff to its minimum
 _TOPIC_CACHE_MAX = 100_000
 
 Message = tuple[str, bytes, int, int]  # (topic, payload, qos, packet id)
@@ -74,26 +92,12 @@ class SubscriberLike(Protocol):
         """Disconnect for good; the persistent session stays on the broker."""
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(value: str | bytes) -> bytes:
-    raw = value.encode() if isinstance(value, str) else value
-    return struct.pack("!H", len(raw)) + raw
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
-
-
 class _Disconnected(Exception):
-    pass
+    """The connection is gone or must be dropped; the loop reconnects with backoff."""
+
+
+class _NoConnack(Exception):
+    """The broker accepted the TCP connection but sent no CONNACK in time."""
 
 
 class Subscriber:
@@ -126,6 +130,8 @@ class Subscriber:
         self._ping_since: float | None = None
         self._retry_at = 0.0
         self._delay = settings.reconnect_min_s
+        self._connected_at = 0.0
+        self._downgraded = False  # the broker refused MQTT 5 once: 3.1.1 from then on
         self._wanted = False  # connect() was called and disconnect() was not
 
     # -- connection ----------------------------------------------------------------------------
@@ -152,11 +158,15 @@ class Subscriber:
 
     def ack_many(self, mids: list[int]) -> None:
         """PUBACK these packet ids in one write. ``0x40 0x02 <id>`` is valid for 3.1.1 and 5 (reason
-        0 and no properties may be left out). Dropped when disconnected: the broker resends."""
+        0 and no properties may be left out). Dropped when disconnected (also when this write
+        finds the connection reset): the broker sends them again on the next connection."""
         if self._sock is None or not mids:
             return
         pack = _PUBACK_PACKET.pack
-        self._send(b"".join([pack(_PUBACK, 2, mid) for mid in mids]))
+        try:
+            self._send(b"".join([pack(PUBACK, 2, mid) for mid in mids]))
+        except OSError as error:
+            self._lost(f"acknowledging: {error}")
 
     def disconnect(self) -> None:
         """Send DISCONNECT (the persistent session stays on the broker) and close the socket."""
@@ -223,6 +233,8 @@ class Subscriber:
         try:
             self._flush_out()
             self._keepalive(reading=False)
+        except _Disconnected as why:
+            self._lost(str(why))
         except OSError as error:
             self._lost(str(error))
 
@@ -267,7 +279,7 @@ class Subscriber:
                     self._incomplete = True
                     return
                 kind = first & 0xF0
-                if kind == _PUBLISH:
+                if kind == PUBLISH:
                     qos = (first >> 1) & 3
                     tlen = (buf[body] << 8) | buf[body + 1]
                     p = body + 2 + tlen
@@ -312,14 +324,14 @@ class Subscriber:
 
     def _control(self, kind: int, body: bytes) -> None:
         self._ping_since = None
-        if kind == _SUBACK:
+        if kind == SUBACK:
             self._suback(body)
             return
-        if kind == _PINGRESP:
+        if kind == PINGRESP:
             return
-        if kind == _DISCONNECT:
-            reason = body[0] if body else 0
-            raise _Disconnected(f"broker sent DISCONNECT (reason {reason:#x})")
+        if kind == DISCONNECT:
+            reason, text = parse_disconnect(body)
+            raise _Disconnected(f"broker sent DISCONNECT (reason {reason:#x}{': ' + text if text else ''})")
         log.debug("mqtt: ignoring packet type %#x", kind)
 
     def _fill(self) -> bool:
@@ -372,10 +384,18 @@ class Subscriber:
             self._last_sent = time.monotonic()
 
     def _lost(self, why: str) -> None:
-        log.warning("mqtt connection lost (%s); reconnecting with backoff", why)
+        """The connection is gone. The backoff starts again from its minimum only when the
+        connection had been up for a stable period: a broker that drops us at once (say, over a
+        message we cannot parse) gets ever longer pauses, not a tight reconnect loop."""
+        now = time.monotonic()
+        s = self.settings
+        if now - self._connected_at >= _STABLE_S:
+            self._delay = s.reconnect_min_s
+        else:
+            self._delay = min(self._delay * 2, s.reconnect_max_s)
+        log.warning("mqtt connection lost (%s); reconnecting in %.1fs", why, self._delay)
         self._close()
-        self._delay = self.settings.reconnect_min_s
-        self._retry_at = time.monotonic() + self._delay
+        self._retry_at = now + self._delay
 
     def _close(self) -> None:
         sock, self._sock = self._sock, None
@@ -401,19 +421,22 @@ class Subscriber:
     # -- connecting ----------------------------------------------------------------------------
 
     def _open(self, timeout_s: float) -> None:
-        order = {"5": [True], "3.1.1": [False], "auto": [True, False]}[self.settings.protocol]
-        last: MqttError | None = None
-        for v5 in order:
-            try:
-                self._connect_once(v5, timeout_s)
-                return
-            except MqttError as error:
-                last = error
-                if error.reason_code not in _UNSUPPORTED_PROTOCOL:
-                    raise
-                log.info("mqtt broker refused protocol %s; falling back", "5" if v5 else "3.1.1")
-        assert last is not None
-        raise last
+        """Connect with the configured protocol. ``auto``: MQTT 5, and 3.1.1 from the first time
+        the broker refuses 5 (a refusal code, or closing the connection before CONNACK) for the
+        life of this subscriber; a 3.1.1 attempt that fails too is a connection failure."""
+        protocol = self.settings.protocol
+        if protocol != "auto" or self._downgraded:
+            self._connect_once(protocol == "5", timeout_s)
+            return
+        try:
+            self._connect_once(True, timeout_s)
+        except MqttError as error:
+            if error.reason_code not in _UNSUPPORTED_PROTOCOL:
+                raise
+            log.warning("mqtt broker %s:%s refused MQTT 5 (%s); using MQTT 3.1.1 from now on",
+                        self.settings.host, self.settings.port, error)
+            self._downgraded = True
+            self._connect_once(False, timeout_s)
 
     def _connect_once(self, v5: bool, timeout_s: float) -> None:
         s = self.settings
@@ -430,28 +453,37 @@ class Subscriber:
         except (OSError, ValueError) as error:
             raise MqttError(f"cannot reach MQTT broker at {s.host}:{s.port}: {error}",
                             hint="start it with `forewarn stack up` or fix mqtt.host/mqtt.port") from None
+        where = f"MQTT broker at {s.host}:{s.port}"
         try:
             sock.sendall(self._connect_packet(v5))
             first, body, rest = self._read_packet_blocking(sock, timeout_s)
+            if first & 0xF0 != CONNACK:
+                raise MqttError(f"{where} answered CONNECT with packet {first:#x}")
+            # A 3.1.1 broker answers a v5 CONNECT with a 3.1.1 CONNACK (no properties).
+            connack = parse_connack(body, v5 and len(body) > 2)
+        except _NoConnack as error:
+            sock.close()
+            raise MqttError(f"{where}: {error}", hint="the broker is slow or overloaded; retrying") from None
         except (OSError, _Disconnected) as error:
             sock.close()
             if not v5:
-                raise MqttError(f"MQTT broker at {s.host}:{s.port} closed the connection: {error}") from None
-            # Some 3.1.1-only brokers just close the socket on a v5 CONNECT.
-            raise MqttError(f"MQTT broker at {s.host}:{s.port} refused MQTT 5: {error}", reason_code=0x84) from None
-        if first & 0xF0 != _CONNACK or len(body) < 2:
+                raise MqttError(f"{where} closed the connection before CONNACK: {error}") from None
+            # What aedes and Moquette 0.17 do with a v5 CONNECT.
+            raise MqttError(f"{where} closed the connection on an MQTT 5 CONNECT: {error}",
+                            reason_code=0x84) from None
+        except (MqttError, MalformedPacket) as error:
             sock.close()
-            raise MqttError(f"MQTT broker at {s.host}:{s.port} answered CONNECT with packet {first:#x}")
-        session_present, code = bool(body[0] & 1), body[1]
-        if code:
+            raise MqttError(f"{where} answered CONNECT with a malformed CONNACK: {error}") from None
+        if connack.code:
             sock.close()
-            raise MqttError(f"MQTT broker at {s.host}:{s.port} refused the connection: reason {code:#x}",
-                            reason_code=code, hint="check mqtt.username/password/tls")
+            text = f": {connack.reason()}" if connack.reason() else ""
+            raise MqttError(f"{where} refused the connection: reason {connack.code:#x}{text}",
+                            reason_code=connack.code, hint="check mqtt.username/password/tls")
+        session_present = connack.session_present
         sock.setblocking(False)
         self._sock = sock
         self._buf, self._pos = rest, 0  # queued messages may follow the CONNACK in the same segment
-        self._last_sent = time.monotonic()
-        self._delay = s.reconnect_min_s
+        self._last_sent = self._connected_at = time.monotonic()
         log.info("mqtt connected to %s:%s as %s (MQTT %s, session present: %s)",
                  s.host, s.port, self.client_id, self.protocol, session_present)
         if self._filters:  # re-subscribe after a reconnect; harmless when the session kept them
@@ -461,34 +493,23 @@ class Subscriber:
 
     def _connect_packet(self, v5: bool) -> bytes:
         s = self.settings
-        flags = 0x02 if self.clean_start else 0
-        payload = _string(self.client_id)
-        if s.username is not None:
-            flags |= 0x80
-            payload += _string(s.username)
-            if s.password is not None:
-                flags |= 0x40
-                payload += _string(s.password.get_secret_value())
-        header = _string("MQTT") + bytes([5 if v5 else 4, flags]) + struct.pack("!H", s.keepalive_s)
-        if v5:
-            props = b""
-            if self.session_expiry_s is not None:
-                props += b"\x11" + struct.pack("!I", self.session_expiry_s)
-            if self.receive_maximum is not None:
-                props += b"\x21" + struct.pack("!H", self.receive_maximum)
-            header += _varint(len(props)) + props
-        return _packet(_CONNECT, header + payload)
+        props: dict[int, int] = {}
+        if self.session_expiry_s is not None:
+            props[PROP_SESSION_EXPIRY] = self.session_expiry_s
+        if self.receive_maximum is not None:
+            props[PROP_RECEIVE_MAXIMUM] = self.receive_maximum
+        return connect_packet(v5=v5, client_id=self.client_id, clean_start=self.clean_start,
+                              keepalive_s=s.keepalive_s, username=s.username,
+                              password=None if s.password is None else s.password.get_secret_value(),
+                              properties=props)
 
     def _subscribe(self, filters: list[tuple[str, int]], timeout_s: float) -> None:
         """One SUBSCRIBE for all filters. The SUBACK is not awaited: a resumed session's queued
         messages come before it, and waiting would mean reading them all into memory. It is
         checked when the loop reads it (a refused filter is logged as an error)."""
         self._next_id = self._next_id % 65535 + 1
-        body = struct.pack("!H", self._next_id) + (b"\x00" if self._v5 else b"")
-        for topic, qos in filters:
-            body += _string(topic) + bytes([qos])
         self._suback_filters = [f for f, _q in filters]
-        self._send(_packet(_SUBSCRIBE, body))
+        self._send(subscribe_packet(self._next_id, filters, self._v5))
         deadline = time.monotonic() + timeout_s
         while self._out and self._sock is not None:  # the SUBSCRIBE itself is out before we go on
             if time.monotonic() > deadline:
@@ -535,7 +556,7 @@ class Subscriber:
             try:
                 chunk = sock.recv(4096)
             except TimeoutError:
-                raise _Disconnected(f"no CONNACK within {timeout_s:.0f}s") from None
+                raise _NoConnack(f"no CONNACK within {timeout_s:.0f}s") from None
             if not chunk:
                 raise _Disconnected("connection closed")
             data += chunk

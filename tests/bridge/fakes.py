@@ -1,4 +1,13 @@
-"""An in-memory MQTT broker session behind the bridge's subscriber interface.
+"""Fakes of an MQTT broker for the bridge's tests, at two levels.
+
+:class:`WireBroker` and :class:`MiniBroker` speak MQTT on a real TCP socket to the real
+:class:`bridge._subscriber.Subscriber`: the first runs a scripted exchange per connection (to pin
+the wire format byte by byte), the second is a small broker that behaves like a given broker
+implementation where implementations differ (:class:`Profile`: 3.1.1 only and how MQTT 5 is
+refused, shared subscriptions or not, what SUBACK grants, CONNACK properties), with the real
+return codes.
+
+An in-memory MQTT broker session behind the bridge's subscriber interface:
 
 :class:`FakeSubscriber` speaks :class:`bridge._subscriber.SubscriberLike` with the semantics the
 bridge relies on from the real :class:`~bridge._subscriber.Subscriber` and Mosquitto:
@@ -18,13 +27,21 @@ bridge relies on from the real :class:`~bridge._subscriber.Subscriber` and Mosqu
 from __future__ import annotations
 
 import collections
+import socket
+import struct
+import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
-from bridge._subscriber import Message
+from bridge._mqtt_packets import packet, string, varint
+from bridge._subscriber import Message, Subscriber
+from forewarn.settings import MqttSettings
 
-__all__ = ["FakeSubscriber", "ProtocolViolation", "Sent"]
+__all__ = ["AEDES_LIKE", "MOSQUITTO_311_LIKE", "FakeSubscriber", "MiniBroker", "Profile", "ProtocolViolation",
+           "Sent", "WireBroker", "mqtt_settings", "packet", "publish", "read_packet", "read_until", "string",
+           "varint"]
 
 
 class ProtocolViolation(AssertionError):
@@ -160,3 +177,331 @@ class FakeSubscriber:
         self.connects += 1
         if self.on_connected is not None:
             self.on_connected(present)
+
+
+# -- on the wire -----------------------------------------------------------------------------
+
+
+def publish(topic: str | bytes, payload: bytes, mid: int, qos: int = 1, v5: bool = True,
+            props: bytes = b"") -> bytes:
+    body = string(topic) + (struct.pack("!H", mid) if qos else b"")
+    if v5:
+        body += varint(len(props)) + props
+    return packet(0x30 | (qos << 1), body + payload)
+
+
+def read_packet(conn: socket.socket) -> tuple[int, bytes]:
+    first = conn.recv(1)
+    if not first:
+        raise ConnectionError("closed")
+    length, shift = 0, 0
+    while True:
+        got = conn.recv(1)
+        if not got:
+            raise ConnectionError("closed")
+        length |= (got[0] & 0x7F) << shift
+        shift += 7
+        if got[0] < 0x80:
+            break
+    body = b""
+    while len(body) < length:
+        chunk = conn.recv(length - len(body))
+        if not chunk:
+            raise ConnectionError("closed")
+        body += chunk
+    return first[0], body
+
+
+def mqtt_settings(port: int, **extra: object) -> MqttSettings:
+    """Settings for a fake broker on ``port`` with short reconnect pauses."""
+    return MqttSettings.model_validate({"port": port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2, **extra})
+
+
+def read_until(sub: Subscriber, n: int, timeout_s: float = 5.0) -> list[Message]:
+    """Read until ``n`` messages arrived or the deadline passed."""
+    got: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < n and time.monotonic() < deadline:
+        got.extend(sub.read(n - len(got)))
+        sub.wait_readable(0.01)
+    return got
+
+
+def reset(conn: socket.socket) -> None:
+    """Close with a TCP RST (SO_LINGER 0), as a crashing or refusing broker may."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+class WireBroker:
+    """Accepts connections and runs ``script(conn, n)`` for the n-th one, one at a time."""
+
+    def __init__(self, script: Callable[[socket.socket, int], None]) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.server.getsockname()[1]
+        self.script = script
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        n = 0
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    self.script(conn, n)
+                except (ConnectionError, OSError, IndexError):
+                    pass
+                except BaseException as error:  # surfaced by the test
+                    self.errors.append(error)
+            n += 1
+
+    def close(self) -> None:
+        self.server.close()
+
+
+# -- a small broker with an implementation's behaviour -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Where broker implementations differ, as :class:`MiniBroker` should behave.
+
+    ``refuse_v5``: what a broker without MQTT 5 does with a v5 CONNECT: ``connack_0x01`` (a 3.1.1
+    CONNACK "unacceptable protocol version", as Mosquitto 1.x), ``connack_0x84`` (a v5 CONNACK
+    "unsupported protocol version"), ``close`` (closes the socket, as aedes and Moquette 0.17),
+    ``reset`` (a TCP RST). ``shared_subscriptions`` False: ``$share/...`` is an ordinary (literal)
+    filter that nothing is published to, as on a broker that does not know them. ``grant``
+    decides each SUBACK code from (filter, requested QoS); ``connack_properties`` are raw v5
+    CONNACK properties; ``takeover`` True: a second connection with a client id already
+    connected closes the first (v5: DISCONNECT 0x8E), as every broker does.
+    """
+
+    versions: frozenset[int] = frozenset({4, 5})
+    refuse_v5: Literal["connack_0x01", "connack_0x84", "close", "reset"] = "connack_0x01"
+    shared_subscriptions: bool = True
+    grant: Callable[[str, int], int] | None = None
+    connack_properties: bytes = b""
+    connack_delay_s: float = 0.0
+
+
+MOSQUITTO_311_LIKE = Profile(versions=frozenset({3, 4}), refuse_v5="connack_0x01", shared_subscriptions=False)
+AEDES_LIKE = Profile(versions=frozenset({3, 4}), refuse_v5="close", shared_subscriptions=False)
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT topic-filter matching (``+`` one level, ``#`` the rest; ``$`` topics only when named)."""
+    f, t = topic_filter.split("/"), topic.split("/")
+    if t[0].startswith("$") and f[0] in ("+", "#"):
+        return False
+    for i, level in enumerate(f):
+        if level == "#":
+            return True
+        if i >= len(t) or (level != "+" and level != t[i]):
+            return False
+    return len(f) == len(t)
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    client_id: str
+    v5: bool
+    filters: dict[str, int] = field(default_factory=dict)  # filter as subscribed -> granted QoS
+    next_mid: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, data: bytes) -> None:
+        with self.lock:
+            self.sock.sendall(data)
+
+
+class MiniBroker:
+    """A real (small) MQTT broker on a free port, one thread per connection, behaving as
+    ``profile`` says. Tests publish with :meth:`publish` and inspect :attr:`connects`,
+    :attr:`pubacks`, :attr:`subscribes`, :attr:`unsubscribes` and :attr:`published`."""
+
+    def __init__(self, profile: Profile = Profile()) -> None:
+        self.profile = profile
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.server.getsockname()[1]
+        self.connects: list[tuple[int, str]] = []  # (protocol level, client id) of every CONNECT
+        self.pubacks: list[tuple[str, int]] = []  # (client id, packet id)
+        self.subscribes: list[tuple[str, list[str]]] = []
+        self.unsubscribes: list[tuple[str, list[str]]] = []
+        self.published: list[tuple[str, str]] = []  # (client id, topic) of PUBLISH from clients
+        self.errors: list[BaseException] = []
+        self._conns: dict[str, _Conn] = {}
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    # -- the test's side -----------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> int:
+        """Route a message to every matching subscription; returns how many got it."""
+        with self._lock:
+            conns = list(self._conns.values())
+        return sum(self._deliver(conn, topic, payload, qos) for conn in conns)
+
+    def send_raw(self, client_id: str, data: bytes) -> None:
+        """Write raw bytes to a connected client (malformed packets, DISCONNECT, ...)."""
+        self._conns[client_id].send(data)
+
+    def connected(self, client_id: str) -> bool:
+        with self._lock:
+            return client_id in self._conns
+
+    def close(self) -> None:
+        self.server.close()
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            conn.sock.close()
+
+    # -- the broker --------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        conn: _Conn | None = None
+        try:
+            conn = self._handshake(sock)
+            if conn is None:
+                return
+            while True:
+                first, body = read_packet(sock)
+                self._handle(conn, first, body)
+        except (ConnectionError, OSError, IndexError):
+            pass
+        except BaseException as error:  # surfaced by the test
+            self.errors.append(error)
+        finally:
+            if conn is not None:
+                with self._lock:
+                    if self._conns.get(conn.client_id) is conn:
+                        del self._conns[conn.client_id]
+            sock.close()
+
+    def _handshake(self, sock: socket.socket) -> _Conn | None:
+        first, body = read_packet(sock)
+        if first != 0x10:
+            raise ConnectionError("first packet is not CONNECT")
+        level = body[6]
+        self.connects.append((level, ""))
+        p = self.profile
+        if level not in p.versions:
+            if p.refuse_v5 == "connack_0x01":
+                sock.sendall(b"\x20\x02\x00\x01")
+            elif p.refuse_v5 == "connack_0x84":
+                sock.sendall(b"\x20\x03\x00\x84\x00")
+            elif p.refuse_v5 == "reset":
+                reset(sock)
+            return None
+        v5 = level == 5
+        pos = 10 + (self._props_len(body, 10) if v5 else 0)
+        cid_len = struct.unpack("!H", body[pos:pos + 2])[0]
+        client_id = body[pos + 2:pos + 2 + cid_len].decode()
+        self.connects[-1] = (level, client_id)
+        conn = _Conn(sock, client_id, v5)
+        with self._lock:
+            old = self._conns.get(client_id)
+            self._conns[client_id] = conn
+        if old is not None:  # session taken over
+            try:
+                if old.v5:
+                    old.send(b"\xe0\x02\x8e\x00")
+                old.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if p.connack_delay_s:
+            time.sleep(p.connack_delay_s)
+        props = varint(len(p.connack_properties)) + p.connack_properties if v5 else b""
+        conn.send(packet(0x20, b"\x00\x00" + props))
+        return conn
+
+    def _handle(self, conn: _Conn, first: int, body: bytes) -> None:
+        kind = first & 0xF0
+        if kind == 0x80:  # SUBSCRIBE
+            mid, pos = body[:2], 2 + (self._props_len(body, 2) if conn.v5 else 0)
+            filters, codes = [], bytearray()
+            while pos < len(body):
+                n = struct.unpack("!H", body[pos:pos + 2])[0]
+                topic_filter, qos = body[pos + 2:pos + 2 + n].decode(), body[pos + 2 + n] & 3
+                pos += 3 + n
+                code = self.profile.grant(topic_filter, qos) if self.profile.grant else qos
+                if topic_filter.startswith("$share/") and conn.v5 and not self.profile.shared_subscriptions:
+                    code = 0x9E
+                filters.append(topic_filter)
+                codes.append(code)
+                if code < 0x80:
+                    conn.filters[topic_filter] = code
+            self.subscribes.append((conn.client_id, filters))
+            conn.send(packet(0x90, mid + (b"\x00" if conn.v5 else b"") + bytes(codes)))
+        elif kind == 0xA0:  # UNSUBSCRIBE
+            mid, pos = body[:2], 2 + (self._props_len(body, 2) if conn.v5 else 0)
+            gone = []
+            while pos < len(body):
+                n = struct.unpack("!H", body[pos:pos + 2])[0]
+                gone.append(body[pos + 2:pos + 2 + n].decode())
+                pos += 2 + n
+            for topic_filter in gone:
+                conn.filters.pop(topic_filter, None)
+            self.unsubscribes.append((conn.client_id, gone))
+            unsuback = mid + (b"\x00" + b"\x00" * len(gone) if conn.v5 else b"")
+            conn.send(packet(0xB0, unsuback))
+        elif kind == 0x30:  # PUBLISH from the client
+            qos = (first >> 1) & 3
+            n = struct.unpack("!H", body[:2])[0]
+            topic = body[2:2 + n].decode()
+            pos = 2 + n
+            mid = body[pos:pos + 2] if qos else b""
+            pos += 2 if qos else 0
+            if conn.v5:
+                pos += self._props_len(body, pos)
+            self.published.append((conn.client_id, topic))
+            if qos:
+                conn.send(b"\x40\x02" + mid)
+            self.publish(topic, body[pos:], qos)
+        elif kind == 0x40:  # PUBACK
+            self.pubacks.append((conn.client_id, struct.unpack("!H", body[:2])[0]))
+        elif kind == 0xC0:  # PINGREQ
+            conn.send(b"\xd0\x00")
+        elif kind == 0xE0:
+            raise ConnectionError("client disconnected")
+
+    @staticmethod
+    def _props_len(body: bytes, pos: int) -> int:
+        """Bytes taken by the v5 properties (their length and them) at ``pos``."""
+        plen, shift, i = 0, 0, pos
+        while True:
+            byte = body[i]
+            i += 1
+            plen |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return i - pos + plen
+
+    def _deliver(self, conn: _Conn, topic: str, payload: bytes, qos: int) -> int:
+        for topic_filter, granted in list(conn.filters.items()):
+            plain = topic_filter
+            if topic_filter.startswith("$share/") and self.profile.shared_subscriptions:
+                plain = topic_filter.split("/", 2)[2]
+            if topic_matches(plain, topic):
+                out_qos = min(qos, granted)
+                conn.next_mid = conn.next_mid % 65535 + 1
+                try:
+                    conn.send(publish(topic, payload, conn.next_mid, qos=out_qos, v5=conn.v5))
+                except OSError:
+                    return 0
+                return 1
+        return 0

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,84 +18,9 @@ from pydantic import SecretStr
 
 from bridge._subscriber import Subscriber
 from forewarn.errors import MqttError
-from forewarn.settings import MqttSettings
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def string(s: str | bytes) -> bytes:
-    raw = s.encode() if isinstance(s, str) else s
-    return struct.pack("!H", len(raw)) + raw
-
-
-def packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + varint(len(body)) + body
-
-
-def publish(topic: str | bytes, payload: bytes, mid: int, qos: int = 1, v5: bool = True,
-            props: bytes = b"") -> bytes:
-    body = string(topic) + (struct.pack("!H", mid) if qos else b"")
-    if v5:
-        body += varint(len(props)) + props
-    return packet(0x30 | (qos << 1), body + payload)
-
-
-def read_packet(conn: socket.socket) -> tuple[int, bytes]:
-    first = conn.recv(1)
-    if not first:
-        raise ConnectionError("closed")
-    length, shift = 0, 0
-    while True:
-        byte = conn.recv(1)[0]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            break
-    body = b""
-    while len(body) < length:
-        chunk = conn.recv(length - len(body))
-        if not chunk:
-            raise ConnectionError("closed")
-        body += chunk
-    return first[0], body
-
-
-class Broker:
-    """Accepts connections and runs ``script(conn, n)`` for the n-th one on a thread."""
-
-    def __init__(self, script: Callable[[socket.socket, int], None]) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.script = script
-        self.errors: list[BaseException] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        n = 0
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    self.script(conn, n)
-                except (ConnectionError, OSError, IndexError):
-                    pass
-                except BaseException as error:  # surfaced by the test
-                    self.errors.append(error)
-            n += 1
-
-    def close(self) -> None:
-        self.server.close()
+from tests.bridge.fakes import WireBroker as Broker
+from tests.bridge.fakes import mqtt_settings as settings
+from tests.bridge.fakes import packet, publish, read_packet, read_until, string
 
 
 def connack(conn: socket.socket, v5: bool = True, session_present: bool = True, code: int = 0) -> None:
@@ -110,19 +33,6 @@ def suback(conn: socket.socket, v5: bool = True) -> int:
     mid = struct.unpack("!H", body[:2])[0]
     conn.sendall(packet(0x90, struct.pack("!H", mid) + (b"\x00" if v5 else b"") + b"\x01"))
     return mid
-
-
-def settings(port: int, **extra: Any) -> MqttSettings:
-    return MqttSettings(port=port, reconnect_min_s=0.05, reconnect_max_s=0.2, **extra)
-
-
-def read_until(sub: Subscriber, n: int, timeout_s: float = 5.0) -> list[tuple[str, bytes, int, int]]:
-    got: list[tuple[str, bytes, int, int]] = []
-    deadline = time.monotonic() + timeout_s
-    while len(got) < n and time.monotonic() < deadline:
-        got.extend(sub.read(n - len(got)))
-        sub.wait_readable(0.01)
-    return got
 
 
 def test_connect_fields_publish_parsing_and_one_write_of_pubacks() -> None:
