@@ -24,6 +24,9 @@ BRIDGE_FLAGS = (
     Flag("--metrics-host", "bridge.metrics_host"),
     Flag("--shutdown-timeout", "bridge.shutdown_timeout_s"),
     Flag("--check-topics", "bridge.check_topics", secondary="--no-check-topics"),
+    Flag("--queue-watch", "stack.queue_watch", secondary="--no-queue-watch"),
+    Flag("--max-queued-messages", "stack.max_queued_messages"),
+    Flag("--max-queued-bytes", "stack.max_queued_bytes"),
 )
 
 
@@ -39,18 +42,33 @@ def bridge() -> None:
     made from it: a crash can duplicate, never lose. Invalid payloads go to the dead-letter
     topic with their reason. SIGTERM or Ctrl-C: stop intake, wait for Kafka, acknowledge,
     disconnect.
+
+    With the queue watch on (the default), a second MQTT connection follows the broker's
+    stored-message counts ($SYS, as Mosquitto publishes them) and warns when they pass
+    stack.queue_warn_fraction of the queue caps given here (set them to the broker's own).
     """
+    from bridge.broker_watch import BrokerWatch, QueueCaps
     from bridge.service import Bridge
 
     settings = settings_from(BridgeSettings)
     service = Bridge(settings)
+    watch = None
+    if settings.stack.queue_watch:
+        watch = BrokerWatch(settings.mqtt, f"{settings.bridge.client_id}-watch", QueueCaps.from_stack(settings.stack),
+                            service.metrics)
 
     with service.stop_on_signals(lambda line: click.echo(line, err=True)):
         service.start()
         click.echo(f"bridge {settings.bridge.client_id}: MQTT {settings.mqtt.host}:{settings.mqtt.port} -> Kafka "
                    f"{settings.kafka.bootstrap_servers} (topics {service.topics.telemetry}, "
                    f"{service.topics.maintenance}, {service.topics.dlq}); SIGTERM or Ctrl-C stops it", err=True)
-        service.run()
+        if watch is not None:
+            watch.start()
+        try:
+            service.run()
+        finally:
+            if watch is not None:
+                watch.stop()
 
 
 @click.group()

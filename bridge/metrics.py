@@ -13,7 +13,8 @@ _ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 
 
 class BridgeMetrics(MetricsEndpoint):
-    """received, forwarded, rejected by reason, in flight, Kafka errors, acknowledgement latency.
+    """received, forwarded, rejected by reason, in flight, Kafka errors, acknowledgement latency,
+    and the MQTT broker's store as its ``$SYS`` reports it (set by :mod:`bridge.broker_watch`).
 
     The loop counts into the tallies (``received_by_kind``, ``forwarded_by_topic``,
     ``rejected_by_reason``, ``acked_now``, ``kafka_errors_now``); :meth:`flush` adds them to the
@@ -41,6 +42,18 @@ class BridgeMetrics(MetricsEndpoint):
                                         "MQTT messages received and not yet acknowledged", registry=r)
         self.kafka_waiting = Gauge("forewarn_bridge_kafka_waiting",
                                    "1 while records wait longer than the warning period for Kafka", registry=r)
+        self.broker_stored_messages = Gauge("forewarn_bridge_mqtt_broker_stored_messages",
+                                            "messages in the MQTT broker's store, as its $SYS reports them",
+                                            registry=r)
+        self.broker_stored_bytes = Gauge("forewarn_bridge_mqtt_broker_stored_bytes",
+                                         "payload bytes in the MQTT broker's store, as its $SYS reports them",
+                                         registry=r)
+        self.broker_dropped_messages = Gauge("forewarn_bridge_mqtt_broker_dropped_messages",
+                                             "messages the MQTT broker dropped since it started (a client's queue "
+                                             "was full), as its $SYS reports them", registry=r)
+        self.broker_queue_near_cap = Gauge("forewarn_bridge_mqtt_broker_queue_near_cap",
+                                           "1 while the broker's store is past stack.queue_warn_fraction of a "
+                                           "queue cap", registry=r)
         self.ack_latency = Histogram("forewarn_bridge_ack_latency_seconds",
                                      "time from receiving an MQTT message to acknowledging it",
                                      buckets=_ACK_BUCKETS, registry=r)

@@ -142,9 +142,26 @@ class StackSettings(_Section):
     kafka_home: Path | None = Field(None, description="run this Kafka install instead of Maven's jars (KAFKA_HOME)")
     kafka_heap: str = Field("768m", description="Java heap of the local Kafka broker (-Xmx)")
     mosquitto_bin: str = Field("mosquitto", description="the Mosquitto executable")
-    max_queued_messages: int = Field(2_000_000, ge=0, description="messages Mosquitto queues per client")
+    # The demo publishes about 1,000 readings/s (500 machines, one reading per 60 simulated seconds
+    # at 120x): 2,000,000 queued messages hold about 33 minutes of a Kafka outage for one bridge
+    # session. Mosquitto keeps its whole store in memory and rewrites its persistence file at every
+    # save, so the byte cap bounds its memory and the cost of a save (readings are a few hundred
+    # bytes, so for them the message cap binds first; the byte cap binds for large gateway batches).
+    # Beyond either cap Mosquitto drops new messages for that client: the bridge warns near the cap
+    # and reports drops (bridge/broker_watch.py).
+    max_queued_messages: int = Field(2_000_000, ge=1, description="QoS 1 messages Mosquitto queues per client "
+                                     "beyond those in flight; more are dropped")
+    max_queued_bytes: int = Field(1 << 30, ge=1, description="payload bytes Mosquitto queues per client beyond "
+                                  "those in flight; more are dropped")
     autosave_interval_s: int = Field(5, ge=1, description="how often Mosquitto saves its queues to disk, in seconds "
                                      "(a Mosquitto crash loses at most this much of what it acknowledged)")
+    sys_interval_s: int = Field(10, ge=1, description="how often Mosquitto publishes its $SYS counters (store size, "
+                                "dropped messages), in seconds")
+    queue_watch: bool = Field(True, description="the bridge watches the MQTT broker's stored messages ($SYS, as "
+                              "Mosquitto publishes them; a broker without them is never reported) and warns near "
+                              "max_queued_messages / max_queued_bytes")
+    queue_warn_fraction: float = Field(0.8, gt=0, le=1, description="share of the queue caps at which the bridge "
+                                       "warns that the broker's store is filling")
     max_inflight_messages: int = Field(1000, ge=0, description="unacknowledged QoS 1 and 2 messages Mosquitto sends a "
                                        "client at once")
     startup_timeout_s: float = Field(90.0, gt=0, description="how long `stack up` waits for the brokers to answer")

@@ -1,7 +1,12 @@
 """Mosquitto, from the Debian package, with a generated config.
 
 Persistence is on, so QoS 1 messages queued for a persistent session survive a broker
-restart, and the per-client queue is large enough for an offline bridge to catch up.
+restart. What a crash of Mosquitto itself can lose is bounded by the save interval
+(``stack.autosave_interval_s``): it saves on a timer, whatever the number of changes. The
+per-client queue is bounded in messages and bytes (``stack.max_queued_messages`` /
+``max_queued_bytes``): large enough for an offline bridge to catch up after a Kafka outage, and
+explicit, because beyond it Mosquitto drops new messages; ``$SYS`` counters are published every
+``stack.sys_interval_s`` for the bridge's queue watch.
 """
 
 from __future__ import annotations
@@ -32,12 +37,16 @@ user {user}
 allow_anonymous true
 persistence true
 persistence_location {data}/
-# The whole persistence file is rewritten at each save (large with a big offline queue), so not
-# too often; a clean stop always saves. A crash of Mosquitto itself loses what came since.
-autosave_interval 30
+# Saved every {autosave}s, however few or many the changes; a clean stop always saves. A crash of
+# Mosquitto itself loses what it acknowledged since the last save. Each save rewrites the whole
+# file, so it costs more the longer the offline queue.
+autosave_interval {autosave}
+autosave_on_changes false
 persistent_client_expiration 14d
+# Per client, beyond what is in flight; Mosquitto drops what does not fit ($SYS counts the drops).
 max_queued_messages {max_queued}
-max_queued_bytes 0
+max_queued_bytes {max_queued_bytes}
+sys_interval {sys_interval}
 max_inflight_messages {max_inflight}
 max_packet_size 8388608
 set_tcp_nodelay true
@@ -86,7 +95,9 @@ class Mosquitto:
         data.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(_CONFIG.format(
             port=self.port, host=HOST, data=data.resolve(), user=getpass.getuser(),
-            max_queued=self.settings.max_queued_messages, max_inflight=self.settings.max_inflight_messages))
+            autosave=self.settings.autosave_interval_s, max_queued=self.settings.max_queued_messages,
+            max_queued_bytes=self.settings.max_queued_bytes, sys_interval=self.settings.sys_interval_s,
+            max_inflight=self.settings.max_inflight_messages))
 
     def start(self) -> None:
         if self.process.pid() is not None:
