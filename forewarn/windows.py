@@ -1,44 +1,101 @@
 """Count-based per-machine windows: the one implementation used offline by training and
-online by the scoring workers (no training/serving skew).
+online by the scoring workers and the edge (no training/serving skew).
 
 A :class:`WindowStore` keeps, per key (a machine, or in training a machine's run), a ring
 buffer of its last ``window`` readings and a little bookkeeping. :meth:`WindowStore.update`
 takes a whole poll batch as numpy arrays and returns, fully vectorised, the window that ends
-at every reading whose window is complete. Training feeds each run in one call; a worker
-feeds each poll batch; both get the same windows for the same readings in the same order
-(``tests/forewarn/test_windows.py`` proves it).
+at every reading whose window is complete, and what it did with every reading. Training feeds
+each run in one call; a worker feeds each poll batch; both get the same windows for the same
+readings in the same order (``tests/forewarn/test_windows.py`` proves it).
 
-Stated policies, applied per key in arrival order:
+Stated policies, applied per key in arrival order (the ``seq`` rules only when ``seq`` is
+given, the ``ts`` rules only when ``ts`` is given):
 
-* **Duplicates and late readings** (only when ``seq`` is given): a reading whose ``seq`` is
-  not greater than the highest ``seq`` already accepted for its key is dropped. Duplicates
-  therefore never change windows; a reading that arrives after a newer one is discarded.
+* **Identity**: per key the store keeps the *epoch* ``boot`` of the last accepted reading
+  (:attr:`forewarn.contract.Telemetry.boot`; a reading without one belongs to the key's
+  current epoch), its ``seq`` and ``ts``, the ``ts`` at which the current epoch started, and
+  which of the 64 ``seq`` values up to the last one were accepted.
+* **Restarts** (the reading is accepted and the window starts afresh at it, reported as
+  :attr:`Reset.RESTART`):
+
+  - a reading whose ``boot`` is greater than the key's epoch (the device said it restarted);
+  - a reading *without* ``boot`` whose ``seq`` is more than ``restart_margin`` below the
+    last accepted ``seq`` and whose ``ts`` is later than the last accepted reading's ``ts``
+    (a device that restarted its counter and sends no epoch). Redelivery and replay cannot
+    produce such a reading: a copy carries the event time of its original, which is not
+    later than the newest reading accepted. The margin (at least the window length) keeps a
+    device whose event times jitter, and whose readings are reordered in transport by a few
+    places, from being taken for restarted; the cost is that a device restarted before it
+    had sent ``restart_margin`` readings has its next readings dropped until its ``seq``
+    passes the old one. A device whose clock also restarts (to a ``ts`` earlier than its last)
+    cannot be told from a replay: it must send ``boot``.
+* **Late** (dropped, :attr:`Verdict.LATE`): a reading whose ``boot`` is below the key's
+  epoch; one without ``boot`` whose ``ts`` is before the start of the key's current epoch
+  (sent before the device restarted, delivered after); and one whose ``seq`` is not above the
+  last accepted one but which is not known to have been accepted (it arrived after newer
+  readings, too late to be put in order).
+* **Duplicates** (dropped, :attr:`Verdict.DUPLICATE`): a reading of the current epoch whose
+  ``seq`` was already accepted (the last one, or one of the 63 before it). Neither late
+  readings nor duplicates ever change windows.
 * **Gaps**: when ``max_gap`` is set and ``seq`` jumps by more than ``max_gap`` the window
-  restarts at that reading (a window never spans a long outage).
+  restarts at that reading (a window never spans a long outage), reported as
+  :attr:`Reset.GAP`.
 * **Missing values** (NaN): a sensor's missing value is replaced by its last observed value
   for that key (or by ``fill_values`` before any was seen). At most ``max_imputed``
   consecutive readings may be imputed per sensor; a reading beyond that bound, or one that
-  has nothing to impute from, breaks the window, which restarts after it.
+  has nothing to impute from, is *broken*: it completes no window, and the window restarts
+  after it.
+
+``seq`` and ``boot`` are int64 (0 .. 2**63-1, the contract's bound) throughout: no shifts,
+sums or float conversions that could overflow or lose precision.
+
+The common batch — every key's readings in strictly increasing ``seq`` within its epoch — is
+classified in numpy; only keys with a regression, a new epoch or their first reading go
+through the per-reading rules in Python.
 
 The state is explicit and exported key by key (:meth:`WindowStore.export`,
 :meth:`WindowStore.load`), so a scoring worker writes it to its changelog and the edge gateway to
-its database, and either rebuilds it after a crash.
+its database, and either rebuilds it after a crash. State exported before epochs existed still
+loads (the key then has no epoch and no known ``ts``: no restart is detected until its next
+accepted reading).
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["WindowBatch", "WindowStore", "sliding_windows"]
+__all__ = ["NO_BOOT", "Reset", "Verdict", "WindowBatch", "WindowStore", "sliding_windows"]
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
+CodeArray = npt.NDArray[np.int8]
 
 _NO_SEQ = -1
+NO_BOOT = -1  # a reading (or a key) without an epoch
+_NO_TS = np.iinfo(np.int64).min  # no event time known
+_SEEN_BITS = 64  # accepted seq values remembered per key, the last one included
+_U1 = np.uint64(1)
+
+
+class Verdict(enum.IntEnum):
+    """What :meth:`WindowStore.update` did with one reading."""
+
+    ACCEPTED = 0
+    DUPLICATE = 1
+    LATE = 2
+
+
+class Reset(enum.IntEnum):
+    """Why an accepted reading started its key's window afresh."""
+
+    NONE = 0
+    RESTART = 1
+    GAP = 2
 
 
 class WindowBatch:
@@ -46,8 +103,10 @@ class WindowBatch:
 
     ``rows``: indices into the input batch of the readings whose window is complete, in
     input order; ``windows``: float32 ``(len(rows), window, n_features)``, oldest reading
-    first; ``accepted``: a mask over the input batch, False for dropped duplicates or late
-    readings.
+    first. Per input reading: ``verdict`` (a :class:`Verdict`), ``reset`` (a :class:`Reset`:
+    the window restarted at this reading) and ``broken`` (accepted, but a missing value could
+    not be imputed: no window ends here and the window restarts after it); ``accepted`` is
+    ``verdict == ACCEPTED``.
 
     The windows are not copied out until asked for: they are views into one contiguous
     ``source`` array (each key's history from its ring, then its readings of the batch), window
@@ -56,23 +115,30 @@ class WindowBatch:
     and each chunk is still in cache when onnxruntime reads it.
     """
 
-    __slots__ = ("accepted", "rows", "source", "starts", "window")
+    __slots__ = ("broken", "reset", "rows", "source", "starts", "verdict", "window")
 
-    def __init__(self, rows: IntArray, accepted: BoolArray, source: FloatArray, starts: IntArray,
-                 window: int) -> None:
+    def __init__(self, rows: IntArray, verdict: CodeArray, source: FloatArray, starts: IntArray,
+                 window: int, reset: CodeArray | None = None, broken: BoolArray | None = None) -> None:
         self.rows = rows
-        self.accepted = accepted
+        self.verdict = verdict
         self.source = source
         self.starts = starts
         self.window = window
+        self.reset = np.zeros(len(verdict), np.int8) if reset is None else reset
+        self.broken = np.zeros(len(verdict), np.bool_) if broken is None else broken
 
     @classmethod
-    def empty(cls, window: int, n_features: int, accepted: BoolArray) -> WindowBatch:
-        return cls(np.zeros(0, np.int64), accepted, np.zeros((window, n_features), np.float32),
-                   np.zeros(0, np.int64), window)
+    def empty(cls, window: int, n_features: int, verdict: CodeArray, reset: CodeArray | None = None,
+              broken: BoolArray | None = None) -> WindowBatch:
+        return cls(np.zeros(0, np.int64), verdict, np.zeros((window, n_features), np.float32),
+                   np.zeros(0, np.int64), window, reset, broken)
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def accepted(self) -> BoolArray:
+        return np.asarray(self.verdict == Verdict.ACCEPTED, dtype=np.bool_)
 
     def _view(self) -> FloatArray:
         src = self.source
@@ -96,7 +162,8 @@ class WindowBatch:
 
     def select(self, mask: BoolArray) -> WindowBatch:
         """The windows where ``mask`` (over ``rows``) is True."""
-        return WindowBatch(self.rows[mask], self.accepted, self.source, self.starts[mask], self.window)
+        return WindowBatch(self.rows[mask], self.verdict, self.source, self.starts[mask], self.window, self.reset,
+                           self.broken)
 
 
 def sliding_windows(values: npt.ArrayLike, window: int) -> FloatArray:
@@ -118,8 +185,47 @@ def _group_floor_cummax(marks: npt.NDArray[np.int64], floor: npt.NDArray[np.int6
     return np.maximum.accumulate(np.maximum(marks, floor), axis=0)
 
 
+class _Epoch:
+    """One key's identity state while its readings are classified one by one."""
+
+    __slots__ = ("boot", "epoch_ts", "last_ts", "seen", "seq")
+
+    def __init__(self, seq: int, boot: int, last_ts: int, epoch_ts: int, seen: int) -> None:
+        self.seq, self.boot, self.last_ts, self.epoch_ts, self.seen = seq, boot, last_ts, epoch_ts, seen
+
+    def start(self, seq: int, boot: int, ts: int) -> None:
+        self.seq, self.boot, self.last_ts, self.epoch_ts, self.seen = seq, boot, ts, ts, 1
+
+    def classify(self, seq: int, boot: int, ts: int, max_gap: int | None, margin: int) -> tuple[Verdict, Reset]:
+        """The policies of the module docstring for one reading; updates the state when it is accepted."""
+        epoch = self.boot if boot == NO_BOOT else boot
+        if self.seq == _NO_SEQ:
+            self.start(seq, epoch, ts)
+            return Verdict.ACCEPTED, Reset.NONE
+        if epoch > self.boot:
+            self.start(seq, epoch, ts)
+            return Verdict.ACCEPTED, Reset.RESTART
+        if epoch < self.boot or (boot == NO_BOOT and ts < self.epoch_ts):
+            return Verdict.LATE, Reset.NONE
+        if seq > self.seq:
+            step = seq - self.seq
+            self.seen = ((self.seen << step) | 1) & 0xFFFF_FFFF_FFFF_FFFF if step < _SEEN_BITS else 1
+            self.seq, self.last_ts = seq, ts
+            return Verdict.ACCEPTED, (Reset.GAP if max_gap is not None and step > max_gap else Reset.NONE)
+        behind = self.seq - seq
+        if boot == NO_BOOT and self.last_ts != _NO_TS and ts > self.last_ts and behind > margin:
+            self.start(seq, epoch, ts)
+            return Verdict.ACCEPTED, Reset.RESTART
+        if behind < _SEEN_BITS and (self.seen >> behind) & 1:
+            return Verdict.DUPLICATE, Reset.NONE
+        return Verdict.LATE, Reset.NONE
+
+
 class WindowStore:
-    """Per-key ring buffers of the last ``window`` readings, updated per batch with numpy."""
+    """Per-key ring buffers of the last ``window`` readings, updated per batch with numpy.
+
+    ``restart_margin``: how far (in ``seq``) a reading without ``boot`` must fall behind its
+    key's last one, with a later ``ts``, to count as a restart; never less than ``window``."""
 
     def __init__(
         self,
@@ -130,6 +236,7 @@ class WindowStore:
         max_imputed: int = 5,
         fill_values: npt.ArrayLike | None = None,
         capacity: int = 256,
+        restart_margin: int = 0,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -139,10 +246,13 @@ class WindowStore:
             raise ValueError(f"max_gap must be >= 1 or None, got {max_gap}")
         if max_imputed < 0:
             raise ValueError(f"max_imputed must be >= 0, got {max_imputed}")
+        if restart_margin < 0:
+            raise ValueError(f"restart_margin must be >= 0, got {restart_margin}")
         self.window = window
         self.n_features = n_features
         self.max_gap = max_gap
         self.max_imputed = max_imputed
+        self.restart_margin = max(window, restart_margin)
         if fill_values is None:
             self.fill_values = np.full(n_features, np.nan, dtype=np.float32)
         else:
@@ -154,6 +264,10 @@ class WindowStore:
         self._pos = np.zeros(capacity, dtype=np.int64)
         self._count = np.zeros(capacity, dtype=np.int64)
         self._last_seq = np.full(capacity, _NO_SEQ, dtype=np.int64)
+        self._boot = np.full(capacity, NO_BOOT, dtype=np.int64)
+        self._last_ts = np.full(capacity, _NO_TS, dtype=np.int64)
+        self._epoch_ts = np.full(capacity, _NO_TS, dtype=np.int64)
+        self._seen = np.zeros(capacity, dtype=np.uint64)
         self._last_valid = np.tile(self.fill_values, (capacity, 1))
         self._imputed = np.zeros((capacity, n_features), dtype=np.int64)
 
@@ -180,8 +294,15 @@ class WindowStore:
             return None
         return int(self._last_seq[slot])
 
+    def boot(self, key: str) -> int | None:
+        """The epoch of ``key``'s last accepted reading (``None``: none seen, or sent without one)."""
+        slot = self._slots.get(key)
+        if slot is None or self._boot[slot] == NO_BOOT:
+            return None
+        return int(self._boot[slot])
+
     def reset(self, key: str) -> None:
-        """Restart ``key``'s window (e.g. after a repair); its seq high-water mark is kept."""
+        """Restart ``key``'s window (e.g. after a repair); its identity state is kept."""
         slot = self._slots.get(key)
         if slot is not None:
             self._count[slot] = 0
@@ -194,10 +315,15 @@ class WindowStore:
         """The shape of one key's state; a saved state loads only into a store of this shape."""
         return f"{self.window}x{self.n_features}"
 
-    def _slot_dtype(self) -> np.dtype[np.void]:
+    def _slot_dtype(self, *, epochs: bool = True) -> np.dtype[np.void]:
+        """One key's exported state; ``epochs=False``: the layout exported before epochs existed."""
         w, f = self.window, self.n_features
-        return np.dtype([("pos", "<i8"), ("count", "<i8"), ("last_seq", "<i8"), ("ring", "<f4", (w, f)),
-                         ("last_valid", "<f4", (f,)), ("imputed", "<i8", (f,))])
+        fields: list[tuple[str, str] | tuple[str, str, tuple[int, ...]]] = [
+            ("pos", "<i8"), ("count", "<i8"), ("last_seq", "<i8"), ("ring", "<f4", (w, f)),
+            ("last_valid", "<f4", (f,)), ("imputed", "<i8", (f,))]
+        if epochs:
+            fields += [("boot", "<i8"), ("last_ts", "<i8"), ("epoch_ts", "<i8"), ("seen", "<u8")]
+        return np.dtype(fields)
 
     def export(self, keys: Sequence[str]) -> list[bytes]:
         """The state of each key (which must be known) as bytes, in one vectorised gather."""
@@ -211,18 +337,27 @@ class WindowStore:
         out["ring"] = self._ring[slots]
         out["last_valid"] = self._last_valid[slots]
         out["imputed"] = self._imputed[slots]
+        out["boot"] = self._boot[slots]
+        out["last_ts"] = self._last_ts[slots]
+        out["epoch_ts"] = self._epoch_ts[slots]
+        out["seen"] = self._seen[slots]
         raw = out.tobytes()
         size = out.dtype.itemsize
         return [raw[i * size:(i + 1) * size] for i in range(len(keys))]
 
     def load(self, keys: Sequence[str], blobs: Sequence[bytes]) -> None:
-        """Set the state of ``keys`` from :meth:`export` output; ``ValueError`` when the
-        blobs were exported from a store of another :attr:`signature`."""
+        """Set the state of ``keys`` from :meth:`export` output (of this version or the one
+        before epochs); ``ValueError`` when the blobs were exported from a store of another
+        :attr:`signature`."""
         if not keys:
             return
         joined = b"".join(blobs)
-        dtype = self._slot_dtype()
-        if len(blobs) != len(keys) or len(joined) != len(keys) * dtype.itemsize:
+        if len(blobs) != len(keys):
+            raise ValueError(f"{len(blobs)} window records for {len(keys)} keys")
+        for dtype in (self._slot_dtype(), self._slot_dtype(epochs=False)):
+            if len(joined) == len(keys) * dtype.itemsize and all(len(b) == dtype.itemsize for b in blobs):
+                break
+        else:
             raise ValueError(f"{len(blobs)} window records do not fit a {self.signature} store")
         data = np.frombuffer(joined, dtype=dtype)
         slots = self._slots_for(list(keys))
@@ -232,6 +367,16 @@ class WindowStore:
         self._ring[slots] = data["ring"]
         self._last_valid[slots] = data["last_valid"]
         self._imputed[slots] = data["imputed"]
+        if dtype.names is not None and "boot" in dtype.names:
+            self._boot[slots] = data["boot"]
+            self._last_ts[slots] = data["last_ts"]
+            self._epoch_ts[slots] = data["epoch_ts"]
+            self._seen[slots] = data["seen"]
+        else:  # no epoch, no known event time; the last seq was accepted
+            self._boot[slots] = NO_BOOT
+            self._last_ts[slots] = _NO_TS
+            self._epoch_ts[slots] = _NO_TS
+            self._seen[slots] = np.where(data["last_seq"] == _NO_SEQ, 0, 1).astype(np.uint64)
 
     def forget(self, keys: Iterable[str]) -> None:
         """Make ``keys`` as if never seen (their slot stays allocated)."""
@@ -242,6 +387,10 @@ class WindowStore:
         self._count[idx] = 0
         self._pos[idx] = 0
         self._last_seq[idx] = _NO_SEQ
+        self._boot[idx] = NO_BOOT
+        self._last_ts[idx] = _NO_TS
+        self._epoch_ts[idx] = _NO_TS
+        self._seen[idx] = 0
         self._imputed[idx] = 0
         self._last_valid[idx] = self.fill_values
 
@@ -255,6 +404,10 @@ class WindowStore:
         self._pos = np.concatenate([self._pos, np.zeros(extra, np.int64)])
         self._count = np.concatenate([self._count, np.zeros(extra, np.int64)])
         self._last_seq = np.concatenate([self._last_seq, np.full(extra, _NO_SEQ, np.int64)])
+        self._boot = np.concatenate([self._boot, np.full(extra, NO_BOOT, np.int64)])
+        self._last_ts = np.concatenate([self._last_ts, np.full(extra, _NO_TS, np.int64)])
+        self._epoch_ts = np.concatenate([self._epoch_ts, np.full(extra, _NO_TS, np.int64)])
+        self._seen = np.concatenate([self._seen, np.zeros(extra, np.uint64)])
         self._last_valid = np.concatenate([self._last_valid, np.tile(self.fill_values, (extra, 1))])
         self._imputed = np.concatenate([self._imputed, np.zeros((extra, self.n_features), np.int64)])
 
@@ -278,6 +431,67 @@ class WindowStore:
             self._grow(len(self._keys))
         return np.fromiter(found, dtype=np.int64, count=len(found))
 
+    # -- identity: duplicates, late readings, restarts, gaps ------------------------------
+
+    def _classify(self, s_slots: IntArray, starts_mask: BoolArray, seq: IntArray, boot: IntArray,
+                  ts: IntArray) -> tuple[CodeArray, CodeArray]:
+        """Verdict and reset of every reading (sorted by key, arrival order within a key), and
+        the keys' new identity state written back."""
+        n = len(seq)
+        firsts = np.flatnonzero(starts_mask)
+        g_slots = s_slots[firsts]
+        group = np.cumsum(starts_mask) - 1
+        state_seq = self._last_seq[s_slots]
+        fresh = state_seq == _NO_SEQ  # per reading: its key has no state yet
+        # The epoch and its start: the key's, or for a new key its first reading's.
+        base_boot = np.where(fresh, boot[firsts][group], self._boot[s_slots])
+        epoch_ts = np.where(fresh, ts[firsts][group], self._epoch_ts[s_slots])
+        prev = np.empty(n, dtype=np.int64)
+        prev[1:] = seq[:-1]
+        prev[starts_mask] = state_seq[starts_mask]
+        ok = ((seq > prev) & ((boot == NO_BOOT) | (boot == base_boot))
+              & ~((boot == NO_BOOT) & (ts < epoch_ts)))
+        bad_group = np.zeros(len(firsts), dtype=np.bool_)
+        np.logical_or.at(bad_group, group, ~ok)
+        verdict = np.zeros(n, dtype=np.int8)
+        reset = np.zeros(n, dtype=np.int8)
+        if self.max_gap is not None:
+            # prev >= 0 wherever it is a seq, so the difference cannot overflow
+            step = seq - np.maximum(prev, 0)
+            reset[(prev != _NO_SEQ) & (step > self.max_gap)] = Reset.GAP
+
+        # Keys whose readings all move forward in their epoch: the new state in numpy.
+        lasts = np.append(firsts[1:], n) - 1
+        last_seq = seq[lasts]
+        behind = last_seq[group] - seq  # >= 0: seq increases within such a key
+        bits = np.where(behind < _SEEN_BITS, _U1 << np.minimum(behind, _SEEN_BITS - 1).astype(np.uint64),
+                        np.uint64(0))
+        seen = np.bitwise_or.reduceat(bits, firsts)
+        g_state = self._last_seq[g_slots]
+        moved = last_seq - np.maximum(g_state, 0)
+        carried = np.where((g_state != _NO_SEQ) & (moved < _SEEN_BITS),
+                           self._seen[g_slots] << np.minimum(moved, _SEEN_BITS - 1).astype(np.uint64), np.uint64(0))
+        good = ~bad_group
+        gs = g_slots[good]
+        self._last_seq[gs] = last_seq[good]
+        self._boot[gs] = base_boot[firsts][good]
+        self._last_ts[gs] = ts[lasts][good]
+        self._epoch_ts[gs] = epoch_ts[firsts][good]
+        self._seen[gs] = (seen | carried)[good]
+
+        # The others, reading by reading.
+        for g in np.flatnonzero(bad_group).tolist():
+            slot = int(g_slots[g])
+            state = _Epoch(int(self._last_seq[slot]), int(self._boot[slot]), int(self._last_ts[slot]),
+                           int(self._epoch_ts[slot]), int(self._seen[slot]))
+            for i in range(int(firsts[g]), int(lasts[g]) + 1):
+                v, r = state.classify(int(seq[i]), int(boot[i]), int(ts[i]), self.max_gap, self.restart_margin)
+                verdict[i], reset[i] = v, r
+            self._last_seq[slot], self._boot[slot] = state.seq, state.boot
+            self._last_ts[slot], self._epoch_ts[slot] = state.last_ts, state.epoch_ts
+            self._seen[slot] = np.uint64(state.seen)
+        return verdict, reset
+
     # -- the update ----------------------------------------------------------------------
 
     def update(
@@ -285,11 +499,16 @@ class WindowStore:
         keys: Sequence[str] | npt.NDArray[np.generic],
         values: npt.ArrayLike,
         seq: npt.ArrayLike | None = None,
+        *,
+        boot: npt.ArrayLike | None = None,
+        ts: npt.ArrayLike | None = None,
     ) -> WindowBatch:
         """Append a batch of readings (in arrival order) and return the completed windows.
 
         ``keys``: one key per reading; ``values``: ``(n, n_features)``, NaN for missing;
-        ``seq``: optional per-key sequence numbers used for the duplicate/late/gap policies.
+        ``seq``: optional per-key sequence numbers (0 .. 2**63-1) used for the identity
+        policies, with the optional ``boot`` (:data:`NO_BOOT` for a reading without one) and
+        event time ``ts`` of each reading.
         """
         data = np.asarray(values, dtype=np.float32)
         n = len(data)
@@ -298,44 +517,29 @@ class WindowStore:
         if len(keys) != n:
             raise ValueError(f"{len(keys)} keys for {n} readings")
         w, f = self.window, self.n_features
+        verdict = np.zeros(n, dtype=np.int8)
+        reset = np.zeros(n, dtype=np.int8)
+        broken_in = np.zeros(n, dtype=np.bool_)
         if n == 0:
-            return WindowBatch.empty(w, f, np.ones(0, np.bool_))
+            return WindowBatch.empty(w, f, verdict, reset, broken_in)
         slots = self._slots_for(keys)
         order = np.argsort(slots, kind="stable")
         s_slots = slots[order]
-        accepted = np.ones(n, dtype=np.bool_)
-        gap_reset = np.zeros(n, dtype=np.bool_)
-        seq_sorted: IntArray | None = None
+        starts_mask = np.ones(n, dtype=np.bool_)
+        starts_mask[1:] = s_slots[1:] != s_slots[:-1]
         if seq is not None:
-            seq_arr = np.asarray(seq, dtype=np.int64).reshape(-1)
-            if len(seq_arr) != n:
-                raise ValueError(f"{len(seq_arr)} seq values for {n} readings")
-            if (seq_arr < 0).any():
-                raise ValueError("seq must be >= 0")
-            seq_sorted = seq_arr[order]
-            # Highest seq seen before each reading of its key: earlier in the batch or in state.
-            shift = np.int64(1) << np.int64(40)
-            if int(seq_sorted.max()) >= int(shift):
-                raise ValueError("seq must be < 2**40")
-            combined = s_slots * shift + seq_sorted
-            running = np.maximum.accumulate(combined)
-            prev_in_batch = np.empty(n, dtype=np.int64)
-            prev_in_batch[0] = -1
-            prev_in_batch[1:] = running[:-1]
-            same_group = prev_in_batch >= s_slots * shift
-            prev = np.maximum(np.where(same_group, prev_in_batch - s_slots * shift, _NO_SEQ),
-                              self._last_seq[s_slots])
-            keep_sorted = seq_sorted > prev
-            accepted[order] = keep_sorted
-            if self.max_gap is not None:
-                gap_reset_sorted = keep_sorted & (prev != _NO_SEQ) & (seq_sorted - prev > self.max_gap)
-                gap_reset[order] = gap_reset_sorted
+            seq_sorted = self._column(seq, n, "seq", 0)[order]
+            boot_sorted = self._column(boot, n, "boot", NO_BOOT)[order]
+            ts_sorted = self._column(ts, n, "ts", _NO_TS)[order]
+            v_sorted, r_sorted = self._classify(s_slots, starts_mask, seq_sorted, boot_sorted, ts_sorted)
+            verdict[order] = v_sorted
+            keep_sorted = v_sorted == Verdict.ACCEPTED
+            reset[order] = np.where(keep_sorted, r_sorted, Reset.NONE)
             order = order[keep_sorted]
             s_slots = s_slots[keep_sorted]
-            seq_sorted = seq_sorted[keep_sorted]
         m = len(order)
         if m == 0:
-            return WindowBatch.empty(w, f, accepted)
+            return WindowBatch.empty(w, f, verdict, reset, broken_in)
 
         # Group layout of the kept, sorted readings.
         starts_mask = np.ones(m, dtype=np.bool_)
@@ -357,11 +561,13 @@ class WindowStore:
         consecutive = np.where(from_state, self._imputed[s_slots] + k[:, None] + 1, position[:, None] - last_pos)
         broken = np.asarray(((consecutive > self.max_imputed) & missing).any(axis=1)
                             | np.isnan(filled).any(axis=1), dtype=np.bool_)
+        broken_in[order] = broken
 
         # Where does the unbroken stretch that each reading belongs to start?
         # A broken reading restarts the stretch after itself; at a key's last reading that mark
         # would spill into the next key's group, and the saved count covers it instead.
-        restart = np.where(broken, np.where(ends_mask, -1, position + 1), np.where(gap_reset[order], position, -1))
+        fresh = reset[order] != Reset.NONE
+        restart = np.where(broken, np.where(ends_mask, -1, position + 1), np.where(fresh, position, -1))
         seg_start = _group_floor_cummax(restart, group_start - 1)
         in_batch_start = seg_start >= group_start
         count = np.where(in_batch_start, position - seg_start + 1, self._count[s_slots] + k + 1)
@@ -384,10 +590,10 @@ class WindowStore:
                 source[block + back + (w - 1)] = self._ring[h_slots, (self._pos[h_slots] + back) % w]
             rows = order[emit]
             by_input = np.argsort(rows, kind="stable")
-            batch = WindowBatch(rows[by_input].astype(np.int64), accepted, source,
-                                (emit + group[emit] * (w - 1))[by_input].astype(np.int64), w)
+            batch = WindowBatch(rows[by_input].astype(np.int64), verdict, source,
+                                (emit + group[emit] * (w - 1))[by_input].astype(np.int64), w, reset, broken_in)
         else:
-            batch = WindowBatch.empty(w, f, accepted)
+            batch = WindowBatch.empty(w, f, verdict, reset, broken_in)
 
         # Write the newest (at most w) readings of each key into its ring and save the state.
         n_in_group = np.diff(np.append(firsts, m))
@@ -401,6 +607,16 @@ class WindowStore:
         self._count[l_slots] = np.where(broken[last], 0, np.minimum(count[last], w))
         self._last_valid[l_slots] = filled[last]
         self._imputed[l_slots] = np.where(missing[last], consecutive[last], 0)
-        if seq_sorted is not None:
-            self._last_seq[l_slots] = seq_sorted[last]
         return batch
+
+    @staticmethod
+    def _column(values: npt.ArrayLike | None, n: int, name: str, default: int) -> IntArray:
+        """One int64 value per reading (``default`` for all when ``values`` is None)."""
+        if values is None:
+            return np.full(n, default, dtype=np.int64)
+        arr = np.asarray(values, dtype=np.int64).reshape(-1)
+        if len(arr) != n:
+            raise ValueError(f"{len(arr)} {name} values for {n} readings")
+        if name != "ts" and (arr < default).any():
+            raise ValueError(f"{name} must be >= {default}")
+        return arr
