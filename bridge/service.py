@@ -8,12 +8,25 @@ GIL between threads.
 
 At least once: a message's PUBACK is sent only when Kafka confirmed every record made from it.
 Acknowledgements go out in the order messages arrived (as MQTT asks), so one slow record holds
-back the ones behind it; a record Kafka failed to deliver is re-sent, never skipped. A record
-Kafka refuses for good follows :class:`forewarn.deadletter.RefusalPolicy`: sent again alone,
-then replaced by its dead letter (reason ``kafka_refused``); a dead letter the DLQ refuses is cut
-short. When even that is refused, the bridge — which has no storage of its own — drops it with
-an ERROR line holding the whole record and counts it. So such a record never holds the
-acknowledgements behind it.
+back the ones behind it; a record Kafka failed to deliver is re-sent, never skipped.
+
+What a failure means is :func:`forewarn.kafka.classify`'s table of librdkafka's codes, never the
+error's flags (a delivery report's are always False):
+
+- never storable (too large, invalid record, ...): the record follows
+  :class:`forewarn.deadletter.RefusalPolicy`: sent again alone, then replaced by its dead letter
+  (reason ``kafka_refused``) and acknowledged; a dead letter the DLQ refuses is cut short. When
+  even that is refused, the bridge — which has no storage of its own — drops it with an ERROR
+  line holding the whole record and counts it. So such a record never holds the
+  acknowledgements behind it. This is the only way a message is acknowledged without its
+  records in Kafka;
+- retriable (``message.timeout.ms`` expired, transport, leaders moving, unknown codes) and
+  authorization (a revoked ACL, failed SASL): re-sent with backoff, never acknowledged meanwhile;
+  authorization is logged at ERROR and raises ``forewarn_bridge_kafka_waiting`` at once;
+- fatal (an idempotent producer's lost sequence, ``_FATAL``, raised from ``poll``/``flush`` or
+  ``produce`` or reported for a record): the producer is rebuilt
+  (:meth:`~forewarn.ports.ProducerLike.rebuild`) and every record of every message Kafka did not
+  confirm is sent again through the new one, in arrival order, before anything new is read.
 
 Backpressure: the broker sends at most ``receive_maximum`` unacknowledged messages (MQTT 5
 Receive Maximum; ``max_inflight_messages`` on Mosquitto for 3.1.1), and the loop stops reading
@@ -37,7 +50,7 @@ from bridge.settings import BridgeSettings
 from forewarn.contract import Decoder
 from forewarn.deadletter import INGEST_HEADER, DeadLetter, Kind, Origin, Record, RefusalPolicy
 from forewarn.errors import KafkaError
-from forewarn.kafka import KafkaAdmin, KafkaProducer, error_code, refused_for_good
+from forewarn.kafka import ErrorClass, KafkaAdmin, KafkaProducer, classify, error_code
 from forewarn.ports import ProducerLike
 from forewarn.routing import Router
 from forewarn.service import LoopService
@@ -151,6 +164,10 @@ class Bridge(LoopService):
         self._waiting_since: float | None = None
         self._last_wait_log = 0.0
         self._next_housekeeping = 0.0
+        self._fatal: Any = None  # a fatal producer error met this round: rebuild before going on
+        self._rebuild_at = 0.0
+        self._rebuilds_in_a_row = 0
+        self.producer_rebuilds = 0
         self._roles = {self.topics.telemetry: "telemetry", self.topics.maintenance: "maintenance",
                        self.topics.dlq: "dlq"}
 
@@ -208,28 +225,48 @@ class Bridge(LoopService):
         handled = 0
         reader = self.subscriber
         room = self.options.max_in_flight - self.in_flight
-        if room > 0 and self._intake:
+        if room > 0 and self._intake and self._fatal is None:  # nothing new into a broken producer
             want = max(1, int(min(_STEP_MESSAGES, room, _STEP_RECORDS) / self._records_per_message))
             messages = reader.read(want)
             if messages:
                 handled = self._handle_read(messages)
-        self.producer.poll(0.0)
+        self._poll(0.0)
         if self._pending:
             self._acknowledge()
         else:
             self._last_progress = time.monotonic()
         if not handled:  # nothing arrived: wait a little for delivery reports or the socket
             if self._pending:
-                self.producer.poll(min(wait_s, _BUSY_WAIT_S))
+                self._poll(min(wait_s, _BUSY_WAIT_S))
                 self._acknowledge()
             else:
                 reader.wait_readable(wait_s)
         now = time.monotonic()
-        if self._retry:
+        if self._fatal is not None:
+            self._rebuild_producer(now)
+        elif self._retry:
             self._resend_due(now)
         if now >= self._next_housekeeping:
             self._housekeeping(now)
         return handled
+
+    def _poll(self, timeout_s: float) -> None:
+        try:
+            self.producer.poll(timeout_s)
+        except KafkaError as error:  # confluent-kafka raises a fatal client error from poll/flush
+            self._producer_failed(error)
+
+    def _flush(self, timeout_s: float) -> None:
+        try:
+            self.producer.flush(timeout_s)
+        except KafkaError as error:
+            self._producer_failed(error)
+
+    def _producer_failed(self, error: KafkaError) -> None:
+        if classify(error) is ErrorClass.FATAL:
+            self._fatal = error
+        else:  # not expected from poll/flush: log it, the records' own reports decide
+            log.warning("Kafka producer: %s", error.one_line())
 
     def _handle_read(self, messages: list[Message]) -> int:
         """Route and produce the messages of one read of the subscriber (all of the current connection)."""
@@ -269,9 +306,11 @@ class Bridge(LoopService):
         for topic, value, key, timestamp_ms, headers in records:
             try:
                 produce(topic, value, key, headers=headers, timestamp_ms=timestamp_ms, on_delivery=callback)
-            except KafkaError as error:  # refused locally (e.g. too large): retry later
+            except KafkaError as error:  # refused locally (e.g. too large, or _FATAL): decided with the rest
                 pending.remaining -= 1
                 pending.fail(Record(topic, value, key, timestamp_ms, headers), error)
+                if classify(error) is ErrorClass.FATAL:
+                    self._fatal = error
 
     def _acknowledge(self) -> None:
         pending = self._pending
@@ -292,6 +331,7 @@ class Bridge(LoopService):
                 break
             pending.popleft()
             self._last_progress = now
+            self._rebuilds_in_a_row = 0
             self.in_flight -= len(head.records)
             for record in head.records:
                 forwarded[roles[record.topic]] += 1
@@ -310,21 +350,71 @@ class Bridge(LoopService):
             acks.clear()
 
     def _schedule_retry(self, pending: _Pending, now: float) -> None:
+        if self._fatal is not None:  # the rebuild at the end of this round re-sends it
+            return
         failed = pending.failed_records()
+        errors = [pending.error] if failed is None else [error for _i, error in failed]
+        classes = {classify(error) for error in errors}
+        if ErrorClass.FATAL in classes:
+            self._fatal = next(e for e in errors if classify(e) is ErrorClass.FATAL)
+            return
         pending.failed = False
         pending.refused = None
         pending.attempts += 1
         self.metrics.kafka_errors_now.n += 1
-        if failed is not None and all(refused_for_good(error) for _i, error in failed):
+        if failed is not None and classes == {ErrorClass.NEVER_STORABLE}:
             self._send_alone(pending, failed)
             return
         pending.alone = None  # re-sent with the others below
         records = pending.records if failed is None else [pending.records[i] for i, _error in failed]
         pending.remaining = len(records)
         delay = min(self.options.retry_backoff_s * pending.attempts, 30.0)
-        log.warning("Kafka did not take a record (%s); re-sending %s record(s) of that MQTT message in %.1fs "
-                    "(attempt %s)", pending.error, len(records), delay, pending.attempts + 1)
+        if ErrorClass.AUTHORIZATION in classes:
+            denied = next(e for e in errors if classify(e) is ErrorClass.AUTHORIZATION)
+            log.error("Kafka refuses the bridge (%s: %s): %s record(s) of an MQTT message stay unacknowledged and "
+                      "are re-sent in %.1fs (attempt %s); grant the bridge's principal Write on %s",
+                      error_code(denied), denied, len(records), delay, pending.attempts + 1,
+                      ", ".join(sorted({r.topic for r in records})))
+            if self._waiting_since is None:
+                self._waiting_since = self._last_progress
+                self.metrics.kafka_waiting.set(1)
+        else:
+            log.warning("Kafka did not take a record (%s: %s); re-sending %s record(s) of that MQTT message in "
+                        "%.1fs (attempt %s)", error_code(pending.error), pending.error, len(records), delay,
+                        pending.attempts + 1)
         self._retry.append((now + delay, pending, records))
+
+    def _rebuild_producer(self, now: float) -> None:
+        """The producer met a fatal error: a new one, and every record Kafka did not confirm sent
+        again through it, message by message in arrival order (so per key), before anything new."""
+        if now < self._rebuild_at:
+            return
+        error, self._fatal = self._fatal, None
+        self._rebuilds_in_a_row += 1
+        self._rebuild_at = now + min(self.options.retry_backoff_s * 2 ** (self._rebuilds_in_a_row - 1), 30.0)
+        self.producer_rebuilds += 1
+        self.metrics.kafka_errors_now.n += 1
+        self.producer.rebuild()  # reports of the old producer never come: unconfirmed means not sent
+        self._retry = []
+        self._refusals = RefusalPolicy(self.options.dead_letter_after)
+        kept: collections.deque[_Pending] = collections.deque()
+        resend: list[_Pending] = []
+        for old in self._pending:
+            if not old.remaining and not old.failed:  # Kafka confirmed all of it
+                kept.append(old)
+                continue
+            fresh = _Pending(old.mid, old.qos, old.epoch, old.received, old.records, old.topic)
+            fresh.attempts = old.attempts + 1
+            if self._live.get(old.mid) is old:
+                self._live[old.mid] = fresh
+            kept.append(fresh)
+            resend.append(fresh)
+        self._pending = kept
+        log.error("the Kafka producer met a fatal error (%s: %s); built a new producer (rebuild %s) and re-sent "
+                  "the %s record(s) of %s MQTT message(s) Kafka had not confirmed", error_code(error), error,
+                  self.producer_rebuilds, sum(len(p.records) for p in resend), len(resend))
+        for fresh in resend:
+            self._produce(fresh, fresh.records)
 
     def _resend_due(self, now: float) -> None:
         due = [(p, records) for t, p, records in self._retry if t <= now]
@@ -338,7 +428,7 @@ class Bridge(LoopService):
         request: each is sent again alone (everything else flushed first), or replaced as the
         refusal policy says."""
         pending.remaining = len(failed)
-        self.producer.flush(_ALONE_WAIT_S)
+        self._flush(_ALONE_WAIT_S)
         policy = self._refusals
         alone = pending.alone if pending.alone is not None else set()
         pending.alone = alone
@@ -357,7 +447,7 @@ class Bridge(LoopService):
                             error, policy.refusals((pending, id(record))), self.options.dead_letter_after)
             alone.add(id(record))
             self._produce(pending, [record])
-            self.producer.flush(_ALONE_WAIT_S)
+            self._flush(_ALONE_WAIT_S)
         if dropped:
             self.in_flight -= len(dropped)
             pending.records = [r for i, r in enumerate(pending.records) if i not in dropped]
@@ -433,9 +523,11 @@ class Bridge(LoopService):
         self._intake = False
         deadline = time.monotonic() + self.options.shutdown_timeout_s
         while self._pending and time.monotonic() < deadline:
-            self.producer.poll(0.05)
+            self._poll(0.05)
             self._acknowledge()
             now = time.monotonic()
+            if self._fatal is not None:
+                self._rebuild_producer(now)
             self._resend_due(now)
             if now >= self._next_housekeeping:
                 self._housekeeping(now)
@@ -448,5 +540,8 @@ class Bridge(LoopService):
             self.subscriber.disconnect()
         finally:
             if self._own_producer:
-                self.producer.close(timeout_s=0.0 if self._pending else 5.0)
+                try:
+                    self.producer.close(timeout_s=0.0 if self._pending else 5.0)
+                except KafkaError as error:  # a fatal error met while closing: nothing more to confirm
+                    log.warning("closing the Kafka producer: %s", error.one_line())
             self.metrics.close()

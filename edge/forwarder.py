@@ -15,9 +15,17 @@ queued behind them: the only way this forwarder breaks per-machine order). A rec
 its topic's ``max.message.bytes`` (read from Kafka by ``record_limits``) is sent alone from the
 start, so it sinks no neighbour. If Kafka takes a record sent alone, it was an innocent neighbour.
 
-What happens to a record Kafka refuses for good (an error that is not retriable,
-:func:`~forewarn.kafka.refused_for_good`) is the bridge's rule, :class:`~forewarn.deadletter.RefusalPolicy`:
-refused ``dead_letter_after`` times, at least once alone, it is replaced in the buffer by its
+A failed delivery is classified by librdkafka's code (:func:`~forewarn.kafka.classify`), never
+by the error's flags, as the bridge does. Only a record Kafka can never store (too large, invalid,
+...) leaves the buffer without reaching its topic; every other failure (time-outs, transport,
+authorization — logged at ERROR —, unknown codes) keeps the row and resends it after a backoff.
+A fatal producer error (an idempotent producer's lost sequence, ``_FATAL``) rebuilds the producer
+(:meth:`~forewarn.ports.ProducerLike.rebuild`) and resends from the oldest row still in the buffer:
+rows Kafka did not confirm are all still there.
+
+What happens to a record Kafka can never store is the bridge's rule,
+:class:`~forewarn.deadletter.RefusalPolicy`: refused ``dead_letter_after`` times, at least once
+alone, it is replaced in the buffer by its
 dead letter for the ``dlq`` topic (reason ``kafka_refused``). A dead letter the dead-letter topic
 refuses is replaced by the same cut to :data:`~forewarn.deadletter.REFUSED_CUT_BYTES`, and its
 full bytes move to the buffer's local ``dead_letters`` table in the same transaction (the edge
@@ -37,7 +45,7 @@ from edge.buffer import Buffer, BufferRecord, Stored
 from edge.metrics import EdgeMetrics
 from forewarn.deadletter import INGEST_HEADER, DeadLetter, Kind, Origin, Record, RefusalPolicy
 from forewarn.errors import KafkaError
-from forewarn.kafka import KafkaAdmin, error_code, refused_for_good
+from forewarn.kafka import ErrorClass, KafkaAdmin, classify, error_code
 from forewarn.metrics import Tally
 from forewarn.ports import ProducerLike
 from forewarn.settings import KafkaSettings
@@ -124,6 +132,9 @@ class Forwarder:
         self.forwarded = 0
         self.dead_lettered = 0
         self.dead_lettered_locally = 0
+        self._fatal: Any = None  # a fatal producer error met: rebuild before sending more
+        self._generation = 0  # bumped on every rebuild: reports of an abandoned producer are ignored
+        self.producer_rebuilds = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -177,19 +188,25 @@ class Forwarder:
         with self._lock:
             sent = 0
             now = time.monotonic()
+            if self._fatal is not None and now >= self._retry_at:
+                self._rebuild()
             if self._failed and self.in_flight == 0 and now >= self._retry_at:
                 log.warning("resending the buffer from its oldest row after a failed delivery")
                 self._failed = False
                 self._sent_upto = 0
             room = self.max_in_flight - self.in_flight
-            if self.in_flight_bytes >= self.max_in_flight_bytes or self._failed or self._alone is not None:
+            if (self.in_flight_bytes >= self.max_in_flight_bytes or self._failed or self._alone is not None
+                    or self._fatal is not None):
                 room = 0
             if room > 0:
                 sent = self._send(min(room, self.batch))
-            if self._alone is not None:
-                self.producer.flush(_ALONE_WAIT_S)
-            else:
-                self.producer.poll(0.0 if sent else _IDLE_WAIT_S)
+            try:
+                if self._alone is not None:
+                    self.producer.flush(_ALONE_WAIT_S)
+                else:
+                    self.producer.poll(0.0 if sent else _IDLE_WAIT_S)
+            except KafkaError as error:  # confluent-kafka raises a fatal client error from poll/flush
+                self._met(error)
             self._settle()
             self._watch(time.monotonic())
             return sent
@@ -222,11 +239,38 @@ class Forwarder:
         try:
             self.producer.produce(self._topics.get(r.topic, r.topic), r.value, r.key, headers=list(r.headers) or None,
                                   timestamp_ms=r.ts, on_delivery=callback)
-        except KafkaError as error:  # refused before sending (e.g. larger than message.max.bytes)
+        except KafkaError as error:  # refused before sending (e.g. larger than message.max.bytes, or _FATAL)
             callback(error, None)
 
+    def _met(self, error: KafkaError) -> None:
+        if classify(error) is ErrorClass.FATAL:
+            self._fatal = error
+        else:
+            log.warning("Kafka producer: %s", error.one_line())
+
+    def _rebuild(self) -> None:
+        """A new producer after a fatal error; every row it did not confirm is still in the
+        buffer and is sent again, from the oldest."""
+        error, self._fatal = self._fatal, None
+        self._generation += 1
+        self.producer_rebuilds += 1
+        self.producer.rebuild()
+        self.in_flight = 0
+        self.in_flight_bytes = 0
+        self._failures = []
+        self._alone = None
+        self._failed = False
+        self._sent_upto = 0
+        log.error("the Kafka producer met a fatal error (%s: %s); built a new producer (rebuild %s) and resending "
+                  "the buffer (%s rows) from its oldest row", error_code(error), error, self.producer_rebuilds,
+                  len(self.buffer))
+
     def _callback(self, stored: Stored, size: int) -> Any:
+        generation = self._generation
+
         def on_delivery(error: Any, _message: Any) -> None:
+            if generation != self._generation:  # a report of an abandoned producer
+                return
             self.in_flight -= 1
             self.in_flight_bytes -= size
             if error is None:
@@ -260,7 +304,14 @@ class Forwarder:
         self.metrics.kafka_errors.inc(len(failures))
         retry_soon = True
         for stored, error in failures:
-            permanent = refused_for_good(error)
+            kind = classify(error)
+            if kind is ErrorClass.FATAL:
+                self._fatal = error  # the rebuild resends it with every other row not confirmed
+            elif kind is ErrorClass.AUTHORIZATION:
+                log.error("Kafka refuses the edge (%s: %s) on its %s topic: the rows stay in the buffer and are "
+                          "resent; grant the edge's principal Write on it", error_code(error), error,
+                          stored.record.topic)
+            permanent = kind is ErrorClass.NEVER_STORABLE
             retry_soon = retry_soon and permanent
             self._failed_rows.add(stored.id)  # from now on it is sent alone
             if permanent and self._policy.refused(stored.id, alone=stored.id == self._alone):
@@ -268,8 +319,8 @@ class Forwarder:
                 self._dead_letter(stored, error)
         if not self._failed:
             stored, error = failures[0]
-            log.error("Kafka refused %s record(s) (first: a %s record, %s); sending each again alone after the "
-                      "records before it", len(failures), stored.record.topic, error)
+            log.error("Kafka did not take %s record(s) (first: a %s record, %s: %s); sending each again alone after "
+                      "the records before it", len(failures), stored.record.topic, error_code(error), error)
             self._failed = True
         delay = _REFUSED_RETRY_S if retry_soon else self._backoff
         self._retry_at = time.monotonic() + delay

@@ -8,7 +8,13 @@ scoring workers.
 
 Every failure is raised as :class:`forewarn.errors.KafkaError` carrying librdkafka's error name
 (``code``) and its ``retriable`` / ``fatal`` / ``txn_requires_abort`` flags; no
-``confluent_kafka.KafkaException`` escapes this module. Partitions and offsets are
+``confluent_kafka.KafkaException`` escapes this module (a fatal client error, which
+confluent-kafka raises from ``poll``/``flush`` instead of calling ``error_cb``, included).
+
+What a failed delivery means is decided by :func:`classify`, a table of librdkafka's codes, and
+never by the error's flags: confluent-kafka builds delivery-report errors with ``retriable()`` and
+``fatal()`` both False whatever the code (``_MSG_TIMED_OUT``, ``TOPIC_AUTHORIZATION_FAILED`` and
+``MSG_SIZE_TOO_LARGE`` alike), so the flags cannot tell "retry" from "never storable". Partitions and offsets are
 :class:`TopicPartition` values (re-exported from confluent-kafka, like the offset constants), so
 the in-memory fakes of :mod:`forewarn.testing` speak exactly the same API.
 
@@ -18,6 +24,7 @@ they had when reading started.
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 import uuid
@@ -39,6 +46,7 @@ __all__ = [
     "OFFSET_END",
     "OFFSET_INVALID",
     "DeliveryCallback",
+    "ErrorClass",
     "GroupLag",
     "GroupMetadata",
     "Headers",
@@ -49,6 +57,7 @@ __all__ = [
     "RebalanceCallback",
     "TopicCheck",
     "TopicPartition",
+    "classify",
     "error_code",
     "kafka_error",
     "raise_for_error",
@@ -103,17 +112,83 @@ def _wrap(exc: confluent_kafka.KafkaException, what: str, *, hint: str | None = 
     return KafkaError(f"{what}: {exc}", hint=hint)
 
 
-def refused_for_good(error: object) -> bool:
-    """Whether a delivery error (or a :class:`KafkaError` from ``produce``) means Kafka refuses
-    that record for good: not retriable and not fatal to the producer — e.g.
-    ``MSG_SIZE_TOO_LARGE``, ``TOPIC_AUTHORIZATION_FAILED``, ``INVALID_RECORD``. Anything else is
-    worth retrying."""
-    retriable, fatal = getattr(error, "retriable", None), getattr(error, "fatal", False)
-    if callable(retriable):
-        retriable = retriable()
+class ErrorClass(enum.StrEnum):
+    """What a Kafka error means for the record (or the client) it is about."""
+
+    NEVER_STORABLE = "never_storable"
+    """Kafka can never store this record as it is (too large, invalid, corrupt, a timestamp the
+    topic refuses): sending it again cannot help; it goes to the dead-letter topic."""
+    RETRIABLE = "retriable"
+    """Transient (time-outs, transport, leadership moving, replicas missing, ...), and any code
+    this table does not know: send again with backoff, never acknowledge upstream meanwhile."""
+    AUTHORIZATION = "authorization"
+    """Not allowed or not authenticated (ACLs, SASL, TLS): retried with backoff, never
+    acknowledged, logged at ERROR; it lasts until an operator fixes the grant."""
+    FATAL = "fatal"
+    """The client can never deliver again (an idempotent producer lost its sequence, a producer
+    fenced, librdkafka's ``_FATAL``): build a new client and re-send what it did not confirm."""
+
+
+_CODE_TABLE: dict[ErrorClass, tuple[str, ...]] = {
+    ErrorClass.NEVER_STORABLE: (
+        "MSG_SIZE_TOO_LARGE",  # above the topic's max.message.bytes (or the local message.max.bytes)
+        "INVALID_MSG",  # the broker's CORRUPT_MESSAGE: CRC mismatch, bad record
+        "INVALID_MSG_SIZE",
+        "RECORD_LIST_TOO_LARGE",  # a batch above the segment size: sent alone, still too large
+        "INVALID_RECORD",  # the broker's record validation refused it (e.g. a compacted topic and no key)
+        "INVALID_TIMESTAMP",  # outside the topic's message.timestamp.{before,after}.max.ms
+        "UNSUPPORTED_FOR_MESSAGE_FORMAT",  # the topic's message format cannot hold it (headers, ...)
+    ),
+    ErrorClass.RETRIABLE: (
+        "_MSG_TIMED_OUT",  # message.timeout.ms expired: Kafka may be away, the record is not stored
+        "_TIMED_OUT", "_TIMED_OUT_QUEUE", "_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE", "_DESTROY",
+        "_DESTROY_BROKER", "_PURGE_QUEUE", "_PURGE_INFLIGHT", "_QUEUE_FULL", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION",
+        "_UNKNOWN_BROKER", "_NODE_UPDATE", "_WAIT_COORD", "_RETRY", "_IN_PROGRESS", "_PREV_IN_PROGRESS", "_INTR",
+        "_ISR_INSUFF", "_FAIL",
+        "REQUEST_TIMED_OUT", "NETWORK_EXCEPTION", "BROKER_NOT_AVAILABLE", "REPLICA_NOT_AVAILABLE",
+        "LEADER_NOT_AVAILABLE", "NOT_LEADER_FOR_PARTITION", "PREFERRED_LEADER_NOT_AVAILABLE",
+        "ELIGIBLE_LEADERS_NOT_AVAILABLE", "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH",
+        "NOT_ENOUGH_REPLICAS", "NOT_ENOUGH_REPLICAS_AFTER_APPEND", "KAFKA_STORAGE_ERROR",
+        "UNKNOWN_TOPIC_OR_PART",  # a topic being created or a partition moving; a missing topic stays loud
+        "UNKNOWN_TOPIC_ID", "THROTTLING_QUOTA_EXCEEDED", "REBOOTSTRAP_REQUIRED", "NOT_CONTROLLER",
+        "COORDINATOR_LOAD_IN_PROGRESS", "COORDINATOR_NOT_AVAILABLE", "NOT_COORDINATOR", "CONCURRENT_TRANSACTIONS",
+        "REBALANCE_IN_PROGRESS", "OFFSET_NOT_AVAILABLE", "UNSTABLE_OFFSET_COMMIT",
+    ),
+    ErrorClass.AUTHORIZATION: (
+        "TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED", "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
+        "GROUP_AUTHORIZATION_FAILED", "DELEGATION_TOKEN_AUTHORIZATION_FAILED", "SASL_AUTHENTICATION_FAILED",
+        "ILLEGAL_SASL_STATE", "UNSUPPORTED_SASL_MECHANISM", "UNACCEPTABLE_CREDENTIAL", "SECURITY_DISABLED",
+        "_AUTHENTICATION", "_SSL",
+    ),
+    ErrorClass.FATAL: (
+        "_FATAL",  # a fatal error was raised: the underlying one comes from poll/flush
+        "_FENCED", "_GAPLESS_GUARANTEE", "_INCONSISTENT",
+        "OUT_OF_ORDER_SEQUENCE_NUMBER", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH", "UNKNOWN_PRODUCER_ID",
+        "INVALID_PRODUCER_ID_MAPPING", "INVALID_TXN_STATE", "TRANSACTION_COORDINATOR_FENCED",
+        "INVALID_TRANSACTION_TIMEOUT",
+    ),
+}
+ERROR_CLASSES: Mapping[str, ErrorClass] = {code: kind for kind, codes in _CODE_TABLE.items() for code in codes}
+"""librdkafka's error name -> :class:`ErrorClass`; a name not in it is :attr:`ErrorClass.RETRIABLE`."""
+
+
+def classify(error: object) -> ErrorClass:
+    """The class of a delivery error (a ``confluent_kafka.KafkaError``) or of a
+    :class:`KafkaError` raised by this module, by librdkafka's code (:data:`ERROR_CLASSES`).
+    An error flagged fatal is :attr:`ErrorClass.FATAL` whatever its code (confluent-kafka sets
+    the flag only on a real fatal error); an unknown code is retried, never acknowledged."""
+    fatal = getattr(error, "fatal", False)
     if callable(fatal):
         fatal = fatal()
-    return retriable is False and not fatal
+    if fatal:
+        return ErrorClass.FATAL
+    return ERROR_CLASSES.get(error_code(error), ErrorClass.RETRIABLE)
+
+
+def refused_for_good(error: object) -> bool:
+    """Whether Kafka can never store the record a delivery (or produce) error is about:
+    :func:`classify` says :attr:`ErrorClass.NEVER_STORABLE`. Anything else is retried."""
+    return classify(error) is ErrorClass.NEVER_STORABLE
 
 
 def error_code(error: object) -> str:
@@ -221,14 +296,35 @@ class KafkaProducer(_Lazy):
                 raise _wrap(exc, f"produce to {topic}") from None
 
     def poll(self, timeout_s: float = 0.0) -> int:
-        """Serve delivery callbacks; returns how many were served."""
-        return int(self._client.poll(timeout_s))
+        """Serve delivery callbacks; returns how many were served. A fatal client error is raised
+        here (``fatal`` set, ``code`` the underlying error): :meth:`rebuild` then."""
+        try:
+            return int(self._client.poll(timeout_s))
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "serve delivery reports") from None
 
     def flush(self, timeout_s: float = 30.0) -> int:
-        """Wait for outstanding records; returns how many are still not delivered."""
+        """Wait for outstanding records; returns how many are still not delivered. Raises a
+        fatal client error as :meth:`poll` does."""
         if self._producer is None:
             return 0
-        return int(self._producer.flush(timeout_s))
+        try:
+            return int(self._producer.flush(timeout_s))
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "flush") from None
+
+    def rebuild(self) -> None:
+        """Abandon the librdkafka client (after a fatal error it can never deliver again) and
+        build a new one on next use. What the old one had queued or in flight is purged and
+        its delivery reports are never served: the caller treats every record it did not see
+        confirmed as not sent, and sends it again through the new client."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            producer.purge(in_queue=True, in_flight=True, blocking=False)
+        except (confluent_kafka.KafkaException, RuntimeError) as exc:
+            log.debug("purging the abandoned producer failed (%s)", exc)
 
     def __len__(self) -> int:
         """Records queued or in flight (not yet reported delivered or failed)."""

@@ -19,7 +19,12 @@ unit-tested without a broker:
   on ``close``); every member acts on a rebalance at its own next ``consume`` (members do not wait
   for each other); commits are stored per group;
 - errors are :class:`forewarn.errors.KafkaError` built from real ``confluent_kafka.KafkaError``
-  objects, exactly as the adapter builds them; delivery reports carry such objects too.
+  objects, exactly as the adapter builds them; delivery reports carry such objects too, with
+  ``retriable()`` and ``fatal()`` False whatever the code, as confluent-kafka builds them;
+- a fatal producer error (``FakeProducer.fatal_next``) behaves as librdkafka's: the record that
+  met it is not written and its report carries the code; the next ``poll``/``flush`` raises it
+  once with ``fatal`` set; every ``produce`` after it raises ``_FATAL`` until ``rebuild()``,
+  which drops the reports not served yet (as abandoning a real client does).
 
 Fakes never wait: ``consume`` and ``poll`` return at once, whatever their timeout.
 Integration tests use the real brokers instead.
@@ -240,7 +245,9 @@ class FakeProducer:
     """Appends to an :class:`InMemoryKafka`; delivery callbacks run on ``poll``/``flush``.
 
     ``fail_next`` makes the next N deliveries report ``delivery_error`` instead (the record is
-    not written). With ``transactional_id`` it is a transactional producer (see the module).
+    not written; by default ``_MSG_TIMED_OUT``, what a ``message.timeout.ms`` expiry reports).
+    ``fatal_next`` makes the next record meet that fatal error (see the module). ``rebuilds``
+    counts :meth:`rebuild` calls. With ``transactional_id`` it is a transactional producer.
     """
 
     def __init__(self, kafka: InMemoryKafka, *, transactional_id: str | None = None) -> None:
@@ -248,8 +255,11 @@ class FakeProducer:
         self.transactional_id = transactional_id
         self._pending: list[tuple[Callable[[Any, Any], None] | None, Any, Any]] = []
         self.fail_next = 0
-        self.delivery_error: confluent_kafka.KafkaError = broker_error(
-            _E._MSG_TIMED_OUT, "simulated delivery failure", retriable=True)
+        self.delivery_error: confluent_kafka.KafkaError = broker_error(_E._MSG_TIMED_OUT)
+        self.fatal_next: confluent_kafka.KafkaError | None = None
+        self.rebuilds = 0
+        self._broken: confluent_kafka.KafkaError | None = None  # the fatal error met, until rebuild()
+        self._raise_broken = False  # the next poll/flush raises it
         self._clock = itertools.count(1_700_000_000_000)
         self._epoch: int | None = None
         self._txn: _Transaction | None = None
@@ -263,6 +273,16 @@ class FakeProducer:
                 on_delivery: Callable[[Any, Any], None] | None = None, partition: int | None = None) -> None:
         hdrs = [(k, _as_bytes(v) or b"") for k, v in headers] if headers else None
         bkey = _as_bytes(key)
+        if self._broken is not None:
+            raise kafka_error(broker_error(_E._FATAL), f"produce to {topic}")
+        if self.fatal_next is not None:
+            fatal, self.fatal_next = self.fatal_next, None
+            self._broken, self._raise_broken = fatal, True
+            report = broker_error(fatal.code(), fatal.str())  # a delivery report's error: no flags
+            unsent = FakeMessage(topic, -1 if partition is None else partition, OFFSET_INVALID, bkey, value, hdrs,
+                                 timestamp_ms or 0, report)
+            self._pending.append((on_delivery, report, unsent))
+            return
         if self.transactional_id is not None:
             if self._fatal is not None:
                 raise kafka_error(self._fatal, f"produce to {topic}")
@@ -291,11 +311,24 @@ class FakeProducer:
         for callback, error, message in pending:
             if callback is not None:
                 callback(error, message)
+        if self._raise_broken and self._broken is not None:
+            self._raise_broken = False
+            broken = self._broken
+            raise kafka_error(broker_error(broken.code(), broken.str(), fatal=True), "serve delivery reports")
         return len(pending)
 
     def flush(self, timeout_s: float = 30.0) -> int:
         self.poll()
         return 0
+
+    def rebuild(self) -> None:
+        """A new client: reports not served yet are dropped, a fatal error is forgotten, and a
+        transactional producer needs ``init_transactions`` again."""
+        self.rebuilds += 1
+        self._pending = []
+        self._broken, self._raise_broken = None, False
+        if self.transactional_id is not None:
+            self._epoch, self._txn, self._txn_failed, self._fatal = None, None, None, None
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Flush; a transaction left open stays open (until a producer with the same id starts)."""

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import confluent_kafka
 import pytest
 from prometheus_client import generate_latest
 
@@ -15,9 +16,9 @@ from bridge._subscriber import Subscriber
 from bridge.service import Bridge, subscriptions
 from bridge.settings import BridgeOptions, BridgeSettings
 from forewarn.errors import KafkaError
-from forewarn.kafka import KafkaProducer
+from forewarn.kafka import KafkaProducer, kafka_error
 from forewarn.settings import TopicSettings
-from forewarn.testing import FakeProducer, InMemoryKafka
+from forewarn.testing import FakeProducer, InMemoryKafka, broker_error
 from forewarn.topics import batch_topic, maintenance_topic, telemetry_topic
 from tests.bridge.fakes import FakeSubscriber
 from tests.bridge.helpers import TS0, SizeLimitedKafka, batch_bytes, reading, reading_bytes
@@ -362,3 +363,80 @@ def test_a_dead_letter_the_dlq_refuses_is_cut_short_or_dropped_loudly(limit: int
     else:
         assert kafka.messages("u.telemetry.dlq") == [] and "DROPPED" in caplog.text
     assert bridge.in_flight == 0
+
+
+# -- Kafka errors by their real codes ------------------------------------------------------------
+
+def step_until(bridge: Bridge, done: Callable[[], bool], rounds: int = 200) -> bool:
+    for _ in range(rounds):
+        bridge.step(0)
+        if done():
+            return True
+        time.sleep(0.002)
+    return done()
+
+
+def test_an_expired_message_timeout_is_resent_never_dead_lettered() -> None:
+    """librdkafka reports a message.timeout.ms expiry with no flags: it is retried, not refused."""
+    bridge, mqtt, producer, kafka = make(retry_backoff_s=0.01)
+    producer.fail_next = 3  # _MSG_TIMED_OUT, as the real client reports it
+    assert not producer.delivery_error.retriable() and not producer.delivery_error.fatal()
+    message = mqtt.deliver(telemetry_topic("s/m1"), reading_bytes("s/m1", 1))
+    assert step_until(bridge, lambda: bool(mqtt.acks))
+    assert mqtt.acks == [message.mid] and len(kafka.messages("u.telemetry")) == 1
+    assert kafka.messages("u.telemetry.dlq") == []
+
+
+def test_a_revoked_acl_keeps_the_message_unacknowledged_loudly_until_kafka_takes_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    bridge, mqtt, producer, kafka = make(retry_backoff_s=0.01)
+    producer.delivery_error = broker_error(confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    producer.fail_next = 1_000_000
+    message = mqtt.deliver(telemetry_topic("s/m1"), reading_bytes("s/m1", 1))
+    with caplog.at_level("ERROR", logger="bridge.service"):
+        for _ in range(30):
+            bridge.step(0)
+            time.sleep(0.002)
+    assert mqtt.acks == [] and kafka.messages("u.telemetry.dlq") == [] and bridge.in_flight == 1
+    assert "TOPIC_AUTHORIZATION_FAILED" in caplog.text and "Write on u.telemetry" in caplog.text
+    assert bridge.metrics.kafka_waiting._value.get() == 1, "the health signal fails at once"
+    producer.fail_next = 0  # the grant is back
+    assert step_until(bridge, lambda: bool(mqtt.acks))
+    assert mqtt.acks == [message.mid] and len(kafka.messages("u.telemetry")) == 1
+
+
+def test_a_fatal_producer_error_rebuilds_the_producer_and_resends_every_unconfirmed_record() -> None:
+    """An idempotent producer's fatal error (raised from poll, as confluent-kafka does): the
+    records whose reports never came are sent again through a new producer, in order, and every
+    message is acknowledged only once Kafka has it."""
+    bridge, mqtt, producer, kafka = make(HeldProducer, retry_backoff_s=0.01)
+    first = [mqtt.deliver(telemetry_topic("s/m1"), reading_bytes("s/m1", seq)).mid for seq in range(5)]
+    bridge.step(0)  # produced; reports held back (in flight)
+    producer.fatal_next = broker_error(confluent_kafka.KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER)
+    later = [mqtt.deliver(telemetry_topic("s/m1"), reading_bytes("s/m1", seq)).mid for seq in range(5, 8)]
+    bridge.step(0)  # the first of these meets the fatal error; the others raise _FATAL
+    producer.release()
+    assert step_until(bridge, lambda: len(mqtt.acks) == 8)
+    assert mqtt.acks == first + later and producer.rebuilds == 1 and bridge.producer_rebuilds == 1
+    seqs = [json.loads(m.value())["seq"] for m in kafka.messages("u.telemetry")]
+    assert sorted(set(seqs)) == list(range(8)), "every reading, none lost"
+    assert seqs[-3:] == [5, 6, 7] and kafka.messages("u.telemetry.dlq") == []
+
+
+def test_a_fatal_error_raised_by_produce_rebuilds_before_anything_new_is_read() -> None:
+    class FatalOnProduce(FakeProducer):
+        broken = True
+
+        def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None, **kw: Any) -> None:
+            if self.broken:
+                raise kafka_error(broker_error(confluent_kafka.KafkaError._FATAL), f"produce to {topic}")
+            super().produce(topic, value, key, **kw)
+
+        def rebuild(self) -> None:
+            super().rebuild()
+            self.broken = False
+
+    bridge, mqtt, producer, kafka = make(FatalOnProduce, retry_backoff_s=0.01)
+    message = mqtt.deliver(telemetry_topic("s/m1"), reading_bytes("s/m1", 1))
+    assert step_until(bridge, lambda: bool(mqtt.acks))
+    assert mqtt.acks == [message.mid] and producer.rebuilds == 1 and len(kafka.messages("u.telemetry")) == 1

@@ -65,14 +65,6 @@ def test_raise_for_error_raises_only_for_an_error() -> None:
     assert info.value.code == "TOPIC_AUTHORIZATION_FAILED" and not info.value.retriable
 
 
-def test_refused_for_good_means_neither_retriable_nor_fatal() -> None:
-    assert refused_for_good(broker_error(E.MSG_SIZE_TOO_LARGE))
-    assert refused_for_good(KafkaError("produce", code="MSG_SIZE_TOO_LARGE"))
-    assert not refused_for_good(broker_error(E._MSG_TIMED_OUT, retriable=True))
-    assert not refused_for_good(broker_error(E._FENCED, fatal=True))
-    assert not refused_for_good(KafkaError("produce", code="_FENCED", fatal=True))
-
-
 # -- the real producer without a broker ---------------------------------------------------------
 
 def test_produce_accepts_every_optional_field_unset_or_set() -> None:
