@@ -34,14 +34,17 @@ from bridge._mqtt_packets import (
     DISCONNECT,
     PINGRESP,
     PROP_RECEIVE_MAXIMUM,
+    PROP_SERVER_KEEP_ALIVE,
     PROP_SESSION_EXPIRY,
     PUBACK,
     PUBLISH,
     SUBACK,
     MalformedPacket,
     connect_packet,
+    disconnect_packet,
     parse_connack,
     parse_disconnect,
+    parse_suback,
     subscribe_packet,
 )
 from forewarn.errors import MqttError
@@ -93,7 +96,17 @@ class SubscriberLike(Protocol):
 
 
 class _Disconnected(Exception):
-    """The connection is gone or must be dropped; the loop reconnects with backoff."""
+    """The connection is gone or must be dropped; the loop reconnects with backoff. ``reason``:
+    the MQTT 5 reason code our DISCONNECT gives the broker first (0: none is sent)."""
+
+    def __init__(self, why: str, reason: int = 0) -> None:
+        super().__init__(why)
+        self.reason = reason
+
+
+def _malformed(why: str) -> _Disconnected:
+    """A packet the spec calls malformed: DISCONNECT with reason 0x81, then reconnect (4.13)."""
+    return _Disconnected(f"malformed packet from the broker: {why}", 0x81)
 
 
 class _NoConnack(Exception):
@@ -123,7 +136,9 @@ class Subscriber:
         self._incomplete = False  # the buffer ends inside a packet: more bytes are needed
         self._out = bytearray()
         self._filters: list[tuple[str, int]] = []
-        self._suback_filters: list[str] = []
+        self._subscribing: dict[int, list[tuple[str, int]]] = {}  # SUBSCRIBE packet id -> its filters
+        self._keepalive_s = settings.keepalive_s  # the broker's Server Keep Alive wins (MQTT 5)
+        self.malformed = 0  # packets from the broker that broke the encoding rules
         self._topics: dict[bytes, str] = {}
         self._next_id = 0
         self._last_sent = 0.0
@@ -203,9 +218,9 @@ class Subscriber:
                 self._parse(out, limit)
             self._keepalive()
         except _Disconnected as why:
-            self._lost(str(why))
-        except IndexError:
-            self._lost("malformed packet from the broker")
+            self._lost(str(why), why.reason)
+        except (IndexError, MalformedPacket) as error:  # a length that runs past the packet
+            self._lost(str(_malformed(str(error) or "a field runs past its packet")), 0x81)
         except OSError as error:
             self._lost(str(error))
         return out
@@ -287,15 +302,19 @@ class Subscriber:
                     topic = topics.get(raw_topic)
                     if topic is None:
                         try:
-                            topic = raw_topic.decode()
+                            topic = raw_topic.decode()  # strict: no overlong forms, no surrogates
                         except UnicodeDecodeError:
-                            topic = repr(raw_topic)
+                            raise _malformed(f"PUBLISH topic {raw_topic!r} is not well-formed UTF-8") from None
+                        if "\x00" in topic:
+                            raise _malformed(f"PUBLISH topic {raw_topic!r} holds U+0000")
                         if len(topics) >= _TOPIC_CACHE_MAX:
                             topics.clear()
                         topics[raw_topic] = topic
                     if qos:
-                        if qos == 2:
-                            raise _Disconnected("QoS 2 PUBLISH on a QoS 1 subscription")
+                        if qos == 3:
+                            raise _malformed("PUBLISH with both QoS bits set")
+                        if qos == 2:  # never granted: protocol error (v5 0x82)
+                            raise _Disconnected("QoS 2 PUBLISH on a QoS 1 subscription", 0x82)
                         mid = (buf[p] << 8) | buf[p + 1]
                         p += 2
                     else:
@@ -356,8 +375,10 @@ class Subscriber:
         """PINGREQ when nothing was sent for half the keep-alive (also while intake is paused, so
         the broker never drops a bridge that waits for Kafka). Only a reading loop judges the
         answer: no byte at all for a keep-alive after a PINGREQ means the connection is dead."""
+        keepalive = self._keepalive_s
+        if not keepalive:  # the broker's Server Keep Alive 0: no keep-alive at all
+            return
         now = time.monotonic()
-        keepalive = self.settings.keepalive_s
         if reading and self._ping_since is not None and now - self._ping_since > keepalive:
             raise _Disconnected(f"no answer to PINGREQ within {keepalive}s")
         if now - self._last_sent >= keepalive / 2:
@@ -383,7 +404,7 @@ class Subscriber:
             del self._out[:sent]
             self._last_sent = time.monotonic()
 
-    def _lost(self, why: str) -> None:
+    def _lost(self, why: str, reason: int = 0) -> None:
         """The connection is gone. The backoff starts again from its minimum only when the
         connection had been up for a stable period: a broker that drops us at once (say, over a
         message we cannot parse) gets ever longer pauses, not a tight reconnect loop."""
@@ -394,14 +415,29 @@ class Subscriber:
         else:
             self._delay = min(self._delay * 2, s.reconnect_max_s)
         log.warning("mqtt connection lost (%s); reconnecting in %.1fs", why, self._delay)
+        if reason >= 0x80:
+            if reason == 0x81:
+                self.malformed += 1
+            self._say_goodbye(reason)
         self._close()
         self._retry_at = now + self._delay
+
+    def _say_goodbye(self, reason: int) -> None:
+        """Best effort: tell the broker why we disconnect (MQTT 5 only has reason codes)."""
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sock.send(disconnect_packet(reason, self._v5))
+        except OSError:
+            pass
 
     def _close(self) -> None:
         sock, self._sock = self._sock, None
         self._buf, self._pos, self._out = b"", 0, bytearray()
         self._incomplete = False
         self._ping_since = None
+        self._subscribing.clear()
         if sock is not None:
             try:
                 sock.close()
@@ -480,6 +516,11 @@ class Subscriber:
             raise MqttError(f"{where} refused the connection: reason {connack.code:#x}{text}",
                             reason_code=connack.code, hint="check mqtt.username/password/tls")
         session_present = connack.session_present
+        server_keepalive = connack.properties.get(PROP_SERVER_KEEP_ALIVE)
+        self._keepalive_s = server_keepalive if isinstance(server_keepalive, int) else s.keepalive_s
+        if self._keepalive_s != s.keepalive_s:
+            log.info("mqtt broker sets the keep-alive to %ss (Server Keep Alive; mqtt.keepalive_s is %ss)",
+                     self._keepalive_s, s.keepalive_s)
         sock.setblocking(False)
         self._sock = sock
         self._buf, self._pos = rest, 0  # queued messages may follow the CONNACK in the same segment
@@ -506,9 +547,10 @@ class Subscriber:
     def _subscribe(self, filters: list[tuple[str, int]], timeout_s: float) -> None:
         """One SUBSCRIBE for all filters. The SUBACK is not awaited: a resumed session's queued
         messages come before it, and waiting would mean reading them all into memory. It is
-        checked when the loop reads it (a refused filter is logged as an error)."""
+        checked when the loop reads it: a refused filter, or one granted a lower QoS than asked
+        (QoS 0 would make the bridge at most once), raises :class:`MqttError` from :meth:`read`."""
         self._next_id = self._next_id % 65535 + 1
-        self._suback_filters = [f for f, _q in filters]
+        self._subscribing[self._next_id] = list(filters)
         self._send(subscribe_packet(self._next_id, filters, self._v5))
         deadline = time.monotonic() + timeout_s
         while self._out and self._sock is not None:  # the SUBSCRIBE itself is out before we go on
@@ -518,21 +560,26 @@ class Subscriber:
             self._flush_out()
 
     def _suback(self, body: bytes) -> None:
-        codes = body[2:]
-        if self._v5 and codes:
-            plen, j, shift = 0, 0, 0
-            while True:
-                byte = codes[j]
-                plen |= (byte & 0x7F) << shift
-                j += 1
-                if byte < 0x80:
-                    break
-                shift += 7
-            codes = codes[j + plen:]
-        refused = [f for f, c in zip(self._suback_filters, codes, strict=False) if c >= 0x80]
+        ack = parse_suback(body, self._v5)
+        filters = self._subscribing.pop(ack.packet_id, None)
+        if filters is None:
+            log.debug("mqtt: SUBACK for packet id %s that no SUBSCRIBE of this connection has", ack.packet_id)
+            return
+        if len(ack.codes) != len(filters):
+            raise _malformed(f"SUBACK with {len(ack.codes)} codes for {len(filters)} filters")
+        s = self.settings
+        why = f" ({ack.reason})" if ack.reason else ""
+        refused = [f"{f} (reason {code:#x})" for (f, _qos), code in zip(filters, ack.codes, strict=True)
+                   if code >= 0x80]
         if refused:
-            log.error("mqtt broker refused the subscription to %s (reason %#x); nothing arrives from it",
-                      ", ".join(refused), max(codes))
+            raise MqttError(f"MQTT broker at {s.host}:{s.port} refused the subscription to {', '.join(refused)}"
+                            f"{why}: nothing would arrive from it", reason_code=max(ack.codes),
+                            hint="check the broker's ACL for this user and client id")
+        lowered = [f"{f} (QoS {code})" for (f, qos), code in zip(filters, ack.codes, strict=True) if code < qos]
+        if lowered:
+            raise MqttError(f"MQTT broker at {s.host}:{s.port} granted a lower QoS than asked to {', '.join(lowered)}"
+                            f"{why}: the bridge would be at most once and lose messages",
+                            hint="allow QoS 1 on the broker (e.g. max_qos) for the bridge's topics")
 
     @staticmethod
     def _read_packet_blocking(sock: socket.socket, timeout_s: float) -> tuple[int, bytes, bytes]:

@@ -40,8 +40,8 @@ from bridge._subscriber import Message, Subscriber
 from forewarn.settings import MqttSettings
 
 __all__ = ["AEDES_LIKE", "MOSQUITTO_311_LIKE", "FakeSubscriber", "MiniBroker", "Profile", "ProtocolViolation",
-           "Sent", "WireBroker", "mqtt_settings", "packet", "publish", "read_packet", "read_until", "string",
-           "varint"]
+           "Sent", "WireBroker", "mqtt_settings", "packet", "publish", "read_packet", "read_until", "reconnected",
+           "string", "varint", "wait_for"]
 
 
 class ProtocolViolation(AssertionError):
@@ -217,6 +217,24 @@ def mqtt_settings(port: int, **extra: object) -> MqttSettings:
     return MqttSettings.model_validate({"port": port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2, **extra})
 
 
+def wait_for(condition: Callable[[], object], timeout_s: float = 5.0) -> bool:
+    """Poll ``condition`` until it is true or the deadline passed; returns whether it became true."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def reconnected(sub: Subscriber, timeout_s: float = 5.0) -> bool:
+    """Run the subscriber's housekeeping until it is connected again (or the deadline passed)."""
+    def tick() -> bool:
+        sub.housekeeping()
+        return sub.is_connected
+    return wait_for(tick, timeout_s)
+
+
 def read_until(sub: Subscriber, n: int, timeout_s: float = 5.0) -> list[Message]:
     """Read until ``n`` messages arrived or the deadline passed."""
     got: list[Message] = []
@@ -334,6 +352,7 @@ class MiniBroker:
         self.subscribes: list[tuple[str, list[str]]] = []
         self.unsubscribes: list[tuple[str, list[str]]] = []
         self.published: list[tuple[str, str]] = []  # (client id, topic) of PUBLISH from clients
+        self.disconnect_reasons: list[int] = []  # reason code of every DISCONNECT from a client
         self.errors: list[BaseException] = []
         self._conns: dict[str, _Conn] = {}
         self._lock = threading.Lock()
@@ -477,6 +496,7 @@ class MiniBroker:
         elif kind == 0xC0:  # PINGREQ
             conn.send(b"\xd0\x00")
         elif kind == 0xE0:
+            self.disconnect_reasons.append(body[0] if body else 0)
             raise ConnectionError("client disconnected")
 
     @staticmethod

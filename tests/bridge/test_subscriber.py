@@ -30,7 +30,7 @@ def connack(conn: socket.socket, v5: bool = True, session_present: bool = True, 
 def suback(conn: socket.socket, v5: bool = True) -> int:
     first, body = read_packet(conn)
     assert first == 0x82
-    mid = struct.unpack("!H", body[:2])[0]
+    mid: int = struct.unpack("!H", body[:2])[0]
     conn.sendall(packet(0x90, struct.pack("!H", mid) + (b"\x00" if v5 else b"") + b"\x01"))
     return mid
 

@@ -20,16 +20,9 @@ from tests.bridge.fakes import (
     mqtt_settings,
     read_packet,
     read_until,
+    reconnected,
+    wait_for,
 )
-
-
-def wait_for(condition: object, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 @pytest.mark.parametrize("profile", [
@@ -92,7 +85,7 @@ def test_backoff_grows_while_connections_die_young_and_resets_after_a_stable_one
     for _ in range(4):
         sub._lost("test drop")
         delays.append(sub._delay)
-        assert wait_for(lambda: (sub.housekeeping(), sub.is_connected)[1])
+        assert reconnected(sub)
     sub._connected_at -= 31  # as if this connection had been up for longer than the stable period
     sub._lost("test drop")
     delays.append(sub._delay)
@@ -113,7 +106,7 @@ def test_a_reset_while_acknowledging_reconnects_and_the_broker_sends_again() -> 
     sub._sock.close()  # what a reset leaves: writing raises OSError
     sub.ack_many([message[3]])  # must not raise
     assert not sub.is_connected
-    assert wait_for(lambda: (sub.housekeeping(), sub.is_connected)[1])
+    assert reconnected(sub)
     sub.disconnect()
     broker.close()
     assert broker.pubacks == [] and [level for level, _cid in broker.connects] == [5, 5]
