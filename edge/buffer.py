@@ -16,14 +16,34 @@ A record Kafka refuses for good is replaced, in one transaction, by its dead-let
 (:meth:`Buffer.replace`); a dead-letter record Kafka refuses too is moved to the local
 ``dead_letters`` table (:meth:`Buffer.dead_letter`, or ``replace(..., keep=...)`` when its cut
 takes its place in the queue), where it stays for an operator.
+
+Durability: ``synchronous=FULL`` by default, so a committed transaction survives a power cut
+as well as a ``kill -9``; ``NORMAL`` survives ``kill -9`` only (the last commits before a power
+cut may be lost although they were acknowledged) and is for those who accept that risk.
+
+The disk: a write the file system cannot take (SQLite's ``SQLITE_FULL``, ``ENOSPC``) raises
+:class:`DiskFull` and leaves the buffer as it was, so the caller can hold its batch and retry.
+Removing delivered rows never raises on a full disk: the rows leave the queue at once
+(:meth:`Buffer.peek`, ``len()`` and :attr:`Buffer.bytes` no longer see them) and are deleted
+from the file with the next write that succeeds (or sent again after a restart: a duplicate,
+never a loss).
+
+A buffer file SQLite reports as corrupt at open (not a database, a malformed or truncated
+image, or a failed ``PRAGMA quick_check``) is moved aside with its WAL to
+``<name>.corrupt-<UTC timestamp>`` (:attr:`Buffer.moved_aside`), logged as an error, and a
+fresh buffer starts in its place: the edge starts instead of crash-looping, and the old file
+stays for an operator to salvage.
 """
 
 from __future__ import annotations
 
+import datetime
+import errno
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -33,11 +53,18 @@ import msgspec
 
 from forewarn.errors import ForewarnError
 
-__all__ = ["Buffer", "BufferFull", "BufferRecord", "FullPolicy", "StateItem", "Stored"]
+__all__ = ["Buffer", "BufferFull", "BufferRecord", "DiskFull", "FullPolicy", "StateItem", "Stored", "SyncMode"]
 
 log = logging.getLogger(__name__)
 
 FullPolicy = Literal["block", "drop_oldest"]
+SyncMode = Literal["NORMAL", "FULL"]
+
+# SQLite's primary result codes (the low byte of an extended code) that name a damaged file,
+# and the one that names a full disk.
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_FULL_CODE = sqlite3.SQLITE_FULL
+_SIDE_FILES = ("-wal", "-shm")
 
 _RECORD = "topic TEXT NOT NULL, key BLOB, value BLOB, headers BLOB, ts INTEGER"
 _SCHEMA = f"""
@@ -51,6 +78,30 @@ CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, {
 
 class BufferFull(ForewarnError):
     """The buffer is full and its policy is ``block``: stop acknowledging upstream."""
+
+
+class DiskFull(ForewarnError):
+    """The file system holding the buffer has no room for this write; nothing was written.
+    Stop acknowledging upstream and retry once space returns."""
+
+
+class _CorruptFile(Exception):
+    """``quick_check`` found damage SQLite did not raise about."""
+
+
+def _primary_code(error: sqlite3.Error) -> int | None:
+    code = getattr(error, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    if isinstance(error, sqlite3.Error):
+        return _primary_code(error) == _FULL_CODE
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _is_corrupt(error: sqlite3.Error) -> bool:
+    return _primary_code(error) in _CORRUPT_CODES
 
 
 @dataclass(frozen=True)
@@ -93,22 +144,86 @@ class Buffer:
     """A bounded, durable FIFO of Kafka records. Thread-safe (one connection, one lock)."""
 
     def __init__(self, path: Path, *, max_bytes: int = 512 * 1024 * 1024, policy: FullPolicy = "block",
-                 warn_fraction: float = 0.8, synchronous: Literal["NORMAL", "FULL"] = "NORMAL") -> None:
+                 warn_fraction: float = 0.8, synchronous: SyncMode = "FULL") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_bytes = max_bytes
         self.policy = policy
         self.warn_fraction = warn_fraction
+        self.synchronous = synchronous
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives the process being killed (not a power cut);
-        # FULL also survives power loss, at a cost per commit.
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.executescript(_SCHEMA)
+        self._unremoved: set[int] = set()  # delivered rows whose DELETE the full disk refused
+        self._warned = False
+        self.moved_aside: Path | None = None
+        try:
+            self._db = self._open()
+        except (sqlite3.DatabaseError, _CorruptFile) as error:
+            if isinstance(error, sqlite3.DatabaseError) and not _is_corrupt(error):
+                raise
+            self.moved_aside = self._move_aside(str(error))
+            self._db = self._open()
         row = self._db.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM outbox").fetchone()
         self._bytes, self._count = int(row[0]), int(row[1])
-        self._warned = False
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect, set WAL and the sync mode, check the file's pages (``quick_check``: every
+        page and record well formed; it reads the whole file once), create the tables."""
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            problems = [str(r[0]) for r in db.execute("PRAGMA quick_check(5)").fetchall()]
+            if problems != ["ok"]:
+                raise _CorruptFile("quick_check: " + "; ".join(problems))
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self, why: str) -> Path:
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        self.path.rename(aside)
+        for suffix in _SIDE_FILES:
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                side.rename(aside.with_name(aside.name + suffix))
+        log.error("edge buffer %s is corrupt (%s): moved it aside to %s and started a fresh buffer; the "
+                  "records it held were not forwarded (salvage them from that file)", self.path, why, aside)
+        return aside
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (the caller holds the lock): rolled back on any error; a full disk
+        raises :class:`DiskFull`. Deletes of delivered rows a full disk refused go in first."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._unremoved:
+                    self._delete_rows(sorted(self._unremoved))
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:  # SQLite may have rolled back on its own (a full disk)
+                    db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as error:
+            if _is_disk_full(error):
+                raise DiskFull(f"no space left for the edge buffer {self.path}: {error}",
+                               hint="free space on its file system; the edge holds back acknowledgements "
+                               "until then") from error
+            raise
+        self._unremoved.clear()
+
+    def _delete_rows(self, ids: Sequence[int]) -> tuple[int, int]:
+        """Delete rows by id (inside a transaction); returns (bytes, rows) deleted."""
+        freed, gone = self._sizes(ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            self._db.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk)  # noqa: S608
+        return freed, gone
 
     # -- state -------------------------------------------------------------------------------
 
@@ -139,7 +254,8 @@ class Buffer:
         ``state`` (key, value) pairs are upserted into a side table in the same transaction
         (the edge keeps its per-machine windows there, consistent with what it acknowledged);
         they do not count against the size bound.
-        Raises :class:`BufferFull` (policy ``block``) when they do not fit.
+        Raises :class:`BufferFull` (policy ``block``) when they do not fit, :class:`DiskFull`
+        when the file system does not; either way nothing was written.
         """
         if not records and not state:
             return
@@ -152,16 +268,11 @@ class Buffer:
                     raise BufferFull(f"edge buffer full ({self._bytes} of {self.max_bytes} bytes)",
                                      hint="the uplink is down too long; raise edge.buffer_max_bytes")
                 self._evict(self._bytes + incoming - self.max_bytes)
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT INTO outbox (topic, key, value, headers, ts, size) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            with self._transaction() as db:
+                db.executemany("INSERT INTO outbox (topic, key, value, headers, ts, size) VALUES (?, ?, ?, ?, ?, ?)",
+                               rows)
                 if state:
-                    self._db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", state)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                    db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", state)
             self._bytes += incoming
             self._count += len(rows)
             self._check_fill()
@@ -171,6 +282,8 @@ class Buffer:
         cursor = self._db.execute("SELECT id, size FROM outbox ORDER BY id")
         last_id = None
         for row_id, size in cursor:
+            if row_id in self._unremoved:
+                continue  # already out of the queue and its counts
             freed += size
             dropped += 1
             last_id = row_id
@@ -178,11 +291,10 @@ class Buffer:
                 break
         if last_id is None:
             return
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
-        self._db.execute("INSERT INTO counters (name, value) VALUES ('evicted', ?) "
-                         "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (dropped,))
-        self._db.execute("COMMIT")
+        with self._transaction() as db:
+            db.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
+            db.execute("INSERT INTO counters (name, value) VALUES ('evicted', ?) "
+                       "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (dropped,))
         self._bytes -= freed
         self._count -= dropped
         log.error("edge buffer full: evicted the %s oldest records (%s bytes) under policy drop_oldest",
@@ -201,31 +313,46 @@ class Buffer:
     def peek(self, limit: int = 1000, after_id: int = 0) -> list[Stored]:
         """The oldest ``limit`` records with id > ``after_id``, oldest first."""
         with self._lock:
+            gone = self._unremoved
             rows = self._db.execute(
                 "SELECT id, topic, key, value, headers, ts FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, limit)).fetchall()
+                (after_id, limit + len(gone))).fetchall()
+            if gone:
+                rows = [row for row in rows if row[0] not in gone][:limit]
         return [Stored(row_id, _record(topic, key, value, headers, ts))
                 for row_id, topic, key, value, headers, ts in rows]
 
     def remove(self, ids: Iterable[int]) -> None:
-        """Forget records that Kafka confirmed."""
-        id_list = list(ids)
-        if not id_list:
-            return
+        """Forget records that Kafka confirmed. Never raises on a full disk: the rows leave the
+        queue now and are deleted from the file with the next write that succeeds."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            total = 0
-            for start in range(0, len(id_list), 500):
-                chunk = id_list[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                row = self._db.execute(f"SELECT COALESCE(SUM(size), 0), COUNT(*) FROM outbox WHERE id IN ({marks})",  # noqa: S608
-                                       chunk).fetchone()
-                self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)  # noqa: S608
-                self._bytes -= int(row[0])
-                self._count -= int(row[1])
-                total += int(row[1])
-            self._db.execute("COMMIT")
+            id_list = [i for i in ids if i not in self._unremoved]
+            if not id_list:
+                return
+            try:
+                with self._transaction():
+                    freed, gone = self._delete_rows(id_list)
+            except DiskFull as full:
+                if not self._unremoved:
+                    log.warning("%s; %s delivered records leave the queue now and the file later", full,
+                                len(id_list))
+                freed, gone = self._sizes(id_list)
+                self._unremoved.update(id_list)
+            self._bytes -= freed
+            self._count -= gone
             self._check_fill()
+
+    def _sizes(self, ids: Sequence[int]) -> tuple[int, int]:
+        """(bytes, rows) of the rows with these ids (a read: it works on a full disk)."""
+        freed = found = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            row = self._db.execute(f"SELECT COALESCE(SUM(size), 0), COUNT(*) FROM outbox WHERE id IN ({marks})",  # noqa: S608
+                                   chunk).fetchone()
+            freed += int(row[0])
+            found += int(row[1])
+        return freed, found
 
     def replace(self, row_id: int, record: BufferRecord, *, keep: tuple[str, str, int] | None = None) -> None:
         """Swap a buffered record for another (its dead letter, or a dead letter's cut), at the
@@ -234,17 +361,12 @@ class Buffer:
         bound is not checked: the new record is at most about the old one's size."""
         headers = _headers_encoder.encode(list(record.headers)) if record.headers else None
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction() as db:
                 if keep is not None:
                     self._keep_locally(row_id, *keep)
-                freed, gone = self._delete(row_id)
-                self._db.execute("INSERT INTO outbox (topic, key, value, headers, ts, size) VALUES (?, ?, ?, ?, ?, ?)",
-                                 (record.topic, record.key, record.value, headers, record.ts, record.size))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                freed, gone = self._delete_rows([row_id])
+                db.execute("INSERT INTO outbox (topic, key, value, headers, ts, size) VALUES (?, ?, ?, ?, ?, ?)",
+                           (record.topic, record.key, record.value, headers, record.ts, record.size))
             self._bytes += record.size - freed
             self._count += 1 - gone
 
@@ -252,14 +374,9 @@ class Buffer:
         """Move a buffered record to the local ``dead_letters`` table (Kafka refuses it and its
         dead-letter record alike): it leaves the queue but stays on disk."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 self._keep_locally(row_id, reason, detail, at_ms)
-                freed, gone = self._delete(row_id)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                freed, gone = self._delete_rows([row_id])
             self._bytes -= freed
             self._count -= gone
 
@@ -267,13 +384,6 @@ class Buffer:
         self._db.execute("INSERT INTO dead_letters (topic, key, value, headers, ts, reason, detail, at) "
                          "SELECT topic, key, value, headers, ts, ?, ?, ? FROM outbox WHERE id = ?",
                          (reason, detail, at_ms, row_id))
-
-    def _delete(self, row_id: int) -> tuple[int, int]:
-        row = self._db.execute("SELECT size FROM outbox WHERE id = ?", (row_id,)).fetchone()
-        if row is None:
-            return 0, 0
-        self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-        return int(row[0]), 1
 
     def dead_letters(self) -> list[tuple[BufferRecord, str, str]]:
         """The local dead letters: (record, reason, detail), oldest first."""

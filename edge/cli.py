@@ -15,6 +15,8 @@ EDGE_FLAGS = (
     Flag("--buffer-max-bytes", "edge.buffer_max_bytes"),
     Flag("--buffer-policy", "edge.buffer_policy"),
     Flag("--buffer-sync", "edge.buffer_sync"),
+    Flag("--disk-full-hold-bytes", "edge.disk_full_hold_bytes"),
+    Flag("--stats-interval", "edge.stats_interval_s"),
     Flag("--sites", "edge.sites"),
     Flag("--models-dir", "edge.models_dir"),
     Flag("--models-sync", "edge.models_sync", secondary="--no-models-sync"),

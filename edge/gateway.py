@@ -19,6 +19,16 @@ the commit and the PUBACK duplicates a message; the windows drop the duplicate r
 When the buffer is full under the ``block`` policy, the scored batch is kept in memory and
 retried; no further message is taken or acknowledged, so the plant broker holds them.
 
+When the buffer's file system is full (:class:`~edge.buffer.DiskFull`), the edge goes on
+scoring and publishing predictions and alerts locally, but acknowledges nothing: the scored
+batches are held in memory (up to ``disk_full_hold_bytes``; beyond it no more messages are
+taken) and their commit is retried until space returns; then they are committed together and
+acknowledged. One error line says when this starts, an info line when it ends.
+
+Every ``stats_interval_s`` the edge buffers a :class:`~forewarn.contract.PipelineStats` record
+(role ``edge``, source = its client id) for the ``pipeline.stats`` topic: what it scored and
+what not, by reason, of the batches committed in that interval.
+
 The inbox is bounded (``receive_maximum + max_batch`` messages): Mosquitto 2.0 sends well beyond
 the Receive Maximum the edge asks for, so when the inbox is full paho's network thread waits in
 the callback until the loop took a batch. It then reads nothing from its socket and TCP holds
@@ -31,6 +41,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -40,13 +51,14 @@ from typing import Any
 
 import msgspec
 
-from edge.buffer import Buffer, BufferFull, BufferRecord
+from edge.buffer import Buffer, BufferFull, BufferRecord, DiskFull
 from edge.errors import EdgeError
 from edge.forwarder import Forwarder, topic_limits
-from edge.metrics import BatchCounts, EdgeMetrics
+from edge.metrics import BatchCounts, EdgeMetrics, PipelineTally
 from edge.models import ModelSync
 from edge.settings import EdgeSettings
 from forewarn.contract import Alert, Decoder, MaintenanceEvent, Telemetry, encode, model_refused_alert
+from forewarn.deadletter import Kind
 from forewarn.errors import MqttError
 from forewarn.kafka import KafkaProducer
 from forewarn.mqtt import MqttClient
@@ -64,6 +76,7 @@ log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.01
 _BLOCKED_RETRY_S = 0.5
+_DISK_RETRY_S = 1.0
 _MAX_OUTGOING = 2000  # local publications queued in paho before scoring waits for its network thread
 _MAX_OUTGOING_WAIT_S = 2.0
 _TRIM_EVERY_S = 10.0
@@ -97,9 +110,19 @@ class _Batch:
     counts: BatchCounts
     acks: list[tuple[int, int, int]] = field(default_factory=list)  # (mid, qos, epoch)
     records: list[BufferRecord] = field(default_factory=list)
-    state: list[tuple[str, bytes]] = field(default_factory=list)
+    state: dict[str, bytes] = field(default_factory=dict)
     predictions: list[tuple[str, bytes]] = field(default_factory=list)
     alerts: list[tuple[str, bytes, str]] = field(default_factory=list)  # (machine_id, JSON, state)
+    published: bool = False  # its predictions and alerts are out on the plant broker already
+    size: int = 0  # bytes of its records in the buffer (counted while the disk is full)
+
+    def absorb(self, other: _Batch) -> None:
+        """Append a later batch (already published) to this held one: committed as one."""
+        self.counts.absorb(other.counts)
+        self.acks.extend(other.acks)
+        self.records.extend(other.records)
+        self.state.update(other.state)  # a machine's latest window wins
+        self.size += sum(r.size for r in other.records)
 
 
 class EdgeGateway(LoopService):
@@ -143,6 +166,10 @@ class EdgeGateway(LoopService):
         self._room = threading.Event()
         self._blocked: _Batch | None = None
         self._blocked_since = 0.0
+        self._held: _Batch | None = None  # scored while the disk is full, published, not acknowledged
+        self._disk_full_since: float | None = None
+        self._pipeline = PipelineTally(o.client_id, int(clock() * 1000))
+        self._next_stats = time.monotonic() + o.stats_interval_s
         self._next_retry = 0.0
         self._epoch = 0
         self._intake = False
@@ -194,9 +221,11 @@ class EdgeGateway(LoopService):
             o.data_dir.mkdir(parents=True, exist_ok=True)
             self.buffer = Buffer(o.buffer_path, max_bytes=o.buffer_max_bytes, policy=o.buffer_policy,
                                  warn_fraction=o.buffer_warn_fraction, synchronous=o.buffer_sync)
-        except OSError as error:
+        except (OSError, sqlite3.Error) as error:
             raise EdgeError(f"cannot open the edge buffer under {o.data_dir}: {error}",
-                            hint="fix --data-dir or its permissions") from None
+                            hint="fix --data-dir, its permissions or its free space") from None
+        if self.buffer.moved_aside is not None:
+            self.metrics.buffer_moved_aside.inc()
         if len(self.buffer):
             log.info("buffer holds %s records (%.1f MB) from before; forwarding them first", len(self.buffer),
                      self.buffer.bytes / 1e6)
@@ -255,16 +284,28 @@ class EdgeGateway(LoopService):
             if now < self._next_retry:
                 time.sleep(min(wait_s * 5, self._next_retry - now))
                 return 0
-            batch = self._blocked
-        else:
-            inbox = self._inbox
-            n = min(len(inbox), self.options.max_batch)
-            if not n and not self._events:
-                time.sleep(wait_s)
-                return 0
+            return self._commit(self._blocked)
+        held = self._held
+        inbox = self._inbox
+        n = min(len(inbox), self.options.max_batch)
+        if held is not None and held.size >= self.options.disk_full_hold_bytes:
+            n = 0  # the hold is full: the broker keeps the rest until space returns
+        if n or self._events:
             batch = self._score([inbox.popleft() for _ in range(n)])
             self._room.set()
-        return self._commit(batch)
+            if held is None:
+                return self._commit(batch)
+            self._publish(batch)
+            held.absorb(batch)
+            self.metrics.disk_held_bytes.set(held.size)
+        elif held is None:
+            time.sleep(wait_s)
+            return 0
+        if now < self._next_retry:
+            if not n:
+                time.sleep(min(wait_s * 5, self._next_retry - now))
+            return 0
+        return self._commit(held)
 
     def _offered(self, offers: list[Offer]) -> None:
         """Count model offers; a refused bundle becomes a ``model_refused`` alert event, committed
@@ -299,6 +340,8 @@ class EdgeGateway(LoopService):
             kinds[routed.kind] += 1
             for reason in routed.rejected:
                 rejected[reason] += 1
+            if routed.rejected and routed.kind is not Kind.MAINTENANCE:
+                counts.readings["rejected"] += len(routed.rejected)
             for rec in routed.records:
                 role = roles[rec.topic]
                 key = rec.key.encode() if rec.key is not None else None
@@ -314,9 +357,12 @@ class EdgeGateway(LoopService):
             result.alerts[:0] = self._events
             self._events = []
         readings_by = counts.readings
-        readings_by["accepted"] += result.accepted
-        readings_by["dropped"] += result.dropped
-        readings_by["unscored"] += result.unscored
+        not_scored = 0
+        for reason, k in result.not_scored.items():
+            readings_by[reason] += k
+            not_scored += k
+        readings_by["scored"] += len(readings) - not_scored
+        counts.resets.update(result.resets)
         for machine_id, value in result.predictions:
             records.append(BufferRecord("predictions", value, machine_id.encode()))
         batch.predictions = result.predictions
@@ -327,44 +373,98 @@ class EdgeGateway(LoopService):
             counts.alerts[alert.state] += 1
         if self.options.persist_windows and result.dirty:
             machines = set().union(*result.dirty.values())
-            batch.state = [(key, encode_record(record)) for key, record in self.engine.export(machines)]
+            batch.state = {key: encode_record(record) for key, record in self.engine.export(machines)}
+        batch.size = sum(r.size for r in records)
         self.metrics.step_seconds.observe(time.perf_counter() - started)
         return batch
 
     def _commit(self, batch: _Batch) -> int:
+        """Commit a batch to the buffer, then acknowledge and publish it; or hold it (a full
+        buffer: no scoring meanwhile; a full disk: scoring and local publishing go on)."""
         assert self.buffer is not None
         try:
-            self.buffer.put_many(batch.records, batch.state)
+            self.buffer.put_many(batch.records, list(batch.state.items()))
         except BufferFull as full:
-            now = time.monotonic()
-            if self._blocked is None:
-                self._blocked_since = now
-                self.metrics.buffer_blocked.set(1)
-                log.warning("%s; not acknowledging MQTT until the uplink drains it (the broker keeps the "
-                            "messages)", full)
-            self._blocked = batch
-            self._next_retry = now + _BLOCKED_RETRY_S
+            self._hold_blocked(batch, full)
             return 0
-        if self._blocked is not None:
-            log.warning("buffer has room again after %.0fs; acknowledging MQTT again",
-                        time.monotonic() - self._blocked_since)
-            self._blocked = None
-            self.metrics.buffer_blocked.set(0)
+        except DiskFull as full:
+            self._hold_disk_full(batch, full)
+            return 0
+        self._released(batch)
         epoch = self._epoch
         acked = 0
         for mid, qos, message_epoch in batch.acks:
             if message_epoch == epoch:
                 self.mqtt.ack(mid, qos)
                 acked += 1
-        self._publish(batch)
+        if not batch.published:
+            self._publish(batch)
         counts = batch.counts
         counts.acked.n += acked
         buffered = counts.buffered
         for record in batch.records:
             buffered[record.topic] += 1
         counts.predictions.n += buffered["predictions"]
+        self._pipeline.add(counts)
         counts.flush()
         return len(batch.acks)
+
+    def _hold_blocked(self, batch: _Batch, full: BufferFull) -> None:
+        now = time.monotonic()
+        if self._blocked is None:
+            self._blocked_since = now
+            self.metrics.buffer_blocked.set(1)
+            log.warning("%s; not acknowledging MQTT until the uplink drains it (the broker keeps the "
+                        "messages)", full)
+        self._blocked, self._held = batch, None
+        self._next_retry = now + _BLOCKED_RETRY_S
+
+    def _hold_disk_full(self, batch: _Batch, full: DiskFull) -> None:
+        now = time.monotonic()
+        if self._disk_full_since is None:
+            self._disk_full_since = now
+            self.metrics.disk_full.set(1)
+            log.error("%s; scoring and local alerts go on, but no MQTT message is acknowledged until space "
+                      "returns (the broker keeps them; the edge holds at most %s bytes of scored records)", full,
+                      self.options.disk_full_hold_bytes)
+        if not batch.published:
+            self._publish(batch)
+            batch.published = True
+        if self._blocked is batch:
+            self._blocked = None
+            self.metrics.buffer_blocked.set(0)
+        self._held = batch
+        self.metrics.disk_held_bytes.set(batch.size)
+        self._next_retry = now + _DISK_RETRY_S
+
+    def _released(self, batch: _Batch) -> None:
+        """``batch`` is committed: leave the blocked or disk-full state it was held in."""
+        if self._blocked is batch:
+            log.warning("buffer has room again after %.0fs; acknowledging MQTT again",
+                        time.monotonic() - self._blocked_since)
+            self._blocked = None
+            self.metrics.buffer_blocked.set(0)
+        self._held = None
+        if self._disk_full_since is not None:
+            log.info("the edge buffer's disk has room again after %.0fs: %s held messages committed; "
+                     "acknowledging MQTT again", time.monotonic() - self._disk_full_since, len(batch.acks))
+            self._disk_full_since = None
+            self.metrics.disk_full.set(0)
+            self.metrics.disk_held_bytes.set(0)
+
+    def _send_stats(self) -> None:
+        """Buffer the pipeline stats of the interval that ends now (kept for the next try when the
+        buffer or its disk is full)."""
+        assert self.buffer is not None
+        until = int(self.clock() * 1000)
+        stats = self._pipeline.stats(until)
+        try:
+            self.buffer.put_many([BufferRecord("pipeline", encode(stats), stats.source.encode(), (), until)])
+        except (BufferFull, DiskFull) as full:
+            log.debug("pipeline stats not buffered yet: %s", full)
+            return
+        self.metrics.stats_sent.inc()
+        self._pipeline.restart(until)
 
     def _publish(self, batch: _Batch) -> None:
         qos = self.options.publish_qos
@@ -399,6 +499,9 @@ class EdgeGateway(LoopService):
         box = self.buffer
         if box is None:
             return
+        if now >= self._next_stats:
+            self._next_stats = now + self.options.stats_interval_s
+            self._send_stats()
         m = self.metrics
         m.buffer_records.set(len(box))
         m.buffer_bytes.set(box.bytes)
@@ -420,7 +523,7 @@ class EdgeGateway(LoopService):
         self._started = False
         self._intake = False
         self._room.set()
-        dropped = len(self._inbox)
+        dropped = len(self._inbox) + sum(len(b.acks) for b in (self._held, self._blocked) if b is not None)
         self._inbox.clear()
         try:
             self.mqtt.disconnect()

@@ -49,8 +49,16 @@ class EdgeOptions(BaseModel):
         "block", description="when the buffer is full: block = stop acknowledging MQTT (the plant broker keeps the "
         "messages; nothing is lost); drop_oldest = evict the oldest buffered records")
     buffer_warn_fraction: float = Field(0.8, gt=0, le=1, description="log and flag near-full above this fill")
-    buffer_sync: Literal["NORMAL", "FULL"] = Field("NORMAL", description="SQLite synchronous mode: NORMAL survives "
-                                                   "kill -9, FULL also a power cut")
+    buffer_sync: Literal["NORMAL", "FULL"] = Field(
+        "FULL", description="SQLite synchronous mode of the buffer: FULL (default) = an acknowledged record survives "
+        "a power cut; NORMAL = faster commits, survives kill -9 but a power cut can lose records the plant broker "
+        "was already told were delivered (choose it only if you accept that risk)")
+    disk_full_hold_bytes: int = Field(32 * 2**20, ge=64 * 1024, description="while the buffer's disk is full: "
+                                      "bytes of scored, unacknowledged records held in memory (scoring and local "
+                                      "alerts go on meanwhile); beyond it the edge takes no more messages until "
+                                      "space returns")
+    stats_interval_s: float = Field(10.0, gt=0, description="period of the pipeline stats (readings scored and not "
+                                    "scored, by reason) the edge sends to the pipeline.stats topic, in seconds")
     sites: tuple[str, ...] = Field((), description="comma-separated sites to subscribe to (default: every site on "
                                    "the broker)")
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="seconds the broker keeps the session (and "

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge.gateway import EdgeGateway
 from edge.settings import EdgeOptions, EdgeSettings
-from forewarn.bundle import Bundle, Thresholds
+from forewarn.bundle import Bundle, Thresholds, write_bundle
 from forewarn.contract import SCHEMA_VERSION, Telemetry, encode
 from forewarn.settings import KafkaSettings, MqttSettings, TopicSettings
+from forewarn.testing import FakeProducer, InMemoryKafka
 from forewarn.topics import telemetry_topic
 from scoring.testing import linear_bundle
 
@@ -50,3 +53,35 @@ def edge_settings(data_dir: Path, *, kafka: KafkaSettings | None = None, mqtt: M
                   topics: TopicSettings | None = None, **options: Any) -> EdgeSettings:
     return EdgeSettings(kafka=kafka or KafkaSettings(), mqtt=mqtt or MqttSettings(), topics=topics or TopicSettings(),
                         edge=EdgeOptions(data_dir=data_dir, client_id="edge-test", **options))
+
+
+class AwayProducer(FakeProducer):
+    """Kafka unreachable: records are accepted but never confirmed until ``up`` is set."""
+
+    def __init__(self, kafka: InMemoryKafka) -> None:
+        super().__init__(kafka)
+        self.up = False
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        if not self.up:
+            time.sleep(min(timeout_s, 0.01))
+            return 0
+        return super().poll(timeout_s)
+
+
+def seeded(tmp_path: Path, *, data_dir: Path | None = None, **options: Any) -> EdgeSettings:
+    """Edge settings seeded with :func:`edge_bundle` (no model sync); data under ``tmp_path/data``
+    unless ``data_dir`` says where."""
+    models = tmp_path / "seed"
+    bundle = edge_bundle()
+    if not (models / "pump" / "v1").exists():
+        write_bundle(models, bundle.meta, bundle.onnx, make_current=True)
+    return edge_settings(data_dir or tmp_path / "data", models_dir=models, models_sync=False, **options)
+
+
+def run_until(gw: EdgeGateway, done: Callable[..., object], timeout_s: float = 10.0) -> None:
+    """Step the gateway until ``done()`` (fails after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        gw.step(0.001)

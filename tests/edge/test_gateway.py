@@ -16,47 +16,18 @@ import pytest
 from edge.gateway import EdgeGateway, subscriptions
 from edge.models import ModelSync
 from edge.settings import EdgeOptions, EdgeSettings
-from forewarn.bundle import current_version, pack, write_bundle
+from forewarn.bundle import current_version, pack
 from forewarn.contract import Alert, Prediction
 from forewarn.testing import FakeConsumer, FakeMqtt, FakeProducer, InMemoryKafka
 from forewarn.topics import Topics
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions
-from tests.edge.helpers import edge_bundle, edge_settings, fleet, mqtt_messages
+from tests.edge.helpers import AwayProducer, edge_bundle, fleet, mqtt_messages, run_until, seeded
 from tests.stacks import REPO
 
 _prediction = msgspec.json.Decoder(Prediction)
 _alert = msgspec.json.Decoder(Alert)
-
-
-class AwayProducer(FakeProducer):
-    """Kafka unreachable: records are accepted but never confirmed until ``up`` is set."""
-
-    def __init__(self, kafka: InMemoryKafka) -> None:
-        super().__init__(kafka)
-        self.up = False
-
-    def poll(self, timeout_s: float = 0.0) -> int:
-        if not self.up:
-            time.sleep(min(timeout_s, 0.01))
-            return 0
-        return super().poll(timeout_s)
-
-
-def seeded(tmp_path: Path, **options: Any) -> EdgeSettings:
-    models = tmp_path / "seed"
-    bundle = edge_bundle()
-    if not (models / "pump" / "v1").exists():
-        write_bundle(models, bundle.meta, bundle.onnx, make_current=True)
-    return edge_settings(tmp_path / "data", models_dir=models, models_sync=False, **options)
-
-
-def run_until(gw: EdgeGateway, done: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, "timed out"
-        gw.step(0.001)
 
 
 def reference(readings: list[Any]) -> list[tuple[str, int]]:
@@ -140,7 +111,7 @@ def test_block_policy_stops_acknowledging_until_the_buffer_drains(tmp_path: Path
         assert sample("forewarn_edge_received_total", {"kind": "telemetry"}) == len(readings), "each batch once"
         assert sample("forewarn_edge_buffered_total", {"topic": "telemetry"}) == len(readings)
         assert sample("forewarn_edge_forwarded_total", {"topic": "telemetry"}) == len(readings)
-        assert sample("forewarn_edge_readings_total", {"outcome": "dropped"}) == 0
+        assert sample("forewarn_edge_readings_total", {"outcome": "duplicate"}) == 0
     seqs = sorted(msgspec.json.decode(m.value() or b"")["seq"] for m in kafka.messages("telemetry")
                   if m.key() == b"site-e/pump-0000")
     assert seqs == list(range(200))
@@ -238,7 +209,7 @@ def test_the_scoring_section_configures_the_edge_engine(tmp_path: Path, monkeypa
 
 
 def test_sites_setting_and_subscriptions() -> None:
-    options = EdgeOptions(sites="site-a, site-b")  # type: ignore[arg-type]
+    options = EdgeOptions(sites="site-a, site-b")
     assert options.sites == ("site-a", "site-b")
     assert subscriptions(options.sites)[:3] == ["forewarn/site-a/+/telemetry", "forewarn/site-a/gateway/+/batch",
                                                 "forewarn/site-a/+/maintenance"]
