@@ -495,6 +495,7 @@ class ScoringWorker(LoopService):
         log.warning("consuming failed (%s); rewinding to the committed state", error.one_line())
         self._failures += 1
         self._recovering = True
+        self._recover()
 
     # -- pipeline stats -----------------------------------------------------------------------
 
