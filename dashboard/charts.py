@@ -14,6 +14,7 @@ __all__ = [
     "dlq_chart",
     "fleet_risk_chart",
     "lag_chart",
+    "not_scored_chart",
     "prediction_chart",
     "psi_chart",
     "sensor_charts",
@@ -121,6 +122,14 @@ def dlq_chart(frame: pd.DataFrame) -> Chart:
         x=alt.X("time:T", title=None), y=alt.Y("sum(n):Q", title="rejected / min"),
         color=alt.Color("reason:N", title="reason"),
         tooltip=[alt.Tooltip("time:T", format="%H:%M"), "reason", "n"]).properties(height=200)
+
+
+def not_scored_chart(frame: pd.DataFrame) -> Chart:
+    """Readings per scorer role, stacked by outcome (``scored`` or why not)."""
+    return alt.Chart(frame).mark_bar().encode(
+        y=alt.Y("role:N", title=None), x=alt.X("sum(n):Q", title="readings, last hour"),
+        color=alt.Color("outcome:N", title="outcome"),
+        tooltip=["role", "outcome", alt.Tooltip("sum(n):Q", title="readings")]).properties(height=alt.Step(28))
 
 
 def lag_chart(frame: pd.DataFrame) -> Chart:

@@ -71,6 +71,7 @@ class ConsumerStatus:
     last_batch_ms: int | None = None
     assigned: list[str] = field(default_factory=list)
     errors: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # records skipped by role: undecodable or unstorable
 
 
 class Materializer(LoopService):
@@ -101,8 +102,8 @@ class Materializer(LoopService):
         self.lag_every_s = lag_every_s
         self.prune_every_s = prune_every_s
         self.topics_every_s = topics_every_s
-        self.ingest = Ingest(topics, sample_every=sample_every)
-        self.status = ConsumerStatus()
+        self.ingest = Ingest(topics, sample_every=sample_every, max_future_ms=store.retention.max_future_ms)
+        self.status = ConsumerStatus(skipped=self.ingest.bad)
         self._consumer_factory: ConsumerFactory = consumer_factory or functools.partial(KafkaConsumer, kafka)
         self._lag_source = lag_source
         self._roles = {getattr(topics, role): role for role in ROLES}

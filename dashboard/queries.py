@@ -1,9 +1,10 @@
 """Read-side queries of the store, one function per thing a page shows. Each returns a small
 pandas DataFrame (or a dict of figures): the heavy lifting happens inside DuckDB.
 
-Times are epoch milliseconds in the store; pages convert them for display. "Now" for event
-times is the newest event time in the store (the data clock), so a replayed or sped-up
-simulation reads sensibly.
+Times are epoch milliseconds in the store; pages convert them for display. "Now" is the
+store's clock (:meth:`Store.now_ms`), never the newest time seen: one record dated in the
+future must not move every window. Recent windows of the Pipeline page are measured on
+arrival (the dashboard's clock); an open alert's duration runs to now.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from dashboard.store import Store
 
 __all__ = [
     "CRITICAL_P",
+    "NOT_SCORED",
+    "RESETS",
+    "SCORED",
     "ModelInfo",
     "alert_list",
     "consumer_lag",
-    "data_clock",
     "dlq_by_reason",
     "dlq_samples",
     "fleet",
@@ -33,8 +36,10 @@ __all__ = [
     "machine_predictions",
     "machine_sensors",
     "machine_telemetry",
+    "machine_window_end",
     "model_infos",
     "model_versions",
+    "not_scored",
     "scoring_rate",
     "sites",
     "throughput",
@@ -45,14 +50,6 @@ CRITICAL_P: Final = 0.8
 DEFAULT_THRESHOLD: Final = 0.5
 DEFAULT_HORIZON: Final = 30.0
 DEFAULT_RUL_CAP: Final = 125.0
-
-
-def data_clock(store: Store) -> int | None:
-    """The newest event time anywhere in the store (epoch ms), or None when it is empty."""
-    value = store.scalar("SELECT max(t) FROM (SELECT max(ts) AS t FROM machines UNION ALL "
-                         "SELECT max(telemetry_ts) FROM machines UNION ALL SELECT max(ts) FROM alert_events "
-                         "UNION ALL SELECT max(ts) FROM maintenance)")
-    return None if value is None or pd.isna(value) else int(value)
 
 
 # -- models ------------------------------------------------------------------------------
@@ -171,6 +168,13 @@ def machine_ids(store: Store, site: str | None = None) -> list[str]:
     return [str(m) for m in frame["machine_id"]]
 
 
+def machine_window_end(store: Store, last_seen: int | None) -> int:
+    """Where a machine's charts end: its last event time, unless that is beyond belief (later
+    than the store's clock allows for skew), then now."""
+    horizon = store.horizon()
+    return store.now_ms() if not last_seen or (horizon is not None and last_seen > horizon) else last_seen
+
+
 def machine_predictions(store: Store, machine_id: str, since_ts: int | None = None) -> pd.DataFrame:
     return store.read("""
         SELECT ts, seq, p_fail, rul, model, model_version, asset_type FROM predictions
@@ -217,7 +221,7 @@ def version_changes(predictions: pd.DataFrame) -> pd.DataFrame:
 def alert_list(store: Store, statuses: Sequence[str] = (), severities: Sequence[str] = (),
                site: str | None = None, machine: str | None = None) -> pd.DataFrame:
     """Alerts (one row each, current status), newest first, with their duration in ms
-    (open ones measured up to the data clock)."""
+    (open ones measured up to now, or their last event when that is later)."""
     where = ["TRUE"]
     params: list[Any] = []
     if statuses:
@@ -232,7 +236,7 @@ def alert_list(store: Store, statuses: Sequence[str] = (), severities: Sequence[
     if machine:
         where.append("machine_id ILIKE ?")
         params.append(f"%{machine}%")
-    clock = data_clock(store) or 0
+    clock = store.now_ms()
     sql = f"""
         SELECT alert_id, machine_id, site, asset_type, severity, status, rule, opened_at, resolved_at,
                coalesce(resolved_at, greatest(?, last_ts)) - opened_at AS duration_ms, p_fail, rul,
@@ -246,18 +250,17 @@ def alert_list(store: Store, statuses: Sequence[str] = (), severities: Sequence[
 
 def throughput(store: Store, minutes: int = 10) -> pd.DataFrame:
     """Records per second by topic role, as they arrived at the dashboard."""
-    return store.read("""
-        SELECT bucket, role, n FROM throughput
-        WHERE bucket >= (SELECT max(bucket) FROM throughput) - ? ORDER BY bucket""", [minutes * 60_000])
+    return store.read("SELECT bucket, role, n FROM throughput WHERE bucket >= ? ORDER BY bucket",
+                      [store.now_ms() - minutes * 60_000])
 
 
 def scoring_rate(store: Store, minutes: int = 10) -> pd.DataFrame:
-    """Predictions per second by the workers' clock (``scored_at``)."""
+    """Predictions per second by the workers' clock (``scored_at``), of those that reached the
+    dashboard in the last ``minutes``."""
     return store.read("""
-        WITH recent AS (SELECT scored_at FROM predictions
-                        WHERE scored_at >= (SELECT max(scored_at) FROM predictions) - ?)
+        WITH recent AS (SELECT scored_at FROM predictions WHERE received_at >= ?)
         SELECT scored_at - scored_at % 1000 AS bucket, count(*) AS n FROM recent GROUP BY 1 ORDER BY 1""",
-                      [minutes * 60_000])
+                      [store.now_ms() - minutes * 60_000])
 
 
 def consumer_lag(store: Store) -> pd.DataFrame:
@@ -268,9 +271,8 @@ def consumer_lag(store: Store) -> pd.DataFrame:
 
 
 def dlq_by_reason(store: Store, minutes: int = 60) -> pd.DataFrame:
-    return store.read("""
-        SELECT bucket, reason, n FROM dlq_counts
-        WHERE bucket >= (SELECT max(bucket) FROM dlq_counts) - ? ORDER BY bucket""", [minutes * 60_000])
+    return store.read("SELECT bucket, reason, n FROM dlq_counts WHERE bucket >= ? ORDER BY bucket",
+                      [store.now_ms() - minutes * 60_000])
 
 
 def dlq_samples(store: Store, limit: int = 20) -> pd.DataFrame:
@@ -279,13 +281,40 @@ def dlq_samples(store: Store, limit: int = 20) -> pd.DataFrame:
 
 
 def latency_percentiles(store: Store, minutes: int = 5) -> pd.DataFrame:
-    """p50/p95/p99 of ingest → scored and ingest → dashboard, over the most recent predictions."""
+    """p50/p95/p99 of ingest → scored and ingest → dashboard, over the predictions that reached
+    the dashboard in the last ``minutes``."""
     return store.read("""
         WITH recent AS (
             SELECT scored_at - ingest_ts AS scored, received_at - ingest_ts AS shown FROM predictions
-            WHERE ingest_ts IS NOT NULL AND scored_at >= (SELECT max(scored_at) FROM predictions) - ?)
+            WHERE ingest_ts IS NOT NULL AND received_at >= ?)
         SELECT 'bridge ingest → scored' AS stage, count(*) AS n, quantile_cont(scored, 0.5) AS p50,
                quantile_cont(scored, 0.95) AS p95, quantile_cont(scored, 0.99) AS p99 FROM recent
         UNION ALL
         SELECT 'bridge ingest → dashboard', count(*), quantile_cont(shown, 0.5), quantile_cont(shown, 0.95),
-               quantile_cont(shown, 0.99) FROM recent""", [minutes * 60_000])
+               quantile_cont(shown, 0.99) FROM recent""", [store.now_ms() - minutes * 60_000])
+
+
+# What scorers report on the pipeline topic: outcomes of the readings they consumed.
+SCORED: Final = "scored"
+NOT_SCORED: Final = {
+    "duplicate": "already seen: same machine, boot and seq (a redelivery or a resend)",
+    "late": "older than the machine's window: behind its newest reading, or from an earlier boot",
+    "warmup": "filling the window after a start, a device restart or a gap, before the first prediction",
+    "unscorable": "no model could score it (none for its asset type, or a sensor the model needs is missing)",
+    "rejected": "failed validation and went to the dead-letter topic",
+}
+RESETS: Final = {
+    "restart": "the device restarted (a higher boot, or its seq fell back with a later event time)",
+    "gap": "too many readings were missing, so the window started afresh",
+}
+
+
+def not_scored(store: Store, minutes: int = 60) -> pd.DataFrame:
+    """Readings per scorer role (``scoring``, ``edge``) and outcome (``scored`` or a reason it was
+    not), and window resets by cause, over stats reported in the last ``minutes``: columns role,
+    kind (``count`` or ``reset``), outcome, n, sources. A stats record is dated by its ``until``,
+    never later than when it arrived (a scorer's clock may be off)."""
+    return store.read("""
+        SELECT role, kind, outcome, sum(n)::BIGINT AS n, count(DISTINCT source) AS sources
+        FROM pipeline_stats WHERE least(until_ms, received_at) >= ?
+        GROUP BY ALL ORDER BY role, kind, outcome""", [store.now_ms() - minutes * 60_000])

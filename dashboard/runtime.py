@@ -65,8 +65,10 @@ class Runtime:
 def build_runtime(settings: DashboardSettings) -> Runtime:
     """Open the store and start the background consumer (when ``dashboard.consume``)."""
     options = settings.dashboard
+    future_s = settings.input.max_future_s
     retention = Retention(hours=options.retention_hours, max_predictions=options.max_predictions,
-                          max_telemetry_rows=options.max_telemetry_rows, max_alert_events=options.max_alert_events)
+                          max_telemetry_rows=options.max_telemetry_rows, max_alert_events=options.max_alert_events,
+                          max_future_ms=None if future_s is None else int(future_s * 1000))
     store = Store(options.store_path, retention)
     topics = Topics.from_settings(settings.topics)
     producer = KafkaProducer(settings.kafka, **{"client.id": f"{settings.kafka.client_id}-dashboard"})

@@ -24,7 +24,8 @@ class DashboardOptions(BaseModel):
     consume: bool = Field(True, description="run the background Kafka consumer (off: show the store "
                             "only)")
     refresh_s: float = Field(2.0, ge=0.5, le=300, description="seconds between page refreshes")
-    retention_hours: float = Field(168.0, gt=0, description="event-time span kept in the store, in hours")
+    retention_hours: float = Field(168.0, gt=0, description="span kept in the store, in hours of arrival time "
+                                 "(when the pipeline received a record)")
     max_predictions: int = Field(2_000_000, ge=1000, description="most predictions kept (oldest dropped first)")
     max_telemetry_rows: int = Field(2_000_000, ge=1000, description="most sampled sensor values kept")
     max_alert_events: int = Field(500_000, ge=1000, description="most alert events kept")

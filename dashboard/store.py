@@ -3,10 +3,17 @@
 The store is a cache of Kafka, never the source of truth. Each batch of records is written in
 one DuckDB transaction together with the next Kafka offset of every partition it came from,
 so after a restart (with a store file) the consumer resumes exactly where the store ends:
-nothing is counted twice and nothing is missed.
+nothing is counted twice and nothing is missed. A store file written by an older schema is
+emptied and read again from Kafka.
 
-Retention is bounded twice: by event time (``retention_hours`` behind the newest record) and
-by row count (oldest first), so the store stays small whatever flows through Kafka.
+Retention is bounded twice: by arrival time (``retention_hours`` behind the store's clock,
+where a row's arrival is when the pipeline received it, never later than when the dashboard
+did) and by row count (the earliest arrivals first). Event times are data, not a clock: one
+record dated in the future can neither prune the others nor pin a machine's latest state.
+
+Every row a batch appends must fit its column (:func:`unstorable` says why one does not);
+maintenance events and pipeline stats are held once per identity, so a redelivery or a
+dead-letter replay is a no-op.
 
 DuckDB connections are not thread-safe: the writer uses the store's own connection under a
 lock, and every reader gets a cursor of its own (:meth:`Store.read`).
@@ -15,8 +22,10 @@ lock, and every reader gets a cursor of its own (:meth:`Store.read`).
 from __future__ import annotations
 
 import logging
+import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -26,31 +35,65 @@ import pandas as pd
 
 from dashboard.errors import StoreError
 
-__all__ = ["TABLE_COLUMNS", "Batch", "Retention", "Store"]
+__all__ = ["TABLE_COLUMNS", "Batch", "Retention", "Store", "unstorable"]
 
 log = logging.getLogger(__name__)
 
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS predictions (
-    machine_id VARCHAR, site VARCHAR, asset_type VARCHAR, ts BIGINT, seq BIGINT, model VARCHAR,
-    model_version VARCHAR, scored_at BIGINT, p_fail DOUBLE, rul DOUBLE, ingest_ts BIGINT, kafka_ts BIGINT,
-    received_at BIGINT);
+SCHEMA_VERSION: Final = "2"
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+# The tables a batch appends to: column -> SQL type, in insertion order.
+_APPENDED: Final[dict[str, dict[str, str]]] = {
+    "predictions": {
+        "machine_id": "VARCHAR", "site": "VARCHAR", "asset_type": "VARCHAR", "ts": "BIGINT", "seq": "BIGINT",
+        "model": "VARCHAR", "model_version": "VARCHAR", "scored_at": "BIGINT", "p_fail": "DOUBLE", "rul": "DOUBLE",
+        "ingest_ts": "BIGINT", "kafka_ts": "BIGINT", "received_at": "BIGINT", "arrived_at": "BIGINT"},
+    "telemetry": {
+        "machine_id": "VARCHAR", "asset_type": "VARCHAR", "ts": "BIGINT", "seq": "BIGINT", "boot": "BIGINT",
+        "sensor": "VARCHAR", "value": "DOUBLE", "arrived_at": "BIGINT"},
+    "maintenance": {
+        "identity": "VARCHAR", "event_id": "VARCHAR", "machine_id": "VARCHAR", "site": "VARCHAR",
+        "asset_type": "VARCHAR", "ts": "BIGINT", "event": "VARCHAR", "failure_mode": "VARCHAR",
+        "received_at": "BIGINT", "arrived_at": "BIGINT"},
+    "alert_events": {
+        "alert_id": "VARCHAR", "machine_id": "VARCHAR", "site": "VARCHAR", "state": "VARCHAR",
+        "severity": "VARCHAR", "rule": "VARCHAR", "opened_at": "BIGINT", "ts": "BIGINT", "model": "VARCHAR",
+        "model_version": "VARCHAR", "asset_type": "VARCHAR", "p_fail": "DOUBLE", "rul": "DOUBLE",
+        "message": "VARCHAR", "acknowledged_by": "VARCHAR", "received_at": "BIGINT", "arrived_at": "BIGINT"},
+    "dlq_samples": {
+        "received_at": "BIGINT", "reason": "VARCHAR", "detail": "VARCHAR", "mqtt_topic": "VARCHAR",
+        "size": "BIGINT"},
+    # What one scorer did not score, one row per outcome (kind 'count') or window reset (kind 'reset').
+    "pipeline_stats": {
+        "source": "VARCHAR", "role": "VARCHAR", "since_ms": "BIGINT", "until_ms": "BIGINT", "kind": "VARCHAR",
+        "outcome": "VARCHAR", "n": "BIGINT", "received_at": "BIGINT"},
+}
+
+# Tables that hold each identity once: an appended row whose key is already there is ignored.
+_IDENTITY: Final[dict[str, tuple[str, ...]]] = {
+    "maintenance": ("identity",),
+    "pipeline_stats": ("source", "role", "since_ms", "until_ms", "kind", "outcome"),
+}
+
+# Column order of every table a batch appends to.
+TABLE_COLUMNS: Final[dict[str, tuple[str, ...]]] = {table: tuple(cols) for table, cols in _APPENDED.items()}
+
+_PANDAS_TYPE: Final = {"BIGINT": "Int64", "DOUBLE": "float64"}
+
+
+def _create(table: str) -> str:
+    columns = ", ".join(f"{name} {kind}" for name, kind in _APPENDED[table].items())
+    key = _IDENTITY.get(table)
+    return f"CREATE TABLE IF NOT EXISTS {table} ({columns}" + (f", PRIMARY KEY ({', '.join(key)}));" if key else ");")
+
+
+_SCHEMA: Final = "\n".join(_create(table) for table in _APPENDED) + """
 CREATE TABLE IF NOT EXISTS machines (
     machine_id VARCHAR PRIMARY KEY, site VARCHAR, asset_type VARCHAR, ts BIGINT, seq BIGINT, model VARCHAR,
     model_version VARCHAR, p_fail DOUBLE, rul DOUBLE, scored_at BIGINT, telemetry_ts BIGINT);
-CREATE TABLE IF NOT EXISTS telemetry (
-    machine_id VARCHAR, asset_type VARCHAR, ts BIGINT, seq BIGINT, sensor VARCHAR, value DOUBLE);
-CREATE TABLE IF NOT EXISTS maintenance (
-    machine_id VARCHAR, site VARCHAR, asset_type VARCHAR, ts BIGINT, event VARCHAR, failure_mode VARCHAR,
-    received_at BIGINT);
-CREATE TABLE IF NOT EXISTS alert_events (
-    alert_id VARCHAR, machine_id VARCHAR, site VARCHAR, state VARCHAR, severity VARCHAR, rule VARCHAR,
-    opened_at BIGINT, ts BIGINT, model VARCHAR, model_version VARCHAR, asset_type VARCHAR, p_fail DOUBLE,
-    rul DOUBLE, message VARCHAR, acknowledged_by VARCHAR, received_at BIGINT);
 CREATE TABLE IF NOT EXISTS dlq_counts (
     bucket BIGINT, reason VARCHAR, n BIGINT, PRIMARY KEY (bucket, reason));
-CREATE TABLE IF NOT EXISTS dlq_samples (
-    received_at BIGINT, reason VARCHAR, detail VARCHAR, mqtt_topic VARCHAR, size BIGINT);
 CREATE TABLE IF NOT EXISTS throughput (
     bucket BIGINT, role VARCHAR, n BIGINT, PRIMARY KEY (bucket, role));
 CREATE TABLE IF NOT EXISTS models (
@@ -61,6 +104,7 @@ CREATE TABLE IF NOT EXISTS consumer_lag (
     lag BIGINT, sampled_at BIGINT);
 CREATE TABLE IF NOT EXISTS offsets (
     topic VARCHAR, "partition" INTEGER, next_offset BIGINT, PRIMARY KEY (topic, "partition"));
+CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE OR REPLACE VIEW alerts AS
 SELECT alert_id,
        any_value(machine_id) AS machine_id,
@@ -84,22 +128,43 @@ SELECT alert_id,
 FROM alert_events GROUP BY alert_id;
 """
 
-# Column order of every table a batch appends to.
-TABLE_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
-    "predictions": ("machine_id", "site", "asset_type", "ts", "seq", "model", "model_version", "scored_at",
-                    "p_fail", "rul", "ingest_ts", "kafka_ts", "received_at"),
-    "telemetry": ("machine_id", "asset_type", "ts", "seq", "sensor", "value"),
-    "maintenance": ("machine_id", "site", "asset_type", "ts", "event", "failure_mode", "received_at"),
-    "alert_events": ("alert_id", "machine_id", "site", "state", "severity", "rule", "opened_at", "ts", "model",
-                     "model_version", "asset_type", "p_fail", "rul", "message", "acknowledged_by", "received_at"),
-    "dlq_samples": ("received_at", "reason", "detail", "mqtt_topic", "size"),
-}
+_TABLES: Final = (*_APPENDED, "machines", "dlq_counts", "throughput", "models", "consumer_lag", "offsets")
 
-_DTYPES: Final = {
-    "ts": "int64", "seq": "int64", "scored_at": "int64", "received_at": "int64", "opened_at": "int64",
-    "kafka_ts": "Int64", "ingest_ts": "Int64", "size": "int64",
-    "p_fail": "float64", "rul": "float64", "value": "float64",
-}
+
+def _unstorable_value(kind: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if kind == "BIGINT":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{type(value).__name__} is not an integer"
+        return None if INT64_MIN <= value <= INT64_MAX else f"{value} does not fit int64"
+    if kind == "DOUBLE":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{type(value).__name__} is not a number"
+        try:
+            return None if math.isfinite(float(value)) else f"{value} is not finite"
+        except OverflowError:
+            return "a number beyond float64"
+    if not isinstance(value, str):
+        return f"{type(value).__name__} is not text"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "text that is not valid UTF-8"
+    return None
+
+
+def unstorable(table: str, row: Sequence[Any]) -> str | None:
+    """Why ``row`` (in :data:`TABLE_COLUMNS` order) cannot be held by ``table``, or None when
+    it can: integers must fit int64, numbers float64 and be finite, text valid UTF-8."""
+    columns = _APPENDED[table]
+    if len(row) != len(columns):
+        return f"{len(row)} values for {len(columns)} columns"
+    for (name, kind), value in zip(columns.items(), row, strict=True):
+        why = _unstorable_value(kind, value)
+        if why is not None:
+            return f"{table}.{name}: {why}"
+    return None
 
 
 @dataclass
@@ -127,43 +192,77 @@ class Batch:
 
 @dataclass(frozen=True)
 class Retention:
-    """How much the store keeps."""
+    """How much the store keeps. ``hours`` is an arrival-time span; ``max_future_ms`` is how far
+    ahead of the store's clock an event time is still believed (clock skew) when it decides a
+    machine's latest state."""
 
     hours: float = 168.0
     max_predictions: int = 2_000_000
     max_telemetry_rows: int = 2_000_000
     max_alert_events: int = 500_000
     max_maintenance: int = 1_000_000
-    wall_hours: float = 24.0  # throughput and dead-letter counts, by arrival time
+    wall_hours: float = 24.0  # throughput, dead-letter counts and pipeline stats
     dlq_samples: int = 200
+    max_future_ms: int | None = 300_000  # None: every event time is believed
 
 
 def _frame(table: str, rows: Sequence[tuple[Any, ...]]) -> pd.DataFrame:
-    columns = TABLE_COLUMNS[table]
+    columns = _APPENDED[table]
     frame = pd.DataFrame.from_records(rows, columns=list(columns))
-    for column in columns:
-        dtype = _DTYPES.get(column)
+    for column, kind in columns.items():
+        dtype = _PANDAS_TYPE.get(kind)
         if dtype is not None:
             frame[column] = frame[column].astype(dtype)
     return frame
 
 
-class Store:
-    """One DuckDB database (a file, or in memory) holding what the dashboard shows."""
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
 
-    def __init__(self, path: str | Path | None = None, retention: Retention | None = None) -> None:
+
+class Store:
+    """One DuckDB database (a file, or in memory) holding what the dashboard shows.
+
+    ``clock`` (epoch ms) is the store's idea of now: retention and the pages' recent windows
+    are measured against it, never against the newest event time seen.
+    """
+
+    def __init__(self, path: str | Path | None = None, retention: Retention | None = None,
+                 clock: Callable[[], int] = _wall_ms) -> None:
         self.path = None if path is None or str(path) == ":memory:" else Path(path)
         self.retention = retention or Retention()
+        self._clock = clock
         self._lock = threading.Lock()
         try:
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self._con = duckdb.connect(str(self.path) if self.path else ":memory:")
-            self._con.execute(_SCHEMA)
+            self._migrate(self._con)
         except (duckdb.Error, OSError) as error:
             raise StoreError(f"cannot open the dashboard store {self.path or ':memory:'}: {error}",
                              hint="another dashboard may be using it; pass --store with another file") from None
         self._closed = False
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Create the schema; a store of another schema version is emptied first (it is a
+        cache: the consumer reads everything again from Kafka)."""
+        existing = {str(name) for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        version = None
+        if "store_meta" in existing:
+            row = con.execute("SELECT value FROM store_meta WHERE key = 'schema'").fetchone()
+            version = None if row is None else str(row[0])
+        if existing and version != SCHEMA_VERSION:
+            log.warning("the dashboard store %s has schema %s, not %s: emptying it, it is read again from Kafka",
+                        self.path, version or "1", SCHEMA_VERSION)
+            con.execute("DROP VIEW IF EXISTS alerts")
+            for table in sorted(existing & {*_TABLES, "store_meta"}):
+                con.execute(f"DROP TABLE {table}")
+        con.execute(_SCHEMA)
+        con.execute("INSERT OR REPLACE INTO store_meta VALUES ('schema', ?)", [SCHEMA_VERSION])
+
+    def now_ms(self) -> int:
+        """Now, by the store's clock (epoch ms)."""
+        return self._clock()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -199,7 +298,7 @@ class Store:
         return {(str(t), int(p)): int(o) for t, p, o in rows.itertuples(index=False)}
 
     def counts(self) -> dict[str, int]:
-        tables = ("predictions", "machines", "telemetry", "maintenance", "alert_events", "models")
+        tables = ("predictions", "machines", "telemetry", "maintenance", "alert_events", "models", "pipeline_stats")
         sql = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in tables)  # noqa: S608
         return {str(name): int(n) for name, n in self.read(sql).itertuples(index=False)}
 
@@ -217,17 +316,30 @@ class Store:
                 con.execute("ROLLBACK")
                 raise
 
+    def horizon(self) -> int | None:
+        """The latest event time believed now (later ones are clock skew or an outlier), or
+        None when every event time is."""
+        future = self.retention.max_future_ms
+        return None if future is None else self.now_ms() + future
+
+    def _insert(self, con: duckdb.DuckDBPyConnection, table: str, source: str, columns: Sequence[str]) -> None:
+        names = ", ".join(columns)
+        key = _IDENTITY.get(table)
+        if key is None:
+            con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {source}")  # noqa: S608
+        else:  # each identity once, within the batch and against what the store holds
+            con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {source} "  # noqa: S608
+                        f"QUALIFY row_number() OVER (PARTITION BY {', '.join(key)}) = 1 ON CONFLICT DO NOTHING")
+        if table == "predictions":
+            self._upsert_machines(con, source)
+
     def _write(self, con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
         for table, rows in batch.rows.items():
             if not rows:
                 continue
-            frame = _frame(table, rows)
-            con.register("_batch", frame)
+            con.register("_batch", _frame(table, rows))
             try:
-                columns = ", ".join(TABLE_COLUMNS[table])
-                con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _batch")  # noqa: S608
-                if table == "predictions":
-                    self._upsert_machines(con)
+                self._insert(con, table, "_batch", TABLE_COLUMNS[table])
             finally:
                 con.unregister("_batch")
         if batch.telemetry_seen:
@@ -236,12 +348,15 @@ class Store:
                 columns=["machine_id", "asset_type", "telemetry_ts", "site"])
             con.register("_seen", seen)
             try:
+                # The newest event time wins, unless the one held is beyond belief (a future outlier).
                 con.execute("""
                     INSERT INTO machines (machine_id, site, asset_type, telemetry_ts)
                     SELECT machine_id, site, asset_type, telemetry_ts FROM _seen
                     ON CONFLICT (machine_id) DO UPDATE SET
-                        telemetry_ts = greatest(coalesce(machines.telemetry_ts, 0), excluded.telemetry_ts),
-                        asset_type = coalesce(machines.asset_type, excluded.asset_type)""")
+                        telemetry_ts = CASE WHEN machines.telemetry_ts IS NULL OR machines.telemetry_ts > ?
+                                            THEN excluded.telemetry_ts
+                                            ELSE greatest(machines.telemetry_ts, excluded.telemetry_ts) END,
+                        asset_type = coalesce(machines.asset_type, excluded.asset_type)""", [self.horizon()])
             finally:
                 con.unregister("_seen")
         for name, counts, key in (("dlq_counts", batch.dlq_counts, "reason"), ("throughput", batch.throughput, "role")):
@@ -256,18 +371,20 @@ class Store:
             con.executemany('INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)',
                             [(t, p, o) for (t, p), o in batch.offsets.items()])
 
-    @staticmethod
-    def _upsert_machines(con: duckdb.DuckDBPyConnection) -> None:
-        # The newest prediction of each machine in the batch replaces an older one.
-        con.execute("""
+    def _upsert_machines(self, con: duckdb.DuckDBPyConnection, source: str) -> None:
+        # The newest believable prediction of each machine in the batch replaces an older one,
+        # or one dated beyond belief (so a single future-dated record cannot pin a machine).
+        con.execute(f"""
             INSERT INTO machines (machine_id, site, asset_type, ts, seq, model, model_version, p_fail, rul, scored_at)
             SELECT machine_id, site, asset_type, ts, seq, model, model_version, p_fail, rul, scored_at
-            FROM _batch QUALIFY row_number() OVER (PARTITION BY machine_id ORDER BY ts DESC, seq DESC) = 1
+            FROM {source}
+            QUALIFY row_number() OVER (PARTITION BY machine_id ORDER BY ts > $horizon, ts DESC, seq DESC) = 1
             ON CONFLICT (machine_id) DO UPDATE SET
                 site = excluded.site, asset_type = excluded.asset_type, ts = excluded.ts, seq = excluded.seq,
                 model = excluded.model, model_version = excluded.model_version, p_fail = excluded.p_fail,
                 rul = excluded.rul, scored_at = excluded.scored_at
-            WHERE machines.ts IS NULL OR excluded.ts >= machines.ts""")
+            WHERE machines.ts IS NULL OR excluded.ts >= machines.ts OR machines.ts > $horizon""",  # noqa: S608
+                    {"horizon": self.horizon()})
 
     def replace_lag(self, rows: Iterable[tuple[str, str, str, int, int | None, int, int | None, int]]) -> None:
         """Replace the consumer-lag sample (group, topic, role, partition, committed, end, lag, at)."""
@@ -284,48 +401,50 @@ class Store:
                 raise
 
     def load_frame(self, table: str, frame: pd.DataFrame) -> None:
-        """Bulk-append a DataFrame with a table's columns (benchmarks, tests, imports)."""
+        """Bulk-append a DataFrame with some of a table's columns (benchmarks, tests, imports);
+        identities are held once, as with :meth:`write`."""
         with self._lock:
             self._con.register("_load", frame)
             try:
-                columns = ", ".join(frame.columns)
-                self._con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _load")  # noqa: S608
-                if table == "predictions":
-                    self._con.unregister("_load")
-                    self._con.register("_batch", frame)
-                    self._upsert_machines(self._con)
-                    self._con.unregister("_batch")
+                self._insert(self._con, table, "_load", list(frame.columns))
             finally:
                 self._con.unregister("_load")
 
     def prune(self) -> dict[str, int]:
-        """Enforce retention; returns how many rows each table lost."""
+        """Enforce retention by arrival time and row count; returns how many rows each table lost."""
         r = self.retention
-        span_ms = int(r.hours * 3600_000)
+        now = self.now_ms()
+        cut = now - int(r.hours * 3600_000)
+        wall_cut = now - int(r.wall_hours * 3600_000)
         dropped: dict[str, int] = {}
         with self._lock:
             con = self._con
             for table, cap in (("predictions", r.max_predictions), ("telemetry", r.max_telemetry_rows),
                                ("alert_events", r.max_alert_events), ("maintenance", r.max_maintenance)):
-                before = int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]  # noqa: S608
+                before = self._count(con, table)
                 if not before:
                     continue
-                con.execute(f"DELETE FROM {table} WHERE ts < (SELECT max(ts) FROM {table}) - ?", [span_ms])  # noqa: S608
-                left = int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]  # noqa: S608
-                if left > cap:
-                    con.execute(f"DELETE FROM {table} WHERE ts < (SELECT ts FROM {table} "  # noqa: S608
-                                "ORDER BY ts DESC LIMIT 1 OFFSET ?)", [cap])
-                    left = int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]  # noqa: S608
+                con.execute(f"DELETE FROM {table} WHERE arrived_at < ?", [cut])  # noqa: S608
+                left = self._count(con, table)
+                if left > cap:  # the earliest arrivals go first
+                    con.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} "  # noqa: S608
+                                "ORDER BY arrived_at DESC NULLS LAST, ts DESC OFFSET ?)", [cap])
+                    left = self._count(con, table)
                 if before - left:
                     dropped[table] = before - left
-            wall_cut = int(con.execute("SELECT epoch_ms(now())").fetchone()[0]) - int(r.wall_hours * 3600_000)  # type: ignore[index]
             con.execute("DELETE FROM throughput WHERE bucket < ?", [wall_cut])
             con.execute("DELETE FROM dlq_counts WHERE bucket < ?", [wall_cut])
+            con.execute("DELETE FROM pipeline_stats WHERE received_at < ?", [wall_cut])
             con.execute("DELETE FROM dlq_samples WHERE received_at < (SELECT received_at FROM dlq_samples "
                         "ORDER BY received_at DESC LIMIT 1 OFFSET ?)", [r.dlq_samples])
         if dropped:
             log.info("store retention dropped %s", dropped)
         return dropped
+
+    @staticmethod
+    def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+        row = con.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+        return 0 if row is None else int(row[0])
 
     def close(self) -> None:
         with self._lock:

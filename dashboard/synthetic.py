@@ -22,8 +22,8 @@ _SENSORS: Final = {
               "stator_current_a": (120.0, 1.0, 9.0), "current_imbalance_pct": (1.0, 0.12, 4.0)},
 }
 _RULES: Final = ("p_fail_above_threshold", "rul_below_threshold")
-T0: Final = 1_764_201_600_000  # 2025-11-27T00:00:00Z
 STEP_MS: Final = 60_000
+_SETTLE_MS: Final = 2 * 3600_000  # the last failures' repairs and resolutions happen before now
 
 
 def _meta(asset_type: str, version: str, rng: np.random.Generator) -> str:
@@ -55,10 +55,13 @@ def _normal_cdf(z: np.ndarray) -> np.ndarray:
 
 def populate(store: Store, machines: int = 200, predictions: int = 20_000, sites: int = 2, seed: int = 7,
              telemetry_every: int = 5, now_ms: int | None = None) -> dict[str, int]:
-    """Fill ``store`` with a synthetic fleet; returns row counts. Predictions are spread evenly
-    over the machines (one per minute of event time); about one machine in twelve fails."""
+    """Fill ``store`` with a synthetic fleet whose history ends at ``now_ms`` (default: the
+    store's clock); returns row counts. Predictions are spread evenly over the machines (one per
+    minute of event time); about one machine in twelve fails."""
     rng = np.random.default_rng(seed)
     per = max(2, predictions // machines)
+    now = now_ms if now_ms is not None else store.now_ms()
+    t0 = now - per * STEP_MS - _SETTLE_MS
     idx = np.arange(machines)
     site_names = np.array([f"site-{chr(97 + i)}" for i in range(sites)])
     asset = np.where(idx % 3 == 2, "motor", "pump")
@@ -72,7 +75,7 @@ def populate(store: Store, machines: int = 200, predictions: int = 20_000, sites
     m_rep = np.repeat(idx, per)
     k = np.tile(np.arange(per), machines)
     seq = start_seq[m_rep] + k
-    ts = T0 + k.astype("int64") * STEP_MS + (m_rep % 60) * 1000
+    ts = t0 + k.astype("int64") * STEP_MS + (m_rep % 60) * 1000
     # After a failure and its repair the machine starts a fresh, long life.
     remaining = np.where(k <= life[m_rep], life[m_rep] - k, 400 - (k - life[m_rep]))
     alive = (k <= life[m_rep]) | (k > life[m_rep] + 60)
@@ -88,20 +91,24 @@ def populate(store: Store, machines: int = 200, predictions: int = 20_000, sites
         "model": asset[m_rep], "model_version": version, "scored_at": scored, "p_fail": p_fail, "rul": rul,
         "ingest_ts": ingest, "kafka_ts": scored + 3, "received_at": scored + 50 + rng.integers(0, 400, len(k)),
     })[alive]
+    frame["arrived_at"] = frame["ingest_ts"]
     store.load_frame("predictions", frame)
 
     # Failures (then a repair) for machines whose life ended in the window.
     f_idx = idx[fails]
-    f_ts = T0 + life[f_idx].astype("int64") * STEP_MS + (f_idx % 60) * 1000 + 30_000
+    f_ts = t0 + life[f_idx].astype("int64") * STEP_MS + (f_idx % 60) * 1000 + 30_000
     modes = np.where(asset[f_idx] == "pump", "bearing_wear", "winding_insulation")
     maint = pd.DataFrame({"machine_id": ids[f_idx], "site": site[f_idx], "asset_type": asset[f_idx], "ts": f_ts,
                           "event": "failure", "failure_mode": modes, "received_at": f_ts})
     repairs = maint.assign(ts=maint["ts"] + 3_600_000, event="repair", failure_mode=None)
     i_idx = idx[(idx % 17 == 0) & ~fails]
     inspections = pd.DataFrame({"machine_id": ids[i_idx], "site": site[i_idx], "asset_type": asset[i_idx],
-                                "ts": T0 + per // 3 * STEP_MS, "event": "inspection", "failure_mode": None,
-                                "received_at": T0})
-    store.load_frame("maintenance", pd.concat([maint, repairs, inspections], ignore_index=True))
+                                "ts": t0 + per // 3 * STEP_MS, "event": "inspection", "failure_mode": None,
+                                "received_at": t0})
+    events_frame = pd.concat([maint, repairs, inspections], ignore_index=True)
+    events_frame["identity"] = (events_frame["machine_id"] + "@" + events_frame["ts"].astype(str) + "/"
+                                + events_frame["event"])
+    store.load_frame("maintenance", events_frame.assign(arrived_at=events_frame["received_at"]))
 
     # Alerts: machines that crossed p_fail 0.5 open one; those that failed are resolved by the repair.
     crossed = frame[frame["p_fail"] >= 0.5].groupby("machine_id", sort=False).first().reset_index()
@@ -115,7 +122,7 @@ def populate(store: Store, machines: int = 200, predictions: int = 20_000, sites
                 "rule": _RULES[n % 2], "opened_at": int(row.ts), "model": row.model,
                 "model_version": row.model_version, "asset_type": row.asset_type, "p_fail": float(row.p_fail),
                 "rul": float(row.rul), "message": f"p_fail {row.p_fail:.2f} above 0.50", "acknowledged_by": None,
-                "received_at": int(row.ts)}
+                "received_at": int(row.ts), "arrived_at": int(row.ts)}
         events.append({**base, "state": "open", "ts": int(row.ts)})
         if n % 3 == 0:
             events.append({**base, "state": "update", "severity": "critical", "ts": int(row.ts) + 1_200_000,
@@ -135,11 +142,11 @@ def populate(store: Store, machines: int = 200, predictions: int = 20_000, sites
         sub = tele[tele["asset_type"] == asset_type]
         dmg = np.clip(1 - sub["rul"].to_numpy() / 125, 0, 1) ** 3
         for name, (centre, noise, late) in sensors.items():
-            shift = noise * 0.8 * (sub["ts"].to_numpy() > T0 + per * STEP_MS * 0.7)
+            shift = noise * 0.8 * (sub["ts"].to_numpy() > t0 + per * STEP_MS * 0.7)
             values = centre + late * dmg + shift + rng.normal(0, noise, len(sub))
             parts.append(pd.DataFrame({"machine_id": sub["machine_id"].to_numpy(), "asset_type": asset_type,
                                        "ts": sub["ts"].to_numpy(), "seq": sub["seq"].to_numpy(), "sensor": name,
-                                       "value": values}))
+                                       "value": values, "arrived_at": sub["ts"].to_numpy()}))
     store.load_frame("telemetry", pd.concat(parts, ignore_index=True))
     seen = frame.groupby("machine_id").agg(asset_type=("asset_type", "first"), ts=("ts", "max"))
     batch = Batch(telemetry_seen={str(m): (str(r.asset_type), int(r.ts)) for m, r in seen.iterrows()})
@@ -147,8 +154,7 @@ def populate(store: Store, machines: int = 200, predictions: int = 20_000, sites
     # Models, pipeline figures, dead letters, lag.
     for asset_name in _SENSORS:
         for label in ("20251120T080000Z", "20251126T080000Z"):
-            batch.models.append((asset_name, label, asset_name, label, _meta(asset_name, label, rng), T0))
-    now = now_ms if now_ms is not None else int(frame["received_at"].max())
+            batch.models.append((asset_name, label, asset_name, label, _meta(asset_name, label, rng), t0))
     for s in range(300):
         bucket = now - now % 1000 - s * 1000
         batch.throughput[(bucket, "telemetry")] = int(rng.poisson(machines / 2))
@@ -158,6 +164,17 @@ def populate(store: Store, machines: int = 200, predictions: int = 20_000, sites
         bucket = now - now % 60_000 - m * 60_000
         for reason, lam in (("not_json", 2.0), ("missing_field", 1.0), ("non_finite", 0.5)):
             batch.dlq_counts[(bucket, reason)] = int(rng.poisson(lam)) + 1
+    # What the scorers did not score, as they report it every few seconds.
+    for n in range(12):
+        since = now - (n + 1) * 300_000
+        for source, role, scale in (("scoring-0", "scoring", 1.0), ("edge-site-a", "edge", 0.2)):
+            counts = {"scored": int(rng.poisson(machines * 250 * scale)), "duplicate": int(rng.poisson(40 * scale)),
+                      "late": int(rng.poisson(8 * scale)), "warmup": int(rng.poisson(30 * scale)),
+                      "unscorable": int(rng.poisson(2 * scale)), "rejected": int(rng.poisson(5 * scale))}
+            resets = {"restart": int(rng.poisson(1.0 * scale)), "gap": int(rng.poisson(0.5 * scale))}
+            for kind, tally in (("count", counts), ("reset", resets)):
+                for outcome, count in tally.items():
+                    batch.add("pipeline_stats", (source, role, since, since + 300_000, kind, outcome, count, now))
     store.write(batch)
     for n in range(5):
         store.load_frame("dlq_samples", pd.DataFrame({

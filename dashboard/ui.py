@@ -72,6 +72,9 @@ def _status() -> None:
         if status.last_batch_ms:
             ago = time.time() - status.last_batch_ms / 1000
             st.caption(f"{status.records:,} records read · last batch {ago:.0f} s ago")
+        if status.skipped:
+            st.caption("Skipped (undecodable or unstorable): "
+                       + ", ".join(f"{n:,} {role}" for role, n in sorted(status.skipped.items())))
     counts = rt.store.counts()
     st.caption(f"Store: {counts['machines']:,} machines · {counts['predictions']:,} predictions · "
                f"{counts['alert_events']:,} alert events · {counts['telemetry']:,} sensor values")

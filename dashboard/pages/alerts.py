@@ -52,7 +52,7 @@ def alerts_view() -> None:
         duration=frame["duration_ms"].map(ui.duration),
     )[["machine_id", "severity", "status", "rule", "opened", "duration", "resolved", "p_fail", "rul",
        "model_version", "acknowledged_by", "message"]]
-    st.caption(f"{len(table):,} alerts (durations of unresolved alerts run to the newest data)")
+    st.caption(f"{len(table):,} alerts (durations of unresolved alerts run to now)")
     st.dataframe(table, hide_index=True, width="stretch", height=420, key="alert_table", column_config={
         "machine_id": "Machine", "severity": "Severity", "status": "Status", "rule": "Rule",
         "opened": st.column_config.DatetimeColumn("Opened (UTC)", format="YYYY-MM-DD HH:mm:ss"),

@@ -53,7 +53,8 @@ def machine_view(machine: str, span: str) -> None:
                    row["telemetry_ts"] if row["telemetry_ts"] == row["telemetry_ts"]
                    and row["telemetry_ts"] is not None else 0))
     window = RANGES.get(span)
-    since = last - window if window is not None and last else None
+    # The range ends at the machine's last event time, or now when that is dated beyond belief.
+    since = queries.machine_window_end(store, last) - window if window is not None else None
     predictions = queries.machine_predictions(store, machine, since)
     events = queries.machine_events(store, machine, since)
     changes = queries.version_changes(predictions)

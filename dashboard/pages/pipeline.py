@@ -1,8 +1,9 @@
 """Pipeline: throughput, consumer lag per group, dead-letter rate by reason, end-to-end
-latency percentiles."""
+latency percentiles, and the readings scorers did not score, by reason."""
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import charts, queries, ui
@@ -17,11 +18,12 @@ def pipeline_view() -> None:
     lag = queries.consumer_lag(store)
     dlq = queries.dlq_by_reason(store)
     latency = queries.latency_percentiles(store)
-    if flow.empty and lag.empty and dlq.empty:
+    outcomes = queries.not_scored(store)
+    if flow.empty and lag.empty and dlq.empty and outcomes.empty:
         ui.empty_state("No records have reached the dashboard yet.")
         return
 
-    recent = flow[flow["bucket"] >= flow["bucket"].max() - 10_000] if not flow.empty else flow
+    recent = flow[flow["bucket"] >= store.now_ms() - 10_000] if not flow.empty else flow
     rate = recent.groupby("role")["n"].sum() / 10 if not recent.empty else {}
     bad = float(dlq["n"].sum()) if not dlq.empty else 0.0
     total = bad + float(flow[flow["role"] == "telemetry"]["n"].sum()) if not flow.empty else bad
@@ -75,7 +77,41 @@ def pipeline_view() -> None:
                 shown[column] = shown[column].map(ui.duration)
             st.dataframe(shown, hide_index=True, width="stretch",
                          column_config={"stage": "Stage", "n": "Predictions"})
-            st.caption("Over the predictions scored in the last 5 minutes of the workers' clock.")
+            st.caption("Over the predictions that reached the dashboard in the last 5 minutes.")
+
+    not_scored_view(outcomes)
+
+
+def not_scored_view(outcomes: pd.DataFrame) -> None:
+    """Scored against not scored, by reason and scorer role, and window resets, over the last hour."""
+    st.subheader("Not scored, by reason")
+    if outcomes.empty:
+        st.caption("No pipeline stats yet: scoring workers and edge gateways report what they did with "
+                   "the readings they consumed on the pipeline topic.")
+        return
+    counts = outcomes[outcomes["kind"] == "count"]
+    resets = outcomes[outcomes["kind"] == "reset"]
+    left, right = st.columns(2)
+    with left:
+        if not counts.empty:
+            st.altair_chart(charts.not_scored_chart(counts), width="stretch")
+        table = counts.pivot_table(index="role", columns="outcome", values="n", aggfunc="sum", fill_value=0)
+        order = [o for o in (queries.SCORED, *queries.NOT_SCORED) if o in table.columns]
+        table = table[order + sorted(set(table.columns) - set(order))].reset_index()
+        st.dataframe(table, hide_index=True, width="stretch", column_config={"role": "Scorer"})
+    with right:
+        st.markdown("**Window resets**")
+        if resets.empty:
+            st.caption("No machine's window restarted in the last hour.")
+        else:
+            st.dataframe(resets[["role", "outcome", "n", "sources"]], hide_index=True, width="stretch",
+                         column_config={"role": "Scorer", "outcome": "Why", "n": "Machines",
+                                        "sources": "Reporting"})
+    st.caption("  \n".join([f"**{queries.SCORED}**: a prediction was made from it"]
+                           + [f"**{name}**: {meaning}" for name, meaning in queries.NOT_SCORED.items()]
+                           + [f"**reset: {name}**: {meaning}" for name, meaning in queries.RESETS.items()]
+                           + ["Readings over the last hour, as scoring workers (`scoring`) and edge gateways "
+                              "(`edge`) report them."]))
 
 
 pipeline_view()

@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard import queries
 from dashboard.ingest import Ingest
 from dashboard.runtime import Runtime
+from dashboard.store import Batch
 from forewarn.contract import Alert
 from tests.dashboard.conftest import PAGES, FakeRuntime, charts, no_exceptions, open_page
 
@@ -164,3 +165,27 @@ def test_models_page_accuracy_and_drift(app: AppFactory, filled_runtime: FakeRun
     at.segmented_control(key="drift_asset").set_value("pump").run()
     assert any("pump" in s for s in at.dataframe[2].value["sensor"]) or len(at.dataframe[2].value) > 0
     no_exceptions(at)
+
+
+def test_pipeline_page_shows_what_was_not_scored_by_reason(app: AppFactory, filled_runtime: FakeRuntime) -> None:
+    at = open_page(app(filled_runtime), "pipeline")
+    no_exceptions(at)
+    assert "Not scored, by reason" in [h.value for h in at.subheader]
+    by_role = next(d.value for d in at.dataframe if "duplicate" in d.value.columns)
+    assert set(by_role["role"]) == {"scoring", "edge"}
+    assert list(by_role.columns[1:4]) == ["scored", "duplicate", "late"]
+    assert (by_role["scored"] > by_role["duplicate"]).all()
+    resets = next(d.value for d in at.dataframe if "sources" in d.value.columns)
+    assert set(resets["outcome"]) <= {"restart", "gap"}
+    captions = " ".join(c.value for c in at.caption)
+    assert all(reason in captions for reason in ("duplicate", "late", "warmup", "unscorable", "rejected",
+                                                 "restart", "gap"))
+
+
+def test_pipeline_page_without_stats_says_so(app: AppFactory, empty_runtime: FakeRuntime) -> None:
+    store = empty_runtime.store
+    now = store.now_ms()
+    store.write(Batch(throughput={(now - now % 1000, "telemetry"): 10}))
+    at = open_page(app(empty_runtime), "pipeline")
+    no_exceptions(at)
+    assert any("No pipeline stats yet" in c.value for c in at.caption)

@@ -21,6 +21,11 @@ TOPICS = Topics.from_settings(DashboardSettings().topics)
 T0 = 1_764_201_600_000
 
 
+def store_at(now_ms: int = T0 + 10_000, retention: Retention | None = None) -> Store:
+    """An in-memory store whose clock stands at ``now_ms``."""
+    return Store(retention=retention, clock=lambda: now_ms)
+
+
 def msg(topic: str, value: bytes | None, offset: int, partition: int = 0,
         headers: list[tuple[str, bytes]] | None = None) -> FakeMessage:
     return FakeMessage(topic, partition, offset, None, value, headers, T0)
@@ -33,7 +38,7 @@ def prediction(machine: str, seq: int, p_fail: float, rul: float, version: str =
 
 
 def test_records_land_in_the_store_with_their_offsets() -> None:
-    store = Store()
+    store = store_at()
     ingest = Ingest(TOPICS, sample_every=2)
     records = [
         msg(TOPICS.predictions, encode(prediction("a/p1", 10, 0.2, 80)), 0),
@@ -60,7 +65,7 @@ def test_records_land_in_the_store_with_their_offsets() -> None:
 
 
 def test_alert_lifecycle_and_acknowledgement_round_trip() -> None:
-    store = Store()
+    store = store_at(T0)
     ingest = Ingest(TOPICS)
     opened = Alert(v=1, alert_id="a1", machine_id="a/p1", state="open", severity="warning", rule="p_fail",
                    opened_at=T0, ts=T0, p_fail=0.6, model_version="v1")
@@ -80,19 +85,57 @@ def test_alert_lifecycle_and_acknowledgement_round_trip() -> None:
     assert final["status"] == "resolved" and final["duration_ms"] == 5000
 
 
-def test_retention_bounds_rows_by_count_and_event_time() -> None:
-    store = Store(retention=Retention(hours=1, max_predictions=1000))
-    ingest = Ingest(TOPICS)
+def test_retention_bounds_rows_by_count_and_arrival_time() -> None:
+    # 1500 one-minute readings that reached the bridge over the last 25 hours (ingest_ts), the
+    # newest just now; the dashboard read them all at once.
+    now = T0 + 1499 * 60_000 + 5
+    store = store_at(now, Retention(hours=1, max_predictions=1000))
     records = [msg(TOPICS.predictions, encode(prediction("a/p1", seq, 0.1, 50)), seq) for seq in range(1500)]
-    store.write(ingest.batch(records, T0))
+    store.write(Ingest(TOPICS).batch(records, now))
     dropped = store.prune()
     left = store.read("SELECT min(seq) AS lo, count(*) AS n FROM predictions").iloc[0]
-    # One hour of one-minute readings survives the time rule; the count cap is not reached.
+    # One hour of arrivals survives the time rule; the count cap is not reached.
     assert int(left["n"]) == 61 and int(left["lo"]) == 1439 and dropped["predictions"] == 1439
 
 
+def test_the_count_cap_drops_the_earliest_arrivals_first() -> None:
+    store = store_at(T0, Retention(max_predictions=1000))
+    ingest = Ingest(TOPICS)
+    records = [msg(TOPICS.predictions, encode(prediction("a/p1", seq, 0.1, 50)), seq) for seq in range(1500)]
+    store.write(ingest.batch(records, T0 + 1500 * 60_000))
+    assert store.prune() == {"predictions": 500}
+    assert int(store.scalar("SELECT min(seq) FROM predictions")) == 500
+
+
+def test_one_future_dated_record_prunes_nothing_and_pins_no_machine() -> None:
+    now = T0 + 100 * 60_000
+    store = store_at(now, Retention(hours=1))
+    ingest = Ingest(TOPICS)
+    good = [msg(TOPICS.predictions, encode(prediction("a/p1", seq, 0.1, 50)), seq) for seq in range(95, 100)]
+    year_2099 = 4_070_908_800_000
+    skewed = Prediction(v=1, machine_id="a/p1", asset_type="pump", ts=year_2099, seq=100, model="pump",
+                        model_version="v1", scored_at=now, p_fail=0.99, rul=1.0, ingest_ts=now)
+    reading = Telemetry(v=1, machine_id="a/p1", asset_type="pump", ts=year_2099, seq=101, sensors={"x": 1.0})
+    store.write(ingest.batch([*good, msg(TOPICS.predictions, encode(skewed), 100),
+                              msg(TOPICS.telemetry, encode(reading), 0)], now))
+    assert store.prune() == {}
+    assert store.counts()["predictions"] == 6
+    # The outlier was the newest prediction; the next believable one replaces it.
+    later = msg(TOPICS.predictions, encode(prediction("a/p1", 101, 0.3, 40)), 101)
+    store.write(ingest.batch([later, msg(TOPICS.telemetry, encode(Telemetry(
+        v=1, machine_id="a/p1", asset_type="pump", ts=now, seq=102, sensors={"x": 1.0})), 1)], now))
+    row = queries.fleet(store).set_index("machine_id").loc["a/p1"]
+    assert row["p_fail"] == pytest.approx(0.3) and row["last_seen"] == T0 + 101 * 60_000
+    assert queries.machine_window_end(store, year_2099) == now
+    assert queries.machine_window_end(store, now - 5) == now - 5
+    # An acknowledgement of an alert last dated in 2099 is dated now.
+    ack = acknowledgement({"alert_id": "a1", "machine_id": "a/p1", "severity": "warning", "rule": "r",
+                           "opened_at": now, "last_ts": year_2099}, "Ada", now, store.horizon())
+    assert ack.ts == now
+
+
 def test_live_accuracy_labels_predictions_by_later_failures() -> None:
-    store = Store()
+    store = store_at(T0 + 101 * 60_000)
     ingest = Ingest(TOPICS)
     records = []
     # p1 fails after reading 100: its predictions in the last 30 readings are positives.
