@@ -125,6 +125,7 @@ class ScoringWorker(LoopService):
         self._stats_since = int(clock() * 1000)
         self._stats_counts: dict[str, int] = {}  # committed, not yet published
         self._stats_resets: dict[str, int] = {}
+        self._final_stats = False  # closing: publish what was counted, due or not
         self._producer: TransactionalProducerLike | None = None
         self._consumer: ConsumerLike | None = None
         self._models: ConsumerLike | None = None
@@ -198,7 +199,15 @@ class ScoringWorker(LoopService):
         return producer
 
     def close(self) -> None:
-        """Leave the group, release the clients and stop the metrics endpoint."""
+        """Publish the pipeline stats still waiting for their interval, leave the group, release
+        the clients and stop the metrics endpoint."""
+        if self._consumer is not None and self._producer is not None and not self._recovering and (
+                self._stats_counts or self._stats_resets):
+            self._final_stats = True
+            try:
+                self._transact(BatchResult(), [], [], set())
+            except ScoringError as error:
+                log.warning("the last pipeline stats were not published: %s", error.one_line())
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
@@ -489,6 +498,7 @@ class ScoringWorker(LoopService):
         another process running under this worker id, which the group let in). Anything else
         may have cost records fetched in the same call: rewind to the committed offsets."""
         if error.fatal:
+            self._recovering = True  # nothing more is written, the last stats included
             raise ScoringError(f"the consumer of group {self.options.group_id} failed for good: {error.one_line()}",
                                hint="is another worker running with the same worker id? restarted, this one "
                                     "resumes from the committed state") from None
@@ -516,7 +526,7 @@ class ScoringWorker(LoopService):
         """Whether a stats record goes into this transaction: the interval has passed and
         something was counted (by committed batches or this one)."""
         waiting = counted or bool(self._stats_counts) or bool(self._stats_resets)
-        return waiting and now_ms - self._stats_since >= self.options.stats_interval_s * 1000
+        return waiting and (self._final_stats or now_ms - self._stats_since >= self.options.stats_interval_s * 1000)
 
     def _stats_record(self, now_ms: int, counts: dict[str, int], resets: dict[str, int]) -> PipelineStats | None:
         if not self._stats_due(now_ms, bool(counts or resets)):

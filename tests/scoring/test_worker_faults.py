@@ -293,4 +293,9 @@ def test_pipeline_stats_wait_for_their_interval_and_then_go_out_alone(data: Flee
     (record,) = pipeline_stats(kafka)
     assert record.since == 1_800_000_000_000 and record.until == 1_800_000_011_000
     assert record.counts["scored"] == len(kafka.messages(TOPICS.predictions))
-    w.close()
+    kafka.producer().produce(TOPICS.telemetry, b"{not json", data.readings[0].machine_id)
+    drain(w)
+    now[0] += 1
+    w.close()  # what was counted since goes out before the worker leaves, due or not
+    last = pipeline_stats(kafka)[1:]
+    assert [(r.since, r.until, r.counts) for r in last] == [(1_800_000_011_000, 1_800_000_012_000, {"rejected": 1})]
