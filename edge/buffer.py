@@ -85,10 +85,6 @@ class DiskFull(ForewarnError):
     Stop acknowledging upstream and retry once space returns."""
 
 
-class _CorruptFile(Exception):
-    """``quick_check`` found damage SQLite did not raise about."""
-
-
 def _primary_code(error: sqlite3.Error) -> int | None:
     code = getattr(error, "sqlite_errorcode", None)
     return code & 0xFF if isinstance(code, int) else None
@@ -155,26 +151,42 @@ class Buffer:
         self._unremoved: set[int] = set()  # delivered rows whose DELETE the full disk refused
         self._warned = False
         self.moved_aside: Path | None = None
-        try:
-            self._db = self._open()
-        except (sqlite3.DatabaseError, _CorruptFile) as error:
-            if isinstance(error, sqlite3.DatabaseError) and not _is_corrupt(error):
-                raise
-            self.moved_aside = self._move_aside(str(error))
-            self._db = self._open()
+        damage = self._damage()
+        if damage is not None:
+            self.moved_aside = self._move_aside(damage)
+        self._db = self._open()
         row = self._db.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM outbox").fetchone()
         self._bytes, self._count = int(row[0]), int(row[1])
 
+    def _damage(self) -> str | None:
+        """What is wrong with the existing file, or None: SQLite's corruption errors and
+        ``quick_check`` (every page and record well formed; it reads the whole file once), on a
+        read-only connection, so that nothing (no checkpoint on close) changes a damaged file
+        before it moves aside. Other errors (permissions, I/O) raise."""
+        if not self.path.exists():
+            return None
+        try:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+        except sqlite3.DatabaseError as error:
+            if _is_corrupt(error):
+                return str(error)
+            raise
+        try:
+            problems = [str(r[0]) for r in db.execute("PRAGMA quick_check(5)").fetchall()]
+        except sqlite3.DatabaseError as error:
+            if _is_corrupt(error):
+                return str(error)
+            raise
+        finally:
+            db.close()
+        return None if problems == ["ok"] else "quick_check: " + "; ".join(problems)
+
     def _open(self) -> sqlite3.Connection:
-        """Connect, set WAL and the sync mode, check the file's pages (``quick_check``: every
-        page and record well formed; it reads the whole file once), create the tables."""
+        """Connect, set WAL and the sync mode, create the tables."""
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
-            problems = [str(r[0]) for r in db.execute("PRAGMA quick_check(5)").fetchall()]
-            if problems != ["ok"]:
-                raise _CorruptFile("quick_check: " + "; ".join(problems))
             db.executescript(_SCHEMA)
         except BaseException:
             db.close()
