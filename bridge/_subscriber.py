@@ -33,6 +33,7 @@ from bridge._mqtt_packets import (
     CONNACK,
     DISCONNECT,
     PINGRESP,
+    PROP_MAXIMUM_PACKET_SIZE,
     PROP_RECEIVE_MAXIMUM,
     PROP_SERVER_KEEP_ALIVE,
     PROP_SESSION_EXPIRY,
@@ -41,16 +42,18 @@ from bridge._mqtt_packets import (
     SUBACK,
     MalformedPacket,
     connect_packet,
+    decode_varint,
     disconnect_packet,
     parse_connack,
     parse_disconnect,
     parse_suback,
     subscribe_packet,
 )
+from forewarn.contract import DecodeLimits, Reason, Rejected
 from forewarn.errors import MqttError
 from forewarn.settings import MqttSettings
 
-__all__ = ["Message", "Subscriber", "SubscriberLike"]
+__all__ = ["DEFAULT_MAX_PACKET_BYTES", "Message", "Oversized", "Subscriber", "SubscriberLike"]
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +67,30 @@ _PUBACK_PACKET = struct.Struct("!BBH")
 _UNSUPPORTED_PROTOCOL = (0x84, 0x01)
 _STABLE_S = 30.0  # a connection up this long resets the reconnect backoff to its minimum
 _TOPIC_CACHE_MAX = 100_000
+# A PUBLISH larger than the decoder's largest batch can only become a dead letter: it is read
+# streaming, never held whole (its first _HEAD payload bytes are kept for the letter).
+DEFAULT_MAX_PACKET_BYTES = DecodeLimits().max_batch_bytes + 64 * 1024
+_PEEK = 2 + 65535 + 2 + 4 + 64 * 1024  # enough of a PUBLISH for its header (topic, id, properties)
+_HEAD = 4096
 
 Message = tuple[str, bytes, int, int]  # (topic, payload, qos, packet id)
+
+
+class Oversized(bytes):
+    """The payload of a message larger than the subscriber's ``max_packet_bytes``: its first
+    bytes only (``size`` is the whole packet's length). Acknowledge it like any other message
+    once its dead letter (:meth:`rejected`, reason ``too_large``) is stored."""
+
+    size: int
+
+    def __new__(cls, head: bytes, *, size: int) -> Oversized:
+        self = super().__new__(cls, head)
+        self.size = size
+        return self
+
+    def rejected(self) -> Rejected:
+        return Rejected(Reason.TOO_LARGE, f"MQTT packet of {self.size} bytes; only its first {len(self)} "
+                        "payload bytes were kept", bytes(self))
 
 
 class SubscriberLike(Protocol):
@@ -122,8 +147,11 @@ class Subscriber:
     """
 
     def __init__(self, settings: MqttSettings, client_id: str, *, clean_start: bool = False,
-                 session_expiry_s: int | None = None, receive_maximum: int | None = None) -> None:
+                 session_expiry_s: int | None = None, receive_maximum: int | None = None,
+                 max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES, announce_max_packet: bool = False) -> None:
         self.settings = settings
+        self.max_packet_bytes = max_packet_bytes
+        self.announce_max_packet = announce_max_packet
         self.client_id = client_id
         self.clean_start = clean_start
         self.session_expiry_s = session_expiry_s
@@ -134,6 +162,12 @@ class Subscriber:
         self._buf = b""
         self._pos = 0
         self._incomplete = False  # the buffer ends inside a packet: more bytes are needed
+        self._need = 0  # bytes from _pos the buffer must hold before parsing can go on (0: any)
+        self._chunks: list[bytes] = []  # received, not yet joined into _buf (an incomplete packet)
+        self._chunked = 0
+        self._skip = 0  # bytes of an oversized PUBLISH still to discard as they arrive
+        self._held: Message | None = None  # that PUBLISH, handed out once it is discarded
+        self.oversized = 0  # PUBLISH packets larger than max_packet_bytes
         self._out = bytearray()
         self._filters: list[tuple[str, int]] = []
         self._subscribing: dict[int, list[tuple[str, int]]] = {}  # SUBSCRIBE packet id -> its filters
@@ -231,7 +265,7 @@ class Subscriber:
         if sock is None:
             time.sleep(timeout_s)
             return
-        if self._pos < len(self._buf) and not self._incomplete:
+        if (self._pos < len(self._buf) and not self._incomplete) or (self._held is not None and not self._skip):
             return  # whole packets are waiting in the buffer
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return
@@ -256,12 +290,18 @@ class Subscriber:
     # -- internals -------------------------------------------------------------------------------
 
     def _parse(self, out: list[Message], limit: int) -> None:
+        if self._held is not None:  # an oversized PUBLISH: nothing behind it goes out before it
+            if self._skip or len(out) >= limit:
+                return
+            out.append(self._held)  # its last bytes were just discarded
+            self._held = None
         buf, pos, end = self._buf, self._pos, len(self._buf)
         v5 = self._v5
         topics = self._topics
         append = out.append
         n = len(out)
         self._incomplete = False
+        self._need = 0
         try:
             while True:
                 if pos + 2 > end:
@@ -290,8 +330,20 @@ class Subscriber:
                             raise _Disconnected("malformed remaining length")
                     body = i
                 stop = body + length
+                if length > self.max_packet_bytes:
+                    done = self._oversized(out, first, buf, body, length, end)
+                    if done is None:
+                        self._incomplete = True
+                        self._need = min(length, _PEEK) + body - pos
+                        return
+                    pos = done
+                    n = len(out)
+                    if self._skip:
+                        return  # the rest of that packet is still on its way: nothing else to parse
+                    continue
                 if stop > end:
                     self._incomplete = True
+                    self._need = stop - pos
                     return
                 kind = first & 0xF0
                 if kind == PUBLISH:
@@ -301,15 +353,7 @@ class Subscriber:
                     raw_topic = buf[body + 2:p]
                     topic = topics.get(raw_topic)
                     if topic is None:
-                        try:
-                            topic = raw_topic.decode()  # strict: no overlong forms, no surrogates
-                        except UnicodeDecodeError:
-                            raise _malformed(f"PUBLISH topic {raw_topic!r} is not well-formed UTF-8") from None
-                        if "\x00" in topic:
-                            raise _malformed(f"PUBLISH topic {raw_topic!r} holds U+0000")
-                        if len(topics) >= _TOPIC_CACHE_MAX:
-                            topics.clear()
-                        topics[raw_topic] = topic
+                        topic = self._topic(raw_topic)
                     if qos:
                         if qos == 3:
                             raise _malformed("PUBLISH with both QoS bits set")
@@ -341,6 +385,58 @@ class Subscriber:
         finally:
             self._pos = pos
 
+    def _topic(self, raw: bytes) -> str:
+        """A PUBLISH topic not in the cache yet: decoded strictly (MQTT 1.5.4: well-formed UTF-8,
+        no overlong forms, no surrogates, no U+0000) and cached."""
+        try:
+            topic = raw.decode()
+        except UnicodeDecodeError:
+            raise _malformed(f"PUBLISH topic {raw!r} is not well-formed UTF-8") from None
+        if "\x00" in topic:
+            raise _malformed(f"PUBLISH topic {raw!r} holds U+0000")
+        if len(self._topics) >= _TOPIC_CACHE_MAX:
+            self._topics.clear()
+        self._topics[raw] = topic
+        return topic
+
+    def _oversized(self, out: list[Message], first: int, buf: bytes, body: int, length: int,
+                   end: int) -> int | None:
+        """A packet longer than ``max_packet_bytes``. A PUBLISH becomes a message whose payload
+        is an :class:`Oversized` head, handed out once its last byte has been read and discarded
+        (streaming: the packet is never held whole); the caller dead-letters and acknowledges
+        it like any other. Anything else larger is a protocol error (v5 0x95). Returns the
+        position after what was consumed, or None until the PUBLISH header is in the buffer."""
+        if first & 0xF0 != PUBLISH:
+            raise _Disconnected(f"a {length}-byte packet of type {first & 0xF0:#x} from the broker", 0x95)
+        if end - body < min(length, _PEEK):
+            return None
+        qos = (first >> 1) & 3
+        if qos == 3:
+            raise _malformed("PUBLISH with both QoS bits set")
+        tlen = int.from_bytes(buf[body:body + 2], "big")
+        p = body + 2 + tlen
+        topic = self._topic(buf[body + 2:p])
+        mid = 0
+        if qos:
+            mid, p = int.from_bytes(buf[p:p + 2], "big"), p + 2
+        if self._v5:
+            plen, p = decode_varint(buf, p)
+            p += plen
+        stop = body + length
+        if p > min(stop, end):
+            raise _malformed("an oversized PUBLISH whose header does not fit its first bytes")
+        message = (topic, Oversized(buf[p:min(p + _HEAD, stop, end)], size=length), qos, mid)
+        self.oversized += 1
+        log.error("mqtt: a %s-byte PUBLISH on %s is larger than max_packet_bytes (%s): discarding it as it "
+                  "arrives and handing it on as too large", length, topic, self.max_packet_bytes)
+        consumed = min(stop, end)
+        self._skip = stop - consumed
+        if self._skip:
+            self._held = message
+        else:
+            out.append(message)
+        return consumed
+
     def _control(self, kind: int, body: bytes) -> None:
         self._ping_since = None
         if kind == SUBACK:
@@ -366,9 +462,24 @@ class Subscriber:
         if not data:
             raise _Disconnected("connection closed by the broker")
         self._ping_since = None  # the broker is alive
-        tail = self._buf[self._pos:]
-        self._buf = tail + data if tail else data
-        self._pos = 0
+        if self._skip:  # the rest of an oversized PUBLISH: dropped as it arrives
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return not self._skip
+            data = data[self._skip:]
+            self._skip = 0
+        # Linear in the packet's size, however many reads it takes: the chunks of an incomplete
+        # packet are joined once, when the packet is complete (or its length is not known yet).
+        self._chunks.append(data)
+        self._chunked += len(data)
+        if len(self._buf) - self._pos + self._chunked < self._need:
+            return False
+        tail = self._buf[self._pos:] if self._pos < len(self._buf) else b""
+        if not tail and len(self._chunks) == 1:
+            self._buf = data
+        else:
+            self._buf = b"".join([tail, *self._chunks]) if tail else b"".join(self._chunks)
+        self._chunks, self._chunked, self._pos = [], 0, 0
         return True
 
     def _keepalive(self, reading: bool = True) -> None:
@@ -435,6 +546,7 @@ class Subscriber:
     def _close(self) -> None:
         sock, self._sock = self._sock, None
         self._buf, self._pos, self._out = b"", 0, bytearray()
+        self._chunks, self._chunked, self._need, self._skip, self._held = [], 0, 0, 0, None
         self._incomplete = False
         self._ping_since = None
         self._subscribing.clear()
@@ -539,6 +651,8 @@ class Subscriber:
             props[PROP_SESSION_EXPIRY] = self.session_expiry_s
         if self.receive_maximum is not None:
             props[PROP_RECEIVE_MAXIMUM] = self.receive_maximum
+        if self.announce_max_packet:
+            props[PROP_MAXIMUM_PACKET_SIZE] = self.max_packet_bytes
         return connect_packet(v5=v5, client_id=self.client_id, clean_start=self.clean_start,
                               keepalive_s=s.keepalive_s, username=s.username,
                               password=None if s.password is None else s.password.get_secret_value(),

@@ -6,6 +6,7 @@ import socket
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bridge._subscriber import DEFAULT_MAX_PACKET_BYTES
 from forewarn.settings import ServiceSettings
 
 __all__ = ["BridgeOptions", "BridgeSettings"]
@@ -30,6 +31,13 @@ class BridgeOptions(BaseModel):
                                   "queues messages) while the bridge is away")
     receive_maximum: int = Field(10_000, ge=1, le=65535, description="unacknowledged MQTT messages the broker may "
                                  "send at once (MQTT 5 Receive Maximum)")
+    max_packet_bytes: int = Field(DEFAULT_MAX_PACKET_BYTES, ge=1024, le=268_435_460, description="a longer MQTT "
+                                  "packet is read streaming, never held, and becomes a too_large dead letter "
+                                  "(default: the largest batch the contract accepts plus headroom)")
+    announce_max_packet: bool = Field(False, description="also announce max_packet_bytes to the broker (MQTT 5 "
+                                      "Maximum Packet Size): it then sends nothing longer, but discards such "
+                                      "messages without a trace (MQTT 5, 3.1.2.11.4) instead of the bridge "
+                                      "dead-lettering them")
     max_in_flight: int = Field(100_000, ge=1, description="records produced but not yet confirmed by Kafka before "
                                "intake pauses")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port "
