@@ -269,3 +269,19 @@ def test_unreachable_kafka_shows_as_waiting() -> None:
     with materializer(kafka, Store(), consumer_factory=factory) as m:
         assert m.step() == 0
         assert m.status.state == "waiting" and "unreachable" in m.status.detail
+
+
+def test_a_record_the_store_cannot_hold_is_skipped_and_reading_goes_on() -> None:
+    kafka = InMemoryKafka(partitions=1)
+    producer = kafka.producer()
+    huge = (b'{"v":1,"machine_id":"a/p0","asset_type":"pump","ts":1764201600000,"seq":%d,"model":"m",'
+            b'"model_version":"v1","scored_at":1764201600050}' % (2**64 + 5))
+    producer.produce(TOPICS.predictions, huge, key="a/p0")
+    producer.flush()
+    sent = produce_predictions(kafka, ["a/p0", "a/p1"], range(3))
+    store = Store()
+    with materializer(kafka, store) as m:
+        assert steps_until_idle(m) == sent + 1
+        assert m.status.state == "running" and m.status.skipped == {"predictions": 1}
+    assert store.counts()["predictions"] == sent
+    assert store.offsets() == {(TOPICS.predictions, 0): sent + 1}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -13,7 +17,7 @@ from dashboard.ingest import Ingest
 from dashboard.settings import DashboardSettings
 from dashboard.store import Retention, Store
 from forewarn.cli import cli
-from forewarn.contract import Alert, MaintenanceEvent, Prediction, Telemetry, encode
+from forewarn.contract import Alert, MaintenanceEvent, PipelineStats, Prediction, Telemetry, encode
 from forewarn.testing import FakeMessage
 from forewarn.topics import Topics
 
@@ -176,3 +180,111 @@ def test_cli_help_names_env_vars_and_the_command_is_streamlit() -> None:
 def test_cli_bad_setting_is_one_line() -> None:
     result = CliRunner().invoke(cli, ["dashboard", "--refresh", "0.1"])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def _maintenance(event_id: str | None, ts: int = T0, event: str = "failure") -> MaintenanceEvent:
+    return MaintenanceEvent(v=1, machine_id="a/p1", ts=ts, event=event, failure_mode="bearing_wear",  # type: ignore[arg-type]
+                            event_id=event_id)
+
+
+def test_a_maintenance_event_is_held_once_however_often_it_arrives() -> None:
+    store = store_at()
+    ingest = Ingest(TOPICS)
+    named, unnamed = _maintenance("WO-17"), _maintenance(None, ts=T0 + 5, event="repair")
+    # Within one batch (a replayed dead letter next to the original) and across batches
+    # (redelivery, a second replay): each identity once.
+    first = [msg(TOPICS.maintenance, encode(e), n) for n, e in enumerate((named, unnamed, named, unnamed))]
+    store.write(ingest.batch(first, T0))
+    again = [msg(TOPICS.maintenance, encode(e), 4 + n) for n, e in enumerate((unnamed, named))]
+    store.write(ingest.batch(again, T0 + 1000))
+    rows = store.read("SELECT identity, event_id, event FROM maintenance ORDER BY identity")
+    assert list(rows["identity"]) == ["WO-17", unnamed.identity] and rows["event_id"].iloc[0] == "WO-17"
+    assert pd.isna(rows["event_id"].iloc[1])
+    assert store.offsets() == {(TOPICS.maintenance, 0): 6}
+    # The same work order under another time is still the same event; another id is another.
+    store.write(ingest.batch([msg(TOPICS.maintenance, encode(_maintenance("WO-17", ts=T0 + 9)), 6),
+                              msg(TOPICS.maintenance, encode(_maintenance("WO-18")), 7)], T0 + 2000))
+    assert store.counts()["maintenance"] == 3
+
+
+HUGE = 2**64 + 5
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"v":1,"machine_id":"a/p1","asset_type":"pump","ts":1764201600000,"seq":%d,"model":"m",'
+    b'"model_version":"v1","scored_at":1764201600050,"p_fail":0.5}' % HUGE,
+    b'{"v":1,"machine_id":"a/p1","asset_type":"pump","ts":%d,"seq":1,"model":"m",'
+    b'"model_version":"v1","scored_at":1764201600050}' % -HUGE,
+    b'{"v":1,"machine_id":"a/p1","asset_type":"pump","ts":1764201600000,"seq":1,"model":"m",'
+    b'"model_version":"v1","scored_at":1764201600050,"ingest_ts":%d}' % HUGE,
+], ids=["seq", "ts", "ingest_ts"])
+def test_a_prediction_the_store_cannot_hold_is_skipped_and_counted(payload: bytes,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    store = store_at()
+    ingest = Ingest(TOPICS)
+    good = msg(TOPICS.predictions, encode(prediction("a/p2", 3, 0.2, 80)), 1)
+    store.write(ingest.batch([msg(TOPICS.predictions, payload, 0), good], T0))
+    assert ingest.bad == {"predictions": 1}
+    assert store.counts()["predictions"] == 1 and store.offsets() == {(TOPICS.predictions, 0): 2}
+    assert "does not fit int64" in caplog.text and "skipped 1 predictions record" in caplog.text
+
+
+def test_alerts_telemetry_and_stats_beyond_int64_are_skipped_too() -> None:
+    store = store_at()
+    ingest = Ingest(TOPICS, sample_every=1)
+    alert = (b'{"v":1,"alert_id":"x","machine_id":"a/p1","state":"open","severity":"warning","rule":"r",'
+             b'"opened_at":%d,"ts":1}' % HUGE)
+    reading = b'{"v":1,"machine_id":"a/p1","asset_type":"pump","ts":%d,"seq":5,"sensors":{"x":1.0}}' % HUGE
+    stats = (b'{"v":1,"source":"w0","role":"scoring","since":1,"until":2,"counts":{"scored":%d}}' % HUGE)
+    maintenance = b'{"v":1,"machine_id":"a/p1","ts":%d,"event":"failure"}' % HUGE
+    store.write(ingest.batch([msg(TOPICS.alerts, alert, 0), msg(TOPICS.telemetry, reading, 0),
+                              msg(TOPICS.pipeline, stats, 0), msg(TOPICS.maintenance, maintenance, 0)], T0))
+    assert ingest.bad == {"alerts": 1, "telemetry": 1, "pipeline": 1, "maintenance": 1}
+    assert sum(store.counts().values()) == 0
+
+
+def _stats(source: str, role: str, until: int, counts: dict[str, int], resets: dict[str, int] | None = None) -> bytes:
+    return encode(PipelineStats(v=1, source=source, role=role, since=until - 5000, until=until,  # type: ignore[arg-type]
+                                counts=counts, resets=resets or {}))
+
+
+def test_pipeline_stats_sum_by_role_and_reason_over_the_last_hour_once_each() -> None:
+    now = T0 + 2 * 3600_000
+    store = store_at(now)
+    ingest = Ingest(TOPICS)
+    records = [
+        msg(TOPICS.pipeline, _stats("w0", "scoring", now - 10_000, {"scored": 90, "duplicate": 7, "late": 2},
+                                    {"restart": 1}), 0),
+        msg(TOPICS.pipeline, _stats("w1", "scoring", now - 5_000, {"scored": 10, "warmup": 4}, {"gap": 2}), 1),
+        msg(TOPICS.pipeline, _stats("edge-1", "edge", now - 1_000, {"scored": 5, "rejected": 1}), 2),
+        # Two hours old: outside the hour. A scorer clock in the future counts when it arrived.
+        msg(TOPICS.pipeline, _stats("w0", "scoring", now - 2 * 3600_000, {"scored": 1000}), 3),
+        msg(TOPICS.pipeline, _stats("w2", "scoring", 4_070_908_800_000, {"unscorable": 3}), 4),
+    ]
+    store.write(ingest.batch(records, now))
+    store.write(ingest.batch(records[:1], now))  # a redelivery changes nothing
+    frame = queries.not_scored(store)
+    got = {(r.role, r.kind, r.outcome): int(r.n) for r in frame.itertuples(index=False)}
+    assert got == {("scoring", "count", "scored"): 100, ("scoring", "count", "duplicate"): 7,
+                   ("scoring", "count", "late"): 2, ("scoring", "count", "warmup"): 4,
+                   ("scoring", "count", "unscorable"): 3, ("scoring", "reset", "restart"): 1,
+                   ("scoring", "reset", "gap"): 2, ("edge", "count", "scored"): 5, ("edge", "count", "rejected"): 1}
+    assert set(queries.NOT_SCORED) == {"duplicate", "late", "warmup", "unscorable", "rejected"}
+
+
+def test_a_store_file_of_an_older_schema_is_emptied_and_read_again(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "store.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE maintenance (machine_id VARCHAR, ts BIGINT)")
+    con.execute("CREATE TABLE offsets (topic VARCHAR, \"partition\" INTEGER, next_offset BIGINT)")
+    con.execute("INSERT INTO offsets VALUES ('forewarn.maintenance', 0, 42)")
+    con.close()
+    store = Store(path)
+    assert store.offsets() == {} and "emptying it" in caplog.text
+    store.write(Ingest(TOPICS).batch([msg(TOPICS.maintenance, encode(_maintenance("WO-1")), 0)], T0))
+    store.close()
+    caplog.clear()
+    reopened = Store(path)
+    assert reopened.counts()["maintenance"] == 1 and "emptying" not in caplog.text
+    reopened.close()
