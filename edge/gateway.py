@@ -357,11 +357,8 @@ class EdgeGateway(LoopService):
             result.alerts[:0] = self._events
             self._events = []
         readings_by = counts.readings
-        not_scored = 0
-        for reason, k in result.not_scored.items():
-            readings_by[reason] += k
-            not_scored += k
-        readings_by["scored"] += len(readings) - not_scored
+        readings_by["scored"] += len(result.predictions)
+        readings_by.update(result.not_scored)
         counts.resets.update(result.resets)
         for machine_id, value in result.predictions:
             records.append(BufferRecord("predictions", value, machine_id.encode()))

@@ -6,8 +6,9 @@ back is counted when it finally goes in, once). The forwarder counts on its own 
 tallies of its own.
 
 Readings are counted by outcome with the names of :class:`~forewarn.contract.PipelineStats`:
-``scored``, and why a reading was not scored (``duplicate``, ``late``, ``warmup``,
-``unscorable``, ``rejected``); window resets by why (``restart``, ``gap``). A
+``scored``, and why a reading was not scored (``duplicate``, ``late``, ``warmup``, ``stride``,
+``unscorable``, ``rejected``: see :mod:`scoring.engine`; a reading held back for reordering is
+counted when it is released); window resets by reason (``restart``, ``gap``). A
 :class:`PipelineTally` adds the same committed counts up between two pipeline-stats records.
 """
 
@@ -25,8 +26,8 @@ __all__ = ["OUTCOMES", "RESETS", "BatchCounts", "EdgeMetrics", "PipelineTally"]
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = ("scored", "duplicate", "late", "warmup", "unscorable", "rejected")
-"""What happened to a reading (PipelineStats ``counts`` keys)."""
+OUTCOMES = ("scored", "duplicate", "late", "warmup", "stride", "unscorable", "rejected")
+"""What happened to a reading (PipelineStats ``counts`` keys, the scoring workers' outcomes)."""
 RESETS = ("restart", "gap")
 """Why a machine's window started afresh (PipelineStats ``resets`` keys)."""
 
@@ -43,14 +44,14 @@ class EdgeMetrics(MetricsEndpoint):
         self.acked = Counter("forewarn_edge_acked", "MQTT messages acknowledged after their records were "
                              "committed to the buffer", registry=r)
         self.readings = Counter("forewarn_edge_readings", "readings by outcome: scored, or why not (duplicate, "
-                                "late, warmup, unscorable, rejected)", ["outcome"], registry=r)
+                                "late, warmup, stride, unscorable, rejected)", ["outcome"], registry=r)
         for outcome in OUTCOMES:
             self.readings.labels(outcome)  # every outcome is exported from the start, at 0
-        self.window_resets = Counter("forewarn_edge_window_resets", "machine windows started afresh, by why "
-                                     "(restart: the device restarted; gap: too long without readings)", ["why"],
+        self.window_resets = Counter("forewarn_edge_window_resets", "machine windows started afresh, by reason "
+                                     "(restart: the device restarted; gap: too long without readings)", ["reason"],
                                      registry=r)
-        for why in RESETS:
-            self.window_resets.labels(why)
+        for reason in RESETS:
+            self.window_resets.labels(reason)
         self.predictions = Counter("forewarn_edge_predictions", "predictions made locally", registry=r)
         self.alerts = Counter("forewarn_edge_alerts", "alert events, by state", ["state"], registry=r)
         self.buffered = Counter("forewarn_edge_buffered", "records committed to the buffer, by topic role",

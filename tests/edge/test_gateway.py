@@ -3,6 +3,8 @@ across restarts, model sync."""
 
 from __future__ import annotations
 
+import collections
+import itertools
 import subprocess
 import sys
 import threading
@@ -14,20 +16,22 @@ import msgspec
 import pytest
 
 from edge.gateway import EdgeGateway, subscriptions
+from edge.metrics import OUTCOMES
 from edge.models import ModelSync
 from edge.settings import EdgeOptions, EdgeSettings
 from forewarn.bundle import current_version, pack
-from forewarn.contract import Alert, Prediction
+from forewarn.contract import Alert, PipelineStats, Prediction
 from forewarn.testing import FakeConsumer, FakeMqtt, FakeProducer, InMemoryKafka
 from forewarn.topics import Topics
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions
-from tests.edge.helpers import AwayProducer, edge_bundle, fleet, mqtt_messages, run_until, seeded
+from tests.edge.helpers import WINDOW, AwayProducer, edge_bundle, fleet, mqtt_messages, reading, run_until, seeded
 from tests.stacks import REPO
 
 _prediction = msgspec.json.Decoder(Prediction)
 _alert = msgspec.json.Decoder(Alert)
+_stats = msgspec.json.Decoder(PipelineStats)
 
 
 def reference(readings: list[Any]) -> list[tuple[str, int]]:
@@ -246,3 +250,46 @@ def test_a_refused_bundle_is_reported_as_a_model_refused_event_and_the_old_model
     assert (event.rule, event.state, event.machine_id) == ("model_refused", "open", "models/pump")
     assert event.message is not None and "sha256_mismatch" in event.message
     assert current_version(tmp_path / "data" / "models", "pump") == "v1"
+
+
+def test_readings_not_scored_are_counted_by_reason_and_reach_the_pipeline_topic(tmp_path: Path) -> None:
+    """Warm-up, duplicates, a restarted device (a new boot, seq from 0 again) and a rejected payload:
+    each reading is counted once under its outcome, in the metrics and in the edge's PipelineStats."""
+    kafka, mqtt = InMemoryKafka(), FakeMqtt()
+    start = int(time.time() * 1000) - 3_600_000
+    first = [reading("site-e/pump-1", seq, start_ms=start) for seq in range(12)]
+    duplicates = first[6:9]
+    restarted = [msgspec.structs.replace(reading("site-e/pump-1", seq, start_ms=start + 60_000), boot=1)
+                 for seq in range(8)]
+    phases = [mqtt_messages(first), mqtt_messages(duplicates), mqtt_messages(restarted),
+              [("forewarn/site-e/pump-1/telemetry", b"{oops")]]
+    with EdgeGateway(seeded(tmp_path, stats_interval_s=0.01), mqtt=mqtt, producer=FakeProducer(kafka)) as gw:
+        for phase in phases:  # each phase committed before the next arrives
+            mids = [mqtt.deliver(t, p).mid for t, p in phase]
+            run_until(gw, lambda mids=mids: mqtt.acks[-len(mids):] == mids)
+        sample = gw.metrics.registry.get_sample_value
+        run_until(gw, lambda: stats_total(kafka, gw) == outcomes(gw), timeout_s=20)
+    predictions = len(kafka.messages("predictions"))  # all forwarded by the close
+    counted = outcomes(gw)
+    assert counted["duplicate"] == len(duplicates)
+    assert counted["rejected"] == 1
+    assert counted["warmup"] == 2 * (WINDOW - 1), "the first window, then the restarted one"
+    assert counted["scored"] == predictions == len(first) + len(restarted) - 2 * (WINDOW - 1)
+    assert sum(counted.values()) == len(first) + len(duplicates) + len(restarted) + 1
+    assert sample("forewarn_edge_window_resets_total", {"reason": "restart"}) == 1
+    records = [_stats.decode(m.value() or b"") for m in kafka.messages(gw.topics.pipeline)]
+    assert {(r.source, r.role) for r in records} == {("edge-test", "edge")}
+    assert sum(r.resets.get("restart", 0) for r in records) == 1
+    assert all(a.until <= b.since for a, b in itertools.pairwise(records)), "intervals follow one another"
+
+
+def outcomes(gw: EdgeGateway) -> dict[str, int]:
+    sample = gw.metrics.registry.get_sample_value
+    return {o: int(sample("forewarn_edge_readings_total", {"outcome": o}) or 0) for o in OUTCOMES}
+
+
+def stats_total(kafka: InMemoryKafka, gw: EdgeGateway) -> dict[str, int]:
+    total: collections.Counter[str] = collections.Counter({o: 0 for o in OUTCOMES})
+    for m in kafka.messages(gw.topics.pipeline):
+        total.update(_stats.decode(m.value() or b"").counts)
+    return dict(total)
