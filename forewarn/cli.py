@@ -260,11 +260,14 @@ def demo() -> None:
     Starts the local stack and creates the topics, trains initial models from simulated
     history when .forewarn/models has none (about two minutes), publishes them, then starts
     the live simulator (2 sites, pumps and motors), the bridge, two scoring workers and the
-    dashboard, and prints the dashboard's address. Ctrl-C stops everything.
+    dashboard, and prints the dashboard's address. Ctrl-C stops everything; so does the end of
+    the demo however it comes (its children and the brokers it started go with it). With
+    --check it counts only what this run produced and exits 1, with the reason, when that
+    falls short. What it says also goes to HOME/demo/demo.log.
     """
     from forewarn.demo import run_demo
 
-    sys.exit(run_demo(settings_from(DemoSettings), lambda line: click.echo(line, err=True)))
+    sys.exit(run_demo(settings_from(DemoSettings)))
 
 
 def main() -> None:

@@ -3,43 +3,110 @@
 Everything runs as the same ``forewarn`` commands a user would type, as child processes of
 this one (see :mod:`forewarn.supervisor`), so the demo exercises the real system and the core
 imports no component. ``--check`` runs it headless for a few minutes and verifies that
-predictions flowed and that an alert opened before a simulated failure.
+predictions flowed and that an alert opened before a simulated failure, counting only what
+this run produced: the check reads predictions, alerts and maintenance events from the end
+offsets those topics had when the run started, so a run on a home with history cannot pass
+on that history.
+
+Every run of the simulator is a restart of its devices (a new boot epoch), whose simulated
+clock starts in the past far enough to run at ``--speed`` for the whole check (or for
+:data:`INTERACTIVE_BEHIND_H` simulated hours) without overtaking the wall clock.
+
+What the demo says goes to stderr and to ``<home>/demo/demo.log``; when stderr breaks (the
+reader of a pipe went away) the demo goes on, and still stops everything, logging to the file
+only. The demo's children and the brokers it started stop with it, however it ends (see
+:mod:`forewarn.supervisor`); brokers that ``forewarn stack up`` started keep running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import subprocess
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Final
 
+import confluent_kafka
 import msgspec
 
 from forewarn.contract import Alert, MaintenanceEvent
 from forewarn.errors import ForewarnError
 from forewarn.kafka import KafkaAdmin, KafkaConsumer, read_to_end
 from forewarn.ports import ConsumerLike
-from forewarn.service import on_signals
+from forewarn.service import STOP_SIGNALS, on_signals
 from forewarn.settings import DemoOptions, DemoSettings, ServiceSettings
-from forewarn.stack import LocalStack
+from forewarn.stack import KafkaBroker, LocalStack, Mosquitto
 from forewarn.stack._process import tail
-from forewarn.supervisor import Supervisor
+from forewarn.supervisor import Supervisor, Watchdog
 from forewarn.topics import Topics, topic_specs
 
-__all__ = ["CheckResult", "check_pipeline", "run_demo"]
+__all__ = ["CheckResult", "Narrator", "check_pipeline", "end_offsets", "run_demo"]
 
 log = logging.getLogger(__name__)
 
 ASSET_TYPES = ("pump", "motor")
+# Without --check the simulated clock starts this far back: at the default 120x that is 36 wall
+# minutes at full speed before it reaches the wall clock and goes on at 1x, well inside the
+# dashboard's default retention of a week.
+INTERACTIVE_BEHIND_H: Final = 72.0
+# A terminal hang-up stops the demo like Ctrl-C does.
+DEMO_SIGNALS: Final = (*STOP_SIGNALS, signal.SIGHUP)
+
+# (topic, partition) -> offset
+Offsets = dict[tuple[str, int], int]
 
 
 class DemoError(ForewarnError):
     """The demo could not start or its check failed."""
+
+
+class Narrator:
+    """What the demo says: each line to ``stream`` and appended to ``log_file``.
+
+    A write error on ``stream`` (a broken pipe: ``forewarn demo | tee`` whose reader died)
+    never reaches the caller: the stream is dropped (its descriptor pointed at /dev/null, so
+    later writes by anyone cannot fail either) and the lines go on to the log file."""
+
+    def __init__(self, stream: IO[str] | None, log_file: Path) -> None:
+        self.stream = stream
+        self.log_file = log_file
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, line: str) -> None:
+        self._write_log(line)
+        stream = self.stream
+        if stream is None:
+            return
+        try:
+            stream.write(line + "\n")
+            stream.flush()
+        except (OSError, ValueError) as error:
+            self.stream = None
+            _silence(stream)
+            self._write_log(f"(stderr is gone: {error}; the demo goes on, telling only this file)")
+
+    def _write_log(self, line: str) -> None:
+        try:
+            with self.log_file.open("a", encoding="utf-8") as out:
+                out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        except OSError as error:
+            log.warning("cannot write %s: %s", self.log_file, error)
+
+
+def _silence(stream: IO[str]) -> None:
+    """Point ``stream``'s descriptor at /dev/null: nothing written to it can fail any more."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
 
 
 @dataclass(frozen=True)
@@ -51,7 +118,20 @@ class CheckResult:
 
     @property
     def ok(self) -> bool:
-        return self.predictions > 0 and self.warned_failures > 0
+        return self.problem is None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the check fails, in one line (None when it passes)."""
+        if self.predictions == 0:
+            return ("no predictions since this run started: the pipeline scored nothing "
+                    "(see the scoring workers' and the bridge's logs, and the dead letters)")
+        if self.failures == 0:
+            return "no simulated failure since this run started: run the check for more --minutes"
+        if self.warned_failures == 0:
+            return (f"none of the {self.failures} failures of this run was warned by an alert opened "
+                    f"before it ({self.alerts_opened} alerts opened)")
+        return None
 
     def summary(self) -> str:
         return (f"{self.predictions} predictions, {self.alerts_opened} alerts opened, {self.failures} failures, "
@@ -69,17 +149,15 @@ def _env_for(settings: ServiceSettings) -> dict[str, str]:
     }
 
 
-def _run_step(what: str, args: list[str], env: dict[str, str], log_file: Path, say: Callable[[str], None]) -> None:
+def _run_step(supervisor: Supervisor, what: str, args: list[str], log_file: Path,
+              say: Callable[[str], None]) -> None:
     say(what)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as out:
-        result = subprocess.run([sys.executable, "-m", "forewarn.cli", *args], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **env}, check=False)
-    if result.returncode != 0:
-        raise DemoError(f"{what} failed (exit {result.returncode}); last lines of {log_file}:\n{tail(log_file, 8)}")
+    code = supervisor.run(log_file.stem, [sys.executable, "-m", "forewarn.cli", *args], log_file)
+    if code != 0:
+        raise DemoError(f"{what} failed (exit {code}); last lines of {log_file}:\n{tail(log_file, 8)}")
 
 
-def ensure_models(models_dir: Path, data_dir: Path, env: dict[str, str], say: Callable[[str], None],
+def ensure_models(supervisor: Supervisor, models_dir: Path, data_dir: Path, say: Callable[[str], None],
                   seed: int) -> None:
     """Train initial models from simulated history when the models folder has none."""
     missing = [t for t in ASSET_TYPES if not (models_dir / t / "current").exists()]
@@ -88,38 +166,73 @@ def ensure_models(models_dir: Path, data_dir: Path, env: dict[str, str], say: Ca
         return
     history = data_dir / "history"
     types = [a for t in missing for a in ("--asset-type", t)]
-    _run_step(f"simulating run-to-failure history for {', '.join(missing)}",
+    _run_step(supervisor, f"simulating run-to-failure history for {', '.join(missing)}",
               ["simulate", "history", "--machines", "200", *types, "--seed", str(seed), "--out", str(history)],
-              env, data_dir / "history.log", say)
+              data_dir / "history.log", say)
     t0 = time.monotonic()
-    _run_step("training initial models (about two minutes on two cores)",
+    _run_step(supervisor, "training initial models (about two minutes on two cores)",
               ["train", "--data", str(history), "--out", str(models_dir), "--promote", "--quiet"],
-              env, data_dir / "train.log", say)
+              data_dir / "train.log", say)
     say(f"models trained in {time.monotonic() - t0:.0f}s (metrics in {data_dir / 'train.log'})")
 
 
-def _count(consumer: ConsumerLike, topic: str) -> int:
-    """Offsets in ``topic`` now (records, plus transaction markers): a progress figure, no read."""
+def end_offsets(consumer: ConsumerLike, topics: Iterable[str]) -> Offsets:
+    """The end offset (high watermark) of every partition of ``topics`` now: where what comes
+    next starts. A topic that does not exist yet has none (all of it will be new)."""
+    names = list(topics)
+    found = consumer.topic_partitions(names, timeout_s=10)
+    return {(t, p): consumer.watermarks(t, p, timeout_s=10)[1] for t in names for p in found.get(t, [])}
+
+
+def _count(consumer: ConsumerLike, topic: str, since: Mapping[tuple[str, int], int] | None = None) -> int:
+    """Offsets in ``topic`` now (records, plus transaction markers), after ``since`` when given
+    (the run's start): a progress figure, no read."""
     total = 0
     for p in consumer.topic_partitions([topic], timeout_s=5).get(topic, []):
         low, high = consumer.watermarks(topic, p, timeout_s=5)
-        total += max(0, high - low)
+        start = low if since is None else max(low, since.get((topic, p), low))
+        total += max(0, high - start)
     return total
 
 
+def _sources(consumer: ConsumerLike, topics: list[str],
+             since: Mapping[tuple[str, int], int] | None) -> list[str | confluent_kafka.TopicPartition]:
+    """What to read: whole topics, or every partition from its offset in ``since`` (from its
+    first record when it had none then)."""
+    if since is None:
+        return list(topics)
+    found = consumer.topic_partitions(topics, timeout_s=10)
+    return [confluent_kafka.TopicPartition(t, p, since.get((t, p), confluent_kafka.OFFSET_BEGINNING))
+            for t in topics for p in found.get(t, [])]
+
+
 def check_pipeline(settings: ServiceSettings, topics: Topics, timeout_s: float = 60.0, *,
-                   consumer: ConsumerLike | None = None) -> CheckResult:
+                   consumer: ConsumerLike | None = None,
+                   since: Mapping[tuple[str, int], int] | None = None) -> CheckResult:
     """Read what the pipeline committed up to now and check predictions flowed and alerts came
-    early. ``timeout_s`` bounds a read that makes no progress; ``consumer`` (a fake in unit
-    tests) reads instead of a private one."""
+    early. ``since`` (from :func:`end_offsets` at the run's start) limits the read to what came
+    after it: what this run produced. ``timeout_s`` bounds a read that makes no progress;
+    ``consumer`` (a fake in unit tests) reads instead of a private one."""
+    names = [topics.predictions, topics.alerts, topics.maintenance]
+    reader: KafkaConsumer | None = None
+    if consumer is None:
+        reader = consumer = KafkaConsumer(settings.kafka, f"forewarn-demo-check-{os.getpid()}")
+    try:
+        return _tally(read_to_end(consumer, _sources(consumer, names, since), idle_timeout_s=timeout_s,
+                                  max_messages=5000), topics)
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _tally(messages: Iterable[confluent_kafka.Message], topics: Topics) -> CheckResult:
+    """Predictions, opened alerts and failures (each event once, by its identity) of ``messages``."""
     alerts = msgspec.json.Decoder(Alert)
     events = msgspec.json.Decoder(MaintenanceEvent)
     predictions = 0
     opened: dict[str, list[int]] = {}
-    failures: list[tuple[str, int]] = []
-    source = [topics.predictions, topics.alerts, topics.maintenance]
-    for message in read_to_end(settings.kafka if consumer is None else consumer, source, idle_timeout_s=timeout_s,
-                               max_messages=5000):
+    failures: dict[str, tuple[str, int]] = {}
+    for message in messages:
         topic = message.topic()
         value = message.value() or b""
         try:
@@ -132,11 +245,11 @@ def check_pipeline(settings: ServiceSettings, topics: Topics, timeout_s: float =
             else:
                 event = events.decode(value)
                 if event.event == "failure":
-                    failures.append((event.machine_id, event.ts))
+                    failures[event.identity] = (event.machine_id, event.ts)
         except msgspec.DecodeError:
             log.warning("undecodable record on %s", topic)
     return CheckResult(predictions, sum(len(v) for v in opened.values()), len(failures),
-                       _warned_failures(failures, opened))
+                       _warned_failures(list(failures.values()), opened))
 
 
 def _warned_failures(failures: list[tuple[str, int]], opened: dict[str, list[int]]) -> int:
@@ -152,48 +265,81 @@ def _warned_failures(failures: list[tuple[str, int]], opened: dict[str, list[int
     return warned
 
 
-def run_demo(settings: DemoSettings, say: Callable[[str], None]) -> int:
-    """Run the demo until SIGTERM or Ctrl-C (or, with ``check``, for ``minutes``); returns the
-    exit code. A second Ctrl-C stops the components at once (what has not exited after a short
-    grace period is killed)."""
+def run_demo(settings: DemoSettings, say: Callable[[str], None] | None = None) -> int:
+    """Run the demo until SIGTERM, SIGHUP or Ctrl-C (or, with ``check``, for ``minutes``);
+    returns the exit code. A second Ctrl-C stops the components at once (what has not exited
+    after a short grace period is killed). ``say`` (default: a :class:`Narrator` on stderr and
+    ``<home>/demo/demo.log``) gets the progress lines."""
     topics = Topics.from_settings(settings.topics)
     env = _env_for(settings)
-
-    local = LocalStack(settings.stack, settings.kafka, settings.mqtt)
-    was_running = all(s.healthy for s in local.status())
-    local.up(say)
-    KafkaAdmin(settings.kafka).ensure_topics(topic_specs(settings.topics))
-    say("topics ready")
-
-    stop = threading.Event()
-    with on_signals(lambda _sig: stop.set(), say=say, action="stopping the demo"):
+    data_dir = settings.stack.home / "demo"
+    say = say or Narrator(sys.stderr, data_dir / "demo.log")
+    watchdog = Watchdog(data_dir / "logs" / "watchdog.log")
+    try:
+        local = LocalStack(settings.stack, settings.kafka, settings.mqtt)
+        brokers: list[Mosquitto | KafkaBroker] = [local.mosquitto, local.kafka]
+        already = {b.name for b in brokers if b.process.pid() is not None}
         try:
-            return _run_pipeline(settings, settings.demo, topics, env, stop, say)
-        finally:
-            if not was_running:
-                local.down(say)
+            local.up(say)
+        finally:  # what up() started (also when it failed part way) stops with the demo
+            started = _watch_started(watchdog, brokers, already)
+        stop = threading.Event()
+        with on_signals(lambda _sig: stop.set(), say=say, action="stopping the demo", signals=DEMO_SIGNALS):
+            try:
+                KafkaAdmin(settings.kafka).ensure_topics(topic_specs(settings.topics))
+                say("topics ready")
+                return _run_pipeline(settings, settings.demo, topics, env, watchdog, stop, say)
+            finally:
+                for broker in reversed(started):
+                    say(f"stopping {broker.name}")
+                    broker.stop()
+    finally:
+        watchdog.close()
+
+
+def _watch_started(watchdog: Watchdog, brokers: list[Mosquitto | KafkaBroker],
+                   already: set[str]) -> list[Mosquitto | KafkaBroker]:
+    """The brokers the demo started (not running before it), each given to the watchdog."""
+    started = []
+    for broker in brokers:
+        pid = broker.process.pid()
+        if pid is not None and broker.name not in already:
+            watchdog.watch(pid, broker.name, grace_s=60.0)
+            started.append(broker)
+    return started
+
+
+def _behind_h(options: DemoOptions) -> float:
+    """How far back the simulated clock starts: the whole check at ``speed``, with a margin."""
+    if not options.check:
+        return INTERACTIVE_BEHIND_H
+    return options.speed * options.minutes / 60 * 1.2 + 0.1
 
 
 def _run_pipeline(settings: ServiceSettings, options: DemoOptions, topics: Topics, env: dict[str, str],
-                  stop: threading.Event, say: Callable[[str], None]) -> int:
+                  watchdog: Watchdog, stop: threading.Event, say: Callable[[str], None]) -> int:
     home = settings.stack.home
     data_dir = home / "demo"
     models_dir = home / "models"
-    with Supervisor(data_dir / "logs", env) as supervisor:
-        try:
-            _start_components(supervisor, options, env, models_dir, data_dir, say)
-            return _watch(settings, topics, supervisor, options, say, stop.is_set)
-        finally:
-            say("stopping the pipeline")
+    with KafkaConsumer(settings.kafka, "forewarn-demo-counts") as counter:
+        # What is there before the run is not the run's: counts and the check start here.
+        since = end_offsets(counter, [topics.telemetry, topics.predictions, topics.alerts, topics.maintenance,
+                                      topics.dlq])
+        with Supervisor(data_dir / "logs", env, watchdog) as supervisor:
+            try:
+                _start_components(supervisor, options, models_dir, data_dir, say)
+                return _watch(settings, topics, supervisor, options, counter, since, say, stop.is_set)
+            finally:
+                say("stopping the pipeline")
 
 
-def _start_components(supervisor: Supervisor, options: DemoOptions, env: dict[str, str], models_dir: Path,
+def _start_components(supervisor: Supervisor, options: DemoOptions, models_dir: Path,
                       data_dir: Path, say: Callable[[str], None]) -> None:
-    ensure_models(models_dir, data_dir, env, say, options.seed)
+    ensure_models(supervisor, models_dir, data_dir, say, options.seed)
     for asset in ASSET_TYPES:
-        _run_step(f"publishing the {asset} model to the models topic",
+        _run_step(supervisor, f"publishing the {asset} model to the models topic",
                   ["model", "publish", "--models", str(models_dir), "--asset-type", asset],
-                  env, data_dir / "publish.log", say)
+                  data_dir / "publish.log", say)
     supervisor.start("bridge", ["bridge", "--client-id", "forewarn-demo-bridge"])
     for i in range(options.workers):
         supervisor.start(f"score-{i + 1}", ["score", "--worker-id", f"demo-worker-{i + 1}",
@@ -203,6 +349,7 @@ def _start_components(supervisor: Supervisor, options: DemoOptions, env: dict[st
     types = [a for t in ASSET_TYPES for a in ("--asset-type", t)]
     supervisor.start("simulator", ["simulate", "live", *types, "--machines", str(options.machines),
                                    "--sites", str(options.sites), "--speed", str(options.speed),
+                                   "--start", "auto", "--behind-h", f"{_behind_h(options):.3f}",
                                    "--delivery", "batch", "--seed", str(options.seed)])
     say(f"logs of every component: {supervisor.log_dir}")
     if not options.check:
@@ -210,27 +357,27 @@ def _start_components(supervisor: Supervisor, options: DemoOptions, env: dict[st
 
 
 def _watch(settings: ServiceSettings, topics: Topics, supervisor: Supervisor, options: DemoOptions,
-           say: Callable[[str], None], stopping: Callable[[], bool]) -> int:
+           counter: ConsumerLike, since: Offsets, say: Callable[[str], None], stopping: Callable[[], bool]) -> int:
     started = time.monotonic()
     deadline = started + options.minutes * 60 if options.check else float("inf")
-    counter = KafkaConsumer(settings.kafka, "forewarn-demo-counts")
     next_report = started + 15
-    try:
-        while not stopping() and time.monotonic() < deadline:
-            for child in supervisor.dead():
-                raise DemoError(f"{child.name} stopped unexpectedly; last lines of {child.log_file}:\n"
-                                f"{supervisor.last_lines(child)}")
-            if time.monotonic() >= next_report:
-                next_report += 15
-                counts = {name: _count(counter, topic) for name, topic in
-                          (("telemetry", topics.telemetry), ("predictions", topics.predictions),
-                           ("alerts", topics.alerts), ("dead letters", topics.dlq))}
-                say(f"[{time.monotonic() - started:5.0f}s] " + " · ".join(f"{k} {v:,}" for k, v in counts.items()))
-            time.sleep(0.5)
-    finally:
-        counter.close()
+    while not stopping() and time.monotonic() < deadline:
+        for child in supervisor.dead():
+            raise DemoError(f"{child.name} stopped unexpectedly; last lines of {child.log_file}:\n"
+                            f"{supervisor.last_lines(child)}")
+        if time.monotonic() >= next_report:
+            next_report += 15
+            counts = {name: _count(counter, topic, since) for name, topic in
+                      (("telemetry", topics.telemetry), ("predictions", topics.predictions),
+                       ("alerts", topics.alerts), ("dead letters", topics.dlq))}
+            say(f"[{time.monotonic() - started:5.0f}s] this run: "
+                + " · ".join(f"{k} {v:,}" for k, v in counts.items()))
+        time.sleep(0.5)
     if not options.check:
         return 0
-    result = check_pipeline(settings, topics)
-    say("check: " + result.summary())
-    return 0 if result.ok else 1
+    result = check_pipeline(settings, topics, since=since)
+    say("check (this run only): " + result.summary())
+    if result.problem is not None:
+        say(f"check failed: {result.problem}")
+        return 1
+    return 0

@@ -4,17 +4,24 @@ process, a check that the pid still belongs to us, graceful stop with a kill fal
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Final
 
 from forewarn.errors import StackError
 
-__all__ = ["ManagedProcess", "port_free", "port_open", "tail"]
+__all__ = ["ManagedProcess", "ProcessId", "die_with_parent", "group_members", "port_free", "port_open", "tail"]
+
+_PR_SET_PDEATHSIG: Final = 1
 
 
 def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
@@ -48,6 +55,88 @@ def tail(path: Path, lines: int = 20) -> str:
     except OSError:
         return ""
     return "\n".join(data.splitlines()[-lines:])
+
+
+@cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl (Linux), loaded in the parent: nothing is loaded between fork and exec."""
+    if os.uname().sysname != "Linux":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    function: Callable[..., int] = libc.prctl
+    return function
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None]:
+    """A ``preexec_fn`` for :class:`subprocess.Popen`: the child gets ``sig`` when its parent
+    dies, however it dies (kill -9 included; Linux ``PR_SET_PDEATHSIG``, elsewhere nothing).
+
+    The kernel sends it when the *thread* that started the child ends, so start children from
+    a thread that lives as long as the parent (the main thread). A parent that died before the
+    child set this up is caught too: the child then signals itself at once."""
+    parent = os.getpid()
+    prctl = _prctl()
+    number = int(sig)
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, number, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), number)
+
+    return preexec
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return text.rpartition(")")[2].split()
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    """A pid with its start time (clock ticks since boot), so a reused pid is never taken for
+    the process it once was."""
+
+    pid: int
+    start: int
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessId | None:
+        """The running process ``pid`` (None when there is none)."""
+        fields = _stat(pid)
+        return None if fields is None or len(fields) < 20 else cls(pid, int(fields[19]))
+
+    @property
+    def alive(self) -> bool:
+        """True while this very process runs (a zombie, or another process reusing the pid, is not it)."""
+        fields = _stat(self.pid)
+        return fields is not None and len(fields) >= 20 and fields[0] != "Z" and int(fields[19]) == self.start
+
+
+def group_members(leader: ProcessId) -> list[ProcessId]:
+    """Live processes of the process group ``leader`` started (itself included, while it
+    lives; those it left behind after it died too). Empty when the group id has been taken by a
+    new process since: nothing there is ours any more."""
+    current = ProcessId.of(leader.pid)
+    if current is not None and current.start != leader.start:
+        return []
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat(int(entry.name))
+        if fields is None or len(fields) < 20 or fields[0] == "Z" or int(fields[2]) != leader.pid:
+            continue
+        if int(fields[19]) >= leader.start:
+            members.append(ProcessId(int(entry.name), int(fields[19])))
+    return members
 
 
 class ManagedProcess:

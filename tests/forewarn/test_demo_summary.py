@@ -1,10 +1,11 @@
 """The demo's check reads what the pipeline committed up to now (through read_to_end) on the
-in-memory Kafka: committed transactions count, aborted ones do not, an open one is not waited for."""
+in-memory Kafka: committed transactions count, aborted ones do not, an open one is not waited for;
+with the offsets of the run's start, only what this run produced counts."""
 
 from __future__ import annotations
 
 from forewarn.contract import Alert, MaintenanceEvent, Prediction, encode
-from forewarn.demo import _count, check_pipeline
+from forewarn.demo import _count, check_pipeline, end_offsets
 from forewarn.settings import ServiceSettings
 from forewarn.testing import InMemoryKafka
 from forewarn.topics import Topics
@@ -64,3 +65,37 @@ def test_nothing_flowed_fails_the_check() -> None:
         kafka.create_topic(topic)
     result = check_pipeline(SETTINGS, TOPICS, timeout_s=5, consumer=kafka.consumer())
     assert (result.predictions, result.failures) == (0, 0) and not result.ok
+
+
+def test_the_check_counts_only_what_came_after_the_run_started() -> None:
+    kafka = InMemoryKafka(partitions=2)
+    previous = kafka.producer()  # a run before this one: predictions, an early alert and a warned failure
+    for seq in range(7):
+        previous.produce(TOPICS.predictions, _prediction("s/a", seq), key="s/a")
+    previous.produce(TOPICS.alerts, _opened("s/a", T0 + 10), key="s/a")
+    previous.produce(TOPICS.maintenance, _failure("s/a", T0 + 20), key="s/a")
+    previous.flush()
+    since = end_offsets(kafka.consumer(), [TOPICS.predictions, TOPICS.alerts, TOPICS.maintenance, "not-yet"])
+
+    nothing = check_pipeline(SETTINGS, TOPICS, timeout_s=5, consumer=kafka.consumer(), since=since)
+    assert (nothing.predictions, nothing.alerts_opened, nothing.failures) == (0, 0, 0) and not nothing.ok
+    assert nothing.problem is not None and nothing.problem.startswith("no predictions since this run started")
+    assert "\n" not in nothing.problem
+    assert _count(kafka.consumer(), TOPICS.predictions, since) == 0 < _count(kafka.consumer(), TOPICS.predictions)
+
+    this_run = kafka.producer()
+    for seq in range(3):
+        this_run.produce(TOPICS.predictions, _prediction("s/b", seq), key="s/b")
+    this_run.flush()
+    only_predictions = check_pipeline(SETTINGS, TOPICS, timeout_s=5, consumer=kafka.consumer(), since=since)
+    assert only_predictions.predictions == 3 and only_predictions.problem is not None
+    assert "no simulated failure" in only_predictions.problem
+
+    this_run.produce(TOPICS.alerts, _opened("s/b", T0 + 30), key="s/b")
+    failure = encode(MaintenanceEvent(v=1, machine_id="s/b", ts=T0 + 40, event="failure", event_id="s/b/r2/0"))
+    this_run.produce(TOPICS.maintenance, failure, key="s/b")
+    this_run.produce(TOPICS.maintenance, failure, key="s/b")  # redelivered: the same event
+    this_run.flush()
+    result = check_pipeline(SETTINGS, TOPICS, timeout_s=5, consumer=kafka.consumer(), since=since)
+    assert (result.predictions, result.alerts_opened, result.failures, result.warned_failures) == (3, 1, 1, 1)
+    assert result.ok and result.problem is None

@@ -6,7 +6,7 @@ import threading
 import time
 
 from forewarn.contract import Decoder, MaintenanceEvent, Telemetry
-from forewarn.testing import FakeMqtt
+from forewarn.testing import FakeMqtt, FakeMqttMessage
 from simulators.fleet import FleetConfig
 from simulators.live import MqttSink, Pacer, run_live
 from simulators.messages import Outgoing
@@ -79,44 +79,49 @@ def test_every_reading_of_a_run_carries_its_boot_and_events_have_unique_ids() ->
     assert len(set(ids)) == len(ids) and all(i is not None and "/boot-42/" in i for i in ids)
 
 
-class _Clocks:
-    """A monotonic and a wall clock that only move when the pacer waits."""
+class _Clocks(threading.Event):
+    """A stop event whose wait moves a monotonic and a wall clock instead of sleeping."""
 
     def __init__(self, wall_s: float) -> None:
+        super().__init__()
         self.mono = 0.0
         self.wall_s = wall_s
         self.waited: list[float] = []
 
-    def advance(self, seconds: float) -> bool:
+    def wait(self, timeout: float | None = None) -> bool:
+        seconds = timeout or 0.0
         self.waited.append(seconds)
         self.mono += seconds
         self.wall_s += seconds
         return False  # not stopped
 
 
+class _StampedMqtt(FakeMqtt):
+    """Notes the wall clock at each publish."""
+
+    def __init__(self, clocks: _Clocks) -> None:
+        super().__init__()
+        self.clocks = clocks
+        self.stamped: list[tuple[float, FakeMqttMessage]] = []
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> FakeMqttMessage:
+        message = super().publish(topic, payload, qos, retain)
+        self.stamped.append((self.clocks.wall_s * 1000, message))
+        return message
+
+
 def test_the_simulated_clock_runs_at_speed_until_it_reaches_the_wall_clock_then_at_1x() -> None:
     period_ms = 60_000
     wall_start_ms = 1_767_225_600_000 + 10 * period_ms  # the run starts 10 periods behind the wall clock
     clocks = _Clocks(wall_start_ms / 1000)
-    stop = threading.Event()
-    stop.wait = clocks.advance  # type: ignore[method-assign]
-    pacer = Pacer(period_ms / 1000 / 120, stop, clock=lambda: clocks.mono, wall=lambda: clocks.wall_s)
-    mqtt = FakeMqtt()
-    config = FleetConfig(machines=3, sites=1, seed=1, start_ms=1_767_225_600_000)
-    published_at: list[tuple[float, list[int]]] = []
-    original = mqtt.publish
-
-    def publish(topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> object:
-        if topic.endswith("/telemetry"):
-            reading = decoder.telemetry(payload if isinstance(payload, bytes) else payload.encode())
-            assert isinstance(reading, Telemetry)
-            published_at.append((clocks.wall_s * 1000, [reading.ts]))
-        return original(topic, payload, qos, retain)
-
-    mqtt.publish = publish  # type: ignore[method-assign]
-    summary = run_live(config, mqtt, qos=1, speed=120, ticks=20, pacer=pacer)
+    pacer = Pacer(period_ms / 1000 / 120, clocks, clock=lambda: clocks.mono, wall=lambda: clocks.wall_s)
+    mqtt = _StampedMqtt(clocks)
+    config = FleetConfig(asset_types=("pump",), machines=3, sites=1, seed=1, start_ms=1_767_225_600_000)
+    summary = run_live(config, mqtt, qos=1, speed=120, ticks=20, stop=clocks, pacer=pacer)
     assert summary.ticks == 20
-    assert all(ts <= now for now, stamps in published_at for ts in stamps)  # never ahead of the wall clock
+    stamps = [(now_ms, decoder.telemetry(m.payload)) for now_ms, m in mqtt.stamped]
+    assert len(stamps) == summary.readings == 20 * 3
+    assert all(isinstance(r, Telemetry) and r.ts <= now_ms for now_ms, r in stamps)  # never ahead of the wall clock
     fast = [w for w in clocks.waited if w < 1]
     slow = [w for w in clocks.waited if w >= 1]
     assert len(fast) >= 8 and len(slow) >= 8 and pacer.held  # caught up: one period per period
