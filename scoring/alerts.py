@@ -15,6 +15,19 @@ After a repair, predictions with ``ts`` at or before the repair are ignored and 
 ``quiet_after_repair`` predictions cannot open an alert (their windows still hold readings
 from before the repair). Every event carries the evidence (p_fail, rul) and the model
 version. The state is explicit (:class:`MachineAlerts`) so it goes into the changelog.
+
+Repairs are idempotent and time-safe:
+
+* a repair is applied once per identity (:attr:`forewarn.contract.MaintenanceEvent.identity`):
+  a redelivered or replayed repair resolves nothing, and does not quiet the machine again.
+  A machine remembers its last :data:`REMEMBERED_REPAIRS` identities, and an event older than
+  its last repair is not applied either;
+* a repair dated in the future counts as of the latest event time the caller can accept
+  (``latest``: its clock plus the arrival bound), and a repair time restored from a state saved
+  before is cut to that bound as well, so no event time ahead of the stream silences a machine
+  for longer than that bound. No rule compares with the largest event time seen.
+
+Scores that are not finite are ignored (the engine never passes one; the rules are safe anyway).
 """
 
 from __future__ import annotations
@@ -28,9 +41,10 @@ import numpy.typing as npt
 
 from forewarn.contract import SCHEMA_VERSION, Alert, AlertSeverity, AlertState
 
-__all__ = ["AlertEngine", "AlertRules", "MachineAlerts", "RuleState"]
+__all__ = ["REMEMBERED_REPAIRS", "AlertEngine", "AlertRules", "MachineAlerts", "RuleState"]
 
 RULES = ("p_fail", "rul")
+REMEMBERED_REPAIRS = 16  # repair identities kept per machine
 
 
 class RuleState(msgspec.Struct, array_like=True):
@@ -49,9 +63,15 @@ class MachineAlerts(msgspec.Struct, array_like=True):
     rules: dict[str, RuleState] = msgspec.field(default_factory=dict)
     repair_ts: int = -1
     quiet: int = 0
+    repairs: list[str] = msgspec.field(default_factory=list)  # identities of the last repairs applied
 
     def idle(self) -> bool:
+        """No rule state and not quiet: predictions cannot change anything but a hot one."""
         return self.quiet == 0 and all(r.streak == 0 and r.alert_id is None for r in self.rules.values())
+
+    def empty(self) -> bool:
+        """Nothing worth keeping (no repair remembered either)."""
+        return self.idle() and self.repair_ts < 0 and not self.repairs
 
 
 @dataclass(frozen=True)
@@ -83,10 +103,14 @@ class Scored:
 
 
 class AlertEngine:
-    """Holds :class:`MachineAlerts` per machine and turns predictions into alert events."""
+    """Holds :class:`MachineAlerts` per machine and turns predictions into alert events.
+
+    :attr:`machines` holds every machine with state (an idle one too, while it remembers a
+    repair); :attr:`active` the ones whose state is not idle, which every prediction must see."""
 
     def __init__(self) -> None:
         self.machines: dict[str, MachineAlerts] = {}
+        self.active: set[str] = set()
         self.opened = 0
 
     # -- state -----------------------------------------------------------------------------
@@ -97,37 +121,56 @@ class AlertEngine:
     def put(self, machine_id: str, state: MachineAlerts | None) -> None:
         if state is None:
             self.machines.pop(machine_id, None)
+            self.active.discard(machine_id)
         else:
             self.machines[machine_id] = state
+            self._settle(machine_id, state)
 
     def forget(self, machine_ids: Sequence[str]) -> None:
         for m in machine_ids:
             self.machines.pop(m, None)
+            self.active.discard(m)
+
+    def _settle(self, machine: str, state: MachineAlerts) -> None:
+        """File ``machine`` as active, idle or gone, after its state changed."""
+        if not state.idle():
+            self.active.add(machine)
+            return
+        self.active.discard(machine)
+        if state.empty():
+            self.machines.pop(machine, None)
 
     # -- events ----------------------------------------------------------------------------
 
-    def observe(self, scored: Scored, rules: AlertRules) -> tuple[list[Alert], set[str]]:
+    def observe(self, scored: Scored, rules: AlertRules, latest: int | None = None) -> tuple[list[Alert], set[str]]:
         """Apply one batch of predictions; returns the alert events and the machines whose
-        alert state changed. Machines with nothing hot and no state are skipped in numpy."""
+        alert state changed. Machines with nothing hot and no active state are skipped in
+        numpy. ``latest``: the latest event time the caller accepts (a repair time beyond it is
+        cut to it); ``None``: no bound."""
         n = len(scored.machine_ids)
         if n == 0:
             return [], set()
+        finite = np.ones(n, dtype=np.bool_)
         hot = np.zeros(n, dtype=np.bool_)
         if scored.p_fail is not None:
+            finite &= np.isfinite(scored.p_fail)
             hot |= scored.p_fail >= rules.p_fail
-        if scored.rul is not None and rules.rul_below is not None:
-            hot |= scored.rul < rules.rul_below
+        if scored.rul is not None:
+            finite &= np.isfinite(scored.rul)
+            if rules.rul_below is not None:
+                hot |= scored.rul < rules.rul_below
+        hot &= finite
         known = self.machines
         ids = scored.machine_ids
-        # Every prediction of a machine that has state or turns hot in this batch is needed
-        # (a cold one resets a streak); the others are skipped without a Python loop.
-        interesting = set(known).union(ids[i] for i in np.flatnonzero(hot).tolist())
+        # Every prediction of a machine that has active state or turns hot in this batch is
+        # needed (a cold one resets a streak); the others are skipped without a Python loop.
+        interesting = self.active.union(ids[i] for i in np.flatnonzero(hot).tolist())
         if not interesting:
             return [], set()
-        hot = np.fromiter((m in interesting for m in ids), dtype=np.bool_, count=n)
+        needed = np.fromiter((m in interesting for m in ids), dtype=np.bool_, count=n) & finite
         events: list[Alert] = []
         changed: set[str] = set()
-        for i in np.flatnonzero(hot).tolist():
+        for i in np.flatnonzero(needed).tolist():
             machine = scored.machine_ids[i]
             state = known.get(machine)
             if state is None:
@@ -135,10 +178,11 @@ class AlertEngine:
                 known[machine] = state
             p = None if scored.p_fail is None else float(scored.p_fail[i])
             r = None if scored.rul is None else float(scored.rul[i])
+            if latest is not None and state.repair_ts > latest:
+                state.repair_ts = latest  # saved before repairs were bounded
             self._one(machine, int(scored.ts[i]), p, r, state, rules, scored, events)
             changed.add(machine)
-            if state.idle():
-                del known[machine]
+            self._settle(machine, state)
         return events, changed
 
     def _one(self, machine: str, ts: int, p: float | None, r: float | None, state: MachineAlerts,
@@ -187,21 +231,29 @@ class AlertEngine:
             if rs.alert_id is None and rs.streak == 0:
                 del state.rules[rule]
 
-    def repair(self, machine: str, ts: int, quiet: int) -> list[Alert]:
-        """A repair resolves every open alert of the machine and quiets it for a while."""
+    def repair(self, machine: str, ts: int, quiet: int, identity: str | None = None,
+               latest: int | None = None) -> list[Alert]:
+        """A repair resolves every open alert of the machine and quiets it for a while; once
+        per ``identity`` (default: machine and time), never one older than the last repair.
+        ``latest``: the latest event time the caller accepts (a later ``ts`` counts as it)."""
+        if latest is not None:
+            ts = min(ts, latest)
+        identity = identity if identity is not None else f"{machine}@{ts}/repair"
         state = self.machines.get(machine)
         if state is None:
             state = self.machines[machine] = MachineAlerts()
+        if identity in state.repairs or ts < state.repair_ts:
+            return []  # applied already, or overtaken by a later repair
         events: list[Alert] = []
         for rule, rs in list(state.rules.items()):
             if rs.alert_id is not None:
                 events.append(Alert(SCHEMA_VERSION, rs.alert_id, machine, "resolved", _sev(rs.severity), rule,
                                     rs.opened_at, ts, message="repaired"))
             del state.rules[rule]
-        state.repair_ts = max(state.repair_ts, ts)
+        state.repair_ts = ts
         state.quiet = quiet
-        if state.idle() and state.repair_ts < 0:
-            del self.machines[machine]
+        state.repairs = [*state.repairs[-(REMEMBERED_REPAIRS - 1):], identity]
+        self._settle(machine, state)
         return events
 
     @staticmethod

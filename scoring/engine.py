@@ -2,11 +2,20 @@
 
 One :meth:`ScoringEngine.process` call handles one poll batch: readings are grouped by asset
 type, pushed through that type's :class:`~forewarn.windows.WindowStore` in one vectorised
-update (duplicates, late readings, gaps and imputation follow the policies of
+update (duplicates, late readings, restarts, gaps and imputation follow the policies of
 :mod:`forewarn.windows`), every completed window whose reading's ``seq`` is a multiple of the
 stride is scored in one onnxruntime call per model, and the predictions feed the alert rules.
 The engine also says which machines changed, so the worker can write their state to the
 changelog in the same transaction.
+
+Every reading of a batch is accounted for (:class:`BatchResult`): it is scored, held back for
+reordering, or not scored for a reason in :attr:`BatchResult.not_scored` — ``duplicate`` and
+``late`` (the identity rules of :mod:`forewarn.windows`, restarts included), ``warmup`` (its
+machine's window is still filling after a start, a restart, a gap or a missing value),
+``stride`` (its seq is not a multiple of the stride) and ``unscorable`` (no model serves its
+asset type, a missing value could not be imputed, or the model's output was not finite or the
+model failed on it: a NaN or infinite score never becomes a prediction or reaches the alert
+rules). Nothing a reading holds makes :meth:`ScoringEngine.process` raise.
 
 Predictions depend only on each machine's sequence of readings, never on how the stream was
 cut into batches or on maintenance events, so a restored worker predicts exactly what an
@@ -29,9 +38,9 @@ import numpy as np
 import numpy.typing as npt
 
 from forewarn.bundle import FeatureSpec
-from forewarn.contract import SCHEMA_VERSION, Alert, MaintenanceEvent, Prediction, Telemetry, encode
+from forewarn.contract import SCHEMA_VERSION, Alert, DecodeLimits, MaintenanceEvent, Prediction, Telemetry, encode
 from forewarn.inference import OnnxModel, Scores
-from forewarn.windows import WindowBatch, WindowStore
+from forewarn.windows import NO_BOOT, Reset, Verdict, WindowBatch, WindowStore
 from scoring.alerts import AlertEngine, AlertRules, Scored
 from scoring.errors import RecoveryError
 from scoring.registry import ModelRegistry
@@ -74,16 +83,28 @@ class BatchResult:
     prediction_ts: list[tuple[int, int | None]] = field(default_factory=list)  # (event ts, ingest ts)
     alerts: list[Alert] = field(default_factory=list)
     dirty: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
-    accepted: int = 0
-    dropped: int = 0
-    unscored: int = 0
-    # Readings of this batch not scored, by reason (duplicate, late, warmup, unscorable; the
-    # names PipelineStats uses), and machines whose window started afresh, by why (restart, gap).
+    accepted: int = 0  # readings the windows took (not duplicate, not late)
+    dropped: int = 0  # duplicate or late
+    unscored: int = 0  # unscorable
+    # Readings of this batch not scored, by reason (duplicate, late, warmup, stride, unscorable;
+    # the names PipelineStats uses), and machines whose window started afresh, by why (restart,
+    # gap). Every reading of the batch is scored, counted here, or held: len(readings) ==
+    # scored + sum(not_scored) + held.
     not_scored: dict[str, int] = field(default_factory=dict)
     resets: dict[str, int] = field(default_factory=dict)
+    held: int = 0  # readings newly held back for reordering, less those released (may be < 0)
     inference_s: dict[str, float] = field(default_factory=dict)
     per_asset: dict[str, int] = field(default_factory=dict)
     shadow: list[ShadowReport] = field(default_factory=list)
+
+    @property
+    def scored(self) -> int:
+        return len(self.predictions)
+
+    def count(self, reason: str, n: int) -> None:
+        """Add ``n`` readings not scored for ``reason``."""
+        if n:
+            self.not_scored[reason] = self.not_scored.get(reason, 0) + n
 
 
 _telemetry = msgspec.json.Decoder(Telemetry)
@@ -172,13 +193,19 @@ def rules_for(model: OnnxModel, options: AlertOptions) -> AlertRules:
 
 
 class ScoringEngine:
-    """Windows, models and alert state of the machines a worker owns."""
+    """Windows, models and alert state of the machines a worker owns.
+
+    ``max_future_ms``: how far ahead of the engine's clock an event time may be (the contract's
+    arrival bound, :attr:`forewarn.contract.DecodeLimits.max_future_ms`); a repair dated
+    further ahead is taken as of that bound, so it cannot silence its machine for longer."""
 
     def __init__(self, registry: ModelRegistry, options: ScoringOptions,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 max_future_ms: int | None = DecodeLimits().max_future_ms) -> None:
         self.registry = registry
         self.options = options
         self.clock = clock
+        self.max_future_ms = max_future_ms
         self.stores: dict[str, WindowStore] = {}
         self._store_sig: dict[str, str] = {}
         self.alerts = AlertEngine()
@@ -203,8 +230,11 @@ class ScoringEngine:
         if store is None or self._store_sig.get(asset) != sig:
             if store is not None:
                 log.warning("%s: %s has a different input (%s); windows restart", asset, model.bundle.label, sig)
+            # A regression within the reorder slack is never taken for a restart (nor within a
+            # window: the store's floor).
             store = WindowStore(model.window, model.n_features, max_gap=self.options.max_gap,
-                                   max_imputed=self.options.max_imputed, fill_values=model.meta.fill_values)
+                                max_imputed=self.options.max_imputed, fill_values=model.meta.fill_values,
+                                restart_margin=self.options.reorder_slack)
             self.stores[asset] = store
             self._store_sig[asset] = sig
         return model, store
@@ -235,6 +265,7 @@ class ScoringEngine:
                     self._finish(*in_flight.popleft(), result)
         while in_flight:
             self._finish(*in_flight.popleft(), result)
+        latest = None if self.max_future_ms is None else int(self.clock() * 1000) + self.max_future_ms
         for event, partition in maintenance:
             if event.event != "repair":
                 continue
@@ -243,7 +274,7 @@ class ScoringEngine:
             quiet = self.options.alerts.quiet_after_repair
             if quiet is None:
                 quiet = model.window if model is not None else 0
-            result.alerts.extend(self.alerts.repair(event.machine_id, event.ts, quiet))
+            result.alerts.extend(self.alerts.repair(event.machine_id, event.ts, quiet, event.identity, latest))
             self.machine_partition[event.machine_id] = partition
             result.dirty[partition].add(event.machine_id)
         return result
@@ -260,11 +291,12 @@ class ScoringEngine:
             self._pool = None
 
     def _prepare(self, asset: str, items: list[Incoming], result: BatchResult) -> _Prepared | None:
-        """Reorder, window and select one asset type's readings of a slice; ``None`` when
-        nothing is left to score."""
+        """Reorder, window and select one asset type's readings of a slice, counting those that
+        will not be scored; ``None`` when nothing is left to score."""
         found = self.store_for(asset)
         if found is None:
             result.unscored += len(items)
+            result.count("unscorable", len(items))
             if asset not in self._warned:
                 self._warned.add(asset)
                 log.warning("no model serves asset type %r; its readings are not scored", asset)
@@ -272,7 +304,10 @@ class ScoringEngine:
         model, store = found
         n_in = len(items)
         items = self._reorder(store, items)
-        result.dropped += n_in - len(items) - self._held_delta
+        result.held += self._held_delta
+        held_duplicates = n_in - len(items) - self._held_delta  # copies of a reading already held
+        result.dropped += held_duplicates
+        result.count("duplicate", held_duplicates)
         if not items:
             self._mark_dirty(items, asset, result)
             return None
@@ -280,26 +315,70 @@ class ScoringEngine:
         n = len(items)
         keys = [it.reading.machine_id for it in items]
         seq = np.fromiter((it.reading.seq for it in items), dtype=np.int64, count=n)
+        boot = np.fromiter((NO_BOOT if (b := it.reading.boot) is None else b for it in items), dtype=np.int64,
+                           count=n)
+        ts = np.fromiter((it.reading.ts for it in items), dtype=np.int64, count=n)
         values = _feature_matrix(items, spec)
-        batch = store.update(keys, values, seq)
-        accepted = int(batch.accepted.sum())
-        result.accepted += accepted
-        result.dropped += n - accepted
+        batch = store.update(keys, values, seq, boot=boot, ts=ts)
+        self._count_windows(batch, result)
         self._mark_dirty(items, asset, result)
         stride = self.options.stride
         if stride > 1 and len(batch):
-            batch = batch.select(seq[batch.rows] % stride == 0)
+            on_stride = seq[batch.rows] % stride == 0
+            result.count("stride", int(len(on_stride) - on_stride.sum()))
+            batch = batch.select(on_stride)
         if not len(batch):
             return None
         return _Prepared(asset, model, items, batch)
 
+    @staticmethod
+    def _count_windows(batch: WindowBatch, result: BatchResult) -> None:
+        """What the windows did with a batch: dropped, restarted, broken, still filling."""
+        verdict = np.bincount(batch.verdict, minlength=len(Verdict))
+        reset = np.bincount(batch.reset, minlength=len(Reset))
+        duplicate, late = int(verdict[Verdict.DUPLICATE]), int(verdict[Verdict.LATE])
+        accepted = int(verdict[Verdict.ACCEPTED])
+        broken = int(batch.broken.sum())
+        result.accepted += accepted
+        result.dropped += duplicate + late
+        result.unscored += broken
+        result.count("duplicate", duplicate)
+        result.count("late", late)
+        result.count("unscorable", broken)
+        result.count("warmup", accepted - broken - len(batch))
+        for why, code in (("restart", Reset.RESTART), ("gap", Reset.GAP)):
+            if reset[code]:
+                result.resets[why] = result.resets.get(why, 0) + int(reset[code])
+
     def _finish(self, prepared: _Prepared, scoring: Future[tuple[Scores, float]] | tuple[Scores, float],
                 result: BatchResult) -> None:
-        """Predictions, shadow agreement and alerts of one prepared slice, once it is scored."""
-        scores, seconds = scoring.result() if isinstance(scoring, Future) else scoring
+        """Predictions, shadow agreement and alerts of one prepared slice, once it is scored.
+        Windows the model failed on, or whose scores are not finite, are counted unscorable."""
         asset, model, items, batch = prepared.asset, prepared.model, prepared.items, prepared.batch
+        try:
+            scores, seconds = scoring.result() if isinstance(scoring, Future) else scoring
+        except Exception:  # onnxruntime raises its own untyped errors; the batch goes on
+            log.exception("%s: %s failed on %d windows; they are not scored", asset, model.bundle.label, len(batch))
+            result.unscored += len(batch)
+            result.count("unscorable", len(batch))
+            return
+        finite = np.ones(len(batch), dtype=np.bool_)
+        for head in (scores.p_fail, scores.rul):
+            if head is not None:
+                finite &= np.isfinite(head)
+        if not finite.all():
+            bad = int(len(finite) - finite.sum())
+            log.warning("%s: %s gave %d non-finite scores; those readings are not scored", asset,
+                        model.bundle.label, bad)
+            result.unscored += bad
+            result.count("unscorable", bad)
+            batch = batch.select(finite)
+            scores = Scores(rul=None if scores.rul is None else scores.rul[finite],
+                            p_fail=None if scores.p_fail is None else scores.p_fail[finite])
         rows = batch.rows
         result.inference_s[asset] = result.inference_s.get(asset, 0.0) + seconds
+        if not len(rows):
+            return
         result.per_asset[asset] = result.per_asset.get(asset, 0) + len(rows)
         candidate = self.registry.candidates.get(asset)
         if candidate is not None and _signature(candidate) == _signature(model):
@@ -322,7 +401,8 @@ class ScoringEngine:
             machine_ids.append(reading.machine_id)
             ts[j] = reading.ts
         scored = Scored(machine_ids, ts, scores.p_fail, scores.rul, name, version, asset)
-        events, _changed = self.alerts.observe(scored, rules_for(model, self.options.alerts))
+        latest = None if self.max_future_ms is None else now + self.max_future_ms
+        events, _changed = self.alerts.observe(scored, rules_for(model, self.options.alerts), latest)
         result.alerts.extend(events)
 
     def _mark_dirty(self, items: list[Incoming], asset: str, result: BatchResult) -> None:
@@ -346,6 +426,7 @@ class ScoringEngine:
         held_all = self.held
         out: list[Incoming] = []
         last: dict[str, int] = {}
+        epochs: dict[str, int | None] = {}
         self._held_delta = 0
         for it in items:
             m = it.reading.machine_id
@@ -355,7 +436,25 @@ class ScoringEngine:
             else:
                 seen = store.last_seq(m)
                 top = -1 if seen is None else seen  # a machine never seen starts at seq 0
+                epochs[m] = store.boot(m)
             held = held_all.get(m)
+            boot, epoch = it.reading.boot, epochs[m]
+            if boot is not None and epoch is not None and boot < epoch:
+                out.append(it)  # from an earlier epoch: the window store drops it as late
+                continue
+            if top >= 0 and ((boot is not None and (epoch is None or boot > epoch))
+                             or (boot is None and s < top - store.restart_margin)):
+                # Probably a restart (the window store decides): what was held from before it goes
+                # first, in order, and the new epoch is put in order from this reading on.
+                if held is not None:
+                    out.extend(held[key] for key in sorted(held))
+                    self._held_delta -= len(held)
+                    del held_all[m]
+                    held = None
+                epochs[m] = boot if boot is not None else epoch
+                out.append(it)
+                last[m] = s
+                continue
             if held is None and (s <= top + 1 or slack == 0):
                 out.append(it)
                 last[m] = max(s, top)

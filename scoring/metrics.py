@@ -1,9 +1,18 @@
 """Prometheus metrics of a scoring worker, on the shared endpoint (one registry per worker, so
 tests can run several in one process).
 
-The per-batch counts (readings by outcome, predictions by asset type) are typed tallies: the
-worker counts into them while it builds a batch and flushes them once that batch's transaction
-has committed, so an aborted and re-done batch is counted once.
+The per-batch counts (readings by outcome, window resets, predictions by asset type) are typed
+tallies: the worker counts into them while it builds a batch and flushes them once that batch's
+transaction has committed, so an aborted and re-done batch is counted once.
+
+``forewarn_scoring_readings{outcome}``: every reading consumed is counted once under one of
+:data:`OUTCOMES` — ``scored``, ``rejected`` (dead-lettered), or the reason it was not scored
+(``duplicate``, ``late``, ``warmup``, ``stride``, ``unscorable``; see :mod:`scoring.engine`);
+readings held back for reordering are counted when they are released. The older outcomes
+``accepted``, ``dropped`` and ``unscored`` (:data:`LEGACY_OUTCOMES`) overlap those and are still
+exported for the dashboards and tests that read them: do not sum across both sets.
+``forewarn_scoring_window_resets{reason}``: machines whose window started afresh (``restart``,
+``gap``).
 """
 
 from __future__ import annotations
@@ -14,7 +23,11 @@ from forewarn.contract import Alert
 from forewarn.metrics import MetricsEndpoint
 from scoring.engine import BatchResult
 
-__all__ = ["ScoringMetrics"]
+__all__ = ["LEGACY_OUTCOMES", "OUTCOMES", "RESETS", "ScoringMetrics"]
+
+OUTCOMES = ("scored", "duplicate", "late", "warmup", "stride", "unscorable", "rejected")
+LEGACY_OUTCOMES = ("accepted", "dropped", "unscored")
+RESETS = ("restart", "gap")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
                     30.0, 60.0, 300.0)
@@ -52,9 +65,14 @@ class ScoringMetrics(MetricsEndpoint):
                                   "Mean |p_fail(candidate) - p_fail(serving)|", ["asset_type"], registry=r)
         self.restore = Histogram("forewarn_scoring_restore_seconds", "Time to rebuild state after an assignment",
                                  registry=r)
-        for outcome in ("accepted", "dropped", "unscored", "rejected"):
+        self.resets = Counter("forewarn_scoring_window_resets", "Machines whose window started afresh",
+                              ["reason"], registry=r)
+        for outcome in (*OUTCOMES, *LEGACY_OUTCOMES):
             self.readings.labels(outcome)  # every outcome is exported from the start, at 0
+        for reason in RESETS:
+            self.resets.labels(reason)
         self.readings_by_outcome = self.tally(self.readings)
+        self.resets_by_reason = self.tally(self.resets)
         self.predictions_by_asset = self.tally(self.predictions)
 
     def observe_batch(self, result: BatchResult, alerts: list[Alert], n_readings: int, n_rejected: int,
@@ -62,10 +80,13 @@ class ScoringMetrics(MetricsEndpoint):
         """Count a batch whose transaction committed at ``now_ms``."""
         self.batch_size.observe(n_readings)
         outcomes = self.readings_by_outcome
+        outcomes["scored"] += result.scored
+        outcomes.update(result.not_scored)
+        outcomes["rejected"] += n_rejected
         outcomes["accepted"] += result.accepted
         outcomes["dropped"] += result.dropped
         outcomes["unscored"] += result.unscored
-        outcomes["rejected"] += n_rejected
+        self.resets_by_reason.update(result.resets)
         self.predictions_by_asset.update(result.per_asset)
         for alert in alerts:
             self.alerts.labels(alert.state, alert.rule).inc()

@@ -4,8 +4,10 @@ Recovery design (see ``scoring/README.md``): every transaction that commits cons
 also writes, to the same partition number of ``scoring.state``,
 
 * one record per machine touched by the transaction (key = machine_id): its window slot
-  (ring buffer, position, count, seq high-water mark, imputation bookkeeping) and its alert
-  state, and
+  (ring buffer, position, count, imputation bookkeeping, and the identity state that tells a
+  restart from a duplicate: epoch ``boot``, last ``seq`` and ``ts``, the epoch's start, the
+  recent seqs accepted; see :mod:`forewarn.windows`), its alert state (with the identities of
+  its last repairs) and the readings held back for reordering, and
 * one marker per assigned partition (key = :data:`MARKER_KEY`) holding the telemetry and
   maintenance offsets that the transaction commits.
 
@@ -45,7 +47,9 @@ class Marker(msgspec.Struct, frozen=True, array_like=True):
 
 
 class MachineRecord(msgspec.Struct, frozen=True, array_like=True):
-    """One machine's state: its window slot (``window_sig`` says which store it fits) and alerts."""
+    """One machine's state: its window slot (``window_sig`` says which store it fits; the slot
+    carries the machine's epoch, so a restarted worker applies the restart rule as before) and
+    alerts. Records written before epochs and repair identities existed still decode and load."""
 
     asset_type: str
     window_sig: str

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from forewarn.bundle import FeatureSpec, FeatureStats, InputSpec, ModelMeta, Targets, Thresholds, sha256_hex
+from forewarn.bundle import Bundle, FeatureSpec, FeatureStats, InputSpec, ModelMeta, Targets, Thresholds, sha256_hex
 
 
 def tiny_onnx(window: int = 4, n_features: int = 2, *, input_name: str = "window",
-              heads: tuple[str, ...] = ("rul", "p_fail")) -> bytes:
-    """rul = 10 * mean(window); p_fail = sigmoid(mean(window))."""
+              heads: tuple[str, ...] = ("rul", "p_fail"), log_rul: bool = False) -> bytes:
+    """rul = 10 * mean(window) (``log_rul``: 10 * log(mean), NaN for a negative mean, -inf at 0,
+    yet finite on the training medians the smoke test uses); p_fail = sigmoid(mean(window))."""
     nodes = [helper.make_node("ReduceMean", [input_name], ["m"], axes=[1, 2], keepdims=0)]
     outputs = []
     if "rul" in heads:
-        nodes.append(helper.make_node("Mul", ["m", "ten"], ["rul"]))
+        if log_rul:
+            nodes.append(helper.make_node("Log", ["m"], ["log_m"]))
+        nodes.append(helper.make_node("Mul", ["log_m" if log_rul else "m", "ten"], ["rul"]))
         outputs.append(helper.make_tensor_value_info("rul", TensorProto.FLOAT, ["batch"]))
     if "p_fail" in heads:
         nodes.append(helper.make_node("Sigmoid", ["m"], ["p_fail"]))
@@ -44,3 +48,13 @@ def tiny_meta(onnx_bytes: bytes, window: int = 4, n_features: int = 2, *, versio
 
 def windows(n: int = 5, window: int = 4, n_features: int = 2, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(1.0, 0.5, size=(n, window, n_features)).astype(np.float32)
+
+
+def tiny_bundle(window: int = 4, n_features: int = 2, *, log_rul: bool = False, version: str = "20260101T000000Z",
+                asset_type: str = "pump") -> Bundle:
+    """A tiny bundle (see :func:`tiny_onnx`) for asset type ``asset_type``."""
+    onnx_bytes = tiny_onnx(window, n_features, log_rul=log_rul)
+    meta = tiny_meta(onnx_bytes, window, n_features, version=version)
+    if asset_type != meta.asset_type:
+        meta = msgspec.structs.replace(meta, name=asset_type, asset_type=asset_type)
+    return Bundle(meta, onnx_bytes)

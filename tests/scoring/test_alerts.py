@@ -3,12 +3,13 @@ hysteresis or on repair, never two open alerts per machine and rule."""
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forewarn.contract import Alert
-from scoring.alerts import AlertEngine, AlertRules, Scored
+from scoring.alerts import AlertEngine, AlertRules, MachineAlerts, Scored
 
 RULES = AlertRules(p_fail=0.6, consecutive=3, rul_below=20.0, hysteresis=0.1, resolve_consecutive=2,
                    critical_p_fail=0.9, quiet_after_repair=2)
@@ -65,3 +66,45 @@ def test_never_two_open_alerts_and_batching_does_not_matter(values: list[float],
             open_ids.add(e.alert_id)
         elif e.state == "resolved":
             open_ids.discard(e.alert_id)
+
+
+def test_a_repair_is_applied_once_per_identity_and_never_before_a_later_one() -> None:
+    engine = AlertEngine()
+    feed(engine, [0.99] * 3)
+    assert [e.state for e in engine.repair("s/m1", 1010, quiet=2, identity="wo-7")] == ["resolved"]
+    assert [e.state for e in feed(engine, [0.99] * 5, start_ts=1011)] == ["open"]
+    assert engine.repair("s/m1", 1010, quiet=2, identity="wo-7") == []  # a replayed dead letter
+    assert engine.repair("s/m1", 1005, quiet=2, identity="wo-6") == []  # older than the last repair
+    assert [e.state for e in engine.repair("s/m1", 1020, quiet=0)] == ["resolved"]
+    state = engine.get("s/m1")
+    assert state is not None and state.repairs == ["wo-7", "s/m1@1020/repair"]
+    assert "s/m1" not in engine.active  # idle, but it remembers its repairs
+
+
+def test_a_future_dated_repair_silences_a_machine_no_longer_than_the_arrival_bound() -> None:
+    engine = AlertEngine()
+    engine.repair("s/m1", 10**12, quiet=0, identity="skewed", latest=2000)
+    state = engine.get("s/m1")
+    assert state is not None and state.repair_ts == 2000
+    assert feed(engine, [0.99] * 3, start_ts=1990) == []  # before the (bounded) repair: ignored
+    assert [e.state for e in feed(engine, [0.99] * 3, start_ts=2001)] == ["open"]
+    # a state saved before repairs were bounded is cut to the bound when predictions come
+    restored = AlertEngine()
+    restored.put("s/m2", MachineAlerts(repair_ts=10**12))
+    n = 3
+    scored = Scored(["s/m2"] * n, np.arange(5000, 5000 + n, dtype=np.int64), np.full(n, 0.99, np.float32), None,
+                    "pump", "v7", "pump")
+    assert [e.state for e in restored.observe(scored, RULES, latest=4000)[0]] == ["open"]
+
+
+def test_old_alert_state_records_still_decode() -> None:
+    old = msgspec.msgpack.encode([{"p_fail": [2, 0, None, 0, "warning"]}, 1234, 1])
+    state = msgspec.msgpack.decode(old, type=MachineAlerts)
+    assert state.repair_ts == 1234 and state.quiet == 1 and state.repairs == [] and state.rules["p_fail"].streak == 2
+
+
+def test_scores_that_are_not_finite_change_nothing() -> None:
+    engine = AlertEngine()
+    events = feed(engine, [0.99, 0.99, float("nan"), float("inf"), 0.99])  # ignored: the streak goes on
+    assert [(e.state, e.ts) for e in events] == [("open", 1004)]
+    assert feed(engine, [0.1, 0.1], rul=[float("nan"), float("-inf")], start_ts=3000) == []  # no resolve either

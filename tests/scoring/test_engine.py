@@ -3,19 +3,24 @@ restore, stride, alerts and model swaps."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 import random
 from collections import defaultdict
 
 import msgspec
+import numpy as np
 import pytest
 
 from forewarn.bundle import Thresholds, pack
 from forewarn.contract import MaintenanceEvent, Prediction, Telemetry
-from scoring.engine import BatchResult, Incoming, ScoringEngine
+from scoring.alerts import Scored
+from scoring.engine import BatchResult, Incoming, ScoringEngine, rules_for
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions
 from scoring.state import Marker, PartitionState, decode_record, encode_record
+from tests.scoring.bundle_factory import tiny_bundle
 from tests.scoring.fleet_data import FleetData, fitted_bundle, simulate
 
 _decode = msgspec.json.Decoder(Prediction)
@@ -225,3 +230,97 @@ def test_a_missing_sensor_is_imputed_with_its_last_value(data: FleetData) -> Non
     assert run(make_engine(data), holed, [5, 13]) == run(make_engine(data), filled)
     # a setting the bundle calls a sensor is still found
     assert len(run(make_engine(data), holed)) == len(mine) - 7
+
+
+def _restarted(readings: list[Telemetry], *, dt_ms: int = 0, boot: int | None = None) -> list[Telemetry]:
+    return [msgspec.structs.replace(r, ts=r.ts + dt_ms, boot=boot) for r in readings]
+
+
+@pytest.mark.parametrize("with_boot", [False, True])
+def test_a_restarted_fleet_is_scored_again(data: FleetData, with_boot: bool) -> None:
+    """The demo run twice: every machine starts at seq 0 again. Without a boot its event times
+    are later; with one, the new boot alone says so (event times are not even looked at)."""
+    engine = make_engine(data)
+    first = engine.process([Incoming(r, 0) for r in _restarted(data.readings, boot=1 if with_boot else None)], [])
+    span = 0 if with_boot else max(r.ts for r in data.readings) - min(r.ts for r in data.readings) + 1000
+    again = _restarted(data.readings, dt_ms=span, boot=2 if with_boot else None)
+    second: list[tuple[str, int, str, float | None, float | None]] = []
+    resets = 0
+    for a, b in itertools.pairwise([0, 5, 301, 302, 800, len(again)]):
+        result = engine.process([Incoming(r, 0) for r in again[a:b]], [])
+        second.extend(key(v) for _, v in result.predictions)
+        resets += result.resets.get("restart", 0)
+    machines = {r.machine_id for r in data.readings}
+    assert resets == len(machines)
+    assert sorted(second) == sorted(key(v) for _, v in first.predictions)  # the same windows, scored again
+    # a copy of the first run, replayed now, changes nothing
+    replay = engine.process([Incoming(r, 0) for r in data.readings[:200]], [])
+    assert replay.predictions == [] and replay.resets == {}
+    assert set(replay.not_scored) <= {"duplicate", "late"} and sum(replay.not_scored.values()) == 200
+
+
+def test_every_reading_is_scored_counted_or_held(data: FleetData) -> None:
+    rng = random.Random(11)
+    faulty: list[Telemetry] = []
+    delayed: list[tuple[int, Telemetry]] = []
+    for r in data.readings:
+        while delayed and delayed[0][0] <= len(faulty):
+            faulty.append(delayed.pop(0)[1])  # overtaken by about ten of its machine's later readings
+        roll = rng.random()
+        if roll < 0.05:
+            faulty.extend([r, r])
+        elif roll < 0.08:
+            delayed.append((len(faulty) + 80, r))
+        elif roll < 0.09:
+            sensors = dict(r.sensors)
+            sensors.pop(data.sensor_names[0])
+            faulty.append(msgspec.structs.replace(r, sensors=sensors))
+        else:
+            faulty.append(r)
+    faulty.append(msgspec.structs.replace(faulty[0], asset_type="no-such-model"))
+    engine = make_engine(data, stride=3, max_imputed=0)
+    totals: dict[str, int] = defaultdict(int)
+    scored = held = 0
+    cuts = sorted(random.Random(3).sample(range(1, len(faulty)), 20))
+    for a, b in itertools.pairwise([0, *cuts, len(faulty)]):
+        result = engine.process([Incoming(r, 0) for r in faulty[a:b]], [])
+        assert b - a == result.scored + sum(result.not_scored.values()) + result.held
+        scored += result.scored
+        held += result.held
+        for reason, n in result.not_scored.items():
+            totals[reason] += n
+    assert held == sum(len(h) for h in engine.held.values())
+    assert set(totals) == {"duplicate", "late", "warmup", "stride", "unscorable"}, totals
+    assert scored > 0 and totals["stride"] > scored
+
+
+def test_scores_that_are_not_finite_are_never_predictions_or_alerts() -> None:
+    registry = ModelRegistry(threads=1)
+    assert registry.offer_bundle(tiny_bundle(window=2, log_rul=True)).outcome == "accepted"
+    engine = ScoringEngine(registry, ScoringOptions(), clock=lambda: 1_800_000_000.0)
+    values = [1.0, 2.0, -1.0, -1.0, 0.0, 0.0, 1.5, 1.5, 1.0]
+    readings = [Telemetry(1, "s/m", "pump", 1_700_000_000_000 + i, i, {"s0_c": v, "s1_c": v})
+                for i, v in enumerate(values)]
+    result = engine.process([Incoming(r, 0) for r in readings], [])
+    seqs = [_decode.decode(v).seq for _, v in result.predictions]
+    # windows of 2 ending at seq 1..8: the mean is <= 0 for those ending at 3..5 (log: NaN or -inf)
+    assert seqs == [1, 2, 6, 7, 8]
+    assert all(math.isfinite(p.rul or 0) for p in (_decode.decode(v) for _, v in result.predictions))
+    assert result.not_scored == {"warmup": 1, "unscorable": 3}
+    assert result.scored + sum(result.not_scored.values()) == len(readings)
+
+
+def test_a_repair_applied_twice_counts_once(data: FleetData) -> None:
+    engine = make_engine(data)
+    machine = data.readings[0].machine_id
+    rules = rules_for(engine.registry.serving["pump"], engine.options.alerts)
+    hot = Scored([machine] * 3, np.array([1, 2, 3], np.int64), np.full(3, 0.99, np.float32), None, "m", "v", "pump")
+    for repair in (MaintenanceEvent(1, machine, 10, "repair", asset_type="pump", event_id="wo-1"),
+                   MaintenanceEvent(1, machine, 20, "repair", asset_type="pump")):
+        engine.alerts.observe(dataclasses.replace(hot, ts=hot.ts + repair.ts), rules)
+        assert [a.state for a in engine.process([], [(repair, 0)]).alerts] == ["resolved"]
+        state = engine.alerts.get(machine)
+        assert state is not None and state.quiet > 0
+        state.quiet = 1
+        assert engine.process([], [(repair, 0)]).alerts == []  # redelivered: no-op
+        assert state.quiet == 1
