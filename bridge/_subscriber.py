@@ -29,14 +29,15 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from bridge._mqtt_connect import UNSUPPORTED_PROTOCOL, open_connection
 from bridge._mqtt_packets import (
-    CONNACK,
     DISCONNECT,
     PINGRESP,
     PROP_MAXIMUM_PACKET_SIZE,
     PROP_RECEIVE_MAXIMUM,
     PROP_SERVER_KEEP_ALIVE,
     PROP_SESSION_EXPIRY,
+    PROP_SHARED_SUBSCRIPTION_AVAILABLE,
     PUBACK,
     PUBLISH,
     SUBACK,
@@ -44,11 +45,13 @@ from bridge._mqtt_packets import (
     connect_packet,
     decode_varint,
     disconnect_packet,
-    parse_connack,
     parse_disconnect,
     parse_suback,
+    publish_packet,
     subscribe_packet,
+    unsubscribe_packet,
 )
+from bridge._mqtt_shared import LACKS_SHARED, SharedMode, is_shared, probe, unshared
 from forewarn.contract import DecodeLimits, Reason, Rejected
 from forewarn.errors import MqttError
 from forewarn.settings import MqttSettings
@@ -60,11 +63,7 @@ log = logging.getLogger(__name__)
 _CHUNK = 256 * 1024
 _PINGREQ = b"\xc0\x00"
 _PUBACK_PACKET = struct.Struct("!BBH")
-# How a 3.1.1-only broker refuses an MQTT 5 CONNECT: a CONNACK with 3.1.1 return code 1
-# ("unacceptable protocol version", Mosquitto with 3.1.1 only), with MQTT 5 reason 0x84
-# ("unsupported protocol version"), or closing the connection before any CONNACK (aedes,
-# Moquette 0.17). A CONNACK that is only slow is none of these: MQTT 5 is tried again.
-_UNSUPPORTED_PROTOCOL = (0x84, 0x01)
+_SHARED_NOT_SUPPORTED = 0x9E  # MQTT 5 SUBACK reason "shared subscriptions not supported"
 _STABLE_S = 30.0  # a connection up this long resets the reconnect backoff to its minimum
 _TOPIC_CACHE_MAX = 100_000
 # A PUBLISH larger than the decoder's largest batch can only become a dead letter: it is read
@@ -134,10 +133,6 @@ def _malformed(why: str) -> _Disconnected:
     return _Disconnected(f"malformed packet from the broker: {why}", 0x81)
 
 
-class _NoConnack(Exception):
-    """The broker accepted the TCP connection but sent no CONNACK in time."""
-
-
 class Subscriber:
     """One MQTT connection for a QoS 1 subscriber with manual acknowledgement.
 
@@ -148,8 +143,12 @@ class Subscriber:
 
     def __init__(self, settings: MqttSettings, client_id: str, *, clean_start: bool = False,
                  session_expiry_s: int | None = None, receive_maximum: int | None = None,
-                 max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES, announce_max_packet: bool = False) -> None:
+                 max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES, announce_max_packet: bool = False,
+                 shared_subscriptions: SharedMode = "auto", probe_timeout_s: float = 5.0) -> None:
         self.settings = settings
+        self.shared_subscriptions = shared_subscriptions
+        self.probe_timeout_s = probe_timeout_s
+        self._shared: bool | None = None  # whether $share filters work on this broker (None: not known yet)
         self.max_packet_bytes = max_packet_bytes
         self.announce_max_packet = announce_max_packet
         self.client_id = client_id
@@ -199,11 +198,24 @@ class Subscriber:
         self._open(timeout_s)
 
     def subscribe(self, topics: Iterable[str], qos: int = 1) -> None:
-        """Subscribe (and remember, to re-subscribe after reconnects)."""
+        """Subscribe (and remember, to re-subscribe after reconnects). ``$share/...`` filters are
+        subscribed plainly when the broker lacks shared subscriptions (``shared_subscriptions =
+        "auto"``: its MQTT 5 signals, a probe on 3.1.1; ``"off"``: always; ``"on"``: never, and a
+        broker that says it lacks them is an :class:`MqttError`)."""
         new = [(t, qos) for t in topics]
         self._filters.extend(new)
         if self._sock is not None and new:
-            self._subscribe(new, 10.0)
+            self._subscribe(self._wire(new), 10.0)
+
+    @property
+    def subscribed(self) -> bool:
+        """Every SUBSCRIBE of this connection has its SUBACK."""
+        return self._sock is not None and not self._subscribing
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish one QoS 1 message (the shared-subscription probe; the bridge only receives)."""
+        self._next_id = self._next_id % 65535 + 1
+        self._send(publish_packet(topic, payload, self._next_id, self._v5))
 
     def ack_many(self, mids: list[int]) -> None:
         """PUBACK these packet ids in one write. ``0x40 0x02 <id>`` is valid for 3.1.1 and 5 (reason
@@ -579,7 +591,7 @@ class Subscriber:
         try:
             self._connect_once(True, timeout_s)
         except MqttError as error:
-            if error.reason_code not in _UNSUPPORTED_PROTOCOL:
+            if error.reason_code not in UNSUPPORTED_PROTOCOL:
                 raise
             log.warning("mqtt broker %s:%s refused MQTT 5 (%s); using MQTT 3.1.1 from now on",
                         self.settings.host, self.settings.port, error)
@@ -590,44 +602,14 @@ class Subscriber:
         s = self.settings
         self._close()
         self._v5 = v5
-        try:
-            sock: socket.socket = socket.create_connection((s.host, s.port), timeout=timeout_s)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if s.tls:
-                context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
-                if s.cert_file:
-                    context.load_cert_chain(str(s.cert_file), str(s.key_file) if s.key_file else None)
-                sock = context.wrap_socket(sock, server_hostname=s.host)
-        except (OSError, ValueError) as error:
-            raise MqttError(f"cannot reach MQTT broker at {s.host}:{s.port}: {error}",
-                            hint="start it with `forewarn stack up` or fix mqtt.host/mqtt.port") from None
-        where = f"MQTT broker at {s.host}:{s.port}"
-        try:
-            sock.sendall(self._connect_packet(v5))
-            first, body, rest = self._read_packet_blocking(sock, timeout_s)
-            if first & 0xF0 != CONNACK:
-                raise MqttError(f"{where} answered CONNECT with packet {first:#x}")
-            # A 3.1.1 broker answers a v5 CONNECT with a 3.1.1 CONNACK (no properties).
-            connack = parse_connack(body, v5 and len(body) > 2)
-        except _NoConnack as error:
-            sock.close()
-            raise MqttError(f"{where}: {error}", hint="the broker is slow or overloaded; retrying") from None
-        except (OSError, _Disconnected) as error:
-            sock.close()
-            if not v5:
-                raise MqttError(f"{where} closed the connection before CONNACK: {error}") from None
-            # What aedes and Moquette 0.17 do with a v5 CONNECT.
-            raise MqttError(f"{where} closed the connection on an MQTT 5 CONNECT: {error}",
-                            reason_code=0x84) from None
-        except (MqttError, MalformedPacket) as error:
-            sock.close()
-            raise MqttError(f"{where} answered CONNECT with a malformed CONNACK: {error}") from None
-        if connack.code:
-            sock.close()
-            text = f": {connack.reason()}" if connack.reason() else ""
-            raise MqttError(f"{where} refused the connection: reason {connack.code:#x}{text}",
-                            reason_code=connack.code, hint="check mqtt.username/password/tls")
+        sock, connack, rest = open_connection(s, self._connect_packet(v5), v5, timeout_s)
         session_present = connack.session_present
+        if v5 and connack.properties.get(PROP_SHARED_SUBSCRIPTION_AVAILABLE) == 0:
+            try:
+                self._lacks_shared("its CONNACK says Shared Subscription Available = 0")
+            except MqttError:
+                sock.close()
+                raise
         server_keepalive = connack.properties.get(PROP_SERVER_KEEP_ALIVE)
         self._keepalive_s = server_keepalive if isinstance(server_keepalive, int) else s.keepalive_s
         if self._keepalive_s != s.keepalive_s:
@@ -640,7 +622,7 @@ class Subscriber:
         log.info("mqtt connected to %s:%s as %s (MQTT %s, session present: %s)",
                  s.host, s.port, self.client_id, self.protocol, session_present)
         if self._filters:  # re-subscribe after a reconnect; harmless when the session kept them
-            self._subscribe(self._filters, timeout_s)
+            self._subscribe(self._wire(self._filters), timeout_s)
         if self.on_connected is not None:
             self.on_connected(session_present)
 
@@ -673,6 +655,42 @@ class Subscriber:
             select.select([], [self._sock], [], 0.05)
             self._flush_out()
 
+    def _wire(self, filters: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """The filters as subscribed: ``$share/<group>/`` taken off when shared subscriptions do
+        not work on this broker (decided once, on 3.1.1 by a probe)."""
+        if not any(is_shared(f) for f, _q in filters):
+            return filters
+        if self._shared is None:
+            mode = self.shared_subscriptions
+            self._shared = mode != "off"
+            if mode == "auto" and not self._v5:
+                found = probe(self._probe_client, self.client_id, [f for f, _q in filters], self.probe_timeout_s)
+                if not found:
+                    self._lacks_shared("a probe message published to a shared filter did not come back"
+                                       if found is False else "the probe could not run")
+        if self._shared:
+            return filters
+        plain = [(unshared(f), q) for f, q in filters]
+        if not self.clean_start:  # a session of an earlier run may hold the shared ones: drop them
+            self._next_id = self._next_id % 65535 + 1
+            self._send(unsubscribe_packet(self._next_id, [f for f, _q in filters if is_shared(f)], self._v5))
+        return plain
+
+    def _probe_client(self) -> Subscriber:
+        settings = self.settings.model_copy(update={"protocol": self.protocol})
+        return Subscriber(settings, f"{self.client_id}-probe", clean_start=True, shared_subscriptions="on")
+
+    def _lacks_shared(self, why: str) -> None:
+        s = self.settings
+        if self.shared_subscriptions == "on":
+            raise MqttError(f"MQTT broker at {s.host}:{s.port} lacks shared subscriptions ({why})",
+                            hint='set bridge.shared_subscriptions = "auto" or "off" to run as a single bridge')
+        if self._shared is False:
+            return  # said once
+        self._shared = False
+        if self.shared_subscriptions == "auto":
+            log.warning("mqtt %s:%s: %s; %s", s.host, s.port, LACKS_SHARED, why)
+
     def _suback(self, body: bytes) -> None:
         ack = parse_suback(body, self._v5)
         filters = self._subscribing.pop(ack.packet_id, None)
@@ -681,45 +699,21 @@ class Subscriber:
             return
         if len(ack.codes) != len(filters):
             raise _malformed(f"SUBACK with {len(ack.codes)} codes for {len(filters)} filters")
+        granted = list(zip(filters, ack.codes, strict=True))
+        not_shared = [fq for fq, code in granted if code == _SHARED_NOT_SUPPORTED and is_shared(fq[0])]
+        if not_shared and self.shared_subscriptions != "on":  # MQTT 5: subscribe those plainly
+            self._lacks_shared(f"its SUBACK refused {not_shared[0][0]} with reason 0x9e")
+            self._subscribe(self._wire(not_shared), 10.0)
+            granted = [(fq, code) for fq, code in granted if fq not in not_shared]
         s = self.settings
         why = f" ({ack.reason})" if ack.reason else ""
-        refused = [f"{f} (reason {code:#x})" for (f, _qos), code in zip(filters, ack.codes, strict=True)
-                   if code >= 0x80]
+        refused = [f"{f} (reason {code:#x})" for (f, _qos), code in granted if code >= 0x80]
         if refused:
             raise MqttError(f"MQTT broker at {s.host}:{s.port} refused the subscription to {', '.join(refused)}"
-                            f"{why}: nothing would arrive from it", reason_code=max(ack.codes),
+                            f"{why}: nothing would arrive from it", reason_code=max(c for _fq, c in granted),
                             hint="check the broker's ACL for this user and client id")
-        lowered = [f"{f} (QoS {code})" for (f, qos), code in zip(filters, ack.codes, strict=True) if code < qos]
+        lowered = [f"{f} (QoS {code})" for (f, qos), code in granted if code < qos]
         if lowered:
             raise MqttError(f"MQTT broker at {s.host}:{s.port} granted a lower QoS than asked to {', '.join(lowered)}"
                             f"{why}: the bridge would be at most once and lose messages",
                             hint="allow QoS 1 on the broker (e.g. max_qos) for the bridge's topics")
-
-    @staticmethod
-    def _read_packet_blocking(sock: socket.socket, timeout_s: float) -> tuple[int, bytes, bytes]:
-        """The first packet (type byte, body) and whatever bytes followed it."""
-        sock.settimeout(timeout_s)
-        data = b""
-        while True:
-            if len(data) >= 2:
-                length, shift, i = 0, 0, 1
-                complete = False
-                while i < len(data):
-                    byte = data[i]
-                    length |= (byte & 0x7F) << shift
-                    i += 1
-                    if byte < 0x80:
-                        complete = True
-                        break
-                    shift += 7
-                if complete and len(data) >= i + length:
-                    return data[0], data[i:i + length], data[i + length:]
-            try:
-                chunk = sock.recv(4096)
-            except TimeoutError:
-                raise _NoConnack(f"no CONNACK within {timeout_s:.0f}s") from None
-            if not chunk:
-                raise _Disconnected("connection closed")
-            data += chunk
-            if len(data) > 65536:
-                raise _Disconnected("CONNACK too large")

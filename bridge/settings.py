@@ -6,6 +6,7 @@ import socket
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bridge._mqtt_shared import SharedMode
 from bridge._subscriber import DEFAULT_MAX_PACKET_BYTES
 from forewarn.settings import ServiceSettings
 
@@ -27,6 +28,10 @@ class BridgeOptions(BaseModel):
     share_group: str = Field("forewarn-bridge", pattern=r"^[^/#+]*$",
                              description="shared-subscription group ($share/<group>/...): bridges in one group "
                              "split the load. Empty: a plain subscription")
+    shared_subscriptions: SharedMode = Field("auto", description="whether the broker has shared subscriptions: "
+                                             "auto = detect (MQTT 5 says so; on 3.1.1 a probe message), then "
+                                             "subscribe plainly with a warning if not; on = insist (error if it "
+                                             "says no); off = always subscribe plainly (one bridge per group)")
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="seconds the broker keeps the session (and "
                                   "queues messages) while the bridge is away")
     receive_maximum: int = Field(10_000, ge=1, le=65535, description="unacknowledged MQTT messages the broker may "
