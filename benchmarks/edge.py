@@ -2,15 +2,20 @@
 
 1. In process (no broker): MQTT messages handed to the gateway's inbox, timed until every one
    is scored, committed to the SQLite buffer and acknowledged (forwarding paused), with the
-   windows kept in the buffer (the default) and without. Model: a convolution stack shaped like
-   the training default (50-reading windows, 16 filters), 8 sensors, every reading scored.
+   windows kept in the buffer (the default) and without, and with the buffer's default
+   ``synchronous=FULL`` (an acknowledged record survives a power cut) against ``NORMAL`` in the
+   same run (``buffer_sync``: the cost of the stronger sync). Model: a convolution stack shaped
+   like the training default (50-reading windows, 16 filters), 8 sensors, every reading scored.
+   The buffers live under ``--buffer-dir``: put it on the disk the edge would use (a tmpfs
+   makes every fsync free, so FULL and NORMAL would look alike); its file system is recorded.
 2. A real ``forewarn edge`` process on a private Mosquitto + Kafka, as deployed (model sync from
    the ``models`` topic on, which holds the bundle): 1,000 machines publish over MQTT as fast as
    Mosquitto takes them; the edge's RSS is sampled while it scores them (peak and at the end).
 3. The same process with Kafka stopped: a backlog is buffered on disk; Kafka is started again
    and the drain is timed until the buffer is empty (records/s to Kafka, acks=all).
 
-    python benchmarks/edge.py [--machines 1000] [--readings 60000] [--backlog 60000]
+    python benchmarks/edge.py [--machines 1000] [--readings 60000] [--backlog 60000] [--buffer-dir DIR]
+                              [--skip-process] [--skip-sync]
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import write_result
+from edge.buffer import SyncMode
 from edge.gateway import EdgeGateway
 from edge.settings import EdgeOptions, EdgeSettings
 from forewarn.bundle import Bundle, Thresholds, pack, write_bundle
@@ -77,10 +83,12 @@ def _predictions(gw: EdgeGateway) -> int:
     return int(gw.metrics.registry.get_sample_value("forewarn_edge_predictions_total") or 0)
 
 
-def in_process(machines: int, n: int, persist: bool, seed: Path) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
+def in_process(machines: int, n: int, persist: bool, seed: Path, buffer_dir: Path,
+               sync: SyncMode = "FULL") -> dict[str, Any]:
+    buffer_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=buffer_dir) as tmp:
         settings = EdgeSettings(edge=EdgeOptions(data_dir=Path(tmp), models_dir=seed, models_sync=False,
-                                                 persist_windows=persist, max_forward_in_flight=1),
+                                                 persist_windows=persist, max_forward_in_flight=1, buffer_sync=sync),
                                 scoring=ScoringOptions(threads=1))
         mqtt = FakeMqtt()
         messages = readings(machines, max(1, n // machines), start_seq=60)
@@ -102,7 +110,29 @@ def in_process(machines: int, n: int, persist: bool, seed: Path) -> dict[str, fl
             cpu = time.process_time() - cpu0
             predictions = _predictions(gw) - predicted0
     return {"readings": len(messages), "seconds": round(elapsed, 2), "readings_per_s": round(len(messages) / elapsed),
-            "cpu_s": round(cpu, 2), "predictions": predictions}
+            "cpu_s": round(cpu, 2), "predictions": predictions, "buffer_sync": sync}
+
+
+def file_system(path: Path) -> str:
+    """The type of the file system holding ``path`` (from /proc/mounts; "unknown" elsewhere)."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return "unknown"
+    where = str(path.resolve())
+    best = max((m for m in mounts if where == m[0] or where.startswith(m[0].rstrip("/") + "/")),
+               key=lambda m: len(m[0]), default=None)
+    return best[1] if best else "unknown"
+
+
+def buffer_sync(machines: int, n: int, seed: Path, buffer_dir: Path) -> dict[str, Any]:
+    """Score + buffer with synchronous=FULL and NORMAL, one after the other in this run."""
+    full = in_process(machines, n, True, seed, buffer_dir, "FULL")
+    normal = in_process(machines, n, True, seed, buffer_dir, "NORMAL")
+    return {"full": full, "normal": normal, "file_system": file_system(buffer_dir),
+            "full_over_normal_rate": round(full["readings_per_s"] / max(1, normal["readings_per_s"]), 3),
+            "note": "one commit per batch (max_batch 500); FULL fsyncs the WAL at every commit, NORMAL only at "
+                    "checkpoints (a power cut can lose the last acknowledged commits)"}
 
 
 def _metric(port: int, name: str) -> float:
@@ -205,6 +235,10 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=60_000)
     parser.add_argument("--backlog", type=int, default=60_000)
     parser.add_argument("--skip-process", action="store_true", help="only the in-process throughput")
+    parser.add_argument("--skip-sync", action="store_true", help="skip the buffer_sync scenario (FULL vs NORMAL)")
+    parser.add_argument("--buffer-dir", type=Path, default=Path(".forewarn/bench-edge"),
+                        help="where the in-process buffers are written: the disk the edge would use, not a tmpfs "
+                        "(default .forewarn/bench-edge)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     load = os.getloadavg()
@@ -215,9 +249,13 @@ def main() -> None:
         figures: dict[str, Any] = {
             "model": "conv, window 50, 16 filters, 8 sensors, every reading scored (stride 1), onnxruntime 1 thread",
             "load_average_at_start": [round(x, 1) for x in load],
-            "score_and_buffer": in_process(args.machines, args.readings, True, seed),
-            "score_and_buffer_no_window_persistence": in_process(args.machines, args.readings, False, seed),
+            "buffer_file_system": file_system(args.buffer_dir),
+            "score_and_buffer": in_process(args.machines, args.readings, True, seed, args.buffer_dir),
+            "score_and_buffer_no_window_persistence": in_process(args.machines, args.readings, False, seed,
+                                                                 args.buffer_dir),
         }
+        if not args.skip_sync:
+            figures["buffer_sync"] = buffer_sync(args.machines, args.readings, seed, args.buffer_dir)
         if not args.skip_process:
             figures["process"] = real_process(args.machines, args.readings, args.backlog, seed)
         figures["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
