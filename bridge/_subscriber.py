@@ -20,6 +20,7 @@ PINGRESP, DISCONNECT. MQTT 5 first, 3.1.1 when the broker refuses 5 (``protocol 
 
 from __future__ import annotations
 
+import collections
 import logging
 import select
 import socket
@@ -64,7 +65,10 @@ _CHUNK = 256 * 1024
 _PINGREQ = b"\xc0\x00"
 _PUBACK_PACKET = struct.Struct("!BBH")
 _SHARED_NOT_SUPPORTED = 0x9E  # MQTT 5 SUBACK reason "shared subscriptions not supported"
-_STABLE_S = 30.0  # a connection up this long resets the reconnect backoff to its minimum
+_STABLE_S = 30.0
+_SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason
+_YOUNG_S = 2.0  # closed by the broker this soon after CONNACK: maybe a take-over (3.1.1 has no reason)
+_TAKEOVER_WINDOW_S, _TAKEOVERS_MAX = 120.0, 3  # a connection up this long resets the reconnect backoff to its minimum
 _TOPIC_CACHE_MAX = 100_000
 # A PUBLISH larger than the decoder's largest batch can only become a dead letter: it is read
 # streaming, never held whole (its first _HEAD payload bytes are kept for the letter).
@@ -123,9 +127,10 @@ class _Disconnected(Exception):
     """The connection is gone or must be dropped; the loop reconnects with backoff. ``reason``:
     the MQTT 5 reason code our DISCONNECT gives the broker first (0: none is sent)."""
 
-    def __init__(self, why: str, reason: int = 0) -> None:
+    def __init__(self, why: str, reason: int = 0, *, takeover: bool = False) -> None:
         super().__init__(why)
         self.reason = reason
+        self.takeover = takeover  # the broker (maybe) gave our client id to another connection
 
 
 def _malformed(why: str) -> _Disconnected:
@@ -179,6 +184,7 @@ class Subscriber:
         self._retry_at = 0.0
         self._delay = settings.reconnect_min_s
         self._connected_at = 0.0
+        self._takeovers: collections.deque[float] = collections.deque()
         self._downgraded = False  # the broker refused MQTT 5 once: 3.1.1 from then on
         self._wanted = False  # connect() was called and disconnect() was not
 
@@ -264,7 +270,7 @@ class Subscriber:
                 self._parse(out, limit)
             self._keepalive()
         except _Disconnected as why:
-            self._lost(str(why), why.reason)
+            self._lost(str(why), why.reason, why.takeover)
         except (IndexError, MalformedPacket) as error:  # a length that runs past the packet
             self._lost(str(_malformed(str(error) or "a field runs past its packet")), 0x81)
         except OSError as error:
@@ -458,7 +464,10 @@ class Subscriber:
             return
         if kind == DISCONNECT:
             reason, text = parse_disconnect(body)
-            raise _Disconnected(f"broker sent DISCONNECT (reason {reason:#x}{': ' + text if text else ''})")
+            why = f"broker sent DISCONNECT (reason {reason:#x}{': ' + text if text else ''})"
+            if reason == _SESSION_TAKEN_OVER:
+                raise _Disconnected(f"{why}: session taken over", takeover=True)
+            raise _Disconnected(why)
         log.debug("mqtt: ignoring packet type %#x", kind)
 
     def _fill(self) -> bool:
@@ -472,7 +481,9 @@ class Subscriber:
         except InterruptedError:
             return False
         if not data:
-            raise _Disconnected("connection closed by the broker")
+            # Right after CONNACK, the way a 3.1.1 broker says another client took the client id.
+            young = time.monotonic() - self._connected_at < _YOUNG_S
+            raise _Disconnected("connection closed by the broker", takeover=young)
         self._ping_since = None  # the broker is alive
         if self._skip:  # the rest of an oversized PUBLISH: dropped as it arrives
             if len(data) <= self._skip:
@@ -527,7 +538,7 @@ class Subscriber:
             del self._out[:sent]
             self._last_sent = time.monotonic()
 
-    def _lost(self, why: str, reason: int = 0) -> None:
+    def _lost(self, why: str, reason: int = 0, takeover: bool = False) -> None:
         """The connection is gone. The backoff starts again from its minimum only when the
         connection had been up for a stable period: a broker that drops us at once (say, over a
         message we cannot parse) gets ever longer pauses, not a tight reconnect loop."""
@@ -544,6 +555,29 @@ class Subscriber:
             self._say_goodbye(reason)
         self._close()
         self._retry_at = now + self._delay
+        if takeover:
+            self._taken_over(now)
+
+    def _taken_over(self, now: float) -> None:
+        """Two clients with one client id kick each other off forever (each reconnect takes the
+        session back): one loud ERROR, then, after a few take-overs in a short time, give up with
+        an :class:`MqttError` from :meth:`read` so the process exits non-zero."""
+        takeovers = self._takeovers
+        takeovers.append(now)
+        while takeovers and now - takeovers[0] > _TAKEOVER_WINDOW_S:
+            takeovers.popleft()
+        s = self.settings
+        if len(takeovers) == 1:
+            log.error("mqtt broker %s:%s gave client id %r to another connection (session taken over, or closed "
+                      "right after CONNACK): two clients with one id kick each other off; give each bridge its "
+                      "own bridge.client_id", s.host, s.port, self.client_id)
+        if len(takeovers) >= _TAKEOVERS_MAX:
+            self._wanted = False
+            raise MqttError(f"MQTT broker at {s.host}:{s.port} took the session of client id {self.client_id!r} "
+                            f"away {len(takeovers)} times within {_TAKEOVER_WINDOW_S:.0f}s: another client uses "
+                            "the same id (or the broker refuses this client right after CONNACK)",
+                            reason_code=_SESSION_TAKEN_OVER,
+                            hint="give each bridge its own --client-id (bridge.client_id)")
 
     def _say_goodbye(self, reason: int) -> None:
         """Best effort: tell the broker why we disconnect (MQTT 5 only has reason codes)."""

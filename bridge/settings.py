@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
+import secrets
 import socket
+import tempfile
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,9 +18,46 @@ from forewarn.settings import ServiceSettings
 
 __all__ = ["BridgeOptions", "BridgeSettings"]
 
+log = logging.getLogger(__name__)
 
-def _default_client_id() -> str:
-    return f"forewarn-bridge-{socket.gethostname()}"
+
+_SLOTS = 64
+_held: dict[str, tuple[str, int]] = {}  # the default id this process took, and the lock file it holds open
+
+
+def _default_client_id(lock_dir: Path | None = None) -> str:
+    """``forewarn-bridge-<host>``, or ``-2``, ``-3``, ... when another process on this host holds
+    that one: unique among the bridges running on a host, and the same again after a restart
+    (the first bridge of a host always gets the first id back), which a persistent session needs
+    to be resumed. Each id is held with a lock on a file in the user's temporary directory for
+    the life of the process (the kernel lets go of it however the process ends)."""
+    base = f"forewarn-bridge-{socket.gethostname()}"
+    key = str(lock_dir)
+    if key in _held:
+        return _held[key][0]
+    folder = lock_dir or Path(tempfile.gettempdir()) / f"forewarn-{os.getuid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for slot in range(1, _SLOTS + 1):
+            client_id = base if slot == 1 else f"{base}-{slot}"
+            fd = os.open(folder / f"{client_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            _held[key] = (client_id, fd)
+            if slot > 1:
+                log.info("another process on this host holds MQTT client id %s; this bridge is %s", base, client_id)
+            return client_id
+    except OSError as error:
+        log.warning("cannot lock a default MQTT client id in %s (%s); using a random one (set bridge.client_id "
+                    "for a session that survives restarts)", folder, error)
+    else:
+        log.warning("all %s default MQTT client ids of this host are taken; using a random one", _SLOTS)
+    client_id = f"{base}-{os.getpid()}-{secrets.token_hex(3)}"
+    _held[key] = (client_id, -1)
+    return client_id
 
 
 class BridgeOptions(BaseModel):
@@ -24,7 +67,9 @@ class BridgeOptions(BaseModel):
 
     client_id: str = Field(default_factory=_default_client_id, min_length=1, max_length=128,
                            description="stable MQTT client id; it names the persistent session (default "
-                           "forewarn-bridge-<hostname>). Give each bridge process its own")
+                           "forewarn-bridge-<hostname>, then -2, -3, ... for further bridges running on the host). "
+                           "Give each bridge process its own: two with one id kick each other off, and the "
+                           "bridge exits after a few take-overs")
     share_group: str = Field("forewarn-bridge", pattern=r"^[^/#+]*$",
                              description="shared-subscription group ($share/<group>/...): bridges in one group "
                              "split the load. Empty: a plain subscription")
@@ -61,4 +106,4 @@ class BridgeOptions(BaseModel):
 class BridgeSettings(ServiceSettings):
     """Settings of ``forewarn bridge`` and ``forewarn dlq``."""
 
-    bridge: BridgeOptions = BridgeOptions()
+    bridge: BridgeOptions = Field(default_factory=BridgeOptions)

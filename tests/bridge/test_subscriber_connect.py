@@ -1,15 +1,20 @@
 """Connecting to brokers that are not Mosquitto 2: every way a 3.1.1-only broker refuses MQTT 5,
-a slow CONNACK, reconnect backoff, a connection reset under an acknowledgement."""
+a slow CONNACK, reconnect backoff, a connection reset under an acknowledgement; client ids: unique
+defaults, and two clients with one id that would kick each other off forever."""
 
 from __future__ import annotations
 
 import logging
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from bridge._subscriber import Subscriber
+from bridge.settings import _default_client_id
 from forewarn.errors import MqttError
 from tests.bridge.fakes import (
     AEDES_LIKE,
@@ -110,3 +115,67 @@ def test_a_reset_while_acknowledging_reconnects_and_the_broker_sends_again() -> 
     sub.disconnect()
     broker.close()
     assert broker.pubacks == [] and [level for level, _cid in broker.connects] == [5, 5]
+
+
+def read_until_error(*subs: Subscriber, timeout_s: float = 10.0) -> MqttError | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for sub in subs:
+            try:
+                sub.read(10)
+                sub.housekeeping()
+            except MqttError as error:
+                return error
+        time.sleep(0.01)
+    return None
+
+
+def test_two_clients_with_one_id_stop_kicking_each_other_off(caplog: pytest.LogCaptureFixture) -> None:
+    broker = MiniBroker()  # takes the session over with DISCONNECT 0x8E, as MQTT 5 brokers do
+    one, two = (Subscriber(mqtt_settings(broker.port), "dup") for _ in range(2))
+    with caplog.at_level(logging.ERROR, logger="bridge._subscriber"):
+        one.connect()
+        two.connect()
+        error = read_until_error(one, two)
+    one.disconnect()
+    two.disconnect()
+    broker.close()
+    assert error is not None and "'dup'" in str(error) and error.hint and "--client-id" in error.hint
+    assert error.reason_code == 0x8E
+    named = [r for r in caplog.records if "'dup'" in r.getMessage() and r.levelno == logging.ERROR]
+    assert 1 <= len(named) <= 2  # one per client that was kicked off, not one per kick
+
+
+def test_a_3_1_1_broker_closing_right_after_connack_again_and_again_ends_it() -> None:
+    def script(conn: socket.socket, _n: int) -> None:
+        read_packet(conn)
+        conn.sendall(b"\x20\x02\x00\x00")  # accepted... and closed at once (how 3.1.1 brokers take over)
+
+    broker = WireBroker(script)
+    sub = Subscriber(mqtt_settings(broker.port, protocol="3.1.1"), "dup")
+    sub.connect()
+    error = read_until_error(sub)
+    broker.close()
+    assert error is not None and "3 times" in str(error) and not sub.is_connected
+
+
+def test_default_client_ids_are_unique_per_running_bridge_and_come_back_after_a_restart(tmp_path: Path) -> None:
+    code = ("import sys; from pathlib import Path; from bridge.settings import _default_client_id; "
+            f"print(_default_client_id(Path({str(tmp_path)!r})), flush=True); sys.stdin.read()")
+
+    def start() -> tuple[subprocess.Popen[str], str]:
+        child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
+        assert child.stdout is not None
+        return child, child.stdout.readline().strip()
+
+    first, a = start()
+    second, b = start()
+    first.kill()  # however it ends, its id is free again
+    first.communicate()
+    third, c = start()
+    for child in (second, third):
+        child.communicate("")
+    base = f"forewarn-bridge-{socket.gethostname()}"
+    assert (a, b, c) == (base, f"{base}-2", base)
+    assert _default_client_id(tmp_path) == _default_client_id(tmp_path)  # stable for the process's life
