@@ -39,6 +39,7 @@ session's messages.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import time
 from typing import Any
@@ -327,7 +328,7 @@ class Bridge(LoopService):
             if head.remaining:
                 break
             if head.failed:
-                self._schedule_retry(head, now)
+                self._schedule_failed(now)
                 break
             pending.popleft()
             self._last_progress = now
@@ -349,27 +350,51 @@ class Bridge(LoopService):
             self.subscriber.ack_many(acks)
             acks.clear()
 
-    def _schedule_retry(self, pending: _Pending, now: float) -> None:
-        if self._fatal is not None:  # the rebuild at the end of this round re-sends it
+    def _schedule_failed(self, now: float) -> None:
+        """The oldest message failed: it, and every later one whose reports are all in with a
+        failure Kafka may still take, are scheduled for re-sending now (after an outage thousands
+        fail together; one backoff each, one after the other, would take as many backoffs)."""
+        pending = self._pending
+        due = self._schedule_retry(pending[0], now)
+        if due is None:  # sent alone, or the producer is being rebuilt
             return
+        others = 0
+        for later in itertools.islice(pending, 1, None):
+            if later.failed and not later.remaining and self._schedule_retry(later, now, due=due) is not None:
+                others += 1
+        if others:
+            log.warning("re-sending the records of %s later MQTT message(s) Kafka did not take either", others)
+
+    def _schedule_retry(self, pending: _Pending, now: float, *, due: float | None = None) -> float | None:
+        """Decide what happens to a message whose records were all reported, some failed, by the
+        errors' class. ``due`` given: one of many, re-sent at the oldest one's time (after it, so
+        per key in order), logged in the caller's summary, never sent alone (that waits until it
+        is the oldest). Returns when it is re-sent, None when it was not scheduled."""
+        quiet = due is not None
+        if self._fatal is not None:  # the rebuild at the end of this round re-sends it
+            return None
         failed = pending.failed_records()
         errors = [pending.error] if failed is None else [error for _i, error in failed]
         classes = {classify(error) for error in errors}
         if ErrorClass.FATAL in classes:
             self._fatal = next(e for e in errors if classify(e) is ErrorClass.FATAL)
-            return
+            return None
+        alone = failed is not None and classes == {ErrorClass.NEVER_STORABLE}
+        if alone and quiet:
+            return None
         pending.failed = False
         pending.refused = None
         pending.attempts += 1
         self.metrics.kafka_errors_now.n += 1
-        if failed is not None and classes == {ErrorClass.NEVER_STORABLE}:
+        if alone:
+            assert failed is not None
             self._send_alone(pending, failed)
-            return
+            return None
         pending.alone = None  # re-sent with the others below
         records = pending.records if failed is None else [pending.records[i] for i, _error in failed]
         pending.remaining = len(records)
-        delay = min(self.options.retry_backoff_s * pending.attempts, 30.0)
-        if ErrorClass.AUTHORIZATION in classes:
+        delay = min(self.options.retry_backoff_s * pending.attempts, 30.0) if due is None else due - now
+        if ErrorClass.AUTHORIZATION in classes and not quiet:
             denied = next(e for e in errors if classify(e) is ErrorClass.AUTHORIZATION)
             log.error("Kafka refuses the bridge (%s: %s): %s record(s) of an MQTT message stay unacknowledged and "
                       "are re-sent in %.1fs (attempt %s); grant the bridge's principal Write on %s",
@@ -378,11 +403,12 @@ class Bridge(LoopService):
             if self._waiting_since is None:
                 self._waiting_since = self._last_progress
                 self.metrics.kafka_waiting.set(1)
-        else:
+        elif not quiet:
             log.warning("Kafka did not take a record (%s: %s); re-sending %s record(s) of that MQTT message in "
                         "%.1fs (attempt %s)", error_code(pending.error), pending.error, len(records), delay,
                         pending.attempts + 1)
         self._retry.append((now + delay, pending, records))
+        return now + delay
 
     def _rebuild_producer(self, now: float) -> None:
         """The producer met a fatal error: a new one, and every record Kafka did not confirm sent

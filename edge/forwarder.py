@@ -303,20 +303,24 @@ class Forwarder:
         failures, self._failures = self._failures, []
         self.metrics.kafka_errors.inc(len(failures))
         retry_soon = True
+        denied: list[tuple[Stored, Any]] = []
         for stored, error in failures:
             kind = classify(error)
             if kind is ErrorClass.FATAL:
                 self._fatal = error  # the rebuild resends it with every other row not confirmed
             elif kind is ErrorClass.AUTHORIZATION:
-                log.error("Kafka refuses the edge (%s: %s) on its %s topic: the rows stay in the buffer and are "
-                          "resent; grant the edge's principal Write on it", error_code(error), error,
-                          stored.record.topic)
+                denied.append((stored, error))
             permanent = kind is ErrorClass.NEVER_STORABLE
             retry_soon = retry_soon and permanent
             self._failed_rows.add(stored.id)  # from now on it is sent alone
             if permanent and self._policy.refused(stored.id, alone=stored.id == self._alone):
                 self._failed_rows.discard(stored.id)
                 self._dead_letter(stored, error)
+        if denied:
+            stored, error = denied[0]
+            log.error("Kafka refuses the edge (%s: %s) for %s row(s), first on its %s topic: they stay in the buffer "
+                      "and are resent; grant the edge's principal Write on that topic", error_code(error), error,
+                      len(denied), stored.record.topic)
         if not self._failed:
             stored, error = failures[0]
             log.error("Kafka did not take %s record(s) (first: a %s record, %s: %s); sending each again alone after "

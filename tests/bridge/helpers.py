@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections import Counter
@@ -61,6 +62,12 @@ def _as_key(key: bytes | str | None) -> bytes | None:
 def reading(machine_id: str, seq: int, **extra: Any) -> dict[str, Any]:
     return {"v": 1, "machine_id": machine_id, "asset_type": "pump", "ts": TS0 + seq * 1000, "seq": seq,
             "sensors": {"bearing_temp_c": 71.2 + seq % 7, "vibration_rms": 0.8}, **extra}
+
+
+def huge_reading(machine_id: str, seq: int) -> dict[str, Any]:
+    """A valid reading (256 settings with 100-character keys, the contract's bounds) of ~28 KB of
+    random hex: lz4 cannot bring it under a 10 KB ``max.message.bytes``."""
+    return reading(machine_id, seq, settings={os.urandom(50).hex(): 1.0 for _ in range(256)})
 
 
 def reading_bytes(machine_id: str, seq: int) -> bytes:

@@ -5,7 +5,6 @@ forwarding what comes after."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Callable
 
@@ -19,9 +18,9 @@ from forewarn.topics import Topics, telemetry_topic
 from tests.bridge.helpers import (
     consume_records,
     dead_letter_headers,
+    huge_reading,
     limit_record_size,
     publish_all,
-    reading,
     reading_bytes,
     wait_until,
 )
@@ -33,9 +32,8 @@ pytestmark = pytest.mark.integration  # real Mosquitto and Kafka (the session's 
 def test_a_reading_kafka_refuses_is_dead_lettered_and_the_readings_after_it_flow(
         stack: RunningStack, fresh_topics: Callable[..., tuple[TopicSettings, Topics]]) -> None:
     settings, topics = fresh_topics(partitions=1)
-    limit_record_size(stack.kafka_settings, {topics.telemetry: 20_000})
-    # Valid, but ~100 KB of random hex: lz4 cannot bring it under the topic's limit.
-    big = json.dumps(reading("site-k/big", 1, settings={os.urandom(200).hex(): 1.0 for _ in range(250)})).encode()
+    limit_record_size(stack.kafka_settings, {topics.telemetry: 10_000})
+    big = json.dumps(huge_reading("site-k/big", 1)).encode()  # valid, but lz4 cannot bring it under the limit
     messages = [(telemetry_topic("site-k/m1"), reading_bytes("site-k/m1", seq)) for seq in range(100)]
     messages.insert(50, (telemetry_topic("site-k/big"), big))
     service = Bridge(BridgeSettings(kafka=stack.kafka_settings, mqtt=stack.mqtt_settings, topics=settings,

@@ -440,3 +440,14 @@ def test_a_fatal_error_raised_by_produce_rebuilds_before_anything_new_is_read() 
     message = mqtt.deliver(telemetry_topic("s/m1"), reading_bytes("s/m1", 1))
     assert step_until(bridge, lambda: bool(mqtt.acks))
     assert mqtt.acks == [message.mid] and producer.rebuilds == 1 and len(kafka.messages("u.telemetry")) == 1
+
+
+def test_after_an_outage_every_failed_message_is_resent_in_one_round_in_order() -> None:
+    bridge, mqtt, producer, kafka = make(retry_backoff_s=0.01)
+    producer.fail_next = 50  # every record of the 50 messages times out (Kafka was away)
+    mids = [mqtt.deliver(telemetry_topic("s/m1"), reading_bytes("s/m1", seq)).mid for seq in range(50)]
+    bridge.step(0)
+    assert len(bridge._retry) == 50, "scheduled together, not one backoff after the other"
+    assert step_until(bridge, lambda: len(mqtt.acks) == 50)
+    assert mqtt.acks == mids
+    assert [json.loads(m.value())["seq"] for m in kafka.messages("u.telemetry")] == list(range(50))

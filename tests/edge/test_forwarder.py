@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import confluent_kafka
+import pytest
+
 from edge.buffer import Buffer, BufferRecord
 from edge.forwarder import Forwarder
 from edge.metrics import EdgeMetrics
 from forewarn.deadletter import REFUSED_CUT_BYTES
 from forewarn.settings import TopicSettings
-from forewarn.testing import FakeProducer, InMemoryKafka
+from forewarn.testing import FakeProducer, InMemoryKafka, broker_error
 from forewarn.topics import Topics
 from tests.bridge.helpers import SizeLimitedKafka
 
@@ -135,3 +138,49 @@ def test_a_row_that_failed_is_sent_alone_until_delivered_then_forgotten(tmp_path
         assert fwd.drain(10) == 0
         assert fwd._failed_rows == set() and fwd._alone is None
     assert sorted(int(m.value() or b"") for m in kafka.messages("telemetry")) == list(range(6))
+
+
+# -- Kafka errors by their real codes ------------------------------------------------------------
+
+def test_timeouts_and_a_revoked_acl_keep_the_rows_in_the_buffer_until_kafka_takes_them(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Delivery errors as librdkafka reports them (no flags): an expired message.timeout.ms and
+    TOPIC_AUTHORIZATION_FAILED are retried; nothing reaches the dead-letter topic."""
+    kafka = InMemoryKafka(partitions=1)
+    producer = FakeProducer(kafka)
+    with Buffer(tmp_path / "o.db") as box:
+        box.put_many(records(20))
+        fwd = Forwarder(box, producer, Topics.from_settings(TopicSettings()), EdgeMetrics(), batch=5, max_in_flight=5)
+        producer.delivery_error = broker_error(confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED)
+        producer.fail_next = 1_000
+        with caplog.at_level("ERROR", logger="edge.forwarder"):
+            for _ in range(5):
+                fwd._retry_at = 0.0
+                fwd.pump()
+        assert len(box) == 20 and kafka.messages("telemetry") == [] and kafka.messages("telemetry.dlq") == []
+        assert "TOPIC_AUTHORIZATION_FAILED" in caplog.text
+        producer.delivery_error = broker_error(confluent_kafka.KafkaError._MSG_TIMED_OUT)
+        producer.fail_next = 3
+        fwd._backoff = fwd._retry_at = 0.0
+        assert fwd.drain(10) == 0
+    assert sorted(int(m.value() or b"") for m in kafka.messages("telemetry")) == list(range(20))
+    assert kafka.messages("telemetry.dlq") == [] and fwd.dead_lettered == 0
+
+
+def test_a_fatal_producer_error_rebuilds_the_producer_and_resends_every_row_not_confirmed(tmp_path: Path) -> None:
+    kafka = InMemoryKafka(partitions=1)
+    producer = FakeProducer(kafka)
+    with Buffer(tmp_path / "o.db") as box:
+        box.put_many(records(30))
+        fwd = Forwarder(box, producer, Topics.from_settings(TopicSettings()), EdgeMetrics(), batch=10,
+                        max_in_flight=10)
+        fwd.pump()  # rows 0..9 delivered
+        producer.fatal_next = broker_error(confluent_kafka.KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER)
+        fwd.pump()  # row 10 meets it: poll raises the fatal error, produce raises _FATAL after it
+        assert fwd._fatal is not None and len(box) == 20
+        fwd._backoff = 0.0
+        assert fwd.drain(10) == 0
+        assert fwd.producer_rebuilds == 1 == producer.rebuilds and fwd.in_flight == 0
+    values = [int(m.value() or b"") for m in kafka.messages("telemetry")]
+    assert sorted(set(values)) == list(range(30)) and values == sorted(values), "every row, in buffer order"
+    assert kafka.messages("telemetry.dlq") == []
