@@ -906,12 +906,17 @@ class KafkaAdmin(_Lazy):
             raise _wrap(exc, "list consumer groups") from None
         committed: dict[str, dict[tuple[str, int], int]] = {}
         for listing in groups.valid:
+            what = f"list the offsets of consumer group {listing.group_id}"
             request = [confluent_kafka.ConsumerGroupTopicPartitions(listing.group_id)]
-            for future in self._client.list_consumer_group_offsets(request, request_timeout=timeout_s).values():
+            try:  # the request itself may raise (e.g. the client is gone), not only its future
+                futures = self._client.list_consumer_group_offsets(request, request_timeout=timeout_s)
+            except confluent_kafka.KafkaException as exc:
+                raise _wrap(exc, what) from None
+            for future in futures.values():
                 try:
                     result = future.result()
                 except confluent_kafka.KafkaException as exc:
-                    raise _wrap(exc, f"list the offsets of consumer group {listing.group_id}") from None
+                    raise _wrap(exc, what) from None
                 offsets = {(tp.topic, tp.partition): int(tp.offset) for tp in result.topic_partitions or []
                            if wanted is None or tp.topic in wanted}
                 if offsets:
@@ -929,8 +934,11 @@ class KafkaAdmin(_Lazy):
         level = (confluent_kafka.IsolationLevel.READ_COMMITTED if read_committed
                  else confluent_kafka.IsolationLevel.READ_UNCOMMITTED)
         ends: dict[tuple[str, int], int] = {}
-        for tp, future in self._client.list_offsets(specs, isolation_level=level,
-                                                    request_timeout=timeout_s).items():
+        try:  # the request itself may raise, not only its futures
+            futures = self._client.list_offsets(specs, isolation_level=level, request_timeout=timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "list end offsets") from None
+        for tp, future in futures.items():
             try:
                 ends[(tp.topic, tp.partition)] = int(future.result().offset)
             except confluent_kafka.KafkaException as exc:
