@@ -321,6 +321,10 @@ class Forwarder:
             log.error("Kafka refuses the edge (%s: %s) for %s row(s), first on its %s topic: they stay in the buffer "
                       "and are resent; grant the edge's principal Write on that topic", error_code(error), error,
                       len(denied), stored.record.topic)
+            if self._down_since is None:  # the uplink is down until the grant is back, not after a grace period
+                self._down_since = self.last_delivery
+                self._last_log = time.monotonic()
+                self.metrics.uplink_up.set(0)
         if not self._failed:
             stored, error = failures[0]
             log.error("Kafka did not take %s record(s) (first: a %s record, %s: %s); sending each again alone after "
@@ -386,7 +390,7 @@ class Forwarder:
                 log.warning("uplink down for %.0fs: %s records (%.1f MB, %.0f%% of the bound) buffered",
                             now - self._down_since, len(self.buffer), self.buffer.bytes / 1e6,
                             self.buffer.fill * 100)
-        elif self._down_since is not None and now - self.last_delivery < 1.0:
+        elif self._down_since is not None and self.last_delivery > self._down_since:  # delivered again
             log.warning("uplink back after %.0fs; draining %s buffered records", now - self._down_since,
                         len(self.buffer))
             self._down_since = None

@@ -159,6 +159,7 @@ def test_timeouts_and_a_revoked_acl_keep_the_rows_in_the_buffer_until_kafka_take
                 fwd.pump()
         assert len(box) == 20 and kafka.messages("telemetry") == [] and kafka.messages("telemetry.dlq") == []
         assert "TOPIC_AUTHORIZATION_FAILED" in caplog.text
+        assert fwd.metrics.uplink_up._value.get() == 0, "the uplink reports down at once"
         producer.delivery_error = broker_error(confluent_kafka.KafkaError._MSG_TIMED_OUT)
         producer.fail_next = 3
         fwd._backoff = fwd._retry_at = 0.0
