@@ -26,6 +26,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -125,6 +126,9 @@ class ScoringWorker(LoopService):
         self._stats_since = int(clock() * 1000)
         self._stats_counts: dict[str, int] = {}  # committed, not yet published
         self._stats_resets: dict[str, int] = {}
+        self._attempt: _Attempt | None = None  # the transaction that failed, whose outcome recovery checks
+        self._landed = False  # whether it committed after all
+        self._last_committed: dict[tuple[str, int], int] = {}  # offsets as of the last commit or rewind
         self._final_stats = False  # closing: publish what was counted, due or not
         self._producer: TransactionalProducerLike | None = None
         self._consumer: ConsumerLike | None = None
@@ -382,6 +386,9 @@ class ScoringWorker(LoopService):
         now_ms = int(self.clock() * 1000)
         counts, resets = self._batch_counts(result, rejected)
         stats = self._stats_record(now_ms, counts, resets)
+        offered = {k: o for k, o in self._next.items() if k[1] in self._owned}
+        moves = any(self._last_committed.get(k) != o for k, o in offered.items())
+        attempt = _Attempt(offered, moves, counts, resets, stats)
         try:
             producer.begin_transaction()
             predictions, alerts_topic, state = self.topics.predictions, self.topics.alerts, self.topics.scoring_state
@@ -405,18 +412,23 @@ class ScoringWorker(LoopService):
                 produce(state, encode_marker(marker), MARKER_KEY, partition=partition)
             if stats is not None:
                 produce(self.topics.pipeline, encode(stats), self.worker_id)
-            offsets = [TopicPartition(t, p, o) for (t, p), o in self._next.items() if p in self._owned]
+            offsets = [TopicPartition(t, p, o) for (t, p), o in attempt.offsets.items()]
             if offsets:
                 producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata())
             self._commit(producer)
         except KafkaError as error:
+            self._attempt, self._landed = attempt, False
             self._transaction_failed(error)
-            return False
-        self._pending_alerts.clear()
-        self._failures = 0
-        self._count_stats(counts, resets, stats)
+            return self._landed
+        self._committed(attempt)
         self.metrics.transaction.observe(time.perf_counter() - started)
         return True
+
+    def _committed(self, attempt: _Attempt) -> None:
+        self._pending_alerts.clear()
+        self._failures = 0
+        self._last_committed = attempt.offsets
+        self._count_stats(attempt.counts, attempt.resets, attempt.stats)
 
     def _commit(self, producer: TransactionalProducerLike) -> None:
         """Commit the open transaction; a retriable failure (a timeout: the outcome is not
@@ -491,7 +503,20 @@ class ScoringWorker(LoopService):
             log.warning("recovering to the committed state failed (%s); trying again", error.one_line())
             return False
         self._recovering = False
+        self._check_attempt()
         return True
+
+    def _check_attempt(self) -> None:
+        """A commit whose answer was lost (Kafka died after writing it) may have committed
+        after all: when the committed offsets, now read back, are the failed transaction's, it
+        is counted as committed (its predictions are not produced again: reading goes on from
+        those offsets)."""
+        attempt, self._attempt = self._attempt, None
+        self._landed = attempt is not None and attempt.moves and all(
+            self._next.get(k) == o for k, o in attempt.offsets.items())
+        if self._landed and attempt is not None:
+            log.info("the failed transaction had committed after all")
+            self._committed(attempt)
 
     def _consume_failed(self, error: KafkaError) -> None:
         """A fatal consumer error ends the worker with one line (with static membership that is
@@ -642,6 +667,7 @@ class ScoringWorker(LoopService):
         markers = self._committed_markers(partitions, set_next=True)
         kept = self._restore(markers)
         self._owned = numbers
+        self._last_committed.update({k: o for k, o in self._next.items() if k[1] in numbers})
         self.metrics.restore.observe(time.monotonic() - started)
         log.info("assigned partitions %s; restored %s windows in %.2fs", sorted(numbers), kept,
                  time.monotonic() - started)
@@ -703,6 +729,17 @@ class ScoringWorker(LoopService):
                                                                                 OFFSET_INVALID))
                          for tp in assignment])
         log.info("rewound partitions %s to the committed state", sorted(owned))
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """What one transaction commits: the next offsets, and the pipeline counts it adds."""
+
+    offsets: dict[tuple[str, int], int]
+    moves: bool  # whether they go beyond what was committed before (else a commit cannot be told from none)
+    counts: dict[str, int]
+    resets: dict[str, int]
+    stats: PipelineStats | None
 
 
 def _unprocessable(error: Exception, raw: bytes, doing: str) -> Rejected:

@@ -5,6 +5,7 @@ record the engine cannot process. Every case ends with exactly the reference pre
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -76,6 +77,7 @@ class FaultyProducer(FakeProducer):
     def commit_transaction(self, timeout_s: float = 60.0) -> None:
         self._fault("commit")
         super().commit_transaction(timeout_s)
+        self._fault("commit_answer")  # committed, but the caller hears of a failure
 
     def abort_transaction(self, timeout_s: float = 60.0) -> None:
         self._fault("abort")
@@ -299,3 +301,20 @@ def test_pipeline_stats_wait_for_their_interval_and_then_go_out_alone(data: Flee
     w.close()  # what was counted since goes out before the worker leaves, due or not
     last = pipeline_stats(kafka)[1:]
     assert [(r.since, r.until, r.counts) for r in last] == [(1_800_000_011_000, 1_800_000_012_000, {"rejected": 1})]
+
+
+def test_a_commit_whose_answer_is_lost_is_counted_once(data: FleetData, bundle: Bundle,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Kafka wrote the commit and died before answering: the worker cannot commit again or
+    abort, starts a new producer, and finds from the committed offsets that the batch is done."""
+    caplog.set_level(logging.INFO, "scoring.worker")
+    kafka = cluster(bundle)
+    rig = Rig(kafka, stats_interval_s=1e-6)
+    run_with(kafka, data, rig, lambda: rig.faults.setdefault("commit_answer", []).append(
+        error("commit transaction", _E._TIMED_OUT, retriable=True)))
+    assert not rig.faults["commit_answer"] and len(rig.producers) == 2
+    assert "committed after all" in caplog.text
+    assert committed_predictions(kafka) == offline(data, bundle)
+    assert sum(r.counts.get("scored", 0) for r in pipeline_stats(kafka)) == len(kafka.messages(TOPICS.predictions))
+    assert counted(rig.worker, "accepted") == len(data.readings)
+    rig.worker.close()
