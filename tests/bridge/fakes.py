@@ -37,11 +37,12 @@ from typing import Literal
 
 from bridge._mqtt_packets import packet, string, varint
 from bridge._subscriber import Message, Subscriber
+from forewarn.errors import MqttError
 from forewarn.settings import MqttSettings
 
 __all__ = ["AEDES_LIKE", "MOSQUITTO_311_LIKE", "FakeSubscriber", "MiniBroker", "Profile", "ProtocolViolation",
-           "Sent", "WireBroker", "mqtt_settings", "packet", "publish", "read_packet", "read_until", "reconnected",
-           "string", "varint", "wait_for"]
+           "Sent", "WireBroker", "mqtt_settings", "packet", "publish", "read_packet", "read_until", "read_until_error",
+           "reconnected", "string", "varint", "wait_for"]
 
 
 class ProtocolViolation(AssertionError):
@@ -243,6 +244,20 @@ def read_until(sub: Subscriber, n: int, timeout_s: float = 5.0) -> list[Message]
         got.extend(sub.read(n - len(got)))
         sub.wait_readable(0.01)
     return got
+
+
+def read_until_error(*subs: Subscriber, timeout_s: float = 10.0) -> MqttError | None:
+    """Drive the subscribers (read, housekeeping) until one raises :class:`MqttError`; returns it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for sub in subs:
+            try:
+                sub.read(10)
+                sub.housekeeping()
+            except MqttError as error:
+                return error
+        time.sleep(0.01)
+    return None
 
 
 def reset(conn: socket.socket) -> None:

@@ -25,6 +25,7 @@ from tests.bridge.fakes import (
     mqtt_settings,
     read_packet,
     read_until,
+    read_until_error,
     reconnected,
     wait_for,
 )
@@ -115,19 +116,6 @@ def test_a_reset_while_acknowledging_reconnects_and_the_broker_sends_again() -> 
     sub.disconnect()
     broker.close()
     assert broker.pubacks == [] and [level for level, _cid in broker.connects] == [5, 5]
-
-
-def read_until_error(*subs: Subscriber, timeout_s: float = 10.0) -> MqttError | None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for sub in subs:
-            try:
-                sub.read(10)
-                sub.housekeeping()
-            except MqttError as error:
-                return error
-        time.sleep(0.01)
-    return None
 
 
 def test_two_clients_with_one_id_stop_kicking_each_other_off(caplog: pytest.LogCaptureFixture) -> None:

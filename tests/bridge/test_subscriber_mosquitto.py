@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from bridge._subscriber import Message, Oversized, Subscriber
-from forewarn.errors import MqttError
 from forewarn.settings import MqttSettings, StackSettings
 from forewarn.stack.mosquitto import Mosquitto
-from tests.bridge.fakes import read_until
+from tests.bridge.fakes import read_until, read_until_error
 from tests.bridge.helpers import publish_all
 from tests.stacks import free_port
 
@@ -46,19 +45,6 @@ def drain(sub: Subscriber, n: int, timeout_s: float = 30.0) -> list[Message]:
     return got
 
 
-def fail_within(subs: list[Subscriber], timeout_s: float = 20.0) -> MqttError | None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for sub in subs:
-            try:
-                sub.read(10)
-                sub.housekeeping()
-            except MqttError as error:
-                return error
-        time.sleep(0.01)
-    return None
-
-
 def test_the_3_1_1_probe_finds_mosquittos_shared_subscriptions(mosquitto: MqttSettings) -> None:
     settings = mosquitto.model_copy(update={"protocol": "3.1.1"})
     group, topic = uuid.uuid4().hex[:6], f"probe-test/{uuid.uuid4().hex[:6]}"
@@ -79,7 +65,7 @@ def test_two_subscribers_with_one_client_id_end_with_an_error(mosquitto: MqttSet
     subs = [Subscriber(settings, client_id, clean_start=True) for _ in range(2)]
     for sub in subs:
         sub.connect()
-    error = fail_within(subs)
+    error = read_until_error(*subs, timeout_s=20)
     for sub in subs:
         sub.disconnect()
     assert error is not None and client_id in str(error)
