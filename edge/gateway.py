@@ -66,7 +66,7 @@ from forewarn.ports import ConsumerLike, MqttLike, ProducerLike
 from forewarn.routing import Router
 from forewarn.service import LoopService
 from forewarn.topics import MQTT_ROOT, Topics, alert_topic, mqtt_subscriptions, prediction_topic
-from scoring.engine import Incoming, ScoringEngine
+from scoring.engine import BatchResult, Incoming, ScoringEngine
 from scoring.registry import ModelRegistry, Offer
 from scoring.state import MachineRecord, Marker, PartitionState, decode_record, encode_record
 
@@ -260,16 +260,88 @@ class EdgeGateway(LoopService):
         if not self.options.persist_windows:
             return
         saved = self.buffer.load_state()
-        if not saved:
-            return
+        if saved:
+            kept = self._load_windows(saved)
+            log.info("restored %s of %s machine windows from the buffer database", kept, len(saved))
+
+    def _load_windows(self, saved: dict[str, bytes]) -> int:
+        """Replace the engine's machine state by ``saved``; returns the windows kept."""
         records: dict[str, MachineRecord] = {}
         for key, blob in saved.items():
             try:
                 records[key] = decode_record(blob)
             except msgspec.DecodeError:
                 log.warning("%s: saved window state unreadable; it restarts", key)
-        kept = self.engine.restore(PartitionState(0, Marker(-1, -1), records))
-        log.info("restored %s of %s machine windows from the buffer database", kept, len(records))
+        return self.engine.restore(PartitionState(0, Marker(-1, -1), records))
+
+    def _rewind(self) -> None:
+        """Put the engine back to the state that goes with what was scored so far: the committed
+        windows, and those of the batches held on a full disk (a failed call may have left state
+        half-updated). Without ``persist_windows`` the windows restart."""
+        assert self.buffer is not None
+        saved = self.buffer.load_state() if self.options.persist_windows else {}
+        if self._held is not None:
+            saved.update(self._held.state)
+        self._load_windows(saved)
+
+    def _process(self, readings: list[Incoming], events: list[tuple[MaintenanceEvent, int]]
+                 ) -> tuple[BatchResult, int]:
+        """The engine's result for the batch, and how many readings it could not process.
+
+        When processing raises (the engine is meant never to), the records that make it raise
+        are found one at a time from the rewound state and left out of scoring, and the rest is
+        scored again in one call (predictions do not depend on where a batch is cut). What was
+        left out is still buffered and forwarded: the data centre gets every reading; it is
+        counted ``unscorable`` and logged. No record can make the edge exit or crash-loop."""
+        try:
+            return self.engine.process(readings, events), 0
+        except Exception as error:  # noqa: BLE001 - one record must never stop the edge
+            log.error("scoring a batch of %s readings and %s maintenance events failed (%s: %s); looking for "
+                      "the records that cannot be processed", len(readings), len(events), type(error).__name__,
+                      error)
+        bad_readings: set[int] = set()
+        bad_events: set[int] = set()
+        for _ in range(len(readings) + len(events) + 1):
+            good = [r for i, r in enumerate(readings) if i not in bad_readings]
+            good_events = [e for i, e in enumerate(events) if i not in bad_events]
+            self._rewind()
+            try:
+                return self.engine.process(good, good_events), len(bad_readings)
+            except Exception:  # noqa: BLE001, S110 - the search below finds the record
+                pass
+            if not self._culprit(readings, events, bad_readings, bad_events):
+                log.error("the batch fails only as a whole; none of its %s readings is scored", len(readings))
+                bad_readings.update(range(len(readings)))
+                bad_events.update(range(len(events)))
+        self._rewind()
+        return BatchResult(), len(readings)
+
+    def _culprit(self, readings: list[Incoming], events: list[tuple[MaintenanceEvent, int]],
+                 bad_readings: set[int], bad_events: set[int]) -> bool:
+        """Process the records not yet left out one at a time, in the engine's order (readings,
+        then events), from the rewound state; add the first that raises to its set."""
+        self._rewind()
+        for i, item in enumerate(readings):
+            if i in bad_readings:
+                continue
+            try:
+                self.engine.process([item], [])
+            except Exception as error:  # noqa: BLE001 - this is the reading the engine cannot handle
+                bad_readings.add(i)
+                log.error("reading %s seq %s cannot be scored (%s: %s); it is buffered and forwarded unscored",
+                          item.reading.machine_id, item.reading.seq, type(error).__name__, error)
+                return True
+        for i, event in enumerate(events):
+            if i in bad_events:
+                continue
+            try:
+                self.engine.process([], [event])
+            except Exception as error:  # noqa: BLE001 - this is the event the engine cannot handle
+                bad_events.add(i)
+                log.error("maintenance event %s cannot be applied (%s: %s); it is buffered and forwarded",
+                          event[0].identity, type(error).__name__, error)
+                return True
+        return False
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -352,12 +424,13 @@ class EdgeGateway(LoopService):
                     events.append((_maintenance.decode(rec.value), 0))
             if message.qos:
                 batch.acks.append((message.mid, message.qos, epoch))
-        result = self.engine.process(readings, events)
+        result, unprocessable = self._process(readings, events)
         if self._events:  # model_refused events go first
             result.alerts[:0] = self._events
             self._events = []
         readings_by = counts.readings
         readings_by["scored"] += len(result.predictions)
+        readings_by["unscorable"] += unprocessable
         readings_by.update(result.not_scored)
         counts.resets.update(result.resets)
         for machine_id, value in result.predictions:

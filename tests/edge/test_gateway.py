@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import subprocess
 import sys
 import threading
@@ -20,13 +21,14 @@ from edge.metrics import OUTCOMES
 from edge.models import ModelSync
 from edge.settings import EdgeOptions, EdgeSettings
 from forewarn.bundle import current_version, pack
-from forewarn.contract import Alert, PipelineStats, Prediction
+from forewarn.contract import SCHEMA_VERSION, Alert, MaintenanceEvent, PipelineStats, Prediction, encode
 from forewarn.testing import FakeConsumer, FakeMqtt, FakeProducer, InMemoryKafka
 from forewarn.topics import Topics
 from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions
 from tests.edge.helpers import WINDOW, AwayProducer, edge_bundle, fleet, mqtt_messages, reading, run_until, seeded
+from tests.scoring.test_worker_faults import POISON, BrittleEngine
 from tests.stacks import REPO
 
 _prediction = msgspec.json.Decoder(Prediction)
@@ -293,3 +295,29 @@ def stats_total(kafka: InMemoryKafka, gw: EdgeGateway) -> dict[str, int]:
     for m in kafka.messages(gw.topics.pipeline):
         total.update(_stats.decode(m.value() or b"").counts)
     return dict(total)
+
+
+def test_a_reading_the_engine_cannot_process_is_forwarded_unscored_and_the_rest_scored(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    kafka, mqtt = InMemoryKafka(), FakeMqtt()
+    readings = fleet(3, 20)
+    third = len(readings) // 3
+    poison = msgspec.structs.replace(readings[third], machine_id=POISON)
+    event = MaintenanceEvent(SCHEMA_VERSION, POISON, poison.ts, "repair", event_id="wo-1")
+    messages = [*mqtt_messages([*readings[:third], poison, *readings[third:]]),
+                (f"forewarn/{POISON}/maintenance", encode(event))]
+    with EdgeGateway(seeded(tmp_path, max_batch=25), mqtt=mqtt, producer=FakeProducer(kafka)) as gw:
+        gw.engine = BrittleEngine(gw.registry, gw.engine.options)
+        mids = [mqtt.deliver(t, p).mid for t, p in messages]
+        run_until(gw, lambda: mqtt.acks == mids, timeout_s=30)
+        run_until(gw, lambda: len(kafka.messages("predictions")) >= len(reference(readings)), timeout_s=30)
+        sample = gw.metrics.registry.get_sample_value
+        assert sample("forewarn_edge_readings_total", {"outcome": "unscorable"}) == 1
+    predicted = sorted((p.machine_id, p.seq) for p in
+                       (_prediction.decode(m.value() or b"") for m in kafka.messages("predictions")))
+    assert predicted == reference(readings), "the rest is scored as if the poison had never come"
+    assert len(kafka.messages("telemetry")) == len(readings) + 1, "the poison is forwarded all the same"
+    assert len(kafka.messages("maintenance")) == 1
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(f"{POISON} seq" in line and "OverflowError" in line for line in lines)
+    assert any("wo-1 cannot be applied" in line for line in lines)
