@@ -42,7 +42,7 @@ from forewarn.settings import MqttSettings
 
 __all__ = ["AEDES_LIKE", "MOSQUITTO_311_LIKE", "FakeSubscriber", "MiniBroker", "Profile", "ProtocolViolation",
            "Sent", "WireBroker", "mqtt_settings", "packet", "publish", "read_packet", "read_until", "read_until_error",
-           "reconnected", "string", "varint", "wait_for"]
+           "reconnected", "string", "topic_matches", "varint", "wait_for"]
 
 
 class ProtocolViolation(AssertionError):

@@ -1,12 +1,26 @@
-"""The in-memory broker session the bridge's unit tests run on keeps MQTT's rules, so a bridge
+"""The fakes keep MQTT's rules. The in-memory broker session the bridge's unit tests run on keeps them, so a bridge
 that broke them would fail those tests (the real subscriber's wire format is pinned in
 test_subscriber.py, real Mosquitto in tests/integration/test_bridge_subscriber.py)."""
 
 from __future__ import annotations
 
+import socket
+import struct
+
 import pytest
 
-from tests.bridge.fakes import FakeSubscriber, ProtocolViolation
+from tests.bridge.fakes import (
+    AEDES_LIKE,
+    MOSQUITTO_311_LIKE,
+    FakeSubscriber,
+    MiniBroker,
+    Profile,
+    ProtocolViolation,
+    packet,
+    string,
+    topic_matches,
+    wait_for,
+)
 
 
 def connected(**kwargs: int) -> FakeSubscriber:
@@ -61,3 +75,53 @@ def test_receive_maximum_and_wrapping_packet_ids() -> None:
     sub.ack_many([65535])
     assert [m[3] for m in sub.read(10)] == [2]
     assert sub.deliver("t/q0", b"x", qos=0).mid == 0
+
+
+# -- the small broker on the wire -------------------------------------------------------------
+
+
+def raw_connect(port: int, level: int, client_id: str = "c") -> bytes:
+    """Send a bare CONNECT of protocol ``level``; what came back before the broker went quiet."""
+    body = string("MQTT") + bytes([level, 0x02]) + struct.pack("!H", 30) + (b"\x00" if level == 5 else b"")
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+        conn.sendall(packet(0x10, body + string(client_id)))
+        try:
+            return conn.recv(64)
+        except ConnectionResetError:
+            return b"<reset>"
+
+
+@pytest.mark.parametrize(("profile", "answer"), [
+    (MOSQUITTO_311_LIKE, b"\x20\x02\x00\x01"),  # 3.1.1 CONNACK: unacceptable protocol version
+    (Profile(versions=frozenset({4}), refuse_v5="connack_0x84"), b"\x20\x03\x00\x84\x00"),
+    (AEDES_LIKE, b""),  # closed, no CONNACK
+    (Profile(versions=frozenset({4}), refuse_v5="reset"), b"<reset>"),
+], ids=["connack-0x01", "connack-0x84", "close", "reset"])
+def test_a_3_1_1_only_broker_refuses_mqtt_5_as_real_ones_do(profile: Profile, answer: bytes) -> None:
+    broker = MiniBroker(profile)
+    try:
+        assert raw_connect(broker.port, 5) == answer
+        assert raw_connect(broker.port, 4) == b"\x20\x02\x00\x00"
+    finally:
+        broker.close()
+
+
+def test_topic_matching_follows_mqtt() -> None:
+    assert topic_matches("forewarn/+/+/telemetry", "forewarn/s/m/telemetry")
+    assert not topic_matches("forewarn/+/+/telemetry", "forewarn/$probe/b")
+    assert topic_matches("a/#", "a") and topic_matches("a/#", "a/b/c") and not topic_matches("+/x", "$SYS/x")
+    assert not topic_matches("$share/g/a/b", "a/b")  # literal: what a broker without shared subscriptions does
+
+
+def test_a_second_connection_with_the_same_id_takes_the_session_over() -> None:
+    broker = MiniBroker()
+    try:
+        with socket.create_connection(("127.0.0.1", broker.port), timeout=2) as first:
+            body = string("MQTT") + bytes([5, 0x02]) + struct.pack("!H", 30) + b"\x00" + string("same")
+            first.sendall(packet(0x10, body))
+            assert first.recv(5) == b"\x20\x03\x00\x00\x00"
+            assert wait_for(lambda: broker.connected("same"))
+            assert raw_connect(broker.port, 5, "same").startswith(b"\x20")
+            assert first.recv(4) == b"\xe0\x02\x8e\x00"  # DISCONNECT: session taken over
+    finally:
+        broker.close()
