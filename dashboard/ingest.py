@@ -19,7 +19,16 @@ from typing import Any, Final
 import msgspec
 
 from dashboard.store import Batch, unstorable
-from forewarn.contract import Alert, MaintenanceEvent, PipelineStats, Prediction, Telemetry, site_of
+from forewarn.contract import (
+    TS_MAX_MS,
+    TS_MIN_MS,
+    Alert,
+    MaintenanceEvent,
+    PipelineStats,
+    Prediction,
+    Telemetry,
+    site_of,
+)
 from forewarn.deadletter import INGEST_HEADER, DeadLetter
 from forewarn.ports import MessageLike
 from forewarn.topics import Topics
@@ -124,6 +133,7 @@ class Ingest:
         if role == "predictions":
             p = self._prediction.decode(value)
             _, kafka_ts = record.timestamp()
+            kafka_ts = kafka_ts if TS_MIN_MS <= kafka_ts <= TS_MAX_MS else 0  # the broker's, or absent
             ingest_ts = p.ingest_ts if p.ingest_ts is not None else _header_ms(record)
             batch.add("predictions", self._checked("predictions", (
                 p.machine_id, site_of(p.machine_id), p.asset_type, p.ts, p.seq, p.model, p.model_version,

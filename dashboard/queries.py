@@ -315,6 +315,7 @@ def not_scored(store: Store, minutes: int = 60) -> pd.DataFrame:
     kind (``count`` or ``reset``), outcome, n, sources. A stats record is dated by its ``until``,
     never later than when it arrived (a scorer's clock may be off)."""
     return store.read("""
-        SELECT role, kind, outcome, sum(n)::BIGINT AS n, count(DISTINCT source) AS sources
+        SELECT role, kind, outcome, least(sum(n), 9223372036854775807)::BIGINT AS n,
+               count(DISTINCT source) AS sources
         FROM pipeline_stats WHERE least(until_ms, received_at) >= ?
         GROUP BY ALL ORDER BY role, kind, outcome""", [store.now_ms() - minutes * 60_000])

@@ -32,8 +32,10 @@ from typing import Any, Final
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from dashboard.errors import StoreError
+from forewarn.contract import TS_MAX_MS, TS_MIN_MS
 
 __all__ = ["TABLE_COLUMNS", "Batch", "Retention", "Store", "unstorable"]
 
@@ -70,6 +72,11 @@ _APPENDED: Final[dict[str, dict[str, str]]] = {
         "outcome": "VARCHAR", "n": "BIGINT", "received_at": "BIGINT"},
 }
 
+# Event times (and scorer clocks) lie within the contract's fixed bounds, so every difference
+# of two of them a query takes fits int64; counts are never negative.
+_TIMES: Final = frozenset({"ts", "opened_at", "scored_at", "ingest_ts", "since_ms", "until_ms"})
+_COUNTS: Final = frozenset({"n"})
+
 # Tables that hold each identity once: an appended row whose key is already there is ignored.
 _IDENTITY: Final[dict[str, tuple[str, ...]]] = {
     "maintenance": ("identity",),
@@ -79,7 +86,7 @@ _IDENTITY: Final[dict[str, tuple[str, ...]]] = {
 # Column order of every table a batch appends to.
 TABLE_COLUMNS: Final[dict[str, tuple[str, ...]]] = {table: tuple(cols) for table, cols in _APPENDED.items()}
 
-_PANDAS_TYPE: Final = {"BIGINT": "Int64", "DOUBLE": "float64"}
+_ARROW_TYPE: Final = {"BIGINT": pa.int64(), "DOUBLE": pa.float64(), "VARCHAR": pa.string()}
 
 
 def _create(table: str) -> str:
@@ -156,12 +163,18 @@ def _unstorable_value(kind: str, value: Any) -> str | None:
 
 def unstorable(table: str, row: Sequence[Any]) -> str | None:
     """Why ``row`` (in :data:`TABLE_COLUMNS` order) cannot be held by ``table``, or None when
-    it can: integers must fit int64, numbers float64 and be finite, text valid UTF-8."""
+    it can: integers must fit int64, numbers float64 and be finite, text valid UTF-8, event
+    times lie within the contract's fixed bounds (2000..2100) and counts be non-negative."""
     columns = _APPENDED[table]
     if len(row) != len(columns):
         return f"{len(row)} values for {len(columns)} columns"
     for (name, kind), value in zip(columns.items(), row, strict=True):
         why = _unstorable_value(kind, value)
+        if why is None and value is not None:
+            if name in _TIMES and not TS_MIN_MS <= value <= TS_MAX_MS:
+                why = f"{value} is outside {TS_MIN_MS}..{TS_MAX_MS}"
+            elif name in _COUNTS and value < 0:
+                why = f"{value} is negative"
         if why is not None:
             return f"{table}.{name}: {why}"
     return None
@@ -206,14 +219,13 @@ class Retention:
     max_future_ms: int | None = 300_000  # None: every event time is believed
 
 
-def _frame(table: str, rows: Sequence[tuple[Any, ...]]) -> pd.DataFrame:
+def _frame(table: str, rows: Sequence[tuple[Any, ...]]) -> pa.Table:
+    """The rows as an Arrow table of the columns' exact types: integers stay exact up to
+    2^63-1 (a float64 round trip, as pandas' nullable integers take from Python objects,
+    would not)."""
     columns = _APPENDED[table]
-    frame = pd.DataFrame.from_records(rows, columns=list(columns))
-    for column, kind in columns.items():
-        dtype = _PANDAS_TYPE.get(kind)
-        if dtype is not None:
-            frame[column] = frame[column].astype(dtype)
-    return frame
+    return pa.table({name: pa.array([row[i] for row in rows], type=_ARROW_TYPE[kind])
+                     for i, (name, kind) in enumerate(columns.items())})
 
 
 def _wall_ms() -> int:
