@@ -6,8 +6,9 @@ Mosquitto: zero readings the bridge acknowledged are lost.
   reading, of a single message or of a gateway batch holding a refused one, arrives.
 - A broker frozen (SIGSTOP) past the producer's ``message.timeout.ms`` makes librdkafka report
   ``_MSG_TIMED_OUT`` — with no retriable flag — for what was in flight: the bridge re-sends it
-  and acknowledges nothing meanwhile; after SIGCONT every reading arrives, none in the DLQ.
-  The broker is a private one (the session's is shared and must not be frozen).
+  and acknowledges nothing meanwhile, the edge's forwarder keeps its rows in the buffer; after
+  SIGCONT every reading arrives, none in the DLQ. The broker is a private one (the session's is
+  shared and must not be frozen).
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from bridge.service import Bridge
 from bridge.settings import BridgeOptions, BridgeSettings
+from edge.buffer import Buffer, BufferRecord
+from edge.forwarder import Forwarder
+from edge.metrics import EdgeMetrics
 from forewarn.contract import DecodeLimits, Decoder
-from forewarn.kafka import KafkaAdmin
+from forewarn.kafka import KafkaAdmin, KafkaProducer
 from forewarn.settings import KafkaSettings, MqttSettings, TopicSettings
 from forewarn.stack import LocalStack
 from forewarn.topics import Topics, batch_topic, telemetry_topic, topic_specs
@@ -116,32 +121,66 @@ def _own_topics(local: LocalStack) -> tuple[TopicSettings, Topics]:
     return settings, Topics.from_settings(settings)
 
 
-def test_a_broker_frozen_past_the_message_timeout_loses_no_acknowledged_reading(own_stack: LocalStack) -> None:
+def edge_row(seq: int) -> BufferRecord:
+    machine = f"site-e/m{seq % 3}"
+    value = reading_bytes(machine, seq)
+    return BufferRecord("telemetry", value, machine.encode(), (("ingest_ts", b"1764212345999"),), 1764212345123 + seq)
+
+
+@contextmanager
+def running_forwarder(kafka: KafkaSettings, topics: Topics, path: Path) -> Iterator[tuple[Forwarder, Buffer]]:
+    producer = KafkaProducer(kafka)
+    with Buffer(path) as box:
+        forwarder = Forwarder(box, producer, topics, EdgeMetrics(), batch=10, max_in_flight=10)
+        forwarder.start()
+        try:
+            yield forwarder, box
+        finally:
+            forwarder.stop()
+            producer.close(5)
+
+
+def test_a_broker_frozen_past_the_message_timeout_loses_no_acknowledged_reading(
+        own_stack: LocalStack, tmp_path: Path) -> None:
+    """Both forwarders of the system on one frozen broker: the bridge (what it PUBACKed) and the
+    edge's (what its buffer holds)."""
     settings, topics = _own_topics(own_stack)
     kafka = own_stack.kafka_settings.model_copy(update={"extra": {
         "message.timeout.ms": "2000", "request.timeout.ms": "1500", "linger.ms": "5"}})
     mqtt = own_stack.mqtt_settings
+    edge_expected = {(f"site-e/m{seq % 3}", seq) for seq in range(100)}
     before = [(telemetry_topic(f"site-f/m{seq % 5}"), reading_bytes(f"site-f/m{seq % 5}", seq)) for seq in range(200)]
     during = [(telemetry_topic(f"site-f/m{seq % 5}"), reading_bytes(f"site-f/m{seq % 5}", seq))
               for seq in range(200, 600)]
     expected = {(f"site-f/m{seq % 5}", seq) for seq in range(600)}
     pid = own_stack.kafka.process.pid()
     assert pid is not None
-    with running_bridge(kafka, mqtt, settings, "bridge-kafka-errors-frozen") as bridge:
+    with running_bridge(kafka, mqtt, settings, "bridge-kafka-errors-frozen") as bridge, \
+            running_forwarder(kafka, topics, tmp_path / "outbox.db") as (forwarder, box):
         publish_all(mqtt, before)
-        assert wait_until(lambda: acked(bridge) == len(before), 60)
+        box.put_many([edge_row(seq) for seq in range(50)])
+        assert wait_until(lambda: acked(bridge) == len(before) and len(box) == 0, 60)
         os.kill(pid, signal.SIGSTOP)
         try:
             publish_all(mqtt, during)  # Mosquitto takes them; the bridge cannot confirm them
+            box.put_many([edge_row(seq) for seq in range(50, 100)])
             # Frozen for more failed rounds than dead_letter_after: a rule that took a time-out for
             # "refused for good" would have dead-lettered (or dropped) and acknowledged by then.
             rounds = 2 * BridgeOptions().dead_letter_after
             assert wait_until(lambda: kafka_errors(bridge) >= rounds or acked(bridge) > len(before), 120), \
                 "librdkafka reported the time-outs"
+            edge_errors = forwarder.metrics.kafka_errors
+            # the 10 rows in flight failed, then one alone more than a flag rule needs to dead-letter it
+            edge_rounds = 10 + forwarder.dead_letter_after
+            assert wait_until(lambda: edge_errors._value.get() >= edge_rounds or forwarder.dead_lettered > 0, 120)
             assert acked(bridge) == len(before), "nothing acknowledged while Kafka is frozen"
+            assert forwarder.dead_lettered == 0 and len(box) == 50, "every row not confirmed stays in the buffer"
         finally:
             os.kill(pid, signal.SIGCONT)
         assert wait_until(lambda: acked(bridge) == len(before) + len(during), 120), (acked(bridge), bridge.in_flight)
+        assert wait_until(lambda: len(box) == 0, 120), len(box)
+    edge_arrived = count_telemetry(own_stack.kafka_settings, topics.telemetry, expect=edge_expected, timeout_s=60)
+    assert edge_expected <= edge_arrived.keys(), f"lost at the edge: {sorted(edge_expected - edge_arrived.keys())[:5]}"
     arrived = count_telemetry(own_stack.kafka_settings, topics.telemetry, expect=expected, timeout_s=60)
     assert expected <= arrived.keys(), f"lost: {sorted(expected - arrived.keys())[:5]}"  # duplicates allowed
     assert topic_size(own_stack.kafka_settings, topics.dlq) == 0, "a time-out is never a dead letter"
