@@ -40,6 +40,11 @@ class KafkaError(ForewarnError):
       and build a new one;
     - ``txn_requires_abort``: the current transaction cannot be committed; abort it and start over
       from the last committed state.
+
+    The flags are librdkafka's for the transactional and admin APIs; on a produce or delivery
+    error confluent-kafka leaves them False whatever the code (``fatal`` is set only on a fatal
+    client error raised from ``poll``/``flush``). What a produce or delivery error means is
+    :func:`forewarn.kafka.classify`, by ``code``.
     """
 
     def __init__(self, message: str, *, code: str | None = None, retriable: bool = False, fatal: bool = False,
