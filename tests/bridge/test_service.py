@@ -451,3 +451,13 @@ def test_after_an_outage_every_failed_message_is_resent_in_one_round_in_order() 
     assert step_until(bridge, lambda: len(mqtt.acks) == 50)
     assert mqtt.acks == mids
     assert [json.loads(m.value())["seq"] for m in kafka.messages("u.telemetry")] == list(range(50))
+
+
+def test_a_fatal_error_raised_from_poll_rebuilds_and_the_message_is_acknowledged_once_kafka_has_it() -> None:
+    bridge, mqtt, producer, kafka = make(retry_backoff_s=0.01)
+    producer.fatal_next = broker_error(confluent_kafka.KafkaError.UNKNOWN_PRODUCER_ID)
+    message = mqtt.deliver(telemetry_topic("s/m1"), reading_bytes("s/m1", 1))
+    bridge.step(0)  # its report says UNKNOWN_PRODUCER_ID (no flags); poll raises the fatal error
+    assert producer.rebuilds == 1 and mqtt.acks == []
+    assert step_until(bridge, lambda: bool(mqtt.acks))
+    assert mqtt.acks == [message.mid] and len(kafka.messages("u.telemetry")) == 1 and producer.rebuilds == 1
