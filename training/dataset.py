@@ -26,7 +26,7 @@ __all__ = ["Events", "Readings", "find_file", "guess_settings", "load_events", "
 
 log = logging.getLogger(__name__)
 
-KEY_COLUMNS: Final = ("machine_id", "asset_type", "time", "seq")
+KEY_COLUMNS: Final = ("machine_id", "asset_type", "time", "seq", "boot")
 EVENT_KINDS: Final = ("failure", "repair", "inspection")
 TimeKind = Literal["index", "timestamp"]
 
@@ -214,6 +214,8 @@ def load_readings(path: str | Path, *, asset_type: str | None = None,
         if np.isnan(seq).any():
             raise DataError(f"{_where(file, csv, int(np.argmax(np.isnan(seq))))}, column 'seq': missing value")
         frame["seq"] = seq.astype(np.int64)
+    if "boot" in raw.columns:  # a device's restart epoch: seq starts again with each new boot
+        frame["boot"] = pd.to_numeric(raw["boot"], errors="coerce").astype("Int64").to_numpy()
     value_columns = [str(c) for c in raw.columns if c not in KEY_COLUMNS]
     if features is not None:
         unknown = [f for f in features if f not in value_columns]
@@ -233,7 +235,8 @@ def load_readings(path: str | Path, *, asset_type: str | None = None,
     frame = frame.sort_values(["machine_id", "time", *(["seq"] if "seq" in frame.columns else [])],
                               kind="stable").reset_index(drop=True)
     before = len(frame)
-    frame = frame.drop_duplicates(["machine_id", "seq"] if "seq" in frame.columns else ["machine_id", "time"])
+    identity = ["machine_id", *(["boot"] if "boot" in frame.columns else []), "seq"]
+    frame = frame.drop_duplicates(identity if "seq" in frame.columns else ["machine_id", "time"])
     if len(frame) < before:
         log.warning("%s: dropped %d duplicated readings", file, before - len(frame))
     # Columns another asset type owns are empty here.
@@ -261,6 +264,16 @@ def load_events(path: str | Path, time_kind: TimeKind) -> Events:
     frame = pd.DataFrame({"machine_id": ids.to_numpy(), "time": times, "event": events.to_numpy()})
     if "failure_mode" in raw.columns:
         frame["failure_mode"] = raw["failure_mode"].to_numpy()
+    # Each event once: by its event_id where it has one, else by machine, time and kind.
+    if "event_id" in raw.columns:
+        frame["event_id"] = raw["event_id"].to_numpy()
+    identity = frame["machine_id"].astype(str) + "@" + frame["time"].astype(str) + "/" + frame["event"]
+    if "event_id" in frame.columns:
+        identity = frame["event_id"].where(frame["event_id"].notna(), identity).astype(str)
+    duplicated = identity.duplicated().to_numpy()
+    if duplicated.any():
+        log.warning("%s: dropped %d maintenance events seen more than once", file, int(duplicated.sum()))
+        frame = frame[~duplicated]
     frame = frame.sort_values(["machine_id", "time"], kind="stable").reset_index(drop=True)
     return Events(frame=frame, path=file, sha256=_sha256(file))
 

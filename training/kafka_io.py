@@ -3,7 +3,9 @@ and publish a bundle on the compacted ``models`` topic.
 
 The export reads every partition from its start (or the first offset at ``since``) up to
 the end offset it had when the export started (or ``until``), decodes with the shared
-contract decoder (rejects are counted, never written), and writes one folder per asset type
+contract decoder (rejects are counted, never written), keeps each maintenance event once by
+its identity (``event_id``, else machine, time and kind) and each reading once by machine,
+boot and seq, and writes one folder per asset type
 — ``DIR/<asset_type>/readings.parquet`` and ``events.parquet`` in the generic long format —
 plus ``DIR/lineage.json`` with the topic/partition/offset ranges read. Each asset folder can
 be passed to ``forewarn train --data`` as is.
@@ -42,6 +44,7 @@ class ExportResult:
     readings: dict[str, int] = field(default_factory=dict)  # per asset type
     events: int = 0
     rejected: int = 0
+    duplicate_events: int = 0  # maintenance events seen again (a redelivery, a dead-letter replay)
     lineage: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,18 +109,25 @@ def export_dataset(kafka: KafkaSettings, topic_settings: TopicSettings, out: str
             result.rejected += 1
             continue
         rows[reading.asset_type].append(reading)
-    events: list[MaintenanceEvent] = []
+    # Each maintenance event once, by its identity, before anything is labelled from it.
+    events: dict[str, MaintenanceEvent] = {}
     for raw in raw_events:
         event = decoder.maintenance(raw)
         if isinstance(event, Rejected):
             result.rejected += 1
-            continue
-        events.append(event)
+        elif event.identity in events:
+            result.duplicate_events += 1
+        else:
+            events[event.identity] = event
+    if result.duplicate_events:
+        log.info("export: %d maintenance events were seen more than once and are kept once", result.duplicate_events)
+    kept = list(events.values())
     event_frame = pd.DataFrame({
-        "machine_id": [e.machine_id for e in events],
-        "time": pd.to_datetime([e.ts for e in events], unit="ms", utc=True),
-        "event": [e.event for e in events],
-        "failure_mode": [e.failure_mode for e in events],
+        "machine_id": [e.machine_id for e in kept],
+        "time": pd.to_datetime([e.ts for e in kept], unit="ms", utc=True),
+        "event": [e.event for e in kept],
+        "failure_mode": [e.failure_mode for e in kept],
+        "event_id": [e.event_id for e in kept],
     })
     for asset_type, readings in sorted(rows.items()):
         sensors = sorted({k for r in readings for k in r.sensors})
@@ -128,11 +138,16 @@ def export_dataset(kafka: KafkaSettings, topic_settings: TopicSettings, out: str
             "time": pd.to_datetime([r.ts for r in readings], unit="ms", utc=True),
             "seq": np.array([r.seq for r in readings], dtype=np.int64),
         })
+        # A device's restart epoch: its seq starts again from 0 with every new boot.
+        has_boot = any(r.boot is not None for r in readings)
+        if has_boot:
+            frame["boot"] = pd.array([r.boot for r in readings], dtype="Int64")
         for name in sensors:
             frame[name] = np.array([r.sensors.get(name, np.nan) for r in readings], dtype=np.float64)
         for name in settings:
             frame[name] = np.array([r.settings.get(name, np.nan) for r in readings], dtype=np.float64)
-        frame = frame.sort_values(["machine_id", "seq"], kind="stable").drop_duplicates(["machine_id", "seq"])
+        key = ["machine_id", "boot", "seq"] if has_boot else ["machine_id", "seq"]
+        frame = frame.sort_values(key, kind="stable", na_position="first").drop_duplicates(key)
         target = folder / asset_type
         target.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(target / "readings.parquet", index=False)
@@ -150,6 +165,7 @@ def export_dataset(kafka: KafkaSettings, topic_settings: TopicSettings, out: str
             "until": until.isoformat() if until else None,
             "topics": {topics.telemetry: reading_ranges, topics.maintenance: event_ranges},
             "rejected": result.rejected,
+            "duplicate_events": result.duplicate_events,
         }
     }
     (folder / "lineage.json").write_text(json.dumps(result.lineage, indent=2) + "\n")

@@ -89,3 +89,19 @@ def test_names():
     assert unit_from_name("vibration_de_mm_s") == "mm/s"
     assert unit_from_name("s1") is None
     assert guess_settings(["setting1", "speed_setpoint_rpm", "s2"]) == ["setting1", "speed_setpoint_rpm"]
+
+
+def test_events_seen_twice_are_kept_once_by_identity(tmp_path, caplog):
+    _write(tmp_path / "readings.csv", "machine_id,time,s1\na,0,1.0\na,1,2.0\n")
+    path = _write(tmp_path / "events.csv", "machine_id,time,event,event_id\n"
+                  "a,5,failure,WO-1\na,6,failure,WO-1\na,7,repair,\na,7,repair,\na,9,inspection,WO-2\n")
+    frame = load_events(path, "index").frame
+    assert list(frame["event"]) == ["failure", "repair", "inspection"]
+    assert "dropped 2 maintenance events seen more than once" in caplog.text
+
+
+def test_readings_of_each_boot_are_kept_when_seq_starts_again(tmp_path):
+    path = _write(tmp_path / "readings.csv", "machine_id,time,seq,boot,s1\n"
+                  "a,0,0,1,1.0\na,1,1,1,2.0\na,2,0,2,3.0\na,3,1,2,4.0\na,3,1,2,4.0\n")
+    readings = load_readings(path)
+    assert len(readings.frame) == 4 and readings.value_columns == ["s1"]

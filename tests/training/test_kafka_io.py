@@ -87,3 +87,36 @@ def test_publish_fails_when_kafka_refuses_the_bundle(kafka):
     with pytest.raises(TrainingError, match="refused"):
         publish_bundle(KafkaSettings(), TopicSettings(), Bundle(meta=tiny_meta(onnx), onnx=onnx), producer=producer)
     assert broker.messages(TOPICS.models) == []
+
+
+def test_export_keeps_each_maintenance_event_once_and_every_boot_of_a_restarted_device(tmp_path):
+    broker = InMemoryKafka()
+    for name in (TOPICS.telemetry, TOPICS.maintenance):
+        broker.create_topic(name, partitions=1)
+    producer = FakeProducer(broker)
+    machine = "site-a/pump-001"
+    # The device restarted: seq starts again from 0 with boot 2; one reading was redelivered.
+    readings = [Telemetry(v=1, machine_id=machine, asset_type="pump", ts=T0 + (boot * 10 + seq) * 1000, seq=seq,
+                          sensors={"s0": float(seq)}, boot=boot) for boot in (1, 2) for seq in range(10)]
+    for reading in [*readings, readings[3]]:
+        producer.produce(TOPICS.telemetry, encode(reading), key=machine, timestamp_ms=reading.ts)
+    named = MaintenanceEvent(v=1, machine_id=machine, ts=T0 + 25_000, event="failure", event_id="WO-7")
+    unnamed = MaintenanceEvent(v=1, machine_id=machine, ts=T0 + 26_000, event="repair")
+    # A dead-letter replay and a redelivery send both again.
+    for event in (named, unnamed, named, unnamed):
+        producer.produce(TOPICS.maintenance, encode(event), key=machine, timestamp_ms=event.ts)
+    producer.flush()
+    result = export_dataset(KafkaSettings(), TopicSettings(), tmp_path, consumer=FakeConsumer(broker))
+    assert result.readings == {"pump": 20} and result.events == 2 and result.duplicate_events == 2
+    assert result.lineage["kafka"]["duplicate_events"] == 2
+    frame = pd.read_parquet(tmp_path / "pump" / "readings.parquet")
+    assert list(frame["boot"]) == [1] * 10 + [2] * 10 and list(frame["seq"]) == [*range(10), *range(10)]
+    events = pd.read_parquet(tmp_path / "pump" / "events.parquet")
+    assert list(events["event"]) == ["failure", "repair"]
+    assert events["event_id"].iloc[0] == "WO-7" and pd.isna(events["event_id"].iloc[1])
+    # The folder loads for training with both boots' readings, boot a key, not a sensor.
+    from training.dataset import load_events, load_readings
+
+    loaded = load_readings(tmp_path / "pump")
+    assert len(loaded.frame) == 20 and loaded.value_columns == ["s0"]
+    assert len(load_events(tmp_path / "pump", loaded.time_kind).frame) == 2
