@@ -22,7 +22,9 @@ error's flags (a delivery report's are always False):
   records in Kafka;
 - retriable (``message.timeout.ms`` expired, transport, leaders moving, unknown codes) and
   authorization (a revoked ACL, failed SASL): re-sent with backoff, never acknowledged meanwhile;
-  authorization is logged at ERROR and raises ``forewarn_bridge_kafka_waiting`` at once;
+  authorization is logged at ERROR and raises ``forewarn_bridge_kafka_waiting`` at once. When the
+  oldest message is scheduled, every later one that failed too is scheduled with it, for the
+  same moment and after it (per key in order): after an outage thousands fail together;
 - fatal (an idempotent producer's lost sequence, ``_FATAL``, raised from ``poll``/``flush`` or
   ``produce`` or reported for a record): the producer is rebuilt
   (:meth:`~forewarn.ports.ProducerLike.rebuild`) and every record of every message Kafka did not
