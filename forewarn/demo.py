@@ -149,16 +149,22 @@ def _env_for(settings: ServiceSettings) -> dict[str, str]:
     }
 
 
+class _Stopped(Exception):
+    """Told to stop while setting up: nothing to check."""
+
+
 def _run_step(supervisor: Supervisor, what: str, args: list[str], log_file: Path,
-              say: Callable[[str], None]) -> None:
+              say: Callable[[str], None], stop: threading.Event) -> None:
     say(what)
-    code = supervisor.run(log_file.stem, [sys.executable, "-m", "forewarn.cli", *args], log_file)
+    code = supervisor.run(log_file.stem, [sys.executable, "-m", "forewarn.cli", *args], log_file, stop)
+    if stop.is_set():
+        raise _Stopped(what)
     if code != 0:
         raise DemoError(f"{what} failed (exit {code}); last lines of {log_file}:\n{tail(log_file, 8)}")
 
 
 def ensure_models(supervisor: Supervisor, models_dir: Path, data_dir: Path, say: Callable[[str], None],
-                  seed: int) -> None:
+                  seed: int, stop: threading.Event) -> None:
     """Train initial models from simulated history when the models folder has none."""
     missing = [t for t in ASSET_TYPES if not (models_dir / t / "current").exists()]
     if not missing:
@@ -168,11 +174,11 @@ def ensure_models(supervisor: Supervisor, models_dir: Path, data_dir: Path, say:
     types = [a for t in missing for a in ("--asset-type", t)]
     _run_step(supervisor, f"simulating run-to-failure history for {', '.join(missing)}",
               ["simulate", "history", "--machines", "200", *types, "--seed", str(seed), "--out", str(history)],
-              data_dir / "history.log", say)
+              data_dir / "history.log", say, stop)
     t0 = time.monotonic()
     _run_step(supervisor, "training initial models (about two minutes on two cores)",
               ["train", "--data", str(history), "--out", str(models_dir), "--promote", "--quiet"],
-              data_dir / "train.log", say)
+              data_dir / "train.log", say, stop)
     say(f"models trained in {time.monotonic() - t0:.0f}s (metrics in {data_dir / 'train.log'})")
 
 
@@ -327,19 +333,22 @@ def _run_pipeline(settings: ServiceSettings, options: DemoOptions, topics: Topic
                                       topics.dlq])
         with Supervisor(data_dir / "logs", env, watchdog) as supervisor:
             try:
-                _start_components(supervisor, options, models_dir, data_dir, say)
+                _start_components(supervisor, options, models_dir, data_dir, say, stop)
                 return _watch(settings, topics, supervisor, options, counter, since, say, stop.is_set)
+            except _Stopped as step:
+                say(f"stopped while {step}")
+                return 130
             finally:
                 say("stopping the pipeline")
 
 
 def _start_components(supervisor: Supervisor, options: DemoOptions, models_dir: Path,
-                      data_dir: Path, say: Callable[[str], None]) -> None:
-    ensure_models(supervisor, models_dir, data_dir, say, options.seed)
+                      data_dir: Path, say: Callable[[str], None], stop: threading.Event) -> None:
+    ensure_models(supervisor, models_dir, data_dir, say, options.seed, stop)
     for asset in ASSET_TYPES:
         _run_step(supervisor, f"publishing the {asset} model to the models topic",
                   ["model", "publish", "--models", str(models_dir), "--asset-type", asset],
-                  data_dir / "publish.log", say)
+                  data_dir / "publish.log", say, stop)
     supervisor.start("bridge", ["bridge", "--client-id", "forewarn-demo-bridge"])
     for i in range(options.workers):
         supervisor.start(f"score-{i + 1}", ["score", "--worker-id", f"demo-worker-{i + 1}",

@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ __all__ = ["Child", "Supervisor", "Watchdog"]
 log = logging.getLogger(__name__)
 
 _FORCED_STOP_S: Final = 2.0
+_STOP_S: Final = 30.0
 _WATCHDOG_GRACE_S: Final = 20.0
 
 
@@ -181,15 +183,27 @@ class Supervisor:
         log.info("started %s (pid %s): %s", name, child.popen.pid, " ".join(argv))
         return child
 
-    def run(self, name: str, argv: Sequence[str], log_file: Path) -> int:
+    def run(self, name: str, argv: Sequence[str], log_file: Path, stop: threading.Event | None = None) -> int:
         """Run ``argv`` to its end (appending its output to ``log_file``) under the same
-        guarantees as a background child; returns its exit code."""
+        guarantees as a background child; returns its exit code. ``stop`` set (a Ctrl-C for the
+        caller: the child, in a session of its own, gets none) sends it SIGTERM, and SIGKILL
+        if it is still there after the stop timeout."""
         log_file.parent.mkdir(parents=True, exist_ok=True)
         popen = self._popen(list(argv), log_file)
         child = Child(name, list(argv), log_file, popen)
         self.children.append(child)
         try:
-            return popen.wait()
+            while stop is None or not stop.is_set():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    return popen.wait(None if stop is None else 0.2)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGTERM)
+            try:
+                return popen.wait(_STOP_S)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", name)
+                self._kill(child)
+                return popen.wait()
         finally:
             self._kill(child)
             self.children.remove(child)
@@ -216,7 +230,7 @@ class Supervisor:
     def last_lines(self, child: Child, lines: int = 15) -> str:
         return tail(child.log_file, lines)
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float = _STOP_S) -> None:
         """SIGTERM every child, newest first; SIGKILL what is still alive after ``timeout_s``.
 
         Interrupted (a second Ctrl-C), it SIGKILLs every child still running before it re-raises:
@@ -263,7 +277,7 @@ class Supervisor:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         # Leaving on KeyboardInterrupt (a second Ctrl-C) means "now": a short grace period only.
-        self.stop(_FORCED_STOP_S if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) else 30.0)
+        self.stop(_FORCED_STOP_S if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) else _STOP_S)
 
 
 if __name__ == "__main__":

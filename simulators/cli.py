@@ -134,6 +134,18 @@ def _parse_start(value: str, behind_h: float = 0.0) -> int:
     return to_epoch_ms(when.astimezone(UTC))
 
 
+def _not_ahead(last_ms: int | None, settings: SimulateSettings, what: str) -> None:
+    """Refuse to send event times that consumers would refuse: beyond ``input.max_future_s``
+    ahead of the wall clock (``ts_out_of_range``)."""
+    bound_s = settings.input.max_future_s
+    now_ms = time.time_ns() // 1_000_000
+    if last_ms is None or bound_s is None or last_ms <= now_ms + bound_s * 1000:
+        return
+    when = datetime.fromtimestamp(last_ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    raise SimulatorError(f"{what} runs to {when}, more than {bound_s:g}s ahead of the wall clock: consumers would "
+                         "refuse those readings as ts_out_of_range", hint="use an earlier --start")
+
+
 def _write_report(path: Path | None, text: str) -> None:
     if path is None:
         return
@@ -182,6 +194,9 @@ def live() -> None:
     opts = settings.simulate
     boot = time.time_ns() // 1_000_000
     start_ms = _parse_start(opts.live.start, opts.live.behind_h)
+    if start_ms > time.time_ns() // 1_000_000:
+        raise SimulatorError(f"--start {opts.live.start} is in the future: the simulated clock never runs ahead of "
+                             "the wall clock", hint="use auto, now or a past time")
     fleet = opts.fleet(start_ms=start_ms, stagger=True, run_id=f"boot-{boot}")
     faults = opts.faults.config()
 
@@ -235,6 +250,9 @@ def history() -> None:
         raise SimulatorError("give exactly one of --out DIR and --to-kafka", hint="see forewarn simulate history -h")
     if run.to_kafka:
         from forewarn.kafka import KafkaProducer
+
+        if run.ticks is not None:
+            _not_ahead(fleet.start_ms + run.ticks * fleet.period_ms, settings, "the history")
         from forewarn.topics import Topics
 
         topics = Topics.from_settings(settings.topics)
@@ -280,6 +298,7 @@ def replay(file: Path) -> None:
     data = load_replay(file, events_path=events, asset_type=run.asset_type, site=run.site,
                        settings=run.setting_columns, start_ms=_parse_start(run.start),
                        period_ms=opts.sample_period_ms, failure_at_end=run.failure_at_end)
+    _not_ahead(data.last_ms, settings, str(file))
     client = MqttClient(settings.mqtt, run.client_id)
     client.connect()
     try:

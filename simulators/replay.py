@@ -74,6 +74,13 @@ class ReplayData:
     def __len__(self) -> int:
         return int(self.ts.shape[0])
 
+    @property
+    def last_ms(self) -> int | None:
+        """The latest event time of its readings and events (None when it has neither)."""
+        times = [int(self.ts.max())] if len(self) else []
+        times += [e.ts for e in self.events]
+        return max(times, default=None)
+
     def blocks(self, rows: int) -> Iterator[tuple[list[Block], list[MaintenanceEvent]]]:
         """Consecutive chunks of about ``rows`` readings (one block per asset type each),
         with the events due after them."""

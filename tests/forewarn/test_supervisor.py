@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 
 from forewarn.demo import Narrator
 from forewarn.stack._process import ProcessId
+from forewarn.supervisor import Supervisor
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="parent-death signals and /proc are Linux")
 
@@ -143,3 +145,19 @@ def test_the_narrator_tells_the_log_file_and_survives_a_closed_stream(tmp_path: 
     lines = (tmp_path / "demo.log").read_text().splitlines()
     assert [line.split(" ", 2)[2] for line in lines if "stderr is gone" not in line] == ["one", "two", "three"]
     stream.close()
+
+
+def test_a_step_runs_to_its_end_or_is_stopped_when_told(tmp_path: Path) -> None:
+    supervisor = Supervisor(tmp_path / "logs")
+    try:
+        code = supervisor.run("step", [sys.executable, "-c", "print('made it'); raise SystemExit(3)"],
+                              tmp_path / "step.log")
+        assert code == 3 and "made it" in (tmp_path / "step.log").read_text()
+        stop = threading.Event()
+        stop.set()  # a Ctrl-C came: the step, in a session of its own, is sent SIGTERM
+        code = supervisor.run("long", [sys.executable, "-c", "import time; time.sleep(300)"], tmp_path / "long.log",
+                              stop)
+        assert code == -signal.SIGTERM and supervisor.children == []
+    finally:
+        supervisor.stop()
+    assert supervisor.watchdog is None  # its own watchdog was closed with it

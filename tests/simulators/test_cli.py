@@ -55,6 +55,9 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     (("history", "--out", "x", "--to-kafka"), "exactly one of --out DIR and --to-kafka"),
     (("history", "--out", "x", "--fault-duplicate", "0.1"), "delivery faults only apply"),
     (("history", "--out", "x", "--start", "yesterday"), "not an ISO-8601 time"),
+    # Event times the consumers would refuse as ts_out_of_range are not sent at all.
+    (("live", "--start", "2099-01-01T00:00:00Z"), "is in the future"),
+    (("history", "--to-kafka", "--start", "now", "--ticks", "100"), "ahead of the wall clock"),
 ])
 def test_errors_are_one_actionable_line(args: tuple[str, ...], message: str) -> None:
     code, output = invoke(*args)
@@ -105,3 +108,10 @@ def test_pacer_keeps_the_schedule_and_wakes_on_stop() -> None:
     stop.set()
     assert not pacer.wait(10)
     assert Pacer(0.0, threading.Event()).wait(5)
+
+
+def test_a_replay_whose_times_run_ahead_of_the_wall_clock_is_refused_before_sending(tmp_path: Path) -> None:
+    path = tmp_path / "cycles.csv"
+    path.write_text("machine_id,time,x_c\na/b,1,1.0\na/b,100,1.0\n")  # cycle 100: 100 minutes after --start
+    code, output = invoke("replay", str(path), "--asset-type", "x", "--start", "now", "--mqtt-port", "1")
+    assert code == 2 and output.count("\n") == 1 and "ahead of the wall clock" in output and "--start" in output
