@@ -9,10 +9,38 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-__all__ = ["CONNACK", "CONNECT", "DISCONNECT", "PINGRESP", "PUBACK", "PUBLISH", "SUBACK", "SUBSCRIBE",
-           "UNSUBACK", "UNSUBSCRIBE", "Connack", "MalformedPacket", "Suback", "connect_packet", "decode_varint",
-           "disconnect_packet", "packet", "parse_connack", "parse_disconnect", "parse_properties",
-           "parse_suback", "publish_packet", "string", "subscribe_packet", "unsubscribe_packet", "varint"]
+from forewarn.contract import DecodeLimits, Reason, Rejected
+
+__all__ = [
+    "CONNACK",
+    "CONNECT",
+    "DEFAULT_MAX_PACKET_BYTES",
+    "DISCONNECT",
+    "PINGRESP",
+    "PUBACK",
+    "PUBLISH",
+    "SUBACK",
+    "SUBSCRIBE",
+    "UNSUBACK",
+    "UNSUBSCRIBE",
+    "Connack",
+    "MalformedPacket",
+    "Oversized",
+    "Suback",
+    "connect_packet",
+    "decode_varint",
+    "disconnect_packet",
+    "packet",
+    "parse_connack",
+    "parse_disconnect",
+    "parse_properties",
+    "parse_suback",
+    "publish_packet",
+    "string",
+    "subscribe_packet",
+    "unsubscribe_packet",
+    "varint",
+]
 
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK = 0x10, 0x20, 0x30, 0x40, 0x82, 0x90
 UNSUBSCRIBE, UNSUBACK, PINGRESP, DISCONNECT = 0xA2, 0xB0, 0xD0, 0xE0
@@ -27,6 +55,28 @@ _PROPERTY_KINDS: dict[int, str] = {
 PROP_SESSION_EXPIRY, PROP_RECEIVE_MAXIMUM, PROP_MAXIMUM_PACKET_SIZE = 0x11, 0x21, 0x27
 PROP_SERVER_KEEP_ALIVE, PROP_REASON_STRING, PROP_SHARED_SUBSCRIPTION_AVAILABLE = 0x13, 0x1F, 0x2A
 PROP_ASSIGNED_CLIENT_ID, PROP_MAXIMUM_QOS = 0x12, 0x24
+
+
+# A PUBLISH larger than the decoder's largest batch can only become a dead letter: the subscriber
+# reads it streaming, never holds it whole, and keeps its first bytes for the letter.
+DEFAULT_MAX_PACKET_BYTES = DecodeLimits().max_batch_bytes + 64 * 1024
+
+
+class Oversized(bytes):
+    """The payload of a message larger than the subscriber's ``max_packet_bytes``: its first
+    bytes only (``size`` is the whole packet's length). Acknowledge it like any other message
+    once its dead letter (:meth:`rejected`, reason ``too_large``) is stored."""
+
+    size: int
+
+    def __new__(cls, head: bytes, *, size: int) -> Oversized:
+        self = super().__new__(cls, head)
+        self.size = size
+        return self
+
+    def rejected(self) -> Rejected:
+        return Rejected(Reason.TOO_LARGE, f"MQTT packet of {self.size} bytes; only its first {len(self)} "
+                        "payload bytes were kept", bytes(self))
 
 
 class MalformedPacket(ValueError):

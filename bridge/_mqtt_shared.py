@@ -20,8 +20,10 @@ from collections.abc import Callable, Iterable
 from typing import Literal, Protocol
 
 from forewarn.errors import MqttError
+from forewarn.settings import MqttSettings
 
-__all__ = ["LACKS_SHARED", "SharedMode", "is_shared", "probe", "probe_filter", "probe_topic", "unshared"]
+__all__ = ["LACKS_SHARED", "SharedMode", "SharedSubscriptions", "is_shared", "probe", "probe_filter", "probe_topic",
+           "unshared"]
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +100,47 @@ def probe(make_client: Callable[[], ProbeClient], client_id: str, filters: Itera
         return None
     finally:
         client.disconnect()
+
+
+class SharedSubscriptions:
+    """Whether ``$share`` filters work on one broker, decided once per subscriber: ``mode``
+    ``"off"`` never, ``"on"`` always (a broker that says otherwise is an :class:`MqttError`),
+    ``"auto"`` by the broker's MQTT 5 signals (:meth:`lacking`) or, on 3.1.1, a :func:`probe`."""
+
+    def __init__(self, settings: MqttSettings, client_id: str, mode: SharedMode,
+                 make_probe_client: Callable[[], ProbeClient], probe_timeout_s: float) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.mode = mode
+        self.make_probe_client = make_probe_client
+        self.probe_timeout_s = probe_timeout_s
+        self.works: bool | None = None  # None: not known yet
+
+    def wire(self, filters: list[tuple[str, int]], v5: bool) -> tuple[list[tuple[str, int]], list[str]]:
+        """(the filters to subscribe, the shared filters to unsubscribe): ``$share/<group>/`` taken
+        off when shared subscriptions do not work."""
+        shared = [f for f, _q in filters if is_shared(f)]
+        if not shared:
+            return filters, []
+        if self.works is None:
+            self.works = self.mode != "off"
+            if self.mode == "auto" and not v5:
+                found = probe(self.make_probe_client, self.client_id, shared, self.probe_timeout_s)
+                if not found:
+                    self.lacking("a probe message published to a shared filter did not come back"
+                                 if found is False else "the probe could not run")
+        if self.works:
+            return filters, []
+        return [(unshared(f), q) for f, q in filters], shared
+
+    def lacking(self, why: str) -> None:
+        """The broker said (or the probe found) that it lacks shared subscriptions."""
+        s = self.settings
+        if self.mode == "on":
+            raise MqttError(f"MQTT broker at {s.host}:{s.port} lacks shared subscriptions ({why})",
+                            hint='set bridge.shared_subscriptions = "auto" or "off" to run as a single bridge')
+        if self.works is False:
+            return  # said once
+        self.works = False
+        if self.mode == "auto":
+            log.warning("mqtt %s:%s: %s; %s", s.host, s.port, LACKS_SHARED, why)

@@ -9,13 +9,27 @@ figures), so
   nothing is read and the broker's socket buffer fills; no inbox grows without bound, whatever
   the broker does with Receive Maximum;
 - PUBACKs of one round are one ``send``;
-- keep-alive (PINGREQ) and reconnects (with backoff) happen on the same loop, which never blocks
-  for longer than a short wait.
+- keep-alive (PINGREQ, at the broker's Server Keep Alive when it sets one) and reconnects happen
+  on the same loop, which never blocks for longer than a short wait (the connect itself, and a
+  shared-subscription probe on 3.1.1, do). The reconnect backoff starts again from its minimum
+  only after a connection stayed up for a stable period.
 
-What it speaks: CONNECT (clean start off, session expiry, Receive Maximum; username/password;
-TLS), CONNACK, one SUBSCRIBE for all filters (``$share/...`` included) and its SUBACK,
+What it speaks: CONNECT (clean start off, session expiry, Receive Maximum, optionally Maximum
+Packet Size; username/password; TLS), CONNACK, one SUBSCRIBE for all filters and its SUBACK,
 PUBLISH QoS 0/1 in (QoS 2 is never granted: it subscribes with QoS 1), PUBACK out, PINGREQ /
-PINGRESP, DISCONNECT. MQTT 5 first, 3.1.1 when the broker refuses 5 (``protocol = "auto"``).
+PINGRESP, DISCONNECT both ways. MQTT 5 first, 3.1.1 when the broker refuses 5 in any of the ways
+3.1.1 brokers do (``protocol = "auto"``; :mod:`bridge._mqtt_connect`).
+
+Where it refuses to go on silently:
+
+- a SUBACK that refuses a filter, or grants less than QoS 1 (the bridge would be at most once),
+  raises :class:`~forewarn.errors.MqttError` from :meth:`Subscriber.read`;
+- ``$share/...`` filters on a broker without shared subscriptions are subscribed plainly, with a
+  warning (:mod:`bridge._mqtt_shared`);
+- a session taken over again and again (two clients with one id) raises :class:`MqttError`;
+- a malformed packet (QoS bits 3, a topic that is not well-formed UTF-8) is counted and answered
+  with DISCONNECT 0x81, then it reconnects; a PUBLISH over ``max_packet_bytes`` is discarded as
+  it arrives and handed on as an :class:`Oversized` head for a ``too_large`` dead letter.
 """
 
 from __future__ import annotations
@@ -32,6 +46,7 @@ from typing import Protocol
 
 from bridge._mqtt_connect import UNSUPPORTED_PROTOCOL, open_connection
 from bridge._mqtt_packets import (
+    DEFAULT_MAX_PACKET_BYTES,
     DISCONNECT,
     PINGRESP,
     PROP_MAXIMUM_PACKET_SIZE,
@@ -43,6 +58,7 @@ from bridge._mqtt_packets import (
     PUBLISH,
     SUBACK,
     MalformedPacket,
+    Oversized,
     connect_packet,
     decode_varint,
     disconnect_packet,
@@ -52,8 +68,7 @@ from bridge._mqtt_packets import (
     subscribe_packet,
     unsubscribe_packet,
 )
-from bridge._mqtt_shared import LACKS_SHARED, SharedMode, is_shared, probe, unshared
-from forewarn.contract import DecodeLimits, Reason, Rejected
+from bridge._mqtt_shared import SharedMode, SharedSubscriptions, is_shared
 from forewarn.errors import MqttError
 from forewarn.settings import MqttSettings
 
@@ -70,30 +85,10 @@ _SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason
 _YOUNG_S = 2.0  # closed by the broker this soon after CONNACK: maybe a take-over (3.1.1 has no reason)
 _TAKEOVER_WINDOW_S, _TAKEOVERS_MAX = 120.0, 3  # a connection up this long resets the reconnect backoff to its minimum
 _TOPIC_CACHE_MAX = 100_000
-# A PUBLISH larger than the decoder's largest batch can only become a dead letter: it is read
-# streaming, never held whole (its first _HEAD payload bytes are kept for the letter).
-DEFAULT_MAX_PACKET_BYTES = DecodeLimits().max_batch_bytes + 64 * 1024
 _PEEK = 2 + 65535 + 2 + 4 + 64 * 1024  # enough of a PUBLISH for its header (topic, id, properties)
-_HEAD = 4096
+_HEAD = 4096  # payload bytes an Oversized keeps
 
 Message = tuple[str, bytes, int, int]  # (topic, payload, qos, packet id)
-
-
-class Oversized(bytes):
-    """The payload of a message larger than the subscriber's ``max_packet_bytes``: its first
-    bytes only (``size`` is the whole packet's length). Acknowledge it like any other message
-    once its dead letter (:meth:`rejected`, reason ``too_large``) is stored."""
-
-    size: int
-
-    def __new__(cls, head: bytes, *, size: int) -> Oversized:
-        self = super().__new__(cls, head)
-        self.size = size
-        return self
-
-    def rejected(self) -> Rejected:
-        return Rejected(Reason.TOO_LARGE, f"MQTT packet of {self.size} bytes; only its first {len(self)} "
-                        "payload bytes were kept", bytes(self))
 
 
 class SubscriberLike(Protocol):
@@ -151,9 +146,8 @@ class Subscriber:
                  max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES, announce_max_packet: bool = False,
                  shared_subscriptions: SharedMode = "auto", probe_timeout_s: float = 5.0) -> None:
         self.settings = settings
-        self.shared_subscriptions = shared_subscriptions
-        self.probe_timeout_s = probe_timeout_s
-        self._shared: bool | None = None  # whether $share filters work on this broker (None: not known yet)
+        self._sharing = SharedSubscriptions(settings, client_id, shared_subscriptions, self._probe_client,
+                                            probe_timeout_s)
         self.max_packet_bytes = max_packet_bytes
         self.announce_max_packet = announce_max_packet
         self.client_id = client_id
@@ -616,8 +610,9 @@ class Subscriber:
 
     def _open(self, timeout_s: float) -> None:
         """Connect with the configured protocol. ``auto``: MQTT 5, and 3.1.1 from the first time
-        the broker refuses 5 (a refusal code, or closing the connection before CONNACK) for the
-        life of this subscriber; a 3.1.1 attempt that fails too is a connection failure."""
+        the broker refuses 5 (a refusal code, or closing the connection before CONNACK) and then
+        takes 3.1.1, for the life of this subscriber; a 3.1.1 attempt that fails too is a
+        connection failure (the next attempt tries 5 again)."""
         protocol = self.settings.protocol
         if protocol != "auto" or self._downgraded:
             self._connect_once(protocol == "5", timeout_s)
@@ -627,10 +622,10 @@ class Subscriber:
         except MqttError as error:
             if error.reason_code not in UNSUPPORTED_PROTOCOL:
                 raise
+            self._connect_once(False, timeout_s)  # failing too: a connection failure; both again next time
             log.warning("mqtt broker %s:%s refused MQTT 5 (%s); using MQTT 3.1.1 from now on",
                         self.settings.host, self.settings.port, error)
             self._downgraded = True
-            self._connect_once(False, timeout_s)
 
     def _connect_once(self, v5: bool, timeout_s: float) -> None:
         s = self.settings
@@ -640,7 +635,7 @@ class Subscriber:
         session_present = connack.session_present
         if v5 and connack.properties.get(PROP_SHARED_SUBSCRIPTION_AVAILABLE) == 0:
             try:
-                self._lacks_shared("its CONNACK says Shared Subscription Available = 0")
+                self._sharing.lacking("its CONNACK says Shared Subscription Available = 0")
             except MqttError:
                 sock.close()
                 raise
@@ -690,40 +685,17 @@ class Subscriber:
             self._flush_out()
 
     def _wire(self, filters: list[tuple[str, int]]) -> list[tuple[str, int]]:
-        """The filters as subscribed: ``$share/<group>/`` taken off when shared subscriptions do
-        not work on this broker (decided once, on 3.1.1 by a probe)."""
-        if not any(is_shared(f) for f, _q in filters):
-            return filters
-        if self._shared is None:
-            mode = self.shared_subscriptions
-            self._shared = mode != "off"
-            if mode == "auto" and not self._v5:
-                found = probe(self._probe_client, self.client_id, [f for f, _q in filters], self.probe_timeout_s)
-                if not found:
-                    self._lacks_shared("a probe message published to a shared filter did not come back"
-                                       if found is False else "the probe could not run")
-        if self._shared:
-            return filters
-        plain = [(unshared(f), q) for f, q in filters]
-        if not self.clean_start:  # a session of an earlier run may hold the shared ones: drop them
+        """The filters as subscribed (:meth:`SharedSubscriptions.wire`), dropping the shared ones
+        an earlier run's session may hold when they are subscribed plainly."""
+        wired, stale = self._sharing.wire(filters, self._v5)
+        if stale and not self.clean_start:
             self._next_id = self._next_id % 65535 + 1
-            self._send(unsubscribe_packet(self._next_id, [f for f, _q in filters if is_shared(f)], self._v5))
-        return plain
+            self._send(unsubscribe_packet(self._next_id, stale, self._v5))
+        return wired
 
     def _probe_client(self) -> Subscriber:
         settings = self.settings.model_copy(update={"protocol": self.protocol})
         return Subscriber(settings, f"{self.client_id}-probe", clean_start=True, shared_subscriptions="on")
-
-    def _lacks_shared(self, why: str) -> None:
-        s = self.settings
-        if self.shared_subscriptions == "on":
-            raise MqttError(f"MQTT broker at {s.host}:{s.port} lacks shared subscriptions ({why})",
-                            hint='set bridge.shared_subscriptions = "auto" or "off" to run as a single bridge')
-        if self._shared is False:
-            return  # said once
-        self._shared = False
-        if self.shared_subscriptions == "auto":
-            log.warning("mqtt %s:%s: %s; %s", s.host, s.port, LACKS_SHARED, why)
 
     def _suback(self, body: bytes) -> None:
         ack = parse_suback(body, self._v5)
@@ -735,8 +707,8 @@ class Subscriber:
             raise _malformed(f"SUBACK with {len(ack.codes)} codes for {len(filters)} filters")
         granted = list(zip(filters, ack.codes, strict=True))
         not_shared = [fq for fq, code in granted if code == _SHARED_NOT_SUPPORTED and is_shared(fq[0])]
-        if not_shared and self.shared_subscriptions != "on":  # MQTT 5: subscribe those plainly
-            self._lacks_shared(f"its SUBACK refused {not_shared[0][0]} with reason 0x9e")
+        if not_shared and self._sharing.mode != "on":  # MQTT 5: subscribe those plainly
+            self._sharing.lacking(f"its SUBACK refused {not_shared[0][0]} with reason 0x9e")
             self._subscribe(self._wire(not_shared), 10.0)
             granted = [(fq, code) for fq, code in granted if fq not in not_shared]
         s = self.settings

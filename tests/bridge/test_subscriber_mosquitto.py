@@ -51,7 +51,7 @@ def test_the_3_1_1_probe_finds_mosquittos_shared_subscriptions(mosquitto: MqttSe
     sub = Subscriber(settings, f"b-{group}", clean_start=True)
     sub.connect()
     sub.subscribe([f"$share/{group}/{topic}/+"])
-    assert sub._shared is True
+    assert sub._sharing.works is True
     publish_all(settings, [(f"{topic}/1", b"one")])
     got = drain(sub, 1)
     sub.disconnect()
