@@ -1,6 +1,7 @@
 """End to end: the real ``forewarn dashboard`` process against the real Kafka, opened in
-headless Chromium (Debian's, driven by Playwright); waits until machines and predictions show
-and saves screenshots (under the test's tmp dir, and $FOREWARN_SCREENSHOT_DIR when set)."""
+headless Chromium (Debian's, driven by Playwright); waits until machines and predictions show,
+and the Pipeline page's readings not scored by reason, and saves screenshots (under the test's
+tmp dir, and $FOREWARN_SCREENSHOT_DIR when set)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from forewarn.bundle import (
     pack,
     sha256_hex,
 )
-from forewarn.contract import Alert, MaintenanceEvent, Prediction, Telemetry, encode
+from forewarn.contract import Alert, MaintenanceEvent, PipelineStats, Prediction, Telemetry, encode
 from forewarn.kafka import KafkaProducer
 from forewarn.settings import TopicSettings
 from forewarn.topics import Topics
@@ -79,8 +80,15 @@ def _produce(stack: RunningStack, topics: Topics) -> None:
             v=1, alert_id=f"{hot}:1", machine_id=hot, state="open", severity="critical", rule="p_fail_above",
             opened_at=t0 + 30 * 60_000, ts=t0 + 30 * 60_000, p_fail=0.5, model_version="20251126T080000Z",
             asset_type="pump")), key=hot)
-        producer.produce(topics.maintenance, encode(MaintenanceEvent(v=1, machine_id=MACHINES[1], ts=t0 + 600_000,
-                                                                     event="inspection")), key=MACHINES[1])
+        inspection = MaintenanceEvent(v=1, machine_id=MACHINES[1], ts=t0 + 600_000, event="inspection",
+                                      event_id="WO-1")
+        for _ in range(2):  # a redelivery: the store holds it once
+            producer.produce(topics.maintenance, encode(inspection), key=MACHINES[1])
+        for source, role in (("scoring-0", "scoring"), ("edge-site-a", "edge")):
+            stats = PipelineStats(v=1, source=source, role=role, since=now - 10_000, until=now,
+                                  counts={"scored": 240, "duplicate": 7, "late": 3, "warmup": 29},
+                                  resets={"restart": 1})
+            producer.produce(topics.pipeline, encode(stats), key=source)
         producer.produce(topics.dlq, b"{oops", headers=[("reason", b"not_json"), ("detail", b"bad json"),
                                                           ("mqtt_topic", b"forewarn/site-a/x/telemetry")])
         assert producer.flush(30) == 0
@@ -161,6 +169,13 @@ def test_dashboard_shows_machines_and_predictions_in_chromium(dashboard_process:
             expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(4, timeout=30_000)
             page.wait_for_timeout(1500)
             machine = _save(page, "e2e-machine", tmp_path)
+
+            page.goto(f"{url}/pipeline", wait_until="domcontentloaded")
+            expect(page.get_by_text("Not scored, by reason")).to_be_visible(timeout=30_000)
+            expect(page.locator('[data-testid="stDataFrame"]', has_text="duplicate").first).to_be_visible(
+                timeout=30_000)
+            page.wait_for_timeout(1500)
+            pipeline = _save(page, "e2e-pipeline", tmp_path)
         finally:
             browser.close()
-    assert fleet.stat().st_size > 20_000 and machine.stat().st_size > 20_000
+    assert fleet.stat().st_size > 20_000 and machine.stat().st_size > 20_000 and pipeline.stat().st_size > 20_000
