@@ -60,6 +60,7 @@ __all__ = ["ConsumerFactory", "ProducerFactory", "ScoringWorker"]
 
 log = logging.getLogger(__name__)
 
+_FENCE_LIMIT, _FENCE_WINDOW_S = 3, 600.0  # consumer fencings that mean another process has this worker id
 _FIRST_PAUSE_S = 0.05  # the first pause of a recovery that failed; it doubles with every failure in a row
 _Event = tuple[MaintenanceEvent, int]  # an event and its partition, as the engine takes them
 _T = TypeVar("_T")
@@ -123,6 +124,7 @@ class ScoringWorker(LoopService):
         self._transactional_id = f"{self.options.group_id}.{self.worker_id}"
         self._recovering = False  # a failure left the worker off the committed state: rewind first
         self._failures = 0  # failed transactions and recoveries since the last commit
+        self._fenced: list[float] = []  # when the consumer failed for good (monotonic)
         self._stats_since = int(clock() * 1000)
         self._stats_counts: dict[str, int] = {}  # committed, not yet published
         self._stats_resets: dict[str, int] = {}
@@ -159,6 +161,15 @@ class ScoringWorker(LoopService):
         except KafkaError as error:
             raise ScoringError(f"cannot start the transactional producer {self._transactional_id}: "
                                f"{error.one_line()}", hint="is Kafka running and reachable?") from None
+        self._consumer = self._join()
+        if self.options.metrics_port is not None:
+            self.metrics.serve(self.options.metrics_port)
+        self._started = True
+        log.info("scoring worker %s started (group %s, transactional.id %s)", self.worker_id,
+                 self.options.group_id, self._transactional_id)
+
+    def _join(self) -> ConsumerLike:
+        """A new member of the scoring group, subscribed (partitions come with its first consume)."""
         overrides: dict[str, object] = {
             "partition.assignment.strategy": "range",
             "max.poll.interval.ms": 300_000,
@@ -174,12 +185,7 @@ class ScoringWorker(LoopService):
         consumer = self._consumer_factory(self.options.group_id, (), **overrides)
         consumer.subscribe([self.topics.telemetry, self.topics.maintenance],
                            on_assign=self._on_assign, on_revoke=self._on_revoke)
-        self._consumer = consumer
-        if self.options.metrics_port is not None:
-            self.metrics.serve(self.options.metrics_port)
-        self._started = True
-        log.info("scoring worker %s started (group %s, transactional.id %s)", self.worker_id,
-                 self.options.group_id, self._transactional_id)
+        return consumer
 
     def _start_producer(self) -> TransactionalProducerLike:
         """A new transactional producer, registered: its ``init_transactions`` fences any older
@@ -319,29 +325,44 @@ class ScoringWorker(LoopService):
     def _isolate(self, readings: list[_Item[Incoming]], events: list[_Item[_Event]]
                  ) -> tuple[BatchResult, list[tuple[Rejected, MessageLike]]]:
         """Process the batch again one record at a time, in the engine's order (readings, then
-        events), from the committed state: the first record that raises is dead-lettered as
-        ``unprocessable`` and the pass starts over without it (the failed call may have left
-        state half-updated). A pass without failure is the batch's result: predictions do not
-        depend on where a batch is cut, so it is what the whole batch would have given."""
+        events), from the committed state. A record that raises is dead-lettered as
+        ``unprocessable``; as the failed call may have left state half-updated, state goes back
+        to the committed one, the records before it are done again in one call, and the pass
+        goes on after it. Predictions do not depend on where a batch is cut, so the result is
+        what the whole batch would have given without the records left out."""
         items: list[tuple[Incoming | None, _Event | None, MessageLike]] = [
             *((r, None, m) for r, m in readings), *((None, e, m) for e, m in events)]
         bad: dict[int, Rejected] = {}
-        while True:
-            self._restore_owned()
-            results: list[BatchResult] = []
-            for index, (reading, event, message) in enumerate(items):
-                if index in bad:
-                    continue
-                try:
-                    results.append(self.engine.process([reading] if reading is not None else [],
-                                                       [event] if event is not None else []))
-                except Exception as error:  # noqa: BLE001 - this record is the one the engine cannot handle
-                    bad[index] = _unprocessable(error, message.value() or b"", "scoring")
-                    log.error("record %s[%s]@%s cannot be processed (%s); it goes to the dead-letter topic",
-                              message.topic(), message.partition(), message.offset(), bad[index].detail)
-                    break
-            else:
-                return _merge(results), [(bad[i], items[i][2]) for i in sorted(bad)]
+        self._restore_owned()
+        results: list[BatchResult] = []
+        index = 0
+        while index < len(items):
+            reading, event, message = items[index]
+            try:
+                results.append(self.engine.process([reading] if reading is not None else [],
+                                                   [event] if event is not None else []))
+            except Exception as error:  # noqa: BLE001 - this record is one the engine cannot handle
+                bad[index] = _unprocessable(error, message.value() or b"", "scoring")
+                log.error("record %s[%s]@%s cannot be processed (%s); it goes to the dead-letter topic",
+                          message.topic(), message.partition(), message.offset(), bad[index].detail)
+                results = self._redo(items[:index], bad)
+            index += 1
+        return _merge(results), [(bad[i], items[i][2]) for i in sorted(bad)]
+
+    def _redo(self, items: list[tuple[Incoming | None, _Event | None, MessageLike]],
+              bad: dict[int, Rejected]) -> list[BatchResult]:
+        """From the committed state, the results of ``items`` but the ``bad`` ones: in one call
+        (each of them went through alone already), else, should they fail together, one by one."""
+        self._restore_owned()
+        kept = [item for i, item in enumerate(items) if i not in bad]
+        try:
+            return [self.engine.process([r for r, _, _ in kept if r is not None],
+                                        [e for _, e, _ in kept if e is not None])]
+        except Exception as error:  # noqa: BLE001 - then one by one, as before
+            log.warning("records that score alone fail together (%s: %s); scoring them one by one",
+                        type(error).__name__, error)
+        self._restore_owned()
+        return [self.engine.process([r] if r is not None else [], [e] if e is not None else []) for r, e, _ in kept]
 
     def _next_batch(self) -> Sequence[MessageLike]:
         """Whatever has been fetched already, up to ``max_batch`` records; when nothing has, the
@@ -519,18 +540,40 @@ class ScoringWorker(LoopService):
             self._committed(attempt)
 
     def _consume_failed(self, error: KafkaError) -> None:
-        """A fatal consumer error ends the worker with one line (with static membership that is
-        another process running under this worker id, which the group let in). Anything else
-        may have cost records fetched in the same call: rewind to the committed offsets."""
-        if error.fatal:
-            self._recovering = True  # nothing more is written, the last stats included
-            raise ScoringError(f"the consumer of group {self.options.group_id} failed for good: {error.one_line()}",
-                               hint="is another worker running with the same worker id? restarted, this one "
-                                    "resumes from the committed state") from None
-        log.warning("consuming failed (%s); rewinding to the committed state", error.one_line())
+        """A fatal consumer error (librdkafka's ``_FATAL``: with static membership, the group
+        fenced this member, which also happens to a lone worker when the coordinator comes back
+        after a crash) leaves the group with a new member; fenced that way again and again
+        within ``_FENCE_WINDOW_S``, another process runs under this worker id, and the worker
+        ends with one line. Anything else may have cost records fetched in the same call: rewind
+        to the committed offsets."""
         self._failures += 1
+        if error.fatal or error.code == "_FATAL":
+            now = time.monotonic()
+            self._fenced = [t for t in self._fenced if now - t < _FENCE_WINDOW_S] + [now]
+            if len(self._fenced) >= _FENCE_LIMIT:
+                self._recovering = True  # nothing more is written, the last stats included
+                raise ScoringError(f"the consumer of group {self.options.group_id} was fenced "
+                                   f"{len(self._fenced)} times in a row: {error.one_line()}",
+                                   hint="is another worker running with the same worker id? give each its own")
+            log.error("the consumer failed for good (%s); joining the group again with a new one",
+                      error.one_line())
+            self._rejoin()
+            return
+        log.warning("consuming failed (%s); rewinding to the committed state", error.one_line())
         self._recovering = True
         self._recover()
+
+    def _rejoin(self) -> None:
+        """Drop the consumer and what it owned; the new member restores what it is assigned."""
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            try:
+                consumer.close()
+            except KafkaError as error:
+                log.warning("closing the failed consumer: %s", error.one_line())
+        self._on_revoke([TopicPartition(self.topics.telemetry, p) for p in sorted(self._owned)])
+        self._next.clear()
+        self._consumer = self._join()
 
     # -- pipeline stats -----------------------------------------------------------------------
 

@@ -14,8 +14,8 @@ import msgspec
 import pytest
 
 from forewarn.bundle import Bundle
-from forewarn.contract import MaintenanceEvent, PipelineStats, Reason
-from forewarn.deadletter import DeadLetter
+from forewarn.contract import MaintenanceEvent, PipelineStats, Reason, encode
+from forewarn.deadletter import DeadLetter, Kind
 from forewarn.errors import KafkaError
 from forewarn.kafka import kafka_error
 from forewarn.testing import FakeConsumer, FakeMessage, FakeProducer, InMemoryKafka, broker_error
@@ -206,14 +206,34 @@ def test_a_failed_fetch_rewinds_so_its_records_are_read_again(data: FleetData, b
     rig.worker.close()
 
 
-def test_a_fatal_consumer_error_stops_the_worker_with_one_line(data: FleetData, bundle: Bundle) -> None:
+def fenced() -> KafkaError:
+    """What a consume returns when the group fenced a static member: librdkafka's ``_FATAL``
+    event (its ``fatal()`` is false; the underlying error is in the text)."""
+    return error("consume", _E._FATAL)
+
+
+def test_a_fenced_consumer_is_replaced_and_nothing_is_lost(data: FleetData, bundle: Bundle) -> None:
+    """A lone worker's static member is fenced when the coordinator comes back after a crash:
+    a new member joins and restores what it is assigned."""
     kafka = cluster(bundle)
-    rig = Rig(kafka, consume_faults=[error("consume", _E.FENCED_INSTANCE_ID, fatal=True)])
+    rig = Rig(kafka)
+    run_with(kafka, data, rig, lambda: rig.consume_faults.append(fenced()))
+    drain(rig.worker)  # the step that failed consumed nothing; the new member has joined
+    assert not rig.consume_faults
+    assert committed_predictions(kafka) == offline(data, bundle)
+    rig.worker.close()
+
+
+def test_a_consumer_fenced_again_and_again_stops_the_worker_with_one_line(data: FleetData,
+                                                                           bundle: Bundle) -> None:
+    kafka = cluster(bundle)
+    rig = Rig(kafka, consume_faults=[fenced(), fenced(), fenced()])
     feed(kafka, data.readings)
     rig.worker.start()
+    assert rig.worker.step() == 0 and rig.worker.step() == 0
     with pytest.raises(ScoringError) as raised:
         rig.worker.step()
-    assert "worker id" in raised.value.one_line() and "\n" not in raised.value.one_line()
+    assert "same worker id" in raised.value.one_line() and "\n" not in raised.value.one_line()
     rig.worker.close()
 
 
@@ -240,15 +260,19 @@ def test_a_record_the_engine_cannot_process_is_dead_lettered_and_the_rest_scored
     w = rig.worker
     w.engine = BrittleEngine(w.registry, w.options)
     third = len(data.readings) // 3
-    poison = msgspec.structs.replace(data.readings[third], machine_id=POISON)
-    feed(kafka, [*data.readings[:third], poison, *data.readings[third:]])
+    poisons = [msgspec.structs.replace(data.readings[i], machine_id=POISON) for i in (third, third + 1, 2 * third)]
+    feed(kafka, [*data.readings[:third], *poisons[:2], *data.readings[third:2 * third], poisons[2],
+                 *data.readings[2 * third:]])
+    event = msgspec.structs.replace(data.events[0], machine_id=POISON)
+    kafka.producer().produce(TOPICS.maintenance, encode(event), POISON)
     w.start()
     drain(w)
     assert committed_predictions(kafka) == offline(data, bundle)
     letters = [DeadLetter.from_message(m) for m in kafka.messages(TOPICS.dlq)]
-    assert len(letters) == 1 and letters[0].reason == Reason.UNPROCESSABLE
-    assert "OverflowError" in letters[0].detail and "poison-1" in letters[0].mqtt_topic
-    assert counted(w, "rejected") == 1 and counted(w, "accepted") == len(data.readings)
+    assert len(letters) == 4 and {letter.reason for letter in letters} == {Reason.UNPROCESSABLE}
+    assert all("OverflowError" in letter.detail and "poison-1" in letter.mqtt_topic for letter in letters)
+    assert sorted(letter.kind for letter in letters) == [Kind.MAINTENANCE, *[Kind.TELEMETRY] * 3]
+    assert counted(w, "rejected") == 4 and counted(w, "accepted") == len(data.readings)
     w.close()
 
 
