@@ -19,15 +19,17 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import duckdb
+
 from dashboard.ingest import ROLES, Ingest
-from dashboard.store import Store
+from dashboard.store import Batch, Store
 from forewarn.errors import KafkaError
 from forewarn.kafka import OFFSET_BEGINNING, GroupLag, KafkaAdmin, KafkaConsumer, TopicPartition
-from forewarn.ports import ConsumerLike
+from forewarn.ports import ConsumerLike, MessageLike
 from forewarn.service import LoopService, ServiceThread
 from forewarn.settings import KafkaSettings
 from forewarn.topics import Topics
@@ -185,7 +187,14 @@ class Materializer(LoopService):
         if self.store.closed:
             self.stop()
             return 0
-        self.store.write(batch)
+        try:
+            self.store.write(batch)
+        except duckdb.IOException:
+            raise  # the disk, not a record: nothing can be stored
+        except duckdb.Error as error:
+            log.warning("a batch of %s records did not fit the store (%s): writing them one by one",
+                        len(messages), error)
+            self._write_one_by_one(messages)
         self.status.records += len(messages)
         self.status.batches += 1
         self.status.last_batch_ms = _now_ms()
@@ -196,6 +205,22 @@ class Materializer(LoopService):
         except KafkaError as error:  # only for lag display; the store holds the truth
             log.debug("commit for lag display failed: %s", error)
         return len(messages)
+
+    def _write_one_by_one(self, messages: Sequence[MessageLike]) -> None:
+        """Write each record of a batch the store refused on its own; one the store still
+        refuses is skipped (counted, logged) and only its offset is kept, so reading goes on."""
+        for message in messages:
+            batch = self.ingest.batch([message], _now_ms())
+            try:
+                self.store.write(batch)
+            except duckdb.IOException:
+                raise
+            except duckdb.Error as error:
+                role = self.ingest.role(message.topic() or "") or "unknown"
+                self.ingest.bad[role] = self.ingest.bad.get(role, 0) + 1
+                log.warning("skipped a %s record at %s/%s the store refused: %s", role, message.partition(),
+                            message.offset(), error)
+                self.store.write(Batch(offsets=batch.offsets))
 
     def _assign_new(self, consumer: ConsumerLike) -> None:
         """Assign partitions of our topics not assigned yet (topics may appear later)."""

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import confluent_kafka
+import duckdb
 
 from dashboard import queries
 from dashboard.consumer import Materializer
 from dashboard.settings import DashboardSettings
-from dashboard.store import Store
+from dashboard.store import Batch, Store
 from forewarn.contract import Alert, Prediction, Reason, Rejected, encode
 from forewarn.deadletter import DeadLetter, Kind, Origin
 from forewarn.errors import KafkaError
@@ -285,3 +286,25 @@ def test_a_record_the_store_cannot_hold_is_skipped_and_reading_goes_on() -> None
         assert m.status.state == "running" and m.status.skipped == {"predictions": 1}
     assert store.counts()["predictions"] == sent
     assert store.offsets() == {(TOPICS.predictions, 0): sent + 1}
+
+
+class PickyStore(Store):
+    """A store that refuses any batch holding a prediction of ``a/poison``, as DuckDB would a
+    value it cannot convert."""
+
+    def write(self, batch: Batch) -> None:
+        if any(row[0] == "a/poison" for row in batch.rows.get("predictions", [])):
+            raise duckdb.ConversionException("Conversion Error: a value DuckDB cannot hold")
+        super().write(batch)
+
+
+def test_a_batch_the_store_refuses_is_written_record_by_record_and_the_refused_one_skipped() -> None:
+    kafka = InMemoryKafka(partitions=1)
+    produce_predictions(kafka, ["a/p0"], range(2))
+    produce_predictions(kafka, ["a/poison"], range(1))
+    produce_predictions(kafka, ["a/p1"], range(2))
+    store = PickyStore()
+    with materializer(kafka, store) as m:
+        assert steps_until_idle(m) == 5
+        assert m.status.state == "running" and m.status.skipped == {"predictions": 1}
+    assert store.counts()["predictions"] == 4 and store.offsets() == {(TOPICS.predictions, 0): 5}
