@@ -197,3 +197,24 @@ def test_a_machines_state_is_never_pinned_by_an_event_time_beyond_belief(batch: 
         assert held == max([NOW, *(p.ts for p in batch if p.machine_id == machine and p.ts <= horizon)])
     finally:
         store.close()
+
+
+_header_names = st.sampled_from(["reason", "detail", "kind", "mqtt_topic", "origin", "kafka_topic", "truncated_from"])
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=64), st.lists(st.tuples(_header_names, st.binary(max_size=40)),
+                                                           max_size=6)), min_size=1, max_size=8))
+def test_dead_letters_with_any_headers_are_counted_or_skipped_never_raised(letters: list[Any]) -> None:
+    store = Store(retention=RETENTION, clock=lambda: NOW)
+    ingest = Ingest(TOPICS)
+    try:
+        messages = [FakeMessage(TOPICS.dlq, 0, n, None, value, headers, NOW)
+                    for n, (value, headers) in enumerate(letters)]
+        store.write(ingest.batch(messages, NOW))
+        store.prune()
+        counted = int(queries.dlq_by_reason(store)["n"].sum())
+        assert counted + ingest.bad.get("dlq", 0) == len(letters)
+        assert len(queries.dlq_samples(store, limit=100)) == counted
+    finally:
+        store.close()
