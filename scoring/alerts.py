@@ -242,6 +242,8 @@ class AlertEngine:
         state = self.machines.get(machine)
         if state is None:
             state = self.machines[machine] = MachineAlerts()
+        if latest is not None and state.repair_ts > latest:
+            state.repair_ts = latest  # saved before repairs were bounded
         if identity in state.repairs or ts < state.repair_ts:
             return []  # applied already, or overtaken by a later repair
         events: list[Alert] = []

@@ -17,6 +17,7 @@ from forewarn.bundle import Thresholds, pack
 from forewarn.contract import MaintenanceEvent, Prediction, Telemetry
 from scoring.alerts import Scored
 from scoring.engine import BatchResult, Incoming, ScoringEngine, rules_for
+from scoring.metrics import OUTCOMES, ScoringMetrics
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions
 from scoring.state import Marker, PartitionState, decode_record, encode_record
@@ -324,3 +325,23 @@ def test_a_repair_applied_twice_counts_once(data: FleetData) -> None:
         state.quiet = 1
         assert engine.process([], [(repair, 0)]).alerts == []  # redelivered: no-op
         assert state.quiet == 1
+
+
+def test_metrics_count_every_reading_once_by_outcome(data: FleetData) -> None:
+    engine = make_engine(data, stride=2)
+    first = data.readings[:400]
+    restarted = _restarted(data.readings[:100], dt_ms=10**9)
+    readings = [*first, *first[:50], *restarted]
+    result = engine.process([Incoming(r, 0) for r in readings], [])
+    metrics = ScoringMetrics()
+    metrics.observe_batch(result, result.alerts, len(readings), 3, 1_800_000_000_000)
+
+    def sample(name: str, **labels: str) -> float:
+        return metrics.registry.get_sample_value(name, labels) or 0.0
+
+    counted = {o: sample("forewarn_scoring_readings_total", outcome=o) for o in OUTCOMES}
+    assert sum(counted.values()) == len(readings) + 3 - result.held
+    assert counted["scored"] == len(result.predictions) > 0 and counted["rejected"] == 3
+    assert counted["duplicate"] == 50 and counted["stride"] > 0 and counted["warmup"] > 0
+    assert sample("forewarn_scoring_window_resets_total", reason="restart") == len({r.machine_id for r in restarted})
+    assert sample("forewarn_scoring_readings_total", outcome="dropped") == 50  # the old names still count
