@@ -19,8 +19,9 @@ and, when they apply, ``truncated_from`` (the payload's length before it was cut
 
 :class:`RefusalPolicy` is the one rule for records Kafka refuses for good — those it can never
 store, by :func:`forewarn.kafka.classify` (too large, invalid, ...; a time-out, an authorization
-error or a fatal producer error never is) —, used by the bridge and the edge alike: a refused record is sent again alone (Kafka fails a whole produce request for
-one bad record, so its neighbours may be innocent); refused ``dead_letter_after`` times, at least
+error or a fatal producer error never is) —, used by the bridge and the edge alike: a refused
+record is sent again alone (Kafka fails a whole produce request for one bad record, so its
+neighbours may be innocent); refused ``dead_letter_after`` times, at least
 once alone, it is replaced by its dead letter; a dead letter the dead-letter topic refuses is cut
 to :data:`REFUSED_CUT_BYTES`; when even that is refused, :meth:`RefusalPolicy.replace` answers
 ``None`` and the component's last resort applies (the edge keeps it in a local table; the
