@@ -5,7 +5,6 @@ events; an acknowledgement sent twice is harmless (the alert's status is the sam
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -42,7 +41,7 @@ def acknowledge(runtime: Runtime, alerts: Iterable[Mapping[str, Any]], by: str, 
     """Produce an ``acknowledged`` event per alert and wait until Kafka confirmed them."""
     if not by.strip():
         raise DashboardError("an acknowledgement needs a name", hint="fill in 'Acknowledged by'")
-    now_ms = time.time_ns() // 1_000_000
+    now_ms = runtime.store.now_ms()
     sent = 0
     for alert in alerts:
         event = acknowledgement(alert, by, now_ms, runtime.store.horizon())
