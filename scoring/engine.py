@@ -444,16 +444,20 @@ class ScoringEngine:
                 continue
             if top >= 0 and ((boot is not None and (epoch is None or boot > epoch))
                              or (boot is None and s < top - store.restart_margin)):
-                # Probably a restart (the window store decides): what was held from before it goes
-                # first, in order, and the new epoch is put in order from this reading on.
+                # A new boot, or maybe a restart without one (the window store decides): what was
+                # held from before it goes first, in order. A new boot is put in order from this
+                # reading on; without a boot the rest of this batch passes as it came (an old copy
+                # taken for a restart here must not hold back the readings after it).
                 if held is not None:
                     out.extend(held[key] for key in sorted(held))
                     self._held_delta -= len(held)
                     del held_all[m]
-                    held = None
-                epochs[m] = boot if boot is not None else epoch
                 out.append(it)
-                last[m] = s
+                if boot is not None:
+                    epochs[m] = boot
+                    last[m] = s
+                else:
+                    last[m] = top
                 continue
             if held is None and (s <= top + 1 or slack == 0):
                 out.append(it)

@@ -345,3 +345,21 @@ def test_metrics_count_every_reading_once_by_outcome(data: FleetData) -> None:
     assert counted["duplicate"] == 50 and counted["stride"] > 0 and counted["warmup"] > 0
     assert sample("forewarn_scoring_window_resets_total", reason="restart") == len({r.machine_id for r in restarted})
     assert sample("forewarn_scoring_readings_total", outcome="dropped") == 50  # the old names still count
+
+
+@pytest.mark.parametrize("with_boot", [False, True])
+def test_readings_held_before_a_restart_go_first_and_nothing_is_lost(data: FleetData, with_boot: bool) -> None:
+    machine = data.readings[0].machine_id
+    mine = [r for r in data.readings if r.machine_id == machine][:40]
+    boot = 1 if with_boot else None
+    before = _restarted(mine[:30], boot=boot)
+    after = _restarted(mine[:12], dt_ms=10**8, boot=2 if with_boot else None)
+    stream = [*before[:20], before[21], before[22], *after]  # seq 20 lost, 21 and 22 held, then a restart
+    for cut in (None, 21, 23):
+        engine = make_engine(data, reorder_slack=2)
+        results = [engine.process([Incoming(r, 0) for r in part], []) for part in
+                   ([stream] if cut is None else [stream[:cut], stream[cut:]])]
+        seqs = [_decode.decode(v).seq for res in results for _, v in res.predictions]
+        assert seqs == [*range(7, 20), 21, 22, *range(7, 12)]  # window 8: a gap of one does not reset
+        assert sum(res.resets.get("restart", 0) for res in results) == 1
+        assert not engine.held
