@@ -1,10 +1,12 @@
 """How well the models do on live data: predictions joined with the failures that later
 happened, and drift of the sensors against the training statistics in the bundle.
 
-Labels follow the model's own targets: a prediction for the reading ``seq`` of a machine is
-*positive* when that machine failed within ``horizon`` readings after it, *negative* when it
-did not and at least ``horizon`` later readings were seen, and unknown (left out) otherwise.
-A failure's reading is the last scored reading at or before the failure's time.
+Labels follow the model's own targets: a prediction for a reading of a machine is *positive*
+when that machine failed within ``horizon`` readings after it, *negative* when it did not and
+at least ``horizon`` later readings were seen, and unknown (left out) otherwise. Readings are
+counted by the machine's predictions in event-time order, not by ``seq``, which starts again
+from 0 when a device restarts. A failure's reading is the last scored reading at or before
+the failure's time.
 """
 
 from __future__ import annotations
@@ -33,21 +35,28 @@ _EPS: Final = 1e-4
 
 _ACCURACY_SQL: Final = """
 WITH params AS (SELECT * FROM _params),
+-- A prediction's place among its machine's predictions in event time: the horizon counts
+-- readings scored, also across a device restart, where seq starts again from 0.
+ranked AS (
+    SELECT machine_id, ts, model_version, asset_type, p_fail, rul,
+           row_number() OVER (PARTITION BY machine_id ORDER BY ts, seq) AS seq
+    FROM predictions),
+newest AS (SELECT machine_id, max(seq) AS seq FROM ranked GROUP BY machine_id),
 failures AS (
     SELECT f.machine_id, f.ts AS f_ts, p.seq AS f_seq
     FROM (SELECT machine_id, ts FROM maintenance WHERE event = 'failure') f
-    ASOF LEFT JOIN (SELECT machine_id, ts, seq FROM predictions) p
+    ASOF LEFT JOIN (SELECT machine_id, ts, seq FROM ranked) p
         ON f.machine_id = p.machine_id AND f.ts >= p.ts),
 failed AS (SELECT DISTINCT machine_id FROM failures),
 -- Only machines that failed need the as-of join; every other prediction is negative once
 -- the horizon has passed (the machine's newest reading is far enough ahead).
 joined AS (
     SELECT p.model_version, p.asset_type, p.p_fail, p.rul, p.seq, p.machine_id, f.f_seq
-    FROM (SELECT * FROM predictions WHERE machine_id IN (SELECT machine_id FROM failed)) p
+    FROM (SELECT * FROM ranked WHERE machine_id IN (SELECT machine_id FROM failed)) p
     ASOF LEFT JOIN failures f ON p.machine_id = f.machine_id AND p.ts <= f.f_ts
     UNION ALL
     SELECT model_version, asset_type, p_fail, rul, seq, machine_id, NULL AS f_seq
-    FROM predictions WHERE machine_id NOT IN (SELECT machine_id FROM failed)),
+    FROM ranked WHERE machine_id NOT IN (SELECT machine_id FROM failed)),
 labelled AS (
     SELECT j.model_version, j.asset_type, j.p_fail, j.rul, j.seq, j.f_seq,
            (j.p_fail >= coalesce(k.threshold, $threshold)) AS predicted,
@@ -55,7 +64,7 @@ labelled AS (
            CASE WHEN j.f_seq IS NOT NULL AND j.f_seq - j.seq BETWEEN 0 AND coalesce(k.horizon, $horizon) THEN TRUE
                 WHEN m.seq - j.seq >= coalesce(k.horizon, $horizon) THEN FALSE END AS actual
     FROM joined j
-    LEFT JOIN machines m ON m.machine_id = j.machine_id
+    LEFT JOIN newest m ON m.machine_id = j.machine_id
     LEFT JOIN params k ON k.model_version = j.model_version AND k.asset_type = j.asset_type
     WHERE j.p_fail IS NOT NULL OR j.rul IS NOT NULL)
 SELECT asset_type, model_version, count(*) AS predictions,

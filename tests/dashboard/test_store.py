@@ -288,3 +288,25 @@ def test_a_store_file_of_an_older_schema_is_emptied_and_read_again(tmp_path: Pat
     reopened = Store(path)
     assert reopened.counts()["maintenance"] == 1 and "emptying" not in caplog.text
     reopened.close()
+
+
+def test_live_accuracy_counts_the_horizon_in_readings_across_a_device_restart() -> None:
+    """p1 ran seq 0..99, restarted (seq from 0 again) and failed after its 20th new reading:
+    only the last 31 readings before the failure are positives, whatever their seq."""
+    store = store_at(T0 + 200 * 60_000)
+    ingest = Ingest(TOPICS)
+    records = []
+    for n in range(120):
+        seq = n if n < 100 else n - 100
+        p = 0.9 if n >= 100 else 0.1
+        record = Prediction(v=1, machine_id="a/p1", asset_type="pump", ts=T0 + n * 60_000, seq=seq, model="pump",
+                            model_version="v1", scored_at=T0 + n * 60_000 + 50, p_fail=p, rul=float(119 - n))
+        records.append(msg(TOPICS.predictions, encode(record), n))
+    failure = MaintenanceEvent(v=1, machine_id="a/p1", ts=T0 + 119 * 60_000 + 1, event="failure")
+    records.append(msg(TOPICS.maintenance, encode(failure), 0))
+    store.write(ingest.batch(records, T0 + 200 * 60_000))
+    row = accuracy.live_accuracy(store).iloc[0]
+    # Positives: readings 89..119 (31), of which the restarted boot's 20 were flagged; negatives
+    # 0..88, none flagged (seq 0..19 of the first boot are not "within 30 of the failure").
+    assert (row["labelled"], row["tp"], row["fn"], row["fp"]) == (120, 20, 11, 0)
+    assert row["rul_mae"] == pytest.approx(0.0)
