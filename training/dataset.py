@@ -215,7 +215,7 @@ def load_readings(path: str | Path, *, asset_type: str | None = None,
             raise DataError(f"{_where(file, csv, int(np.argmax(np.isnan(seq))))}, column 'seq': missing value")
         frame["seq"] = seq.astype(np.int64)
     if "boot" in raw.columns:  # a device's restart epoch: seq starts again with each new boot
-        frame["boot"] = pd.to_numeric(raw["boot"], errors="coerce").astype("Int64").to_numpy()
+        frame["boot"] = pd.to_numeric(raw["boot"], errors="coerce").astype("Int64").array
     value_columns = [str(c) for c in raw.columns if c not in KEY_COLUMNS]
     if features is not None:
         unknown = [f for f in features if f not in value_columns]

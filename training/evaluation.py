@@ -17,7 +17,7 @@ import pandas as pd
 
 from forewarn.bundle import Bundle, Thresholds, read_bundle, resolve_bundle
 from forewarn.inference import OnnxModel
-from forewarn.windows import WindowStore
+from forewarn.windows import NO_BOOT, WindowStore
 from training.baseline import AgeBaseline
 from training.dataset import Events, Readings
 from training.errors import DataError
@@ -130,8 +130,12 @@ def predict_frame(bundle_path: str | Path, readings: Readings, *, last: bool = F
     _missing_column(bundle, readings)
     store = WindowStore(meta.input.window, len(names), fill_values=np.asarray(meta.fill_values, np.float32),
                         max_imputed=int(meta.training.get("max_imputed", 5)))
+    # The workers' identity policies: seq with the device's boot and event time, so a restart
+    # (seq from 0 again) starts the machine's window afresh instead of dropping its readings.
     seq = frame["seq"].to_numpy(np.int64) if "seq" in frame.columns else None
-    batch = store.update(frame["machine_id"].to_numpy().astype(str), frame[names].to_numpy(np.float32), seq)
+    boot = frame["boot"].fillna(NO_BOOT).to_numpy(np.int64) if seq is not None and "boot" in frame.columns else None
+    batch = store.update(frame["machine_id"].to_numpy().astype(str), frame[names].to_numpy(np.float32), seq,
+                         boot=boot, ts=frame["time"].to_numpy(np.int64) if seq is not None else None)
     rows = batch.rows
     windows = batch.windows
     if last and len(rows):

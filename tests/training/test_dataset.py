@@ -105,3 +105,17 @@ def test_readings_of_each_boot_are_kept_when_seq_starts_again(tmp_path):
                   "a,0,0,1,1.0\na,1,1,1,2.0\na,2,0,2,3.0\na,3,1,2,4.0\na,3,1,2,4.0\n")
     readings = load_readings(path)
     assert len(readings.frame) == 4 and readings.value_columns == ["s1"]
+
+
+def test_predict_restarts_a_machines_window_when_its_device_restarted(tmp_path):
+    from forewarn.bundle import write_bundle
+    from tests.scoring.bundle_factory import tiny_bundle
+    from training.evaluation import predict_frame
+
+    bundle = tiny_bundle(window=4)
+    folder = write_bundle(tmp_path / "models", bundle.meta, bundle.onnx)
+    rows = [f"a,{n},{n % 6},{1 + n // 6},1.0,1.0" for n in range(12)]  # seq 0..5 with boot 1, then boot 2
+    path = _write(tmp_path / "readings.csv", "machine_id,time,seq,boot,s0_c,s1_c\n" + "\n".join(rows) + "\n")
+    scored = predict_frame(folder, load_readings(path))
+    # Three full windows per boot: the second boot's readings are not dropped as old seq numbers.
+    assert list(scored["time"]) == [3, 4, 5, 9, 10, 11]
