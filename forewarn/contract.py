@@ -186,8 +186,9 @@ class PipelineStats(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """What one scorer (a scoring worker or an edge gateway) did with the readings it consumed
     between ``since`` and ``until`` (epoch ms): ``counts`` maps an outcome to a number of
     readings — ``scored``, and the reasons a reading was not scored (``duplicate``, ``late``,
-    ``warmup`` while a window fills after a start, restart or gap, ``unscorable`` when no model
-    could score it, ``rejected`` when it was dead-lettered) — and ``resets`` maps why a machine's
+    ``warmup`` while a window fills after a start, restart or gap, ``stride`` when the scorer
+    scores every n-th window only, ``unscorable`` when no model could score it or its output was
+    not finite, ``rejected`` when it was dead-lettered) — and ``resets`` maps why a machine's
     window started afresh (``restart``, ``gap``) to how often."""
 
     v: int
