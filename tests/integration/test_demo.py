@@ -1,12 +1,17 @@
-"""`forewarn demo --check`, as CI runs it, three times on one home. The first run builds the
-whole system from a clean home — topics, models trained from simulated history, simulator,
-bridge, two scoring workers — and checks that predictions flowed and an alert opened before a
-simulated failure. The second run is a restart of every simulated device (seq from 0 again,
-a new boot epoch): its predictions must start within 30 s of its start, not after the old
-high-water marks, and its check counts only its own output. The third run's pipeline refuses
-every reading (an input bound no reading meets), so it produces nothing, and its check must
-fail although the topics hold the earlier runs' predictions. The brokers are started first,
-as `forewarn stack up` does, so the runs share them and must leave them running."""
+"""`forewarn demo --check`, as CI runs it, on one home, four times.
+
+1. From a clean home the demo starts the brokers itself, builds the whole system — topics,
+   models trained from simulated history, simulator, bridge, two scoring workers — checks that
+   predictions flowed and an alert opened before a simulated failure, and stops the brokers.
+2. With brokers from `forewarn stack up`, a second run restarts every simulated device (seq
+   from 0 again, a new boot epoch): its predictions start within 30 s of its start, not after
+   the old high-water marks, and its check counts only its own output.
+3. A third run's pipeline refuses every reading (an input bound no reading meets): it produces
+   nothing and its check fails, although the topics hold the earlier runs' predictions. The
+   brokers it did not start are still running afterwards.
+4. After `stack down`, a fourth run starts the brokers again and is killed with SIGKILL once
+   its pipeline runs: its children and the brokers it started are all gone soon after.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import confluent_kafka
@@ -63,12 +69,12 @@ def test_demo_check_twice_on_one_home_then_a_run_that_scores_nothing_fails(tmp_p
         "FOREWARN_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "FOREWARN_MQTT__PORT": str(free_port()),
     }
+    first = _forewarn(env, *RUN, "--minutes", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "check (this run only):" in first.stderr and "stopping kafka" in first.stderr, first.stderr[-3000:]
     up = _forewarn(env, "stack", "up", timeout_s=300)
     assert up.returncode == 0, up.stderr[-2000:]
     try:
-        first = _forewarn(env, *RUN, "--minutes", "1")
-        assert first.returncode == 0, first.stderr[-3000:]
-        assert "check (this run only):" in first.stderr, first.stderr[-3000:]
 
         topic = Topics.from_settings(TopicSettings()).predictions
         with KafkaConsumer(KafkaSettings(bootstrap_servers=bootstrap), f"test-marks-{os.getpid()}") as marks:
@@ -96,5 +102,28 @@ def test_demo_check_twice_on_one_home_then_a_run_that_scores_nothing_fails(tmp_p
         assert status.returncode == 0, "the demo stopped brokers it had not started:\n" + status.stdout
     finally:
         _forewarn(env, "stack", "down", timeout_s=300)
-    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
-    assert left.stdout.strip() == "", "the demo left a process behind"
+    assert _left(tmp_path) == "", "the demo left a process behind"
+
+    demo_log = tmp_path / "home" / "demo" / "demo.log"
+    fourth = subprocess.Popen([*DEMO, *RUN, "--minutes", "5"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: demo_log.read_text().count("logs of every component") == 4, 600, "the fourth run's pipeline")
+        assert _left(tmp_path) != ""  # brokers and components are running
+    finally:
+        fourth.kill()
+        fourth.wait()
+    _wait_for(lambda: _left(tmp_path) == "", 120, "the killed demo's children and brokers to go")
+    assert "its supervisor is gone" in (tmp_path / "home" / "demo" / "logs" / "watchdog.log").read_text()
+
+
+def _left(tmp_path: Path) -> str:
+    """The processes whose command line names the test's folder (the demo's and the brokers')."""
+    return subprocess.run(["pgrep", "-af", str(tmp_path)], capture_output=True, text=True).stdout.strip()
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
