@@ -214,7 +214,8 @@ class Retention:
     max_telemetry_rows: int = 2_000_000
     max_alert_events: int = 500_000
     max_maintenance: int = 1_000_000
-    wall_hours: float = 24.0  # throughput, dead-letter counts and pipeline stats
+    wall_hours: float = 24.0  # throughput and dead-letter counts
+    pipeline_hours: float = 2.0  # scorers' stats (the Pipeline page shows the last hour)
     dlq_samples: int = 200
     max_future_ms: int | None = 300_000  # None: every event time is believed
 
@@ -446,7 +447,7 @@ class Store:
                     dropped[table] = before - left
             con.execute("DELETE FROM throughput WHERE bucket < ?", [wall_cut])
             con.execute("DELETE FROM dlq_counts WHERE bucket < ?", [wall_cut])
-            con.execute("DELETE FROM pipeline_stats WHERE received_at < ?", [wall_cut])
+            con.execute("DELETE FROM pipeline_stats WHERE received_at < ?", [now - int(r.pipeline_hours * 3600_000)])
             con.execute("DELETE FROM dlq_samples WHERE received_at < (SELECT received_at FROM dlq_samples "
                         "ORDER BY received_at DESC LIMIT 1 OFFSET ?)", [r.dlq_samples])
         if dropped:

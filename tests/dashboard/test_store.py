@@ -310,3 +310,14 @@ def test_live_accuracy_counts_the_horizon_in_readings_across_a_device_restart() 
     # 0..88, none flagged (seq 0..19 of the first boot are not "within 30 of the failure").
     assert (row["labelled"], row["tp"], row["fn"], row["fp"]) == (120, 20, 11, 0)
     assert row["rul_mae"] == pytest.approx(0.0)
+
+
+def test_pipeline_stats_are_kept_two_hours_by_arrival() -> None:
+    now = T0 + 5 * 3600_000
+    store = store_at(now)
+    ingest = Ingest(TOPICS)
+    store.write(ingest.batch([msg(TOPICS.pipeline, _stats("w0", "scoring", now - 3 * 3600_000, {"scored": 1}), 0)],
+                             now - 3 * 3600_000))
+    store.write(ingest.batch([msg(TOPICS.pipeline, _stats("w0", "scoring", now - 1000, {"scored": 2}), 1)], now))
+    store.prune()
+    assert int(store.scalar("SELECT sum(n) FROM pipeline_stats")) == 2
