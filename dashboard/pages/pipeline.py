@@ -105,7 +105,7 @@ def not_scored_view(outcomes: pd.DataFrame) -> None:
             st.caption("No machine's window restarted in the last hour.")
         else:
             st.dataframe(resets[["role", "outcome", "n", "sources"]], hide_index=True, width="stretch",
-                         column_config={"role": "Scorer", "outcome": "Why", "n": "Machines",
+                         column_config={"role": "Scorer", "outcome": "Why", "n": "Resets",
                                         "sources": "Reporting"})
     st.caption("  \n".join([f"**{queries.SCORED}**: a prediction was made from it"]
                            + [f"**{name}**: {meaning}" for name, meaning in queries.NOT_SCORED.items()]
