@@ -26,6 +26,8 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -62,6 +64,7 @@ log = logging.getLogger(__name__)
 
 _FENCE_LIMIT, _FENCE_WINDOW_S = 3, 600.0  # consumer fencings that mean another process has this worker id
 _FIRST_PAUSE_S = 0.05  # the first pause of a recovery that failed; it doubles with every failure in a row
+_HANG_GRACE_S = 10.0  # how long past its own timeout a Kafka call may block before it counts as stuck
 _Event = tuple[MaintenanceEvent, int]  # an event and its partition, as the engine takes them
 _T = TypeVar("_T")
 _Item = tuple[_T, MessageLike]  # what the engine takes, and the record it came from
@@ -133,6 +136,8 @@ class ScoringWorker(LoopService):
         self._last_committed: dict[tuple[str, int], int] = {}  # offsets as of the last commit or rewind
         self._final_stats = False  # closing: publish what was counted, due or not
         self._producer: TransactionalProducerLike | None = None
+        self._offsets_pool: ThreadPoolExecutor | None = None  # runs send_offsets_to_transaction (see _send_offsets)
+        self._abandoned: list[TransactionalProducerLike] = []  # producers stuck in a call: kept, never closed
         self._consumer: ConsumerLike | None = None
         self._models: ConsumerLike | None = None
         self._models_next: dict[tuple[str, int], int] = {}  # the next models record to offer, per partition
@@ -224,9 +229,10 @@ class ScoringWorker(LoopService):
         if self._models is not None:
             self._models.close()
             self._models = None
-        if self._producer is not None:
-            self._producer.close(10.0)
-            self._producer = None
+        self._drop_producer(10.0)
+        if self._offsets_pool is not None:
+            self._offsets_pool.shutdown(wait=False)
+            self._offsets_pool = None
         self.engine.close()
         self.metrics.close()
         self._started = False
@@ -435,7 +441,7 @@ class ScoringWorker(LoopService):
                 produce(self.topics.pipeline, encode(stats), self.worker_id)
             offsets = [TopicPartition(t, p, o) for (t, p), o in attempt.offsets.items()]
             if offsets:
-                producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata())
+                self._send_offsets(producer, offsets, self._consumer.consumer_group_metadata())
             self._commit(producer)
         except KafkaError as error:
             self._attempt, self._landed = attempt, False
@@ -452,17 +458,25 @@ class ScoringWorker(LoopService):
         self._count_stats(attempt.counts, attempt.resets, attempt.stats)
 
     def _commit(self, producer: TransactionalProducerLike) -> None:
-        """Commit the open transaction; a retriable failure (a timeout: the outcome is not
-        known yet) is retried until the transaction timeout has passed."""
+        """Commit the open transaction. A retriable failure (a timeout: the commit goes on in
+        the background, and calling it again resumes it) is retried until the transaction
+        timeout has passed."""
+        self._retrying(producer.commit_transaction, "committing the transaction")
+
+    def _retrying(self, call: Callable[[float], None], what: str) -> None:
+        """``call(timeout_s)`` again while it fails retriably, until the transaction timeout has
+        passed or the worker is stopping, with a short pause when it fails at once."""
         deadline = time.monotonic() + self.options.transaction_timeout_ms / 1000
         while True:
             try:
-                producer.commit_transaction(max(1.0, deadline - time.monotonic()))
+                call(max(1.0, deadline - time.monotonic()))
                 return
             except KafkaError as error:
-                if not error.retriable or error.fatal or error.txn_requires_abort or time.monotonic() >= deadline:
+                if (not error.retriable or error.fatal or error.txn_requires_abort or error.code == "_CONFLICT"
+                        or time.monotonic() >= deadline or self.stopping):
                     raise
-                log.warning("committing the transaction: %s; trying again", error.one_line())
+                log.warning("%s: %s; trying again", what, error.one_line())
+                self._stop.wait(_FIRST_PAUSE_S)
 
     def _transaction_failed(self, error: KafkaError) -> None:
         """Undo a failed transaction. Fatal (the producer cannot go on, e.g. fenced after the
@@ -484,28 +498,47 @@ class ScoringWorker(LoopService):
 
     def _abort(self) -> bool:
         """Abort the open transaction (retrying a timeout until the transaction timeout has
-        passed); False when it could not be aborted."""
+        passed); False when it could not be aborted (a commit still in progress included)."""
         assert self._producer is not None
-        deadline = time.monotonic() + self.options.transaction_timeout_ms / 1000
-        while True:
-            try:
-                self._producer.abort_transaction(max(1.0, deadline - time.monotonic()))
-                return True
-            except KafkaError as error:
-                if error.retriable and not error.fatal and time.monotonic() < deadline:
-                    log.warning("aborting the transaction: %s; trying again", error.one_line())
-                    continue
-                log.warning("aborting the transaction failed (%s); a new producer will abort it",
-                            error.one_line())
-                return False
+        try:
+            # _CONFLICT: a timed-out commit still runs in the background; it cannot be aborted
+            # beside it, and only a new producer ends it.
+            self._retrying(self._producer.abort_transaction, "aborting the transaction")
+        except KafkaError as error:
+            log.warning("aborting the transaction failed (%s); a new producer will abort it", error.one_line())
+            return False
+        return True
 
-    def _drop_producer(self) -> None:
+    def _send_offsets(self, producer: TransactionalProducerLike, offsets: list[TopicPartition],
+                      metadata: object) -> None:
+        """librdkafka's ``send_offsets_to_transaction`` can block for good, past its timeout,
+        while the group coordinator is down (confluentinc/librdkafka#5456), so it runs on a
+        helper thread. A call that has not returned ``_HANG_GRACE_S`` after its timeout is a
+        fatal producer error: the producer is abandoned (never closed: a thread is inside it)
+        and a new one, which fences it, takes over."""
+        timeout_s = self.options.transaction_timeout_ms / 1000
+        if self._offsets_pool is None:
+            self._offsets_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="send-offsets")
+        future = self._offsets_pool.submit(producer.send_offsets_to_transaction, offsets, metadata, timeout_s)
+        try:
+            future.result(timeout_s + _HANG_GRACE_S)
+        except FutureTimeout:
+            self._offsets_pool.shutdown(wait=False)
+            self._offsets_pool = None
+            self._abandoned.append(producer)
+            raise KafkaError(f"send offsets to transaction: no answer {timeout_s + _HANG_GRACE_S:.0f}s after the "
+                             "call (confluentinc/librdkafka#5456); the producer is abandoned", code="_TIMED_OUT",
+                             fatal=True) from None
+
+    def _drop_producer(self, timeout_s: float = 1.0) -> None:
         if self._producer is not None:
             producer, self._producer = self._producer, None
+            if any(producer is stuck for stuck in self._abandoned):
+                return
             try:
-                producer.close(1.0)
+                producer.close(timeout_s)
             except KafkaError as error:
-                log.warning("closing the failed producer: %s", error.one_line())
+                log.warning("closing the producer: %s", error.one_line())
 
     def _recover(self) -> bool:
         """Bring the worker back to the committed state after a failure: a new transactional

@@ -52,20 +52,24 @@ def test_kafka_killed_mid_transaction_loses_and_doubles_nothing(own_stack: Local
     publish_model(kafka, topics, "pump", pack(bundle))
     produce_readings(kafka, topics, data.readings)
     worker = Worker(kafka, settings, "faulty", tmp_path, *SLOW).start()
-    # Three readings per transaction: the worker is still busy with its backlog after this.
-    wait_for(lambda: count_committed(kafka, topics.predictions) >= 0.15 * len(expected), 120,
-             "the worker to be scoring")
-    before = len(worker.log())
-    own_stack.kafka.process.kill()  # kill -9, while the worker has a transaction open
-    wait_for(lambda: any(line in worker.log()[before:] for line in _FAILED), 120,
-             "the worker to find its transaction failed")
-    assert worker.alive(), worker.log()
-    own_stack.kafka.start()
-    own_stack.kafka.wait_ready(120)
-    values = read_committed(kafka, topics.predictions, expect=len(expected), timeout_s=240, settle_s=3.0)
-    assert worker.alive(), worker.log()
-    assert worker.terminate() == 0, worker.log()
-    assert prediction_keys(values) == expected, worker.log()
+    try:
+        # Three readings per transaction: the worker is still busy with its backlog after this.
+        wait_for(lambda: count_committed(kafka, topics.predictions) >= 0.15 * len(expected), 120,
+                 "the worker to be scoring")
+        before = len(worker.log())
+        own_stack.kafka.process.kill()  # kill -9, while the worker has a transaction open
+        wait_for(lambda: not worker.alive() or any(line in worker.log()[before:] for line in _FAILED), 120,
+                 "the worker to find its transaction failed")
+        assert worker.alive(), (worker.proc.returncode if worker.proc else None, worker.log())
+        own_stack.kafka.start()
+        own_stack.kafka.wait_ready(120)
+        values = read_committed(kafka, topics.predictions, expect=len(expected), timeout_s=240, settle_s=3.0)
+        assert worker.alive(), worker.log()
+        assert worker.terminate() == 0, worker.log()
+        assert prediction_keys(values) == expected, worker.log()
+    finally:
+        if worker.alive():
+            worker.kill()
     # What the worker says it scored, in its committed pipeline stats, is what it committed.
     stats = [_stats.decode(v) for v in read_committed(kafka, topics.pipeline, timeout_s=30, settle_s=1.0)]
     assert sum(s.counts.get("scored", 0) for s in stats) == len(expected), worker.log()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +20,7 @@ from forewarn.deadletter import DeadLetter, Kind
 from forewarn.errors import KafkaError
 from forewarn.kafka import kafka_error
 from forewarn.testing import FakeConsumer, FakeMessage, FakeProducer, InMemoryKafka, broker_error
+from scoring import worker as worker_module
 from scoring.engine import BatchResult, Incoming, ScoringEngine
 from scoring.errors import ScoringError
 from scoring.settings import ScoringOptions, ScoringSettings
@@ -64,6 +66,7 @@ class FaultyProducer(FakeProducer):
     def __init__(self, kafka: InMemoryKafka, faults: Faults, **overrides: Any) -> None:
         super().__init__(kafka, transactional_id=overrides.get("transactional.id"))
         self.faults = faults
+        self.hangs: list[threading.Event] = []
 
     def _fault(self, call: str) -> None:
         queued = self.faults.get(call)
@@ -82,6 +85,11 @@ class FaultyProducer(FakeProducer):
     def abort_transaction(self, timeout_s: float = 60.0) -> None:
         self._fault("abort")
         super().abort_transaction(timeout_s)
+
+    def send_offsets_to_transaction(self, offsets: Any, group_metadata: object, timeout_s: float = 30.0) -> None:
+        if self.hangs:  # librdkafka#5456: blocks past its timeout while the group coordinator is down
+            self.hangs.pop(0).wait(30)
+        super().send_offsets_to_transaction(offsets, group_metadata, timeout_s)
 
 
 class FaultyConsumer(FakeConsumer):
@@ -156,6 +164,8 @@ def test_a_commit_that_keeps_timing_out_is_aborted_and_the_batch_done_again(data
 
     def arm() -> None:
         rig.faults["commit"] = timeouts
+        # As in librdkafka: the timed-out commit goes on in the background, an abort conflicts.
+        rig.faults["abort"] = [error("abort transaction", _E._CONFLICT, retriable=True)]
         before = kafka.committed(GROUP)
         feed(kafka, data.readings[:1])  # a duplicate: its batch times out until the transaction timeout
         assert rig.worker.step() == 1
@@ -163,6 +173,7 @@ def test_a_commit_that_keeps_timing_out_is_aborted_and_the_batch_done_again(data
         timeouts.clear()
 
     run_with(kafka, data, rig, arm)
+    assert not rig.faults["abort"] and len(rig.producers) == 2  # a new producer ended the transaction
     assert committed_predictions(kafka) == offline(data, bundle)
     assert counted(rig.worker, "accepted") == len(data.readings)
     rig.worker.close()
@@ -191,6 +202,21 @@ def test_an_abort_that_fails_for_good_is_done_by_a_new_producer(data: FleetData,
 
     run_with(kafka, data, rig, arm)
     assert not rig.faults["abort"] and len(rig.producers) == 2
+    assert committed_predictions(kafka) == offline(data, bundle)
+    rig.worker.close()
+
+
+def test_a_call_stuck_past_its_timeout_abandons_the_producer(data: FleetData, bundle: Bundle,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "_HANG_GRACE_S", 0.05)
+    kafka = cluster(bundle)
+    rig = Rig(kafka)
+    release = threading.Event()
+    try:
+        run_with(kafka, data, rig, lambda: rig.producers[0].hangs.append(release))
+    finally:
+        release.set()
+    assert len(rig.producers) == 2 and not rig.producers[0].hangs
     assert committed_predictions(kafka) == offline(data, bundle)
     rig.worker.close()
 
