@@ -71,7 +71,8 @@ class FleetConfig:
     first_machine: int = 0
     seq_start: int = 0
     # Names this run in the maintenance events' ids (``<machine>/<run_id>/<n>``); default
-    # ``seed-<seed>``, so a rerun of the same history gives the same ids (the same events).
+    # ``cfg-<hash of this configuration>``: a rerun of the same history gives the same ids (the
+    # same events), a history of any other configuration (seed, start, ...) other ids.
     run_id: str | None = None
 
     def __post_init__(self) -> None:
@@ -103,7 +104,7 @@ class FleetConfig:
     @property
     def event_run(self) -> str:
         """The run part of the maintenance events' ids."""
-        return self.run_id if self.run_id is not None else f"seed-{self.seed}"
+        return self.run_id if self.run_id is not None else f"cfg-{zlib.crc32(repr(self).encode()):08x}"
 
 
 @dataclass(frozen=True)

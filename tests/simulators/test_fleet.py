@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -137,3 +138,15 @@ def test_config_is_validated() -> None:
         FleetConfig(mtbf_cycles=10)
     with pytest.raises(SimulatorError):
         list(Fleet(FleetConfig(machines=1)).run())
+
+
+def test_event_ids_name_the_configuration_so_only_the_same_history_repeats_them() -> None:
+    def ids(config: FleetConfig) -> list[str | None]:
+        return [e.event_id for _, events in Fleet(config).run() for e in events]
+
+    config = FleetConfig(machines=4, seed=3, max_runs=2)
+    first = ids(config)
+    assert first and len(set(first)) == len(first) and all(i is not None for i in first)
+    assert ids(config) == first  # the same history again: the same events
+    assert not set(ids(replace(config, start_ms=config.start_ms + 60_000))) & set(first)
+    assert not set(ids(replace(config, seed=4))) & set(first)
