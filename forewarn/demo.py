@@ -55,6 +55,7 @@ ASSET_TYPES = ("pump", "motor")
 # minutes at full speed before it reaches the wall clock and goes on at 1x, well inside the
 # dashboard's default retention of a week.
 INTERACTIVE_BEHIND_H: Final = 72.0
+_MAX_BEHIND_H: Final = 24 * 365.0
 # A terminal hang-up stops the demo like Ctrl-C does.
 DEMO_SIGNALS: Final = (*STOP_SIGNALS, signal.SIGHUP)
 
@@ -316,10 +317,11 @@ def _watch_started(watchdog: Watchdog, brokers: list[Mosquitto | KafkaBroker],
 
 
 def _behind_h(options: DemoOptions) -> float:
-    """How far back the simulated clock starts: the whole check at ``speed``, with a margin."""
+    """How far back the simulated clock starts: the whole check at ``speed``, with a margin
+    (at most the year the simulator takes)."""
     if not options.check:
         return INTERACTIVE_BEHIND_H
-    return options.speed * options.minutes / 60 * 1.2 + 0.1
+    return min(options.speed * options.minutes / 60 * 1.2 + 0.1, _MAX_BEHIND_H)
 
 
 def _run_pipeline(settings: ServiceSettings, options: DemoOptions, topics: Topics, env: dict[str, str],
