@@ -3,10 +3,23 @@
 Each step consumes one batch of ``telemetry`` and ``maintenance`` records, runs it through the
 :class:`~scoring.engine.ScoringEngine`, and then, in one Kafka transaction, produces the
 predictions, the alert events, the dead letters of what the contract refused, the changed
-machines' state and a marker to ``scoring.state``, and the consumer offsets. Readers use
-``read_committed``, so each prediction is seen exactly once. A transaction error that requires
-an abort rewinds the worker to the committed state (changelog and offsets) and the batch is
-done again.
+machines' state and a marker to ``scoring.state``, every ``stats_interval_s`` a
+:class:`~forewarn.contract.PipelineStats` record (what committed batches scored, and why the
+rest was not) to ``pipeline.stats``, and the consumer offsets. Readers use ``read_committed``,
+so each prediction is seen exactly once, and an aborted batch is never counted.
+
+Kafka failures never end the worker, and never lose or double a prediction; they are told apart
+by librdkafka's flags. A retriable commit (a timeout) is retried until the transaction timeout;
+then, or on an error that requires an abort, the transaction is aborted. A fatal producer error
+(fenced, e.g. after the coordinator timed the transaction out), an abort that fails, or a call
+stuck past its timeout drop the producer: a new one's ``init_transactions`` ends what it left
+open. Either way the worker rewinds to the committed state (changelog and offsets) and does the
+batch again, checking first whether a commit whose answer was lost had landed after all. A
+failed fetch rewinds too; a fenced consumer is replaced by a new group member, and only a
+consumer fenced again and again (a twin with the same worker id) ends the worker, with one line.
+While Kafka is away recovery is retried with a pause that doubles up to ``retry_backoff_max_s``.
+A record the engine cannot process goes to the dead-letter topic as ``unprocessable`` and the
+batch is scored without it.
 
 On assignment the worker rebuilds the state of its new partitions from the ``scoring.state``
 changelog as of the committed offsets (see :mod:`scoring.state`); models are loaded from a
@@ -546,7 +559,7 @@ class ScoringWorker(LoopService):
         stays in recovery and the next step tries again, after a pause that doubles with every
         failure in a row up to ``retry_backoff_max_s``."""
         if self._failures > 1:
-            pause = min(self.options.retry_backoff_max_s, _FIRST_PAUSE_S * 2 ** (self._failures - 2))
+            pause = min(self.options.retry_backoff_max_s, _FIRST_PAUSE_S * 2 ** min(self._failures - 2, 30))
             self._stop.wait(pause)
         try:
             if self._producer is None:
