@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import confluent_kafka
@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from forewarn.bundle import Bundle
-from forewarn.contract import MaintenanceEvent, PipelineStats, Reason, encode
+from forewarn.contract import Decoder, MaintenanceEvent, PipelineStats, Reason, Rejected, encode
 from forewarn.deadletter import DeadLetter, Kind
 from forewarn.errors import KafkaError
 from forewarn.kafka import kafka_error
@@ -101,12 +101,18 @@ class FaultyConsumer(FakeConsumer):
                  **kwargs: Any) -> None:
         super().__init__(kafka, topics, **kwargs)
         self.faults = faults
+        self.committed_faults: list[KafkaError] = []
 
     def consume(self, max_messages: int = 500, timeout_s: float = 1.0) -> list[FakeMessage]:
         out = super().consume(max_messages, timeout_s)
         if out and self.faults:
             raise self.faults.pop(0)
         return out
+
+    def committed(self, partitions: Sequence[Any], timeout_s: float = 10.0) -> list[Any]:
+        if self.committed_faults:
+            raise self.committed_faults.pop(0)
+        return super().committed(partitions, timeout_s)
 
 
 class Rig:
@@ -221,6 +227,22 @@ def test_a_call_stuck_past_its_timeout_abandons_the_producer(data: FleetData, bu
     rig.worker.close()
 
 
+def test_an_assignment_whose_state_cannot_be_read_is_rewound_before_scoring(data: FleetData,
+                                                                             bundle: Bundle) -> None:
+    """Kafka does not answer while partitions are assigned: the records the same consume
+    returned are not scored with empty state; the worker rewinds first."""
+    kafka = cluster(bundle)
+    rig = Rig(kafka)
+    feed(kafka, data.readings)
+    rig.worker.start()
+    assert isinstance(rig.worker._consumer, FaultyConsumer)
+    rig.worker._consumer.committed_faults.append(error("read committed offsets", _E._TIMED_OUT, retriable=True))
+    assert rig.worker.step() == 0  # assigned, but its state is not restored: nothing is scored
+    drain(rig.worker)
+    assert committed_predictions(kafka) == offline(data, bundle)
+    rig.worker.close()
+
+
 def test_a_failed_fetch_rewinds_so_its_records_are_read_again(data: FleetData, bundle: Bundle) -> None:
     kafka = cluster(bundle)
     rig = Rig(kafka)
@@ -299,6 +321,31 @@ def test_a_record_the_engine_cannot_process_is_dead_lettered_and_the_rest_scored
     assert all("OverflowError" in letter.detail and "poison-1" in letter.mqtt_topic for letter in letters)
     assert sorted(letter.kind for letter in letters) == [Kind.MAINTENANCE, *[Kind.TELEMETRY] * 3]
     assert counted(w, "rejected") == 4 and counted(w, "accepted") == len(data.readings)
+    w.close()
+
+
+class BrittleDecoder(Decoder):
+    """The contract decoder, except that it raises on a maintenance payload naming ``POISON``."""
+
+    def maintenance(self, raw: bytes, arrived_ms: int | None = None) -> MaintenanceEvent | Rejected:
+        if POISON.encode() in raw:
+            raise RecursionError("maximum recursion depth exceeded")
+        return super().maintenance(raw, arrived_ms)
+
+
+def test_a_record_the_decoder_cannot_handle_is_dead_lettered(data: FleetData, bundle: Bundle) -> None:
+    kafka = cluster(bundle)
+    settings = ScoringSettings(topics=SETTINGS, scoring=ScoringOptions(group_id=GROUP, worker_id="w", threads=1))
+    w = ScoringWorker(settings, decoder=BrittleDecoder(), producer_factory=kafka.producer,
+                      consumer_factory=kafka.consumer)
+    feed(kafka, data.readings)
+    kafka.producer().produce(TOPICS.maintenance, encode(msgspec.structs.replace(data.events[0], machine_id=POISON)),
+                             POISON)
+    w.start()
+    drain(w)
+    (letter,) = [DeadLetter.from_message(m) for m in kafka.messages(TOPICS.dlq)]
+    assert letter.reason == Reason.UNPROCESSABLE and "decoding raised RecursionError" in letter.detail
+    assert committed_predictions(kafka) == offline(data, bundle)
     w.close()
 
 
