@@ -37,10 +37,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -149,7 +148,6 @@ class ScoringWorker(LoopService):
         self._last_committed: dict[tuple[str, int], int] = {}  # offsets as of the last commit or rewind
         self._final_stats = False  # closing: publish what was counted, due or not
         self._producer: TransactionalProducerLike | None = None
-        self._offsets_pool: ThreadPoolExecutor | None = None  # runs send_offsets_to_transaction (see _send_offsets)
         self._abandoned: list[TransactionalProducerLike] = []  # producers stuck in a call: kept, never closed
         self._consumer: ConsumerLike | None = None
         self._models: ConsumerLike | None = None
@@ -243,9 +241,6 @@ class ScoringWorker(LoopService):
             self._models.close()
             self._models = None
         self._drop_producer(10.0)
-        if self._offsets_pool is not None:
-            self._offsets_pool.shutdown(wait=False)
-            self._offsets_pool = None
         self.engine.close()
         self.metrics.close()
         self._started = False
@@ -530,18 +525,25 @@ class ScoringWorker(LoopService):
         fatal producer error: the producer is abandoned (never closed: a thread is inside it)
         and a new one, which fences it, takes over."""
         timeout_s = self.options.transaction_timeout_ms / 1000
-        if self._offsets_pool is None:
-            self._offsets_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="send-offsets")
-        future = self._offsets_pool.submit(producer.send_offsets_to_transaction, offsets, metadata, timeout_s)
-        try:
-            future.result(timeout_s + _HANG_GRACE_S)
-        except FutureTimeout:
-            self._offsets_pool.shutdown(wait=False)
-            self._offsets_pool = None
+        failed: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                producer.send_offsets_to_transaction(offsets, metadata, timeout_s)
+            except BaseException as error:  # noqa: BLE001 - raised again on the worker's thread
+                failed.append(error)
+
+        # A daemon thread: one stuck for good must not keep the process from exiting.
+        thread = threading.Thread(target=send, name="send-offsets", daemon=True)
+        thread.start()
+        thread.join(timeout_s + _HANG_GRACE_S)
+        if thread.is_alive():
             self._abandoned.append(producer)
             raise KafkaError(f"send offsets to transaction: no answer {timeout_s + _HANG_GRACE_S:.0f}s after the "
                              "call (confluentinc/librdkafka#5456); the producer is abandoned", code="_TIMED_OUT",
-                             fatal=True) from None
+                             fatal=True)
+        if failed:
+            raise failed[0]
 
     def _drop_producer(self, timeout_s: float = 1.0) -> None:
         if self._producer is not None:
