@@ -65,6 +65,8 @@ SyncMode = Literal["NORMAL", "FULL"]
 _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _FULL_CODE = sqlite3.SQLITE_FULL
 _SIDE_FILES = ("-wal", "-shm")
+_WAL_PAGES = 256
+_WAL_KEEP_BYTES = 4 * 2**20
 
 _RECORD = "topic TEXT NOT NULL, key BLOB, value BLOB, headers BLOB, ts INTEGER"
 _SCHEMA = f"""
@@ -187,6 +189,12 @@ class Buffer:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
+            # A small WAL: checkpointed into the database every _WAL_PAGES pages (SQLite's default,
+            # 1,000, lets it grow to 4 MB before a checkpoint, and on a nearly full disk it can
+            # take the last free space with no room left for the checkpoint that would free it),
+            # and cut back to _WAL_KEEP_BYTES after one.
+            db.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
+            db.execute(f"PRAGMA journal_size_limit={_WAL_KEEP_BYTES}")
             db.executescript(_SCHEMA)
         except BaseException:
             db.close()
@@ -223,11 +231,22 @@ class Buffer:
                 raise
         except (sqlite3.Error, OSError) as error:
             if _is_disk_full(error):
+                self._checkpoint()
                 raise DiskFull(f"no space left for the edge buffer {self.path}: {error}",
                                hint="free space on its file system; the edge holds back acknowledgements "
                                "until then") from error
             raise
         self._unremoved.clear()
+
+    def _checkpoint(self) -> None:
+        """After a full disk: copy the WAL into the database and truncate it, so that its space
+        (the WAL only restarts from its beginning after a complete checkpoint, which SQLite's
+        automatic one may never reach on a small disk) is there for the retry. Best effort: a
+        checkpoint the disk cannot take either is left for the next try."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as error:
+            log.debug("checkpoint after a full disk failed: %s", error)
 
     def _delete_rows(self, ids: Sequence[int]) -> tuple[int, int]:
         """Delete rows by id (inside a transaction); returns (bytes, rows) deleted."""

@@ -22,8 +22,9 @@ retried; no further message is taken or acknowledged, so the plant broker holds 
 When the buffer's file system is full (:class:`~edge.buffer.DiskFull`), the edge goes on
 scoring and publishing predictions and alerts locally, but acknowledges nothing: the scored
 batches are held in memory (up to ``disk_full_hold_bytes``; beyond it no more messages are
-taken) and their commit is retried until space returns; then they are committed together and
-acknowledged. One error line says when this starts, an info line when it ends.
+taken) and their commit is retried every second; as space returns they are committed oldest
+first, each in its own transaction (so a little room lets some go in), and acknowledged. One
+error line says when this starts, an info line when it ends.
 
 Every ``stats_interval_s`` the edge buffers a :class:`~forewarn.contract.PipelineStats` record
 (role ``edge``, source = its client id) for the ``pipeline.stats`` topic: what it scored and
@@ -116,14 +117,6 @@ class _Batch:
     published: bool = False  # its predictions and alerts are out on the plant broker already
     size: int = 0  # bytes of its records in the buffer (counted while the disk is full)
 
-    def absorb(self, other: _Batch) -> None:
-        """Append a later batch (already published) to this held one: committed as one."""
-        self.counts.absorb(other.counts)
-        self.acks.extend(other.acks)
-        self.records.extend(other.records)
-        self.state.update(other.state)  # a machine's latest window wins
-        self.size += sum(r.size for r in other.records)
-
 
 class EdgeGateway(LoopService):
     """MQTT in, local scoring, buffer, Kafka out. ``run()`` blocks until :meth:`stop`.
@@ -166,7 +159,9 @@ class EdgeGateway(LoopService):
         self._room = threading.Event()
         self._blocked: _Batch | None = None
         self._blocked_since = 0.0
-        self._held: _Batch | None = None  # scored while the disk is full, published, not acknowledged
+        # Batches scored while the disk is full: published, not acknowledged, committed oldest first.
+        self._held: collections.deque[_Batch] = collections.deque()
+        self._held_bytes = 0
         self._disk_full_since: float | None = None
         self._pipeline = PipelineTally(o.client_id, int(clock() * 1000))
         self._next_stats = time.monotonic() + o.stats_interval_s
@@ -280,8 +275,8 @@ class EdgeGateway(LoopService):
         half-updated). Without ``persist_windows`` the windows restart."""
         assert self.buffer is not None
         saved = self.buffer.load_state() if self.options.persist_windows else {}
-        if self._held is not None:
-            saved.update(self._held.state)
+        for held in self._held:
+            saved.update(held.state)
         self._load_windows(saved)
 
     def _process(self, readings: list[Incoming], events: list[tuple[MaintenanceEvent, int]]
@@ -360,24 +355,31 @@ class EdgeGateway(LoopService):
         held = self._held
         inbox = self._inbox
         n = min(len(inbox), self.options.max_batch)
-        if held is not None and held.size >= self.options.disk_full_hold_bytes:
+        if held and self._held_bytes >= self.options.disk_full_hold_bytes:
             n = 0  # the hold is full: the broker keeps the rest until space returns
         if n or self._events:
             batch = self._score([inbox.popleft() for _ in range(n)])
             self._room.set()
-            if held is None:
+            if not held:
                 return self._commit(batch)
             self._publish(batch)
-            held.absorb(batch)
-            self.metrics.disk_held_bytes.set(held.size)
-        elif held is None:
+            batch.published = True
+            self._hold(batch)
+        elif not held:
             time.sleep(wait_s)
             return 0
         if now < self._next_retry:
             if not n:
                 time.sleep(min(wait_s * 5, self._next_retry - now))
             return 0
-        return self._commit(held)
+        committed = 0
+        while held:  # oldest first, each in its own transaction: what fits goes in
+            batch = held[0]
+            done = self._commit(batch)
+            if held and held[0] is batch:
+                break
+            committed += done
+        return committed
 
     def _offered(self, offers: list[Offer]) -> None:
         """Count model offers; a refused bundle becomes a ``model_refused`` alert event, committed
@@ -449,13 +451,18 @@ class EdgeGateway(LoopService):
         return batch
 
     def _commit(self, batch: _Batch) -> int:
-        """Commit a batch to the buffer, then acknowledge and publish it; or hold it (a full
-        buffer: no scoring meanwhile; a full disk: scoring and local publishing go on)."""
+        """Commit a batch to the buffer, then acknowledge and publish it; returns the messages
+        acknowledged. Or hold it (a full buffer: no scoring meanwhile; a full disk: scoring and
+        local publishing go on) and return 0."""
         assert self.buffer is not None
         try:
             self.buffer.put_many(batch.records, list(batch.state.items()))
         except BufferFull as full:
-            self._hold_blocked(batch, full)
+            if self._held and self._held[0] is batch:  # held for the disk: retried with the rest
+                self._next_retry = time.monotonic() + _BLOCKED_RETRY_S
+                log.debug("held batch waits for room in the buffer: %s", full)
+            else:
+                self._hold_blocked(batch, full)
             return 0
         except DiskFull as full:
             self._hold_disk_full(batch, full)
@@ -486,8 +493,13 @@ class EdgeGateway(LoopService):
             self.metrics.buffer_blocked.set(1)
             log.warning("%s; not acknowledging MQTT until the uplink drains it (the broker keeps the "
                         "messages)", full)
-        self._blocked, self._held = batch, None
+        self._blocked = batch
         self._next_retry = now + _BLOCKED_RETRY_S
+
+    def _hold(self, batch: _Batch) -> None:
+        self._held.append(batch)
+        self._held_bytes += batch.size
+        self.metrics.disk_held_bytes.set(self._held_bytes)
 
     def _hold_disk_full(self, batch: _Batch, full: DiskFull) -> None:
         now = time.monotonic()
@@ -503,8 +515,8 @@ class EdgeGateway(LoopService):
         if self._blocked is batch:
             self._blocked = None
             self.metrics.buffer_blocked.set(0)
-        self._held = batch
-        self.metrics.disk_held_bytes.set(batch.size)
+        if not self._held or self._held[0] is not batch:
+            self._hold(batch)
         self._next_retry = now + _DISK_RETRY_S
 
     def _released(self, batch: _Batch) -> None:
@@ -514,13 +526,15 @@ class EdgeGateway(LoopService):
                         time.monotonic() - self._blocked_since)
             self._blocked = None
             self.metrics.buffer_blocked.set(0)
-        self._held = None
-        if self._disk_full_since is not None:
-            log.info("the edge buffer's disk has room again after %.0fs: %s held messages committed; "
-                     "acknowledging MQTT again", time.monotonic() - self._disk_full_since, len(batch.acks))
+        if self._held and self._held[0] is batch:
+            self._held.popleft()
+            self._held_bytes -= batch.size
+            self.metrics.disk_held_bytes.set(self._held_bytes)
+        if not self._held and self._disk_full_since is not None:
+            log.info("the edge buffer's disk has room again after %.0fs: the held messages are committed; "
+                     "acknowledging MQTT again", time.monotonic() - self._disk_full_since)
             self._disk_full_since = None
             self.metrics.disk_full.set(0)
-            self.metrics.disk_held_bytes.set(0)
 
     def _send_stats(self) -> None:
         """Buffer the pipeline stats of the interval that ends now (kept for the next try when the
@@ -593,7 +607,7 @@ class EdgeGateway(LoopService):
         self._started = False
         self._intake = False
         self._room.set()
-        dropped = len(self._inbox) + sum(len(b.acks) for b in (self._held, self._blocked) if b is not None)
+        dropped = len(self._inbox) + sum(len(b.acks) for b in (*self._held, self._blocked) if b is not None)
         self._inbox.clear()
         try:
             self.mqtt.disconnect()

@@ -103,13 +103,6 @@ class BatchCounts:
     def _tallies(self) -> tuple[Tally, ...]:
         return self.received, self.rejected, self.readings, self.resets, self.alerts, self.buffered
 
-    def absorb(self, other: BatchCounts) -> None:
-        """Add ``other``'s counts to these (batches held back together are committed as one)."""
-        for mine, theirs in zip(self._tallies(), other._tallies(), strict=True):
-            mine.update(theirs)
-        self.acked.n += other.acked.n
-        self.predictions.n += other.predictions.n
-
     def flush(self) -> None:
         for tally in self._tallies():
             tally.flush()

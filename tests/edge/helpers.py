@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import sqlite3
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from edge.gateway import EdgeGateway
 from edge.settings import EdgeOptions, EdgeSettings
@@ -85,3 +92,51 @@ def run_until(gw: EdgeGateway, done: Callable[..., object], timeout_s: float = 1
     while not done():
         assert time.monotonic() < deadline, "timed out"
         gw.step(0.001)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (e.g. ``"2m"``) mounted at ``mount`` for the block: a real file
+    system that fills up. Skips the test when this is not root or mounting is refused."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root")
+    mount.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the file system has no byte left; returns it (unlink it to free the space)."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        size = 1 << 16
+        while size:
+            try:
+                os.write(fd, b"\0" * size)
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+                size //= 2
+    finally:
+        os.close(fd)
+    return filler
+
+
+def empty_wal(db: Path, tries: int = 50) -> None:
+    """Checkpoint the WAL into the database and truncate it (from a connection of our own, as an
+    operator's sqlite3 would), so the next write needs new space on the disk. Retried while a
+    reader of the edge keeps the checkpoint from completing."""
+    for _ in range(tries):
+        with contextlib.closing(sqlite3.connect(db, timeout=5)) as other:
+            busy = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if not busy:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"could not checkpoint and truncate the WAL of {db}")

@@ -5,12 +5,7 @@ once space returns commits what it held: every acknowledged message is in the ou
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import sqlite3
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +16,7 @@ from edge.buffer import Buffer, BufferRecord, DiskFull
 from edge.gateway import EdgeGateway
 from forewarn.contract import Prediction, Telemetry
 from forewarn.testing import FakeMqtt, InMemoryKafka
-from tests.edge.helpers import AwayProducer, fleet, mqtt_messages, run_until, seeded
+from tests.edge.helpers import AwayProducer, empty_wal, fill, fleet, mounted_tmpfs, mqtt_messages, run_until, seeded
 
 _telemetry = msgspec.json.Decoder(Telemetry)
 _prediction = msgspec.json.Decoder(Prediction)
@@ -29,45 +24,9 @@ _prediction = msgspec.json.Decoder(Prediction)
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs of its own (needs root: mount)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a size-limited tmpfs needs root")
-    mount = tmp_path / f"fs-{uuid.uuid4().hex[:6]}"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
-                          text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    """A 2 MiB tmpfs of its own."""
+    with mounted_tmpfs(tmp_path / "fs", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file until the file system has no byte left; returns it (unlink it to free the space)."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        size = 1 << 16
-        while size:
-            try:
-                os.write(fd, b"\0" * size)
-            except OSError as error:
-                if error.errno != errno.ENOSPC:
-                    raise
-                size //= 2
-    finally:
-        os.close(fd)
-    return filler
-
-
-def empty_wal(db: Path) -> None:
-    """Checkpoint the WAL into the database and truncate it (from a connection of our own, as an
-    operator's sqlite3 would), so the next write needs new space on the disk."""
-    with sqlite3.connect(db) as other:
-        other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    other.close()
 
 
 def rec(i: int) -> BufferRecord:
