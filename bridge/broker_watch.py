@@ -51,13 +51,15 @@ class QueueCaps:
 class StoreLevels:
     """What the ``$SYS`` values mean: gauges, one warning per crossing, an error per drop.
 
-    Pure state (no network): :meth:`observe` takes one ``$SYS`` topic and its payload."""
+    Pure state (no network): :meth:`observe` takes one ``$SYS`` topic and its payload;
+    :attr:`seen` holds the topics reported so far."""
 
     def __init__(self, caps: QueueCaps, metrics: BridgeMetrics) -> None:
         self.caps = caps
         self.metrics = metrics
         self._near = {STORED_MESSAGES: False, STORED_BYTES: False}
         self._dropped: int | None = None
+        self.seen: set[str] = set()
 
     @property
     def near_cap(self) -> bool:
@@ -69,6 +71,7 @@ class StoreLevels:
         except ValueError:
             log.debug("ignoring %s = %r (not an integer)", topic, payload[:40])
             return
+        self.seen.add(topic)
         if topic == DROPPED:
             self._observe_dropped(value)
         elif topic in self._near:

@@ -118,7 +118,7 @@ class LocalStack:
                                       "external broker")]
         else:
             result = [ComponentStatus("mosquitto", self.mosquitto.address, self.mosquitto.process.pid(),
-                                      self.mosquitto.healthy(), "persistence on")]
+                                      self.mosquitto.healthy(), self.mosquitto.exposure())]
         if self.external:
             try:
                 brokers = len(KafkaAdmin(self._kafka_base).ping(timeout_s=5).brokers)

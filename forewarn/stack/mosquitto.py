@@ -128,6 +128,12 @@ class Mosquitto:
         raise StackError(f"mosquitto did not accept MQTT connections within {timeout_s:.0f}s; "
                          f"last log lines:\n{tail(self.process.log_file)}")
 
+    def exposure(self) -> str:
+        """What a crash can lose and when it drops, in a few words (``forewarn stack status``)."""
+        s = self.settings
+        return (f"persistence on, saved every {s.autosave_interval_s}s; queue cap per client "
+                f"{s.max_queued_messages:,} messages / {s.max_queued_bytes / (1 << 20):,.0f} MiB, then drops")
+
     def healthy(self) -> bool:
         return self.process.pid() is not None and port_open(HOST, self.port)
 
