@@ -21,15 +21,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from forewarn.contract import SCHEMA_VERSION, PipelineStats
 from forewarn.metrics import MetricsEndpoint, Tally, Total
+from scoring.metrics import OUTCOMES, RESETS  # one definition: the workers' outcomes are the edge's
 
-__all__ = ["OUTCOMES", "RESETS", "BatchCounts", "EdgeMetrics", "PipelineTally"]
+__all__ = ["BatchCounts", "EdgeMetrics", "PipelineTally"]
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = ("scored", "duplicate", "late", "warmup", "stride", "unscorable", "rejected")
-"""What happened to a reading (PipelineStats ``counts`` keys, the scoring workers' outcomes)."""
-RESETS = ("restart", "gap")
-"""Why a machine's window started afresh (PipelineStats ``resets`` keys)."""
 
 
 class EdgeMetrics(MetricsEndpoint):

@@ -17,7 +17,6 @@ import msgspec
 import pytest
 
 from edge.gateway import EdgeGateway, subscriptions
-from edge.metrics import OUTCOMES
 from edge.models import ModelSync
 from edge.settings import EdgeOptions, EdgeSettings
 from forewarn.bundle import current_version, pack
@@ -25,6 +24,7 @@ from forewarn.contract import SCHEMA_VERSION, Alert, MaintenanceEvent, PipelineS
 from forewarn.testing import FakeConsumer, FakeMqtt, FakeProducer, InMemoryKafka
 from forewarn.topics import Topics
 from scoring.engine import Incoming, ScoringEngine
+from scoring.metrics import OUTCOMES
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions
 from tests.edge.helpers import WINDOW, AwayProducer, edge_bundle, fleet, mqtt_messages, reading, run_until, seeded
