@@ -601,7 +601,8 @@ class EdgeGateway(LoopService):
 
     def close(self) -> None:
         """Stop intake, disconnect MQTT (unprocessed messages stay unacknowledged on the
-        broker), forward what the buffer holds for up to ``shutdown_timeout_s``, close."""
+        broker), buffer the last pipeline stats, forward what the buffer holds for up to
+        ``shutdown_timeout_s``, close."""
         if not self._started:
             return
         self._started = False
@@ -613,6 +614,8 @@ class EdgeGateway(LoopService):
             self.mqtt.disconnect()
         except (MqttError, OSError) as error:  # already gone; the broker keeps the session either way
             log.warning("mqtt disconnect: %s", error)
+        if self.buffer is not None:
+            self._send_stats()  # the last interval's counts, forwarded with the rest
         left = 0
         if self.forwarder is not None:
             self.forwarder.stop()

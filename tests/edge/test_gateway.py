@@ -321,3 +321,14 @@ def test_a_reading_the_engine_cannot_process_is_forwarded_unscored_and_the_rest_
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any(f"{POISON} seq" in line and "OverflowError" in line for line in lines)
     assert any("wo-1 cannot be applied" in line for line in lines)
+
+
+def test_a_stopping_edge_sends_the_pipeline_stats_of_its_last_interval(tmp_path: Path) -> None:
+    kafka, mqtt = InMemoryKafka(), FakeMqtt()
+    readings = fleet(2, 10, hot_every=0)
+    with EdgeGateway(seeded(tmp_path, stats_interval_s=3600), mqtt=mqtt, producer=FakeProducer(kafka)) as gw:
+        mids = [mqtt.deliver(t, p).mid for t, p in mqtt_messages(readings)]
+        run_until(gw, lambda: mqtt.acks == mids)
+        assert not kafka.messages(gw.topics.pipeline), "the interval has not ended yet"
+    assert stats_total(kafka, gw) == outcomes(gw)
+    assert sum(outcomes(gw).values()) == len(readings)
