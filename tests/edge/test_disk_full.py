@@ -11,6 +11,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from edge.buffer import Buffer, BufferRecord, DiskFull
 from edge.gateway import EdgeGateway
@@ -138,3 +140,49 @@ def test_past_its_hold_bound_the_edge_takes_no_more_messages_until_space_returns
         filler.unlink()
         run_until(gw, lambda: len(mqtt.acks) == len(readings), timeout_s=30)
         assert mqtt.acks == [first, *mids]
+
+
+_ops = st.lists(st.one_of(st.tuples(st.just("put"), st.integers(1, 400)),
+                          st.tuples(st.just("remove"), st.integers(1, 300)),
+                          st.tuples(st.just("fill"), st.just(0)), st.tuples(st.just("free"), st.just(0))),
+                min_size=1, max_size=25)
+
+
+@given(_ops)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_whatever_the_disk_does_what_was_committed_and_not_removed_is_the_queue_before_and_after_reopen(
+        tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int]]) -> None:
+    with mounted_tmpfs(tmp_path_factory.mktemp("fs"), "2m") as disk:
+        path = disk / "outbox.db"
+        expected: list[int] = []
+        filler = None
+        next_ts = 0
+        with Buffer(path) as box:
+            for op, n in ops:
+                if op == "put":
+                    batch = [rec(next_ts + i) for i in range(n)]
+                    next_ts += n
+                    try:
+                        box.put_many(batch)
+                    except DiskFull:
+                        event("a put refused by the full disk")
+                        continue
+                    expected.extend(r.ts or 0 for r in batch)
+                elif op == "remove":
+                    delivered = box.peek(n)
+                    box.remove(s.id for s in delivered)
+                    if filler is not None:
+                        event("a remove on the full disk")
+                    gone = {s.record.ts for s in delivered}
+                    expected = [ts for ts in expected if ts not in gone]
+                elif op == "fill" and filler is None:
+                    filler = fill(disk)
+                elif op == "free" and filler is not None:
+                    filler.unlink()
+                    filler = None
+                assert [s.record.ts for s in box.peek(100_000)] == expected and len(box) == len(expected)
+            if filler is not None:
+                filler.unlink()
+            box.put_many([rec(next_ts)])
+        with Buffer(path) as box:
+            assert [s.record.ts for s in box.peek(100_000)] == [*expected, next_ts]
