@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from forewarn.bundle import pack, write_bundle
-from forewarn.contract import Alert, Prediction
+from forewarn.contract import Alert, Prediction, Telemetry
 from forewarn.kafka import KafkaAdmin
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.stack import LocalStack
@@ -39,12 +39,12 @@ _prediction = msgspec.json.Decoder(Prediction)
 _alert = msgspec.json.Decoder(Alert)
 
 
-def reference(readings: list[object]) -> tuple[set[tuple[str, int]], set[tuple[str, str, int]]]:
+def reference(readings: list[Telemetry]) -> tuple[set[tuple[str, int]], set[tuple[str, str, int]]]:
     """Predictions (machine, seq) and alert events (alert_id, state, ts) of an uninterrupted run."""
     registry = ModelRegistry(threads=1)
     registry.offer_bundle(edge_bundle())
     engine = ScoringEngine(registry, ScoringOptions())
-    result = engine.process([Incoming(r, 0) for r in readings], [])  # type: ignore[arg-type]
+    result = engine.process([Incoming(r, 0) for r in readings], [])
     predictions = {(m, _prediction.decode(v).seq) for m, v in result.predictions}
     return predictions, {(a.alert_id, a.state, a.ts) for a in result.alerts}
 
