@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edge.buffer import Buffer, BufferRecord, Stored
+from edge.buffer import Buffer, BufferRecord, DiskFull, Stored
 from edge.metrics import EdgeMetrics
 from forewarn.deadletter import INGEST_HEADER, DeadLetter, Kind, Origin, Record, RefusalPolicy
 from forewarn.errors import KafkaError
@@ -135,6 +135,7 @@ class Forwarder:
         self._fatal: Any = None  # a fatal producer error met: rebuild before sending more
         self._generation = 0  # bumped on every rebuild: reports of an abandoned producer are ignored
         self.producer_rebuilds = 0
+        self._disk_full_warned = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -314,8 +315,18 @@ class Forwarder:
             retry_soon = retry_soon and permanent
             self._failed_rows.add(stored.id)  # from now on it is sent alone
             if permanent and self._policy.refused(stored.id, alone=stored.id == self._alone):
-                self._failed_rows.discard(stored.id)
-                self._dead_letter(stored, error)
+                try:
+                    self._dead_letter(stored, error)
+                except DiskFull:
+                    # The row stays as it is and is sent (alone) again; its dead letter is
+                    # written on a later round, once the disk has room.
+                    if not self._disk_full_warned:
+                        log.warning("no room on the disk to dead-letter row %s of %s; it stays in the buffer and "
+                                    "is tried again", stored.id, self.buffer.path)
+                        self._disk_full_warned = True
+                else:
+                    self._failed_rows.discard(stored.id)
+                    self._disk_full_warned = False
         if denied:
             stored, error = denied[0]
             log.error("Kafka refuses the edge (%s: %s) for %s row(s), first on its %s topic: they stay in the buffer "
