@@ -28,7 +28,7 @@ from scoring.metrics import OUTCOMES
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions
 from tests.edge.helpers import WINDOW, AwayProducer, edge_bundle, fleet, mqtt_messages, reading, run_until, seeded
-from tests.scoring.test_worker_faults import POISON, BrittleEngine
+from tests.scoring.faulty import POISON, BrittleEngine
 from tests.stacks import REPO
 
 _prediction = msgspec.json.Decoder(Prediction)

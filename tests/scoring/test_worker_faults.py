@@ -21,11 +21,11 @@ from forewarn.errors import KafkaError
 from forewarn.kafka import kafka_error
 from forewarn.testing import FakeConsumer, FakeMessage, FakeProducer, InMemoryKafka, broker_error
 from scoring import worker as worker_module
-from scoring.engine import BatchResult, Incoming, ScoringEngine
 from scoring.errors import ScoringError
 from scoring.settings import ScoringOptions, ScoringSettings
 from scoring.worker import ScoringWorker
 from tests.scoring import test_worker
+from tests.scoring.faulty import POISON, BrittleEngine
 from tests.scoring.fleet_data import FleetData
 from tests.scoring.test_worker import (
     GROUP,
@@ -283,22 +283,6 @@ def test_a_consumer_fenced_again_and_again_stops_the_worker_with_one_line(data: 
         rig.worker.step()
     assert "same worker id" in raised.value.one_line() and "\n" not in raised.value.one_line()
     rig.worker.close()
-
-
-POISON = "site-01/poison-1"
-
-
-class BrittleEngine(ScoringEngine):
-    """The real engine, except that a batch holding a reading of machine ``POISON`` raises after
-    the rest of the batch changed state (as a failure deep inside would), and so does one
-    holding an event of it."""
-
-    def process(self, readings: list[Incoming], maintenance: list[tuple[MaintenanceEvent, int]]) -> BatchResult:
-        result = super().process(readings, maintenance)
-        if any(r.reading.machine_id == POISON for r in readings) or any(e.machine_id == POISON
-                                                                        for e, _ in maintenance):
-            raise OverflowError("Python int too large to convert to C long")
-        return result
 
 
 def test_a_record_the_engine_cannot_process_is_dead_lettered_and_the_rest_scored(data: FleetData,
