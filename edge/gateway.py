@@ -132,14 +132,15 @@ class EdgeGateway(LoopService):
         self.settings = settings
         self.options = o = settings.edge
         self.topics = Topics.from_settings(settings.topics)
-        self.router = Router(self.topics, Decoder(settings.input.limits(), clock))
+        limits = settings.input.limits()
+        self.router = Router(self.topics, Decoder(limits, clock))
         self._roles = {self.topics.telemetry: "telemetry", self.topics.maintenance: "maintenance",
                        self.topics.dlq: "dlq"}
         self.metrics = metrics or EdgeMetrics()
         self.clock = clock
         scoring = settings.scoring.model_copy(update={"shadow": False})  # candidates are a data-centre concern
         self.registry = ModelRegistry(threads=scoring.threads, batch_size=scoring.score_batch, shadow=False)
-        self.engine = ScoringEngine(self.registry, scoring, clock)
+        self.engine = ScoringEngine(self.registry, scoring, clock, max_future_ms=limits.max_future_ms)
         self.models = ModelSync(self.registry, o.bundles_dir, kafka=settings.kafka if o.models_sync else None,
                                 models_topic=self.topics.models, group_id=f"{o.client_id}.models",
                                 consumer=models_consumer, seed_dir=o.models_dir)

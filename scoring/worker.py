@@ -122,8 +122,9 @@ class ScoringWorker(LoopService):
                                                   shadow=self.options.shadow)
         self.metrics = metrics if metrics is not None else ScoringMetrics()
         self.clock = clock
-        self.engine = ScoringEngine(self.registry, self.options, clock)
-        self.decoder = decoder if decoder is not None else Decoder(settings.input.limits(), clock)
+        limits = settings.input.limits()
+        self.engine = ScoringEngine(self.registry, self.options, clock, max_future_ms=limits.max_future_ms)
+        self.decoder = decoder if decoder is not None else Decoder(limits, clock)
         self._fast_telemetry = msgspec.json.Decoder(Telemetry)
         kafka = settings.kafka
 
@@ -856,6 +857,7 @@ def _merge(results: list[BatchResult]) -> BatchResult:
         merged.accepted += r.accepted
         merged.dropped += r.dropped
         merged.unscored += r.unscored
+        merged.held += r.held
         merged.not_scored = _added(merged.not_scored, r.not_scored)
         merged.resets = _added(merged.resets, r.resets)
         merged.per_asset = _added(merged.per_asset, r.per_asset)
