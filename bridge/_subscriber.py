@@ -133,6 +133,28 @@ def _malformed(why: str) -> _Disconnected:
     return _Disconnected(f"malformed packet from the broker: {why}", 0x81)
 
 
+def _goodbye(sock: socket.socket, packet: bytes = b"\xe0\x00") -> None:
+    """Send a DISCONNECT, best effort (the caller closes the socket)."""
+    try:
+        sock.send(packet)
+    except OSError:
+        pass
+
+
+def _drain_until_closed(sock: socket.socket) -> None:
+    """After our DISCONNECT: let the broker close first (a close with unread bytes is a TCP reset,
+    which a broker may take for a failure, and Moquette 0.17 was seen to lose messages racing
+    one). Bounded: at most a short wait and a few reads are discarded."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    sock.settimeout(0.5)
+    for _ in range(64):
+        if not sock.recv(_CHUNK):
+            return
+
+
 class Subscriber:
     """One MQTT connection for a QoS 1 subscriber with manual acknowledgement.
 
@@ -205,6 +227,12 @@ class Subscriber:
         new = [(t, qos) for t in topics]
         self._filters.extend(new)
         if self._sock is not None and new:
+            if self._sharing.needs_probe(new, self._v5):  # the session rests while the probe runs
+                self.disconnect()
+                self._wanted = True
+                self._sharing.run_probe(new)
+                self._open(10.0)  # subscribes every filter, as after any reconnect
+                return
             self._subscribe(self._wire(new), 10.0)
 
     @property
@@ -240,6 +268,7 @@ class Subscriber:
             sock.setblocking(True)
             sock.settimeout(2.0)
             sock.sendall(b"\xe0\x00")
+            _drain_until_closed(sock)
         except OSError:
             pass
         self._close()
@@ -575,13 +604,8 @@ class Subscriber:
 
     def _say_goodbye(self, reason: int) -> None:
         """Best effort: tell the broker why we disconnect (MQTT 5 only has reason codes)."""
-        sock = self._sock
-        if sock is None:
-            return
-        try:
-            sock.send(disconnect_packet(reason, self._v5))
-        except OSError:
-            pass
+        if self._sock is not None:
+            _goodbye(self._sock, disconnect_packet(reason, self._v5))
 
     def _close(self) -> None:
         sock, self._sock = self._sock, None
@@ -632,6 +656,11 @@ class Subscriber:
         self._close()
         self._v5 = v5
         sock, connack, rest = open_connection(s, self._connect_packet(v5), v5, timeout_s)
+        if self._sharing.needs_probe(self._filters, v5):
+            _goodbye(sock)  # the session stays on the broker, untouched while the probe runs
+            sock.close()
+            self._sharing.run_probe(self._filters)
+            sock, connack, rest = open_connection(s, self._connect_packet(v5), v5, timeout_s)
         session_present = connack.session_present
         if v5 and connack.properties.get(PROP_SHARED_SUBSCRIPTION_AVAILABLE) == 0:
             try:
@@ -687,7 +716,7 @@ class Subscriber:
     def _wire(self, filters: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """The filters as subscribed (:meth:`SharedSubscriptions.wire`), dropping the shared ones
         an earlier run's session may hold when they are subscribed plainly."""
-        wired, stale = self._sharing.wire(filters, self._v5)
+        wired, stale = self._sharing.wire(filters)
         if stale and not self.clean_start:
             self._next_id = self._next_id % 65535 + 1
             self._send(unsubscribe_packet(self._next_id, stale, self._v5))
