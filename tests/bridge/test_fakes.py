@@ -1,6 +1,8 @@
-"""The fakes keep MQTT's rules. The in-memory broker session the bridge's unit tests run on keeps them, so a bridge
-that broke them would fail those tests (the real subscriber's wire format is pinned in
-test_subscriber.py, real Mosquitto in tests/integration/test_bridge_subscriber.py)."""
+"""The fakes keep MQTT's rules, so a bridge that broke them would fail the tests that use them:
+the in-memory broker session (PUBACK order and ids, resumed and lost sessions, Receive Maximum)
+and the small broker on the wire (how 3.1.1-only brokers refuse MQTT 5, topic matching, session
+take-over). The real subscriber's wire format is pinned in test_subscriber.py, real Mosquitto in
+test_subscriber_mosquitto.py and tests/integration/test_bridge_subscriber.py."""
 
 from __future__ import annotations
 
