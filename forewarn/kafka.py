@@ -95,8 +95,10 @@ def _error_cb(error: confluent_kafka.KafkaError) -> None:
 def kafka_error(error: confluent_kafka.KafkaError, what: str, *, hint: str | None = None) -> KafkaError:
     """The :class:`KafkaError` for a librdkafka error object: ``"<what>: <librdkafka's text>"``
     with its code name and its retriable / fatal / txn_requires_abort flags."""
+    # librdkafka's _FATAL event says the client is unusable whatever its flags say.
+    fatal = bool(error.fatal()) or error.code() == confluent_kafka.KafkaError._FATAL
     return KafkaError(f"{what}: {error.str()}", code=error.name(), retriable=bool(error.retriable()),
-                      fatal=bool(error.fatal()), txn_requires_abort=bool(error.txn_requires_abort()), hint=hint)
+                      fatal=fatal, txn_requires_abort=bool(error.txn_requires_abort()), hint=hint)
 
 
 def raise_for_error(error: confluent_kafka.KafkaError | None, what: str) -> None:
@@ -409,6 +411,7 @@ class KafkaConsumer(_Lazy):
         self._consumer: confluent_kafka.Consumer | None = None
         self._on_assign: Callable[..., None] | None = None
         self._on_revoke: Callable[..., None] | None = None
+        self._deferred: confluent_kafka.KafkaError | None = None  # raised on the next consume
 
     def subscribe(self, topics: Sequence[str], *, on_assign: RebalanceCallback | None = None,
                   on_revoke: RebalanceCallback | None = None) -> None:
@@ -444,7 +447,11 @@ class KafkaConsumer(_Lazy):
 
     def consume(self, max_messages: int = 500, timeout_s: float = 1.0) -> list[confluent_kafka.Message]:
         """Up to ``max_messages`` records, waiting at most ``timeout_s`` for the first. Partition
-        EOF events are skipped, other retriable errors logged, the rest raised."""
+        EOF events are skipped, other retriable errors logged, the rest raised — after the good
+        records that came with them: those are returned first (their position has moved on) and
+        the error is raised by the next call."""
+        deferred, self._deferred = self._deferred, None
+        raise_for_error(deferred, "consume")
         try:
             messages = self._client.consume(max_messages, timeout_s)
         except confluent_kafka.KafkaException as exc:
@@ -456,8 +463,10 @@ class KafkaConsumer(_Lazy):
                 good.append(message)
             elif error.code() == confluent_kafka.KafkaError._PARTITION_EOF:
                 continue
-            elif error.fatal() or not error.retriable():
-                raise_for_error(error, "consume")
+            elif error.fatal() or not error.retriable() or error.code() == confluent_kafka.KafkaError._FATAL:
+                if not good:
+                    raise_for_error(error, "consume")
+                self._deferred = self._deferred or error
             else:
                 log.warning("kafka consume: %s", error)
         return good

@@ -16,6 +16,7 @@ from forewarn.kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
     OFFSET_INVALID,
+    KafkaConsumer,
     KafkaProducer,
     TopicPartition,
     kafka_error,
@@ -493,3 +494,43 @@ def test_the_fake_cluster_builds_clients_from_the_adapters_arguments() -> None:
     late = kafka.consumer("g", ["models"], **{"auto.offset.reset": "latest"})
     producer.commit_transaction()
     assert late.consume() == [] and values(kafka.consumer("g2", ["models"]).consume()) == [b"m"]
+
+
+class _Record:
+    """What confluent-kafka's consume() hands back: a message, or an error event in its place."""
+
+    def __init__(self, value: bytes | None = None, error: confluent_kafka.KafkaError | None = None) -> None:
+        self._value, self._error = value, error
+
+    def error(self) -> confluent_kafka.KafkaError | None:
+        return self._error
+
+    def value(self) -> bytes | None:
+        return self._value
+
+
+class _Fetches:
+    """Stands in for the librdkafka consumer: each consume() returns the next list."""
+
+    def __init__(self, *batches: list[_Record]) -> None:
+        self.batches = list(batches)
+
+    def consume(self, num_messages: int, timeout: float) -> list[_Record]:
+        return self.batches.pop(0) if self.batches else []
+
+
+def test_consume_returns_the_good_records_of_a_fetch_before_raising_its_error() -> None:
+    consumer = KafkaConsumer(nowhere(), "g")
+    denied = E(E.TOPIC_AUTHORIZATION_FAILED)
+    consumer._consumer = _Fetches([_Record(b"a"), _Record(error=denied), _Record(b"b")],  # type: ignore[assignment]
+                                  [_Record(b"c")])
+    assert [m.value() for m in consumer.consume()] == [b"a", b"b"]  # their position has moved on
+    with pytest.raises(KafkaError) as raised:
+        consumer.consume()
+    assert raised.value.code == "TOPIC_AUTHORIZATION_FAILED"
+    assert [m.value() for m in consumer.consume()] == [b"c"]
+
+
+def test_a_fatal_event_is_fatal_whatever_its_flags() -> None:
+    error = kafka_error(E(E._FATAL), "consume")
+    assert error.fatal and error.code == "_FATAL"
