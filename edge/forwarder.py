@@ -255,6 +255,7 @@ class Forwarder:
         error, self._fatal = self._fatal, None
         self._generation += 1
         self.producer_rebuilds += 1
+        self.metrics.producer_rebuilds.inc()
         self.producer.rebuild()
         self.in_flight = 0
         self.in_flight_bytes = 0

@@ -44,6 +44,8 @@ class EdgeMetrics(MetricsEndpoint):
                                 "late, warmup, stride, unscorable, rejected)", ["outcome"], registry=r)
         for outcome in OUTCOMES:
             self.readings.labels(outcome)  # every outcome is exported from the start, at 0
+        self.producer_rebuilds = Counter("forewarn_edge_producer_rebuilds", "Kafka producers rebuilt after a fatal "
+                                         "error (what they had not delivered is sent again)", registry=r)
         self.window_resets = Counter("forewarn_edge_window_resets", "machine windows started afresh, by reason "
                                      "(restart: the device restarted; gap: too long without readings)", ["reason"],
                                      registry=r)
