@@ -76,8 +76,9 @@ class EdgeOptions(BaseModel):
                                        "(held in memory while the uplink is down)")
     max_forward_in_flight_bytes: int = Field(16 * 2**20, ge=64 * 1024, description="bytes of those records at most "
                                              "(librdkafka's queue is bounded at twice this)")
-    dead_letter_after: int = Field(3, ge=1, description="times Kafka may refuse a record for good (an error that is "
-                                   "not retriable), sent alone, before it goes to the dead-letter topic")
+    dead_letter_after: int = Field(3, ge=1, description="times Kafka may refuse a record for good (an error Kafka "
+                                   "can never store: too large, invalid record, ...; see forewarn.kafka.classify), "
+                                   "sent alone, before it goes to the dead-letter topic")
     models_dir: Path | None = Field(None, description="bundles to seed the edge with (copied to DATA_DIR/models)")
     models_sync: bool = Field(True, description="take new bundles from the Kafka models topic")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port "
