@@ -133,14 +133,6 @@ def _malformed(why: str) -> _Disconnected:
     return _Disconnected(f"malformed packet from the broker: {why}", 0x81)
 
 
-def _goodbye(sock: socket.socket, packet: bytes = b"\xe0\x00") -> None:
-    """Send a DISCONNECT, best effort (the caller closes the socket)."""
-    try:
-        sock.send(packet)
-    except OSError:
-        pass
-
-
 def _drain_until_closed(sock: socket.socket) -> None:
     """After our DISCONNECT: let the broker close first (a close with unread bytes is a TCP reset,
     which a broker may take for a failure, and Moquette 0.17 was seen to lose messages racing
@@ -223,14 +215,16 @@ class Subscriber:
         """Subscribe (and remember, to re-subscribe after reconnects). ``$share/...`` filters are
         subscribed plainly when the broker lacks shared subscriptions (``shared_subscriptions =
         "auto"``: its MQTT 5 signals, a probe on 3.1.1; ``"off"``: always; ``"on"``: never, and a
-        broker that says it lacks them is an :class:`MqttError`)."""
+        broker that says it lacks them is an :class:`MqttError`). Subscribing before
+        :meth:`connect` lets a 3.1.1 probe run before the session resumes; after it, the
+        connection is closed for the probe and opened again (the broker sends what was in flight
+        again, as on any reconnect)."""
         new = [(t, qos) for t in topics]
         self._filters.extend(new)
         if self._sock is not None and new:
-            if self._sharing.needs_probe(new, self._v5):  # the session rests while the probe runs
+            if self._sharing.needs_probe(new, self._v5):  # probe while the session rests, then resume it
                 self.disconnect()
                 self._wanted = True
-                self._sharing.run_probe(new)
                 self._open(10.0)  # subscribes every filter, as after any reconnect
                 return
             self._subscribe(self._wire(new), 10.0)
@@ -605,7 +599,10 @@ class Subscriber:
     def _say_goodbye(self, reason: int) -> None:
         """Best effort: tell the broker why we disconnect (MQTT 5 only has reason codes)."""
         if self._sock is not None:
-            _goodbye(self._sock, disconnect_packet(reason, self._v5))
+            try:
+                self._sock.send(disconnect_packet(reason, self._v5))
+            except OSError:
+                pass
 
     def _close(self) -> None:
         sock, self._sock = self._sock, None
@@ -655,12 +652,9 @@ class Subscriber:
         s = self.settings
         self._close()
         self._v5 = v5
-        sock, connack, rest = open_connection(s, self._connect_packet(v5), v5, timeout_s)
-        if self._sharing.needs_probe(self._filters, v5):
-            _goodbye(sock)  # the session stays on the broker, untouched while the probe runs
-            sock.close()
+        if self._sharing.needs_probe(self._filters, v5):  # before the session resumes: nothing is in flight
             self._sharing.run_probe(self._filters)
-            sock, connack, rest = open_connection(s, self._connect_packet(v5), v5, timeout_s)
+        sock, connack, rest = open_connection(s, self._connect_packet(v5), v5, timeout_s)
         session_present = connack.session_present
         if v5 and connack.properties.get(PROP_SHARED_SUBSCRIPTION_AVAILABLE) == 0:
             try:

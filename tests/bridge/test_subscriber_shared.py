@@ -82,3 +82,15 @@ def test_on_refuses_a_broker_that_says_it_lacks_them() -> None:
 
 def test_the_probe_topic_is_one_level_no_inbound_filter_routes() -> None:
     assert probe_topic("a/b+c#d") == "forewarn/$probe/a_b_c_d"
+
+
+def test_filters_subscribed_before_connect_are_probed_before_the_session_resumes() -> None:
+    broker = MiniBroker(MOSQUITTO_311_LIKE)
+    sub = Subscriber(mqtt_settings(broker.port), "b", session_expiry_s=60, probe_timeout_s=0.3)
+    sub.subscribe(SHARED)
+    sub.connect()
+    assert wait_for(lambda: sub.read(10) == [] and sub.subscribed)
+    sub.disconnect()
+    broker.close()
+    assert [(level, cid) for level, cid in broker.connects] == [(5, ""), (4, "b-probe"), (4, "b")]
+    assert main_subscriptions(broker) == PLAIN
