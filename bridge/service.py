@@ -46,6 +46,7 @@ import logging
 import time
 from typing import Any
 
+from bridge._mqtt_packets import Oversized
 from bridge._subscriber import Message, Subscriber, SubscriberLike
 from bridge.errors import BridgeError
 from bridge.metrics import BridgeMetrics
@@ -55,7 +56,7 @@ from forewarn.deadletter import INGEST_HEADER, DeadLetter, Kind, Origin, Record,
 from forewarn.errors import KafkaError
 from forewarn.kafka import ErrorClass, KafkaAdmin, KafkaProducer, classify, error_code
 from forewarn.ports import ProducerLike
-from forewarn.routing import Router
+from forewarn.routing import Routed, Router, parse_topic
 from forewarn.service import LoopService
 from forewarn.topics import Topics, mqtt_subscriptions
 
@@ -151,7 +152,9 @@ class Bridge(LoopService):
             settings.kafka, **self._producer_overrides(settings))
         self.subscriber: SubscriberLike = subscriber if subscriber is not None else Subscriber(
             settings.mqtt, self.options.client_id, clean_start=False,
-            session_expiry_s=self.options.session_expiry_s, receive_maximum=self.options.receive_maximum)
+            session_expiry_s=self.options.session_expiry_s, receive_maximum=self.options.receive_maximum,
+            max_packet_bytes=self.options.max_packet_bytes, announce_max_packet=self.options.announce_max_packet,
+            shared_subscriptions=self.options.shared_subscriptions)
         self.subscriber.on_connected = self._on_connected
         self._refusals = RefusalPolicy(self.options.dead_letter_after)
         self._records_per_message = 1.0
@@ -201,8 +204,10 @@ class Bridge(LoopService):
             self._check_topics()
         self._intake = True
         filters = subscriptions(self.options.share_group)
-        self.subscriber.connect()
+        # Subscribing first lets the subscriber probe a 3.1.1 broker for shared subscriptions
+        # before the session resumes (not while the broker pushes the queued messages).
         self.subscriber.subscribe(filters, qos=1)
+        self.subscriber.connect()
         self._started = True
         log.info("bridge %s subscribed to %s; forwarding to %s, %s and %s", self.options.client_id,
                  ", ".join(filters), self.topics.telemetry, self.topics.maintenance, self.topics.dlq)
@@ -285,7 +290,12 @@ class Bridge(LoopService):
         records_total = 0
         for topic, payload, qos, mid in messages:
             try:
-                routed = route(topic, payload, received_ms)
+                if type(payload) is Oversized:  # too long to read whole: its head becomes the dead letter
+                    kind = parse_topic(topic)[0]
+                    bad = payload.rejected()
+                    routed = Routed(kind, [self.router.dead_letter(bad, topic, kind, received_ms)], [str(bad.reason)])
+                else:
+                    routed = route(topic, payload, received_ms)
             except Exception:  # noqa: BLE001 - a routing bug must not stop the stream; internal_error logs it
                 routed = self.router.internal_error(topic, payload, received_ms)
             received[routed.kind] += 1

@@ -12,6 +12,7 @@ import confluent_kafka
 import pytest
 from prometheus_client import generate_latest
 
+from bridge._mqtt_packets import Oversized
 from bridge._subscriber import Subscriber
 from bridge.service import Bridge, subscriptions
 from bridge.settings import BridgeOptions, BridgeSettings
@@ -215,6 +216,19 @@ def test_a_routing_bug_dead_letters_the_message_and_the_stream_goes_on(monkeypat
     assert mqtt.acks == mids and len(kafka.messages("u.telemetry")) == 1
     [dead] = kafka.messages("u.telemetry.dlq")
     assert dict(dead.headers() or [])["reason"] == b"bad_value" and "routing failed" in caplog.text
+
+
+def test_a_message_too_long_to_read_whole_becomes_a_too_large_dead_letter_then_is_acknowledged() -> None:
+    bridge, mqtt, _producer, kafka = make()
+    head = reading_bytes("s/m1", 1)[:40]
+    mids = [mqtt.deliver(telemetry_topic("s/m1"), Oversized(head, size=300_000_000)).mid,
+            mqtt.deliver(telemetry_topic("s/m2"), reading_bytes("s/m2", 1)).mid]
+    bridge.step(0)
+    assert mqtt.acks == mids and len(kafka.messages("u.telemetry")) == 1
+    [dead] = kafka.messages("u.telemetry.dlq")
+    headers = dict(dead.headers() or [])
+    assert headers["reason"] == b"too_large" and b"300000000 bytes" in headers["detail"]
+    assert dead.value() == head
 
 
 def test_intake_pauses_at_the_in_flight_bound() -> None:
