@@ -2,7 +2,8 @@
 
 ``stack`` is one real Mosquitto and one real Apache Kafka for the whole test session, on free
 ports and in a temporary home, so tests never collide with a running demo. ``fresh_topics``
-gives each test its own topic prefix on that broker, created from the registry.
+gives each test its own topic prefix on that broker, created from the registry. ``mqtt_broker``
+runs a test once per MQTT broker implementation (Mosquitto, aedes, Moquette).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from forewarn.kafka import KafkaAdmin
 from forewarn.settings import TopicSettings
 from forewarn.stack import LocalStack
 from forewarn.topics import Topics, topic_specs
-from tests.stacks import RunningStack, make_stack
+from tests.brokers import INTEROP_BROKERS, InteropBroker, MqttBrokerUnderTest
+from tests.stacks import RunningStack, free_port, make_stack
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +46,29 @@ def own_stack(tmp_path: Path) -> Iterator[LocalStack]:
         local.down()
 
 
+@pytest.fixture(scope="session", params=["mosquitto", *INTEROP_BROKERS])
+def mqtt_broker(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[MqttBrokerUnderTest]:
+    """The MQTT broker a test runs the bridge against, once per implementation: the session's
+    Mosquitto (MQTT 5 and 3.1.1, shared subscriptions), aedes and Moquette (3.1.1 only, no
+    shared subscriptions), each started once per session on a free port. Kafka is the session's
+    ``stack`` (started only when a test asks for it or for Mosquitto)."""
+    name: str = request.param
+    if name == "mosquitto":
+        stack: RunningStack = request.getfixturevalue("stack")
+        yield MqttBrokerUnderTest(name, stack.mqtt_settings, frozenset({"5", "3.1.1"}), True,
+                                  lambda: stack.local.logs("mosquitto", 200))
+        return
+    broker = InteropBroker(name, tmp_path_factory.mktemp(name), free_port())
+    broker.start()
+    try:
+        broker.wait_ready()
+        yield MqttBrokerUnderTest(name, broker.mqtt_settings, broker.protocols, broker.shared_subscriptions,
+                                  broker.log)
+    finally:
+        broker.stop()
+
+
 _prefixes = itertools.count()
 
 
@@ -60,7 +85,7 @@ def fresh_topics(stack: RunningStack) -> Callable[..., tuple[TopicSettings, Topi
     return make
 
 
-_BROKER_FIXTURES = frozenset({"stack", "own_stack", "fresh_topics"})
+_BROKER_FIXTURES = frozenset({"stack", "own_stack", "fresh_topics", "mqtt_broker"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
