@@ -24,6 +24,9 @@ BRIDGE_FLAGS = (
     Flag("--metrics-host", "bridge.metrics_host"),
     Flag("--shutdown-timeout", "bridge.shutdown_timeout_s"),
     Flag("--check-topics", "bridge.check_topics", secondary="--no-check-topics"),
+    Flag("--shared-subscriptions", "bridge.shared_subscriptions"),
+    Flag("--max-packet-bytes", "bridge.max_packet_bytes"),
+    Flag("--announce-max-packet", "bridge.announce_max_packet", secondary="--no-announce-max-packet"),
     Flag("--queue-watch", "stack.queue_watch", secondary="--no-queue-watch"),
     Flag("--max-queued-messages", "stack.max_queued_messages"),
     Flag("--max-queued-bytes", "stack.max_queued_bytes"),
@@ -38,7 +41,8 @@ def bridge() -> None:
     """Forward MQTT telemetry, gateway batches and maintenance events to Kafka.
 
     Subscribes with QoS 1 on a persistent session (clean start off) through a shared
-    subscription, and acknowledges each MQTT message only once Kafka confirmed every record
+    subscription (plainly, with a warning, on a broker without them; MQTT 3.1.1 when the
+    broker refuses MQTT 5), and acknowledges each MQTT message only once Kafka confirmed every record
     made from it: a crash can duplicate, never lose. Invalid payloads go to the dead-letter
     topic with their reason. SIGTERM or Ctrl-C: stop intake, wait for Kafka, acknowledge,
     disconnect.

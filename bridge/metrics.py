@@ -42,6 +42,12 @@ class BridgeMetrics(MetricsEndpoint):
                                         "MQTT messages received and not yet acknowledged", registry=r)
         self.kafka_waiting = Gauge("forewarn_bridge_kafka_waiting",
                                    "1 while records wait longer than the warning period for Kafka", registry=r)
+        self.mqtt_oversized = Counter("forewarn_bridge_mqtt_oversized", "MQTT messages longer than max_packet_bytes "
+                                      "(read streaming, dead-lettered as too_large)", registry=r)
+        self.mqtt_malformed = Counter("forewarn_bridge_mqtt_malformed", "packets from the broker that broke MQTT's "
+                                      "encoding rules (the connection was closed and opened again)", registry=r)
+        self.producer_rebuilds = Counter("forewarn_bridge_producer_rebuilds", "Kafka producers rebuilt after a fatal "
+                                         "error (what they had not confirmed is sent again)", registry=r)
         self.broker_stored_messages = Gauge("forewarn_bridge_mqtt_broker_stored_messages",
                                             "messages in the MQTT broker's store, as its $SYS reports them",
                                             registry=r)

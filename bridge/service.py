@@ -174,6 +174,7 @@ class Bridge(LoopService):
         self._rebuild_at = 0.0
         self._rebuilds_in_a_row = 0
         self.producer_rebuilds = 0
+        self._counted: tuple[int, int, int] = (0, 0, 0)  # oversized, malformed, rebuilds already exported
         self._roles = {self.topics.telemetry: "telemetry", self.topics.maintenance: "maintenance",
                        self.topics.dlq: "dlq"}
 
@@ -549,6 +550,14 @@ class Bridge(LoopService):
         m.flush()
         m.in_flight.set(self.in_flight)
         m.in_flight_messages.set(len(self._pending))
+        # The subscriber and the rebuild path keep plain totals; the counters take what is new.
+        totals = (getattr(self.subscriber, "oversized", 0), getattr(self.subscriber, "malformed", 0),
+                  self.producer_rebuilds)
+        for counter, total, seen in zip((m.mqtt_oversized, m.mqtt_malformed, m.producer_rebuilds), totals,
+                                        self._counted, strict=True):
+            if total > seen:
+                counter.inc(total - seen)
+        self._counted = totals
 
     # -- shutdown --------------------------------------------------------------------------
 

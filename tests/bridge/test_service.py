@@ -432,6 +432,7 @@ def test_a_fatal_producer_error_rebuilds_the_producer_and_resends_every_unconfir
     producer.release()
     assert step_until(bridge, lambda: len(mqtt.acks) == 8)
     assert mqtt.acks == first + later and producer.rebuilds == 1 and bridge.producer_rebuilds == 1
+    assert "forewarn_bridge_producer_rebuilds_total 1.0" in metric_text(bridge)
     seqs = [json.loads(m.value() or b"")["seq"] for m in kafka.messages("u.telemetry")]
     assert sorted(set(seqs)) == list(range(8)), "every reading, none lost"
     assert seqs[-3:] == [5, 6, 7] and kafka.messages("u.telemetry.dlq") == []
