@@ -1,10 +1,12 @@
 """MQTT brokers other than Mosquitto, for the bridge's interoperability tests: aedes (Node.js, from
 the npm registry through ``deploy/aedes``) and Moquette (Java, from Maven Central through
-``deploy/moquette/pom.xml``). Both speak MQTT 3.1.1 only and have no shared subscriptions.
+``deploy/moquette/pom.xml``), both MQTT 3.1.1 only without shared subscriptions, and HiveMQ
+Community Edition (Java, embedded, from Maven Central through ``deploy/hivemq/pom.xml`` with a
+launcher compiled by javac), MQTT 5 and 3.1.1 with shared subscriptions.
 
 Each is installed once into the jar cache (a folder named by a hash of its manifest, completed
 by a marker file), started on a free port in a temporary home, and is ready when it accepts an
-MQTT CONNECT. ``python -m tests.brokers`` installs both (``.ci/run`` does, so a missing
+MQTT CONNECT. ``python -m tests.brokers`` installs all three (``.ci/run`` does, so a missing
 registry fails early with one line).
 """
 
@@ -33,7 +35,16 @@ from tests.stacks import JAR_CACHE, REPO
 HOST = "127.0.0.1"
 AEDES_DIR = REPO / "deploy" / "aedes"
 MOQUETTE_POM = REPO / "deploy" / "moquette" / "pom.xml"
-INTEROP_BROKERS = ("aedes", "moquette")
+HIVEMQ_POM = REPO / "deploy" / "hivemq" / "pom.xml"
+HIVEMQ_LAUNCHER = REPO / "deploy" / "hivemq" / "src" / "forewarn" / "hivemq" / "Launcher.java"
+INTEROP_BROKERS = ("aedes", "moquette", "hivemq")
+# What each speaks: MQTT versions, and whether it knows ``$share/...`` filters (the others take
+# such a filter as a literal topic).
+_SPEAKS: dict[str, tuple[frozenset[str], bool]] = {
+    "aedes": (frozenset({"3.1.1"}), False),
+    "moquette": (frozenset({"3.1.1"}), False),
+    "hivemq": (frozenset({"5", "3.1.1"}), True),
+}
 
 
 def _tool(name: str, hint: str) -> str:
@@ -43,8 +54,10 @@ def _tool(name: str, hint: str) -> str:
     return found
 
 
-def _cached_install(cache: Path, name: str, manifest: Sequence[Path], install: Callable[[Path], list[str]]) -> Path:
-    """Run ``install(staging)`` once per content of ``manifest`` and return the finished folder."""
+def _cached_install(cache: Path, name: str, manifest: Sequence[Path],
+                    install: Callable[[Path], list[list[str]]]) -> Path:
+    """Run the commands ``install(staging)`` returns, in order, once per content of ``manifest``
+    and return the finished folder."""
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in manifest)).hexdigest()[:12]
     done = (cache / f"{name}-{digest}").resolve()
     if (done / ".complete").is_file():
@@ -52,11 +65,11 @@ def _cached_install(cache: Path, name: str, manifest: Sequence[Path], install: C
     staging = done.with_name(done.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    argv = install(staging)
-    result = subprocess.run(argv, cwd=staging, capture_output=True, text=True, check=False, timeout=600)
-    if result.returncode != 0:
-        last = (result.stdout + result.stderr).strip().splitlines()[-3:]
-        raise StackError(f"installing {name} failed ({argv[0]} exit {result.returncode}): {' / '.join(last)}")
+    for argv in install(staging):
+        result = subprocess.run(argv, cwd=staging, capture_output=True, text=True, check=False, timeout=600)
+        if result.returncode != 0:
+            last = (result.stdout + result.stderr).strip().splitlines()[-3:]
+            raise StackError(f"installing {name} failed ({argv[0]} exit {result.returncode}): {' / '.join(last)}")
     shutil.rmtree(done, ignore_errors=True)
     staging.rename(done)
     (done / ".complete").write_text(digest + "\n")
@@ -68,19 +81,36 @@ def fetch_aedes(cache: Path = JAR_CACHE) -> Path:
     files = [AEDES_DIR / "package.json", AEDES_DIR / "package-lock.json", AEDES_DIR / "server.js"]
     npm = _tool("npm", "install Node.js: apt-get install nodejs npm")
 
-    def install(staging: Path) -> list[str]:
+    def install(staging: Path) -> list[list[str]]:
         for f in files:
             shutil.copy2(f, staging / f.name)
-        return [npm, "ci", "--omit=dev", "--no-audit", "--no-fund", "--loglevel=error"]
+        return [[npm, "ci", "--omit=dev", "--no-audit", "--no-fund", "--loglevel=error"]]
 
     return _cached_install(cache, "aedes", files, install)
 
 
+def _copy_dependencies(pom: Path, into: Path) -> list[str]:
+    mvn = _tool("mvn", "install Maven: apt-get install maven")
+    return [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies", f"-DoutputDirectory={into}"]
+
+
 def fetch_moquette(cache: Path = JAR_CACHE) -> Path:
     """A folder with Moquette's jars (Maven's copy-dependencies of deploy/moquette/pom.xml)."""
-    mvn = _tool("mvn", "install Maven: apt-get install maven")
-    return _cached_install(cache, "moquette-jars", [MOQUETTE_POM], lambda staging: [
-        mvn, "-q", "-B", "-f", str(MOQUETTE_POM), "dependency:copy-dependencies", f"-DoutputDirectory={staging}"])
+    return _cached_install(cache, "moquette-jars", [MOQUETTE_POM],
+                           lambda staging: [_copy_dependencies(MOQUETTE_POM, staging)])
+
+
+def fetch_hivemq(cache: Path = JAR_CACHE) -> Path:
+    """A folder with HiveMQ CE's jars in ``lib`` (copy-dependencies of deploy/hivemq/pom.xml) and
+    the launcher compiled against them in ``classes``."""
+    javac = _tool("javac", "install a Java 17 JDK: apt-get install openjdk-17-jdk-headless")
+
+    def install(staging: Path) -> list[list[str]]:
+        return [_copy_dependencies(HIVEMQ_POM, staging / "lib"),
+                [javac, "--release", "17", "-encoding", "UTF-8", "-cp", f"{staging / 'lib'}/*",
+                 "-d", str(staging / "classes"), str(HIVEMQ_LAUNCHER)]]
+
+    return _cached_install(cache, "hivemq", [HIVEMQ_POM, HIVEMQ_LAUNCHER], install)
 
 
 _MOQUETTE_CONF = """\
@@ -112,19 +142,20 @@ class InteropBroker:
     """One non-Mosquitto MQTT broker process on ``port``, with its home and log.
 
     ``protocols`` are the MQTT versions it speaks; ``shared_subscriptions`` whether it knows
-    ``$share/...`` filters (neither of these does: they take it as a literal topic)."""
+    ``$share/...`` filters (aedes and Moquette take one as a literal topic; HiveMQ knows them)."""
 
     name: str
     home: Path
     port: int
     cache: Path = JAR_CACHE
-    protocols: frozenset[str] = frozenset({"3.1.1"})
-    shared_subscriptions: bool = False
+    protocols: frozenset[str] = field(init=False)
+    shared_subscriptions: bool = field(init=False)
     process: ManagedProcess = field(init=False)
 
     def __post_init__(self) -> None:
         if self.name not in INTEROP_BROKERS:
             raise StackError(f"unknown MQTT broker {self.name!r}", hint=f"use one of {', '.join(INTEROP_BROKERS)}")
+        self.protocols, self.shared_subscriptions = _SPEAKS[self.name]
         self.home.mkdir(parents=True, exist_ok=True)
         marker = str(self.home.resolve())
         self.process = ManagedProcess(self.name, self.home / f"{self.name}.pid", self.home / f"{self.name}.log",
@@ -139,6 +170,12 @@ class InteropBroker:
             node = _tool("node", "install Node.js: apt-get install nodejs npm")
             # The home is in the argv so that ManagedProcess can tell this process from others.
             return [node, str(fetch_aedes(self.cache) / "server.js"), str(self.port), HOST, str(self.home.resolve())]
+        java = _tool("java", "install Java 17: apt-get install openjdk-17-jre-headless")
+        if self.name == "hivemq":
+            hivemq = fetch_hivemq(self.cache)
+            # The launcher writes the config (listener on HOST:port) into the home it is given.
+            return [java, "-Xmx256m", "-XX:+ExitOnOutOfMemoryError", "-cp", f"{hivemq}/lib/*:{hivemq}/classes",
+                    "forewarn.hivemq.Launcher", str(self.home.resolve()), str(self.port), HOST]
         jars = fetch_moquette(self.cache)
         config = self.home / "config"
         config.mkdir(exist_ok=True)
@@ -146,7 +183,6 @@ class InteropBroker:
         (config / "moquette.conf").write_text(_MOQUETTE_CONF.format(port=self.port, host=HOST,
                                                                     data=(self.home / "data").resolve()))
         (config / "moquette-log.properties").write_text(_MOQUETTE_LOG)
-        java = _tool("java", "install Java 17: apt-get install openjdk-17-jre-headless")
         return [java, "-Xmx256m", "-XX:+ExitOnOutOfMemoryError", f"-Dmoquette.path={self.home.resolve()}",
                 f"-Dlog4j.configuration=file:{(config / 'moquette-log.properties').resolve()}",
                 "-cp", f"{jars}/*", "io.moquette.broker.Server"]
@@ -228,10 +264,11 @@ def until_routed(kafka: KafkaSettings, mqtt: MqttSettings, kafka_topic: str, tim
 
 
 def main() -> int:
-    """Install both brokers into the cache; one line on failure."""
+    """Install all three brokers into the cache; one line on failure."""
     try:
         print(f"aedes: {fetch_aedes()}")
         print(f"moquette: {fetch_moquette()}")
+        print(f"hivemq: {fetch_hivemq()}")
     except StackError as error:
         print(f"error: {error.one_line()}", file=sys.stderr)
         return 1

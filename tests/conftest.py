@@ -3,7 +3,7 @@
 ``stack`` is one real Mosquitto and one real Apache Kafka for the whole test session, on free
 ports and in a temporary home, so tests never collide with a running demo. ``fresh_topics``
 gives each test its own topic prefix on that broker, created from the registry. ``mqtt_broker``
-runs a test once per MQTT broker implementation (Mosquitto, aedes, Moquette).
+runs a test once per MQTT broker implementation (Mosquitto, aedes, Moquette, HiveMQ CE).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def mqtt_broker(request: pytest.FixtureRequest,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[MqttBrokerUnderTest]:
     """The MQTT broker a test runs the bridge against, once per implementation: the session's
     Mosquitto (MQTT 5 and 3.1.1, shared subscriptions), aedes and Moquette (3.1.1 only, no
-    shared subscriptions), each started once per session on a free port. Kafka is the session's
+    shared subscriptions) and HiveMQ CE (MQTT 5 and 3.1.1, shared subscriptions), each started
+    once per session on a free port. Kafka is the session's
     ``stack`` (started only when a test asks for it or for Mosquitto)."""
     name: str = request.param
     if name == "mosquitto":

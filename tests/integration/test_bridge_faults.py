@@ -1,4 +1,4 @@
-"""The bridge's guarantees with real processes: kill -9 (on Mosquitto, aedes and Moquette), Kafka
+"""The bridge's guarantees with real processes: kill -9 (on Mosquitto, aedes and HiveMQ), Kafka
 away, two bridges sharing the load.
 
 Sizes: ``FOREWARN_BRIDGE_TEST_MESSAGES`` messages per test (default 10,000 to keep the suite
@@ -57,7 +57,7 @@ def _report(seen: dict[tuple[str, int], int], expected: set[tuple[str, int]]) ->
 
 # Not on Moquette: after the drain tests on the same Moquette, a new bridge received nothing from it
 # within 30 s (see bridge/README.md, MQTT brokers).
-@pytest.mark.parametrize("mqtt_broker", ["mosquitto", "aedes"], indirect=True)
+@pytest.mark.parametrize("mqtt_broker", ["mosquitto", "aedes", "hivemq"], indirect=True)
 def test_kill_9_while_messages_are_in_flight_loses_nothing(
         stack: RunningStack, mqtt_broker: MqttBrokerUnderTest,
         fresh_topics: Callable[..., tuple[TopicSettings, Topics]], tmp_path: Path) -> None:
@@ -86,6 +86,10 @@ def test_kill_9_while_messages_are_in_flight_loses_nothing(
         assert second.stop() == 0, second.log()
     print(f"{mqtt_broker.name}: killed after {killed_at} records in Kafka")
     lost, _dups = _report(seen, expected)
+    # Where the broker speaks MQTT 5 and shares subscriptions (Mosquitto, HiveMQ), "auto" used both.
+    logs = second.log()  # both bridges write to the same file
+    assert "5" not in mqtt_broker.protocols or "refused MQTT 5" not in logs, logs
+    assert not mqtt_broker.shared_subscriptions or "lacks shared subscriptions" not in logs, logs
     assert killed_at < len(load), "the kill came too late to test anything"
     assert lost == 0
 

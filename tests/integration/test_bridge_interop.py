@@ -1,5 +1,5 @@
 """The bridge against clients and brokers no one here wrote (mosquitto_pub, kcat, Mosquitto's $SYS
-counters, aedes, Moquette), and hostile payloads through the real broker."""
+counters, aedes, Moquette, HiveMQ), and hostile payloads through the real broker."""
 
 from __future__ import annotations
 
@@ -109,7 +109,8 @@ def test_hostile_payloads_through_the_broker_all_reach_the_dlq_with_their_reason
 
 @pytest.mark.skipif(not (shutil.which("mosquitto_pub") and shutil.which("kcat")),
                     reason="needs mosquitto_pub (mosquitto-clients) and kcat on PATH")
-@pytest.mark.parametrize("mqtt_broker", ["mosquitto", "aedes"], indirect=True)  # Moquette: as in test_bridge_faults
+# Not on Moquette: as in test_bridge_faults.
+@pytest.mark.parametrize("mqtt_broker", ["mosquitto", "aedes", "hivemq"], indirect=True)
 def test_mosquitto_pub_reading_arrives_in_telemetry_as_read_by_kcat(
         stack: RunningStack, mqtt_broker: MqttBrokerUnderTest,
         fresh_topics: Callable[..., tuple[TopicSettings, Topics]], tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
-"""The bridge's own MQTT subscriber against real brokers (Mosquitto, aedes, Moquette): offline-session
+"""The bridge's own MQTT subscriber against real brokers (Mosquitto, aedes, Moquette, HiveMQ): offline-session
 drain, manual PUBACKs, TCP backpressure (nothing is read that was not asked for), MQTT 3.1.1 and 5,
-and protocol "auto" against brokers that speak only 3.1.1 and know no shared subscriptions."""
+and protocol "auto" against brokers that speak only 3.1.1 and know no shared subscriptions, and
+against one that speaks MQTT 5 with shared subscriptions (HiveMQ)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def _until_subscribed(sub: Subscriber, timeout_s: float = 15.0) -> None:
     ("aedes", "auto"), ("aedes", "3.1.1"),
     pytest.param("moquette", "auto", marks=MOQUETTE_LOSES_AT_DISCONNECT),
     pytest.param("moquette", "3.1.1", marks=MOQUETTE_LOSES_AT_DISCONNECT),
+    ("hivemq", "auto"), ("hivemq", "3.1.1"),
 ], indirect=["mqtt_broker"])
 def test_offline_session_drains_with_backpressure_and_manual_acks(mqtt_broker: MqttBrokerUnderTest,
                                                                    protocol: str) -> None:
@@ -52,6 +54,8 @@ def test_offline_session_drains_with_backpressure_and_manual_acks(mqtt_broker: M
     filters = [f"$share/g{client_id}/{topic}/+"]
     first = Subscriber(mqtt, client_id, session_expiry_s=600, receive_maximum=100)
     first.connect()
+    # "auto" speaks MQTT 5 where the broker does (HiveMQ), 3.1.1 where it speaks nothing else.
+    assert first.protocol == (protocol if protocol != "auto" else "5" if "5" in mqtt_broker.protocols else "3.1.1")
     first.subscribe(filters)
     _until_subscribed(first)  # else a broker may drop a SUBSCRIBE that a DISCONNECT follows (Moquette)
     first.disconnect()
