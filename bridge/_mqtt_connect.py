@@ -5,7 +5,8 @@ How a 3.1.1-only broker refuses an MQTT 5 CONNECT, all reported with a refusal c
 ``UNSUPPORTED_PROTOCOL``: a CONNACK with 3.1.1 return code 1 ("unacceptable protocol version",
 Mosquitto 1.x), a v5 CONNACK with reason 0x84 ("unsupported protocol version"), or closing the
 connection (EOF or reset) before any CONNACK (aedes, Moquette 0.17). A CONNACK that is only slow
-is none of these (``reason_code`` None): MQTT 5 is tried again, not given up.
+is none of these (``reason_code`` None): MQTT 5 is tried again, not given up. A refused client id
+(3.1.1 return code 2, MQTT 5 reason 0x85) says to choose a shorter one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import socket
 import ssl
 
+from bridge._mqtt_ids import IDENTIFIER_REJECTED, PORTABLE_MAX
 from bridge._mqtt_packets import CONNACK, Connack, MalformedPacket, decode_varint, parse_connack
 from forewarn.errors import MqttError
 from forewarn.settings import MqttSettings
@@ -27,10 +29,11 @@ class _Closed(Exception):
     pass
 
 
-def open_connection(settings: MqttSettings, connect: bytes, v5: bool,
-                    timeout_s: float) -> tuple[socket.socket, Connack, bytes]:
-    """Send ``connect`` and read the CONNACK: (blocking socket, accepted CONNACK, the bytes that
-    followed it in the same reads — queued messages may). Raises :class:`MqttError` otherwise."""
+def open_connection(settings: MqttSettings, connect: bytes, v5: bool, timeout_s: float,
+                    client_id: str = "") -> tuple[socket.socket, Connack, bytes]:
+    """Send ``connect`` (of client ``client_id``) and read the CONNACK: (blocking socket, accepted
+    CONNACK, the bytes that followed it in the same reads — queued messages may). Raises
+    :class:`MqttError` otherwise."""
     s = settings
     where = f"MQTT broker at {s.host}:{s.port}"
     try:
@@ -66,6 +69,11 @@ def open_connection(settings: MqttSettings, connect: bytes, v5: bool,
         raise MqttError(f"{where} answered CONNECT with a malformed CONNACK: {error}") from None
     if connack.code:
         sock.close()
+        if connack.code in IDENTIFIER_REJECTED:
+            raise MqttError(f"{where} rejected the client id {client_id!r} ({len(client_id)} characters; reason "
+                            f"{connack.code:#x}, identifier rejected)", reason_code=connack.code,
+                            hint=f"choose a client id of at most {PORTABLE_MAX} letters and digits "
+                            "(bridge.client_id / --client-id), which every MQTT 3.1.1 broker must take")
         text = f": {connack.reason()}" if connack.reason() else ""
         raise MqttError(f"{where} refused the connection: reason {connack.code:#x}{text}",
                         reason_code=connack.code, hint="check mqtt.username/password/tls")

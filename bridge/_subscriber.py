@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from bridge._mqtt_connect import UNSUPPORTED_PROTOCOL, open_connection
+from bridge._mqtt_ids import derived_client_id
 from bridge._mqtt_packets import (
     DEFAULT_MAX_PACKET_BYTES,
     DISCONNECT,
@@ -654,7 +655,7 @@ class Subscriber:
         self._v5 = v5
         if self._sharing.needs_probe(self._filters, v5):  # before the session resumes: nothing is in flight
             self._sharing.run_probe(self._filters)
-        sock, connack, rest = open_connection(s, self._connect_packet(v5), v5, timeout_s)
+        sock, connack, rest = open_connection(s, self._connect_packet(v5), v5, timeout_s, self.client_id)
         session_present = connack.session_present
         if v5 and connack.properties.get(PROP_SHARED_SUBSCRIPTION_AVAILABLE) == 0:
             try:
@@ -718,7 +719,8 @@ class Subscriber:
 
     def _probe_client(self) -> Subscriber:
         settings = self.settings.model_copy(update={"protocol": self.protocol})
-        return Subscriber(settings, f"{self.client_id}-probe", clean_start=True, shared_subscriptions="on")
+        return Subscriber(settings, derived_client_id(self.client_id, "probe"), clean_start=True,
+                          shared_subscriptions="on")
 
     def _suback(self, body: bytes) -> None:
         ack = parse_suback(body, self._v5)

@@ -20,6 +20,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from bridge._mqtt_ids import fit_client_id
 from bridge.metrics import BridgeMetrics
 from forewarn.errors import MqttError
 from forewarn.mqtt import MqttClient, MqttMessage
@@ -116,7 +117,8 @@ class BrokerWatch:
                  connect_timeout_s: float = 10.0) -> None:
         # 3.1.1: every broker speaks it, and $SYS needs nothing of MQTT 5.
         self.levels = StoreLevels(caps, metrics)
-        self._client = MqttClient(settings.model_copy(update={"protocol": "3.1.1"}), client_id,
+        # The caller derives the id from the bridge's (``<id>-watch``): fitted to what every broker takes.
+        self._client = MqttClient(settings.model_copy(update={"protocol": "3.1.1"}), fit_client_id(client_id),
                                   on_message=self._on_message)
         self._timeout_s = connect_timeout_s
         self._thread: threading.Thread | None = None

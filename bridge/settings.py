@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bridge._mqtt_ids import host_client_id
 from bridge._mqtt_shared import SharedMode
 from bridge._subscriber import DEFAULT_MAX_PACKET_BYTES
 from forewarn.settings import ServiceSettings
@@ -26,12 +27,13 @@ _held: dict[str, tuple[str, int]] = {}  # the default id this process took, and 
 
 
 def _default_client_id(lock_dir: Path | None = None) -> str:
-    """``forewarn-bridge-<host>``, or ``-2``, ``-3``, ... when another process on this host holds
-    that one: unique among the bridges running on a host, and the same again after a restart
+    """``fwb-<hash of the host name>``, or ``-2``, ``-3``, ... when another process on this host
+    holds that one: unique among the bridges running on a host, the same again after a restart
     (the first bridge of a host always gets the first id back), which a persistent session needs
-    to be resumed. Each id is held with a lock on a file in the user's temporary directory for
-    the life of the process (the kernel lets go of it however the process ends)."""
-    base = f"forewarn-bridge-{socket.gethostname()}"
+    to be resumed, and short enough for every broker (:mod:`bridge._mqtt_ids`). Each id is held
+    with a lock on a file in the user's temporary directory for the life of the process (the
+    kernel lets go of it however the process ends)."""
+    host = socket.gethostname()
     key = str(lock_dir)
     if key in _held:
         return _held[key][0]
@@ -39,7 +41,7 @@ def _default_client_id(lock_dir: Path | None = None) -> str:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for slot in range(1, _SLOTS + 1):
-            client_id = base if slot == 1 else f"{base}-{slot}"
+            client_id = host_client_id(host, slot)
             fd = os.open(folder / f"{client_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -48,14 +50,15 @@ def _default_client_id(lock_dir: Path | None = None) -> str:
                 continue
             _held[key] = (client_id, fd)
             if slot > 1:
-                log.info("another process on this host holds MQTT client id %s; this bridge is %s", base, client_id)
+                log.info("another process on this host holds MQTT client id %s; this bridge is %s",
+                         host_client_id(host), client_id)
             return client_id
     except OSError as error:
         log.warning("cannot lock a default MQTT client id in %s (%s); using a random one (set bridge.client_id "
                     "for a session that survives restarts)", folder, error)
     else:
         log.warning("all %s default MQTT client ids of this host are taken; using a random one", _SLOTS)
-    client_id = f"{base}-{os.getpid()}-{secrets.token_hex(3)}"
+    client_id = f"fwb-{secrets.token_hex(5)}"
     _held[key] = (client_id, -1)
     return client_id
 
@@ -67,7 +70,8 @@ class BridgeOptions(BaseModel):
 
     client_id: str = Field(default_factory=_default_client_id, min_length=1, max_length=128,
                            description="stable MQTT client id; it names the persistent session (default "
-                           "forewarn-bridge-<hostname>, then -2, -3, ... for further bridges running on the host). "
+                           "fwb-<hash of the hostname>, then -2, -3, ... for further bridges running on the host: "
+                           "at most 23 characters, which every MQTT 3.1.1 broker must take). "
                            "Give each bridge process its own: two with one id kick each other off, and the "
                            "bridge exits after a few take-overs")
     share_group: str = Field("forewarn-bridge", pattern=r"^[^/#+]*$",

@@ -311,7 +311,9 @@ class Profile:
     filter that nothing is published to, as on a broker that does not know them. ``grant``
     decides each SUBACK code from (filter, requested QoS); ``connack_properties`` are raw v5
     CONNACK properties; ``takeover`` True: a second connection with a client id already
-    connected closes the first (v5: DISCONNECT 0x8E), as every broker does.
+    connected closes the first (v5: DISCONNECT 0x8E), as every broker does. ``max_client_id``:
+    longer client ids are refused with "identifier rejected" (3.1.1 return code 2, v5 0x85), as
+    MQTT 3.1 brokers (and aedes and Mosquitto speaking 3.1) do past 23 characters.
     """
 
     versions: frozenset[int] = frozenset({4, 5})
@@ -320,6 +322,7 @@ class Profile:
     grant: Callable[[str, int], int] | None = None
     connack_properties: bytes = b""
     connack_delay_s: float = 0.0
+    max_client_id: int | None = None
 
 
 MOSQUITTO_311_LIKE = Profile(versions=frozenset({3, 4}), refuse_v5="connack_0x01", shared_subscriptions=False)
@@ -446,6 +449,9 @@ class MiniBroker:
         cid_len = struct.unpack("!H", body[pos:pos + 2])[0]
         client_id = body[pos + 2:pos + 2 + cid_len].decode()
         self.connects[-1] = (level, client_id)
+        if p.max_client_id is not None and len(client_id) > p.max_client_id:
+            sock.sendall(b"\x20\x03\x00\x85\x00" if v5 else b"\x20\x02\x00\x02")
+            return None
         conn = _Conn(sock, client_id, v5)
         with self._lock:
             old = self._conns.get(client_id)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge._mqtt_ids import host_client_id
 from bridge._subscriber import Subscriber
 from bridge.settings import _default_client_id
 from forewarn.errors import MqttError
@@ -164,6 +165,6 @@ def test_default_client_ids_are_unique_per_running_bridge_and_come_back_after_a_
     third, c = start()
     for child in (second, third):
         child.communicate("")
-    base = f"forewarn-bridge-{socket.gethostname()}"
-    assert (a, b, c) == (base, f"{base}-2", base)
+    base = host_client_id(socket.gethostname())
+    assert (a, b, c) == (base, host_client_id(socket.gethostname(), 2), base)
     assert _default_client_id(tmp_path) == _default_client_id(tmp_path)  # stable for the process's life
