@@ -314,6 +314,16 @@ class Profile:
     connected closes the first (v5: DISCONNECT 0x8E), as every broker does. ``max_client_id``:
     longer client ids are refused with "identifier rejected" (3.1.1 return code 2, v5 0x85), as
     MQTT 3.1 brokers (and aedes and Mosquitto speaking 3.1) do past 23 characters.
+
+    ``inflight_window``: persistent sessions as Moquette 0.17 keeps them (broker/Session.java,
+    MQTTConnection.java): at most this many QoS 1 messages in flight per session, the rest queued;
+    the in-flight window (a map by packet id: PUBACKs in any order) outlives the connection, but
+    packet ids restart at 1 on every connection and a new message given the id of one still in
+    flight replaces it (:attr:`MiniBroker.replaced_in_flight`); what was in flight is sent again
+    (DUP, same id) only by a periodic resender (:meth:`MiniBroker.resend_in_flight`), not on
+    reconnect. A PUBACK whose id is not in the window is recorded in
+    :attr:`MiniBroker.unmatched_pubacks` (Moquette logs "Received a PUBACK with not matching
+    packetId" and ignores it).
     """
 
     versions: frozenset[int] = frozenset({4, 5})
@@ -323,10 +333,12 @@ class Profile:
     connack_properties: bytes = b""
     connack_delay_s: float = 0.0
     max_client_id: int | None = None
+    inflight_window: int | None = None
 
 
 MOSQUITTO_311_LIKE = Profile(versions=frozenset({3, 4}), refuse_v5="connack_0x01", shared_subscriptions=False)
 AEDES_LIKE = Profile(versions=frozenset({3, 4}), refuse_v5="close", shared_subscriptions=False)
+MOQUETTE_LIKE = Profile(versions=frozenset({3, 4}), refuse_v5="close", shared_subscriptions=False, inflight_window=10)
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -356,6 +368,16 @@ class _Conn:
             self.sock.sendall(data)
 
 
+@dataclass
+class _Session:
+    """A persistent session of :attr:`Profile.inflight_window` brokers (Moquette-like)."""
+
+    filters: dict[str, int] = field(default_factory=dict)
+    window: dict[int, tuple[str, bytes]] = field(default_factory=dict)  # packet id -> message in flight
+    queue: collections.deque[tuple[str, bytes]] = field(default_factory=collections.deque)
+    conn: _Conn | None = None
+
+
 class MiniBroker:
     """A real (small) MQTT broker on a free port, one thread per connection, behaving as
     ``profile`` says. Tests publish with :meth:`publish` and inspect :attr:`connects`,
@@ -372,6 +394,9 @@ class MiniBroker:
         self.published: list[tuple[str, str]] = []  # (client id, topic) of PUBLISH from clients
         self.disconnect_reasons: list[int] = []  # reason code of every DISCONNECT from a client
         self.errors: list[BaseException] = []
+        self.unmatched_pubacks: list[tuple[str, int]] = []  # (client id, packet id) not in flight
+        self.replaced_in_flight = 0  # in-flight messages a new one took the packet id of (lost)
+        self._sessions: dict[str, _Session] = {}
         self._conns: dict[str, _Conn] = {}
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -380,6 +405,8 @@ class MiniBroker:
 
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> int:
         """Route a message to every matching subscription; returns how many got it."""
+        if self.profile.inflight_window is not None:
+            return self._enqueue(topic, payload)
         with self._lock:
             conns = list(self._conns.values())
         return sum(self._deliver(conn, topic, payload, qos) for conn in conns)
@@ -387,6 +414,18 @@ class MiniBroker:
     def send_raw(self, client_id: str, data: bytes) -> None:
         """Write raw bytes to a connected client (malformed packets, DISCONNECT, ...)."""
         self._conns[client_id].send(data)
+
+    def resend_in_flight(self, client_id: str) -> None:
+        """What Moquette's resender does every 5 s: every message of the session's in-flight
+        window again, DUP set, with its packet id, in the order they entered the window."""
+        with self._lock:
+            session = self._sessions[client_id]
+            if session.conn is None:
+                return
+            for mid, (topic, payload) in session.window.items():
+                data = bytearray(publish(topic, payload, mid, v5=False))
+                data[0] |= 0x08
+                session.conn.send(bytes(data))
 
     def connected(self, client_id: str) -> bool:
         with self._lock:
@@ -427,6 +466,9 @@ class MiniBroker:
                 with self._lock:
                     if self._conns.get(conn.client_id) is conn:
                         del self._conns[conn.client_id]
+                    session = self._sessions.get(conn.client_id)
+                    if session is not None and session.conn is conn:
+                        session.conn = None
             sock.close()
 
     def _handshake(self, sock: socket.socket) -> _Conn | None:
@@ -466,7 +508,17 @@ class MiniBroker:
         if p.connack_delay_s:
             time.sleep(p.connack_delay_s)
         props = varint(len(p.connack_properties)) + p.connack_properties if v5 else b""
-        conn.send(packet(0x20, b"\x00\x00" + props))
+        if p.inflight_window is None:
+            conn.send(packet(0x20, b"\x00\x00" + props))
+            return conn
+        with self._lock:
+            session = self._sessions.get(client_id)
+            present = session is not None and not body[7] & 0x02  # clean session flag
+            if session is None or not present:
+                session = self._sessions[client_id] = _Session()
+            session.conn, conn.filters = conn, session.filters
+            conn.send(packet(0x20, bytes([int(present), 0]) + props))
+            self._drain(session)  # what was queued; the in-flight window waits for the resender
         return conn
 
     def _handle(self, conn: _Conn, first: int, body: bytes) -> None:
@@ -513,7 +565,14 @@ class MiniBroker:
                 conn.send(b"\x40\x02" + mid)
             self.publish(topic, body[pos:], qos)
         elif kind == 0x40:  # PUBACK
-            self.pubacks.append((conn.client_id, struct.unpack("!H", body[:2])[0]))
+            mid = struct.unpack("!H", body[:2])[0]
+            self.pubacks.append((conn.client_id, mid))
+            if self.profile.inflight_window is not None:
+                with self._lock:
+                    session = self._sessions[conn.client_id]
+                    if session.window.pop(mid, None) is None:
+                        self.unmatched_pubacks.append((conn.client_id, mid))
+                    self._drain(session)
         elif kind == 0xC0:  # PINGREQ
             conn.send(b"\xd0\x00")
         elif kind == 0xE0:
@@ -531,6 +590,29 @@ class MiniBroker:
             shift += 7
             if byte < 0x80:
                 return i - pos + plen
+
+    def _enqueue(self, topic: str, payload: bytes) -> int:
+        with self._lock:
+            sessions = [s for s in self._sessions.values() if any(topic_matches(f, topic) for f in s.filters)]
+            for session in sessions:
+                session.queue.append((topic, payload))
+                self._drain(session)
+        return len(sessions)
+
+    def _drain(self, session: _Session) -> None:
+        """Queued messages into free in-flight slots, numbered by the connection (caller holds the lock)."""
+        conn = session.conn
+        size = self.profile.inflight_window or 0
+        while conn is not None and session.queue and len(session.window) < size:
+            topic, payload = session.queue.popleft()
+            conn.next_mid = conn.next_mid % 65535 + 1
+            if conn.next_mid in session.window:
+                self.replaced_in_flight += 1
+            session.window[conn.next_mid] = (topic, payload)
+            try:
+                conn.send(publish(topic, payload, conn.next_mid, v5=False))
+            except OSError:
+                return
 
     def _deliver(self, conn: _Conn, topic: str, payload: bytes, qos: int) -> int:
         for topic_filter, granted in list(conn.filters.items()):

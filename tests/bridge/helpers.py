@@ -110,6 +110,14 @@ def publish_all(settings: Any, messages: Iterable[tuple[str, bytes]], client_id:
     n = 0
     last = None
     try:
+        # Publish only after CONNACK: MQTT lets a client send right after CONNECT, but Moquette 0.17
+        # drops (never acknowledges) a PUBLISH that arrives before it has bound the connection to
+        # its session ("Routing collision for action [PUB QoS1]"), and paho does not send it again.
+        deadline = time.monotonic() + 30
+        while not client.is_connected():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no CONNACK from {settings.host}:{settings.port} within 30 s")
+            time.sleep(0.01)
         for topic, payload in messages:
             while True:
                 try:
