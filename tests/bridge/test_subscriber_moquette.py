@@ -7,6 +7,8 @@ packet id)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bridge._subscriber import Subscriber
 from tests.bridge.fakes import MOQUETTE_LIKE, MiniBroker, mqtt_settings, read_until, wait_for
 
@@ -29,6 +31,16 @@ def _take(sub: Subscriber, n: int, ack: int) -> list[int]:
     return [int(payload) for _t, payload, _q, _m in got]
 
 
+def _drain_acking(sub: Subscriber, seen: list[int], more: Callable[[], bool]) -> None:
+    """Read and acknowledge everything while ``more()``, then disconnect."""
+    while more():
+        got = read_until(sub, 1)
+        assert got, f"stalled after {sorted(set(seen))}"
+        sub.ack_many([mid for _t, _p, _q, mid in got])
+        seen += [int(payload) for _t, payload, _q, _m in got]
+    sub.disconnect()
+
+
 def test_a_resumed_session_drains_with_every_puback_matching_a_message_in_flight() -> None:
     broker = MiniBroker(MOQUETTE_LIKE)
     sub = _connected(broker, 0)
@@ -39,12 +51,7 @@ def test_a_resumed_session_drains_with_every_puback_matching_a_message_in_flight
     sub.disconnect()  # 6-15 in flight, not acknowledged
     sub = _connected(broker, 1)
     broker.resend_in_flight("m")  # Moquette's resender: 6-15 again, same ids, DUP
-    while len(set(seen)) < 30:
-        got = read_until(sub, 1)
-        assert got, f"stalled after {sorted(set(seen))}"
-        sub.ack_many([mid for _t, _p, _q, mid in got])
-        seen += [int(payload) for _t, payload, _q, _m in got]
-    sub.disconnect()
+    _drain_acking(sub, seen, lambda: len(set(seen)) < 30)
     broker.close()
     assert sorted(set(seen)) == list(range(30))
     assert broker.unmatched_pubacks == [] and broker.replaced_in_flight == 0 and not broker.errors
@@ -71,12 +78,7 @@ def test_the_unmatched_puback_comes_from_moquette_reusing_an_in_flight_packet_id
     broker.resend_in_flight("m")
     seen += _take(sub, 1, ack=1)  # DUP 6 acknowledged: new messages are numbered 1-5, like ones in flight
     assert wait_for(lambda: broker.replaced_in_flight == 5)
-    while len(set(seen)) < 40 or len(broker.unmatched_pubacks) < 5:
-        got = read_until(sub, 1)
-        assert got, f"stalled after {sorted(set(seen))}"
-        sub.ack_many([mid for _t, _p, _q, mid in got])
-        seen += [int(payload) for _t, payload, _q, _m in got]
-    sub.disconnect()
+    _drain_acking(sub, seen, lambda: len(set(seen)) < 40 or len(broker.unmatched_pubacks) < 5)
     broker.close()
     assert broker.unmatched_pubacks == [("m", mid) for mid in range(1, 6)]
     assert sorted(set(seen)) == list(range(40)) and not broker.errors
