@@ -52,7 +52,7 @@ from bridge.errors import BridgeError
 from bridge.metrics import BridgeMetrics
 from bridge.settings import BridgeSettings
 from forewarn.contract import Decoder
-from forewarn.deadletter import INGEST_HEADER, DeadLetter, Kind, Origin, Record, RefusalPolicy
+from forewarn.deadletter import DeadLetter, Kind, Origin, Record, RefusalPolicy, ingest_ms
 from forewarn.errors import KafkaError
 from forewarn.kafka import ErrorClass, KafkaAdmin, KafkaProducer, classify, error_code
 from forewarn.ports import ProducerLike
@@ -501,8 +501,8 @@ class Bridge(LoopService):
             kind = Kind.READING if pending.topic.endswith("/batch") else Kind.TELEMETRY
             if record.topic == self.topics.maintenance:
                 kind = Kind.MAINTENANCE
-            ingest = dict(record.headers).get(INGEST_HEADER, b"")
-            received = int(ingest) if ingest.isdigit() else int(time.time() * 1000)
+            ingest = ingest_ms(record.headers)
+            received = ingest if ingest is not None else int(time.time() * 1000)
             letter = DeadLetter.refused(value=record.value, kafka_topic=record.topic, error=f"{code}: {error}",
                                         mqtt_topic=pending.topic, kind=kind, received_at=received,
                                         origin=Origin.BRIDGE).record(dlq)

@@ -29,7 +29,7 @@ from forewarn.contract import (
     Telemetry,
     site_of,
 )
-from forewarn.deadletter import INGEST_HEADER, DeadLetter
+from forewarn.deadletter import DeadLetter, ingest_ms
 from forewarn.ports import MessageLike
 from forewarn.topics import Topics
 
@@ -46,12 +46,6 @@ Record = MessageLike
 
 class Unstorable(ValueError):
     """A record that decodes but holds a value the store cannot."""
-
-
-def _header_ms(record: Record) -> int | None:
-    """The bridge's arrival time from the record's ingest header (None when absent or bad)."""
-    raw = dict(record.headers() or ()).get(INGEST_HEADER)
-    return int(raw) if raw and raw.isdigit() else None
 
 
 def _arrival(ingest_ts: int | None, now_ms: int) -> int:
@@ -134,7 +128,7 @@ class Ingest:
             p = self._prediction.decode(value)
             _, kafka_ts = record.timestamp()
             kafka_ts = kafka_ts if TS_MIN_MS <= kafka_ts <= TS_MAX_MS else 0  # the broker's, or absent
-            ingest_ts = p.ingest_ts if p.ingest_ts is not None else _header_ms(record)
+            ingest_ts = p.ingest_ts if p.ingest_ts is not None else ingest_ms(record.headers())
             batch.add("predictions", self._checked("predictions", (
                 p.machine_id, site_of(p.machine_id), p.asset_type, p.ts, p.seq, p.model, p.model_version,
                 p.scored_at, p.p_fail, p.rul, p.ingest_ts, kafka_ts if kafka_ts > 0 else None, now_ms,
@@ -144,14 +138,14 @@ class Ingest:
             batch.add("alert_events", self._checked("alert_events", (
                 a.alert_id, a.machine_id, site_of(a.machine_id), a.state, a.severity, a.rule, a.opened_at, a.ts,
                 a.model, a.model_version, a.asset_type, a.p_fail, a.rul, a.message, a.acknowledged_by, now_ms,
-                _arrival(_header_ms(record), now_ms))))
+                _arrival(ingest_ms(record.headers()), now_ms))))
         elif role == "maintenance":
             m = self._maintenance.decode(value)
             batch.add("maintenance", self._checked("maintenance", (
                 m.identity, m.event_id, m.machine_id, site_of(m.machine_id), m.asset_type, m.ts, m.event,
-                m.failure_mode, now_ms, _arrival(_header_ms(record), now_ms))))
+                m.failure_mode, now_ms, _arrival(ingest_ms(record.headers()), now_ms))))
         elif role == "telemetry":
-            self._reading(batch, self._telemetry.decode(value), _arrival(_header_ms(record), now_ms), now_ms)
+            self._reading(batch, self._telemetry.decode(value), _arrival(ingest_ms(record.headers()), now_ms), now_ms)
         elif role == "pipeline":
             s = self._pipeline.decode(value)
             rows = [self._checked("pipeline_stats", (s.source, s.role, s.since, s.until, kind, outcome, n, now_ms))

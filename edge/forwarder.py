@@ -43,7 +43,7 @@ from typing import Any
 
 from edge.buffer import Buffer, BufferRecord, DiskFull, Stored
 from edge.metrics import EdgeMetrics
-from forewarn.deadletter import INGEST_HEADER, DeadLetter, Kind, Origin, Record, RefusalPolicy
+from forewarn.deadletter import DeadLetter, Kind, Origin, Record, RefusalPolicy, ingest_ms
 from forewarn.errors import KafkaError
 from forewarn.kafka import ErrorClass, KafkaAdmin, classify, error_code
 from forewarn.metrics import Tally
@@ -376,11 +376,11 @@ class Forwarder:
             return
         key = (r.key or b"").decode(errors="replace")
         to_mqtt = _MQTT_TOPICS.get(r.topic)
-        ingest = dict(r.headers).get(INGEST_HEADER, b"")
+        ingest = ingest_ms(r.headers)
         letter = DeadLetter.refused(value=r.value, kafka_topic=topic, error=refusal,
                                     mqtt_topic=to_mqtt(key) if to_mqtt and key else "",
                                     kind=_KINDS.get(r.topic, Kind.UNKNOWN),
-                                    received_at=int(ingest) if ingest.isdigit() else now_ms,
+                                    received_at=ingest if ingest is not None else now_ms,
                                     origin=Origin.EDGE)
         self.buffer.replace(stored.id, _buffered(letter.record(self._topics_dlq)))
         self.dead_lettered += 1

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
@@ -49,6 +49,7 @@ __all__ = [
     "Origin",
     "Record",
     "RefusalPolicy",
+    "ingest_ms",
 ]
 
 INGEST_HEADER: Final = "ingest_ts"
@@ -58,6 +59,15 @@ REFUSED_CUT_BYTES: Final = 1024
 """A dead letter the dead-letter topic refuses is sent again cut to this many bytes."""
 
 Headers = list[tuple[str, bytes]]
+
+
+def ingest_ms(headers: Iterable[tuple[str, bytes | None]] | None) -> int | None:
+    """The arrival time a record's :data:`INGEST_HEADER` carries; ``None`` when absent or not
+    ASCII digits."""
+    for key, value in headers or ():
+        if key == INGEST_HEADER:
+            return int(value) if value and value.isdigit() else None
+    return None
 
 
 class Record(NamedTuple):

@@ -57,7 +57,7 @@ from forewarn.contract import (
     encode,
     model_refused_alert,
 )
-from forewarn.deadletter import INGEST_HEADER, DeadLetter, Kind, Origin
+from forewarn.deadletter import DeadLetter, Kind, Origin, ingest_ms
 from forewarn.errors import KafkaError
 from forewarn.kafka import OFFSET_INVALID, KafkaConsumer, KafkaProducer, TopicPartition, read_to_end
 from forewarn.ports import ConsumerLike, MessageLike, TransactionalProducerLike
@@ -92,16 +92,6 @@ class ConsumerFactory(Protocol):
     """Builds a consumer of group ``group_id`` (subscribed to ``topics`` when given)."""
 
     def __call__(self, group_id: str, topics: Iterable[str] = (), **overrides: Any) -> ConsumerLike: ...
-
-
-def _header(message: MessageLike, name: str) -> int | None:
-    for key, value in message.headers() or ():
-        if key == name and value:
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
 
 
 class ScoringWorker(LoopService):
@@ -294,14 +284,15 @@ class ScoringWorker(LoopService):
         rejected: list[tuple[Rejected, MessageLike]] = []
         telemetry, decoder = self.topics.telemetry, self.decoder
         nxt = self._next
+        # Event time is checked against the bridge's arrival time (the ingest header); records
+        # produced without one are checked against the time this batch is decoded.
+        now_ms = decoder.arrival_ms()
         for message in messages:
             topic, partition = message.topic() or "", message.partition() or 0
             nxt[(topic, partition)] = (message.offset() or 0) + 1
             raw = message.value() or b""
-            # Event time is checked against the bridge's arrival time (the ingest header);
-            # records produced without one are checked against now.
-            ingest = _header(message, INGEST_HEADER)
-            arrived = ingest if ingest is not None else decoder.arrival_ms()
+            ingest = ingest_ms(message.headers())
+            arrived = ingest if ingest is not None else now_ms
             try:
                 if topic == telemetry:
                     reading = self._decode_telemetry(raw, arrived)

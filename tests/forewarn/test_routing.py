@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from forewarn.contract import Reason
-from forewarn.deadletter import INGEST_HEADER, Kind
+from forewarn.deadletter import INGEST_HEADER, Kind, ingest_ms
 from forewarn.routing import Router, parse_topic
 from forewarn.settings import TopicSettings
 from forewarn.topics import Topics, batch_topic, maintenance_topic, telemetry_topic
@@ -38,6 +38,13 @@ def test_a_reading_goes_to_telemetry_keyed_with_event_time_and_ingest_header() -
     assert record.topic == "u.telemetry" and record.key == "site-a/pump-1" and record.value == raw
     assert record.timestamp_ms == TS0 + 7000
     assert headers(record) == {INGEST_HEADER: str(NOW).encode()}
+    assert ingest_ms(record.headers) == NOW  # what every consumer reads back
+
+
+def test_an_ingest_header_that_is_not_ascii_digits_reads_as_absent() -> None:
+    for value in (b"", b"-5", b" 12", "\u00b2".encode(), None):
+        assert ingest_ms([("other", b"1"), (INGEST_HEADER, value)]) is None
+    assert ingest_ms(None) is None and ingest_ms([]) is None
 
 
 def test_a_reading_on_another_machines_topic_is_a_topic_mismatch() -> None:
