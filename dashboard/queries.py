@@ -300,7 +300,9 @@ NOT_SCORED: Final = {
     "duplicate": "already seen: same machine, boot and seq (a redelivery or a resend)",
     "late": "older than the machine's window: behind its newest reading, or from an earlier boot",
     "warmup": "filling the window after a start, a device restart or a gap, before the first prediction",
-    "unscorable": "no model could score it (none for its asset type, or a sensor the model needs is missing)",
+    "stride": "a step the scorer skips: it scores every n-th window only (--stride)",
+    "unscorable": "no model could score it (none for its asset type, a sensor the model needs is missing, or an "
+                  "output that was not finite)",
     "rejected": "failed validation and went to the dead-letter topic",
 }
 RESETS: Final = {

@@ -19,9 +19,8 @@ import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from forewarn.contract import SCHEMA_VERSION, PipelineStats
+from forewarn.contract import PIPELINE_OUTCOMES, PIPELINE_RESETS, SCHEMA_VERSION, PipelineStats
 from forewarn.metrics import MetricsEndpoint, Tally, Total
-from scoring.metrics import OUTCOMES, RESETS  # one definition: the workers' outcomes are the edge's
 
 __all__ = ["BatchCounts", "EdgeMetrics", "PipelineTally"]
 
@@ -42,14 +41,14 @@ class EdgeMetrics(MetricsEndpoint):
                              "committed to the buffer", registry=r)
         self.readings = Counter("forewarn_edge_readings", "readings by outcome: scored, or why not (duplicate, "
                                 "late, warmup, stride, unscorable, rejected)", ["outcome"], registry=r)
-        for outcome in OUTCOMES:
+        for outcome in PIPELINE_OUTCOMES:
             self.readings.labels(outcome)  # every outcome is exported from the start, at 0
         self.producer_rebuilds = Counter("forewarn_edge_producer_rebuilds", "Kafka producers rebuilt after a fatal "
                                          "error (what they had not delivered is sent again)", registry=r)
         self.window_resets = Counter("forewarn_edge_window_resets", "machine windows started afresh, by reason "
                                      "(restart: the device restarted; gap: too long without readings)", ["reason"],
                                      registry=r)
-        for reason in RESETS:
+        for reason in PIPELINE_RESETS:
             self.window_resets.labels(reason)
         self.predictions = Counter("forewarn_edge_predictions", "predictions made locally", registry=r)
         self.alerts = Counter("forewarn_edge_alerts", "alert events, by state", ["state"], registry=r)
@@ -125,8 +124,8 @@ class PipelineTally:
 
     def stats(self, until_ms: int) -> PipelineStats:
         """The record for ``since .. until`` (every outcome, 0 where none)."""
-        return PipelineStats(SCHEMA_VERSION, self.source, "edge", self.since_ms, until_ms,
-                             {o: self.counts[o] for o in OUTCOMES} | {k: n for k, n in self.counts.items() if n},
+        counts = {o: self.counts[o] for o in PIPELINE_OUTCOMES} | {k: n for k, n in self.counts.items() if n}
+        return PipelineStats(SCHEMA_VERSION, self.source, "edge", self.since_ms, until_ms, counts,
                              {k: n for k, n in self.resets.items() if n})
 
     def restart(self, since_ms: int) -> None:

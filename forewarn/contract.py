@@ -17,6 +17,8 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 __all__ = [
+    "PIPELINE_OUTCOMES",
+    "PIPELINE_RESETS",
     "SCHEMA_VERSION",
     "Alert",
     "AlertSeverity",
@@ -180,6 +182,12 @@ def model_refused_alert(asset_type: str, version: str | None, role: str, reason:
     return Alert(SCHEMA_VERSION, f"model/{asset_type}/{version or 'unknown'}/refused", f"models/{asset_type}", "open",
                  "warning", "model_refused", now_ms, now_ms, asset_type, version, asset_type,
                  message=f"{role} bundle refused ({reason}): {detail}"[:1000])
+
+
+PIPELINE_OUTCOMES: Final = ("scored", "duplicate", "late", "warmup", "stride", "unscorable", "rejected")
+"""The keys of :attr:`PipelineStats.counts`: every reading a scorer consumed is counted once, under one."""
+PIPELINE_RESETS: Final = ("restart", "gap")
+"""The keys of :attr:`PipelineStats.resets`."""
 
 
 class PipelineStats(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):

@@ -6,7 +6,7 @@ tallies: the worker counts into them while it builds a batch and flushes them on
 transaction has committed, so an aborted and re-done batch is counted once.
 
 ``forewarn_scoring_readings{outcome}``: every reading consumed is counted once under one of
-:data:`OUTCOMES` — ``scored``, ``rejected`` (dead-lettered), or the reason it was not scored
+:data:`~forewarn.contract.PIPELINE_OUTCOMES` — ``scored``, ``rejected`` (dead-lettered), or the reason it was not scored
 (``duplicate``, ``late``, ``warmup``, ``stride``, ``unscorable``; see :mod:`scoring.engine`);
 readings held back for reordering are counted when they are released. The older outcomes
 ``accepted``, ``dropped`` and ``unscored`` (:data:`LEGACY_OUTCOMES`) overlap those and are still
@@ -19,15 +19,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from forewarn.contract import Alert
+from forewarn.contract import PIPELINE_OUTCOMES, PIPELINE_RESETS, Alert
 from forewarn.metrics import MetricsEndpoint
 from scoring.engine import BatchResult
 
-__all__ = ["LEGACY_OUTCOMES", "OUTCOMES", "RESETS", "ScoringMetrics"]
+__all__ = ["LEGACY_OUTCOMES", "ScoringMetrics"]
 
-OUTCOMES = ("scored", "duplicate", "late", "warmup", "stride", "unscorable", "rejected")
 LEGACY_OUTCOMES = ("accepted", "dropped", "unscored")
-RESETS = ("restart", "gap")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
                     30.0, 60.0, 300.0)
@@ -67,9 +65,9 @@ class ScoringMetrics(MetricsEndpoint):
                                  registry=r)
         self.resets = Counter("forewarn_scoring_window_resets", "Machines whose window started afresh",
                               ["reason"], registry=r)
-        for outcome in (*OUTCOMES, *LEGACY_OUTCOMES):
+        for outcome in (*PIPELINE_OUTCOMES, *LEGACY_OUTCOMES):
             self.readings.labels(outcome)  # every outcome is exported from the start, at 0
-        for reason in RESETS:
+        for reason in PIPELINE_RESETS:
             self.resets.labels(reason)
         self.readings_by_outcome = self.tally(self.readings)
         self.resets_by_reason = self.tally(self.resets)

@@ -13,7 +13,7 @@ from dashboard import queries
 from dashboard.ingest import Ingest
 from dashboard.runtime import Runtime
 from dashboard.store import Batch
-from forewarn.contract import Alert
+from forewarn.contract import PIPELINE_OUTCOMES, PIPELINE_RESETS, Alert
 from tests.dashboard.conftest import PAGES, FakeRuntime, charts, no_exceptions, open_page
 
 AppFactory = Callable[[Runtime], AppTest]
@@ -189,3 +189,8 @@ def test_pipeline_page_without_stats_says_so(app: AppFactory, empty_runtime: Fak
     at = open_page(app(empty_runtime), "pipeline")
     no_exceptions(at)
     assert any("No pipeline stats yet" in c.value for c in at.caption)
+
+
+def test_the_pipeline_page_explains_every_outcome_and_reset_scorers_report() -> None:
+    assert {queries.SCORED, *queries.NOT_SCORED} == set(PIPELINE_OUTCOMES)
+    assert set(queries.RESETS) == set(PIPELINE_RESETS)

@@ -269,7 +269,7 @@ def test_pipeline_stats_sum_by_role_and_reason_over_the_last_hour_once_each() ->
                    ("scoring", "count", "late"): 2, ("scoring", "count", "warmup"): 4,
                    ("scoring", "count", "unscorable"): 3, ("scoring", "reset", "restart"): 1,
                    ("scoring", "reset", "gap"): 2, ("edge", "count", "scored"): 5, ("edge", "count", "rejected"): 1}
-    assert set(queries.NOT_SCORED) == {"duplicate", "late", "warmup", "unscorable", "rejected"}
+    assert set(queries.NOT_SCORED) == {"duplicate", "late", "warmup", "stride", "unscorable", "rejected"}
 
 
 def test_a_store_file_of_an_older_schema_is_emptied_and_read_again(tmp_path: Path,

@@ -20,11 +20,18 @@ from edge.gateway import EdgeGateway, subscriptions
 from edge.models import ModelSync
 from edge.settings import EdgeOptions, EdgeSettings
 from forewarn.bundle import current_version, pack
-from forewarn.contract import SCHEMA_VERSION, Alert, MaintenanceEvent, PipelineStats, Prediction, encode
+from forewarn.contract import (
+    PIPELINE_OUTCOMES,
+    SCHEMA_VERSION,
+    Alert,
+    MaintenanceEvent,
+    PipelineStats,
+    Prediction,
+    encode,
+)
 from forewarn.testing import FakeConsumer, FakeMqtt, FakeProducer, InMemoryKafka
 from forewarn.topics import Topics
 from scoring.engine import Incoming, ScoringEngine
-from scoring.metrics import OUTCOMES
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions
 from tests.edge.helpers import WINDOW, AwayProducer, edge_bundle, fleet, mqtt_messages, reading, run_until, seeded
@@ -287,11 +294,11 @@ def test_readings_not_scored_are_counted_by_reason_and_reach_the_pipeline_topic(
 
 def outcomes(gw: EdgeGateway) -> dict[str, int]:
     sample = gw.metrics.registry.get_sample_value
-    return {o: int(sample("forewarn_edge_readings_total", {"outcome": o}) or 0) for o in OUTCOMES}
+    return {o: int(sample("forewarn_edge_readings_total", {"outcome": o}) or 0) for o in PIPELINE_OUTCOMES}
 
 
 def stats_total(kafka: InMemoryKafka, gw: EdgeGateway) -> dict[str, int]:
-    total: collections.Counter[str] = collections.Counter({o: 0 for o in OUTCOMES})
+    total: collections.Counter[str] = collections.Counter({o: 0 for o in PIPELINE_OUTCOMES})
     for m in kafka.messages(gw.topics.pipeline):
         total.update(_stats.decode(m.value() or b"").counts)
     return dict(total)

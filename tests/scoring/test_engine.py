@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from forewarn.bundle import Thresholds, pack
-from forewarn.contract import MaintenanceEvent, Prediction, Telemetry
+from forewarn.contract import PIPELINE_OUTCOMES, MaintenanceEvent, Prediction, Telemetry
 from scoring.alerts import Scored
 from scoring.engine import BatchResult, Incoming, ScoringEngine, rules_for
-from scoring.metrics import OUTCOMES, ScoringMetrics
+from scoring.metrics import ScoringMetrics
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions
 from scoring.state import Marker, PartitionState, decode_record, encode_record
@@ -339,7 +339,7 @@ def test_metrics_count_every_reading_once_by_outcome(data: FleetData) -> None:
     def sample(name: str, **labels: str) -> float:
         return metrics.registry.get_sample_value(name, labels) or 0.0
 
-    counted = {o: sample("forewarn_scoring_readings_total", outcome=o) for o in OUTCOMES}
+    counted = {o: sample("forewarn_scoring_readings_total", outcome=o) for o in PIPELINE_OUTCOMES}
     assert sum(counted.values()) == len(readings) + 3 - result.held
     assert counted["scored"] == len(result.predictions) > 0 and counted["rejected"] == 3
     assert counted["duplicate"] == 50 and counted["stride"] > 0 and counted["warmup"] > 0
