@@ -690,7 +690,7 @@ class Subscriber:
             props[PROP_MAXIMUM_PACKET_SIZE] = self.max_packet_bytes
         return connect_packet(v5=v5, client_id=self.client_id, clean_start=self.clean_start,
                               keepalive_s=s.keepalive_s, username=s.username,
-                              password=None if s.password is None else s.password.get_secret_value(),
+                              password=s.password_value(),
                               properties=props)
 
     def _subscribe(self, filters: list[tuple[str, int]], timeout_s: float) -> None:

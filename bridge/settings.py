@@ -96,7 +96,8 @@ class BridgeOptions(BaseModel):
                                "intake pauses")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port "
                                      "(0 = any free port; unset = off)")
-    metrics_host: str = Field("0.0.0.0", description="address the metrics endpoint listens on")  # noqa: S104
+    metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint listens on (loopback by "
+                              "default; the endpoint has no authentication, so expose it deliberately)")
     dlq_max_bytes: int = Field(512 * 1024, ge=1024, description="longer rejected payloads are truncated in the DLQ")
     kafka_wait_log_s: float = Field(10.0, gt=0, description="period of the 'waiting for Kafka' log line, in seconds")
     retry_backoff_s: float = Field(1.0, gt=0, description="pause before re-sending records Kafka refused, in seconds")

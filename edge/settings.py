@@ -83,7 +83,8 @@ class EdgeOptions(BaseModel):
     models_sync: bool = Field(True, description="take new bundles from the Kafka models topic")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port "
                                      "(0 = any free port; unset = off)")
-    metrics_host: str = Field("0.0.0.0", description="address the metrics endpoint listens on")  # noqa: S104
+    metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint listens on (loopback by "
+                              "default; the endpoint has no authentication, so expose it deliberately)")
     shutdown_timeout_s: float = Field(10.0, ge=0, description="seconds a shutdown keeps forwarding the buffer")
     uplink_log_s: float = Field(30.0, gt=0, description="period of the 'uplink down' and 'buffer near full' lines, "
                                 "in seconds")

@@ -173,6 +173,7 @@ class Alert(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     rul: float | None = None
     message: str | None = None
     acknowledged_by: str | None = None
+    note: str | None = None  # what the acknowledging user wrote (``acknowledged`` events)
 
 
 def model_refused_alert(asset_type: str, version: str | None, role: str, reason: str, detail: str,

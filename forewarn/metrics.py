@@ -120,7 +120,7 @@ class MetricsEndpoint:
         for tally in self._tallies:
             tally.flush()
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 - scraped from elsewhere
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Start the HTTP endpoint; returns the port it listens on (useful with port 0)."""
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         bound = int(self._server.server_port)

@@ -96,7 +96,7 @@ class MqttClient:
         client.max_inflight_messages_set(self.max_inflight)
         client.max_queued_messages_set(0)
         if s.username is not None:
-            client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
+            client.username_pw_set(s.username, s.password_value())
         if s.tls:
             client.tls_set(ca_certs=str(s.ca_file) if s.ca_file else None,
                            certfile=str(s.cert_file) if s.cert_file else None,

@@ -32,8 +32,10 @@ __all__ = [
     "ServiceSettings",
     "StackSettings",
     "TopicSettings",
+    "TrustSettings",
     "config_path",
     "load_settings",
+    "read_secret",
 ]
 
 ENV_PREFIX = "FOREWARN_"
@@ -43,6 +45,19 @@ DEFAULT_CONFIG = "forewarn.toml"
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def read_secret(value: SecretStr | None, path: Path | None, what: str) -> str | None:
+    """A secret given inline (``value``, e.g. from an environment variable) or as a file that
+    holds it (``path``; one line, trailing newline ignored); the file wins when both are set.
+    Raises :class:`ConfigError` naming the file (never the secret) when it cannot be read."""
+    if path is not None:
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as error:
+            raise ConfigError(f"cannot read {what} from {path}: {error.strerror or error}",
+                              hint="check the file and its permissions") from None
+    return None if value is None else value.get_secret_value()
 
 
 class KafkaSettings(_Section):
@@ -56,6 +71,8 @@ class KafkaSettings(_Section):
         None, description="SASL mechanism")
     sasl_username: str | None = Field(None, description="SASL username")
     sasl_password: SecretStr | None = Field(None, description="SASL password (prefer the environment variable)")
+    sasl_password_file: Path | None = Field(None, description="file holding the SASL password (wins over "
+                                            "sasl_password)")
     ssl_ca_location: Path | None = Field(None, description="CA certificate file for Kafka TLS")
     ssl_certificate_location: Path | None = Field(None, description="client certificate file for Kafka TLS")
     ssl_key_location: Path | None = Field(None, description="client key file for Kafka TLS")
@@ -74,8 +91,9 @@ class KafkaSettings(_Section):
             conf["sasl.mechanism"] = self.sasl_mechanism
         if self.sasl_username is not None:
             conf["sasl.username"] = self.sasl_username
-        if self.sasl_password is not None:
-            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        password = read_secret(self.sasl_password, self.sasl_password_file, "kafka.sasl_password")
+        if password is not None:
+            conf["sasl.password"] = password
         for key, path in (("ssl.ca.location", self.ssl_ca_location),
                           ("ssl.certificate.location", self.ssl_certificate_location),
                           ("ssl.key.location", self.ssl_key_location)):
@@ -94,6 +112,7 @@ class MqttSettings(_Section):
     port: int = Field(1883, ge=1, le=65535, description="MQTT broker port")
     username: str | None = Field(None, description="MQTT username")
     password: SecretStr | None = Field(None, description="MQTT password (prefer the environment variable)")
+    password_file: Path | None = Field(None, description="file holding the MQTT password (wins over password)")
     tls: bool = Field(False, description="connect to MQTT over TLS")
     ca_file: Path | None = Field(None, description="CA certificate file for MQTT TLS")
     cert_file: Path | None = Field(None, description="client certificate file for MQTT TLS")
@@ -103,6 +122,10 @@ class MqttSettings(_Section):
     keepalive_s: int = Field(30, ge=5, description="MQTT keep-alive interval, in seconds")
     reconnect_min_s: float = Field(0.5, gt=0, description="first pause before reconnecting, in seconds")
     reconnect_max_s: float = Field(30.0, gt=0, description="longest pause between reconnect attempts, in seconds")
+
+    def password_value(self) -> str | None:
+        """The MQTT password, from ``password_file`` or ``password`` (None when neither is set)."""
+        return read_secret(self.password, self.password_file, "mqtt.password")
 
 
 class TopicSettings(_Section):
@@ -129,6 +152,17 @@ class InputSettings(_Section):
         return DecodeLimits(
             max_future_ms=None if self.max_future_s is None else int(self.max_future_s * 1000),
             max_age_ms=None if self.max_age_days is None else int(self.max_age_days * 86_400_000))
+
+
+class TrustSettings(_Section):
+    """Which model signing keys a scorer (worker or edge) trusts. A bundle must be signed
+    (Ed25519) by one of them, and be newer than the version in service unless a signed
+    promotion or rollback record says otherwise."""
+
+    keys: list[Path] = Field(default_factory=list, description="public keys (PEM files, or folders of *.pub "
+                             "files) whose signatures are trusted")
+    allow_unsigned: bool = Field(False, description="serve unsigned bundles too (development only: anyone who "
+                                 "can write the models topic then controls alerting); logged at every accept")
 
 
 class StackSettings(_Section):
@@ -165,6 +199,8 @@ class StackSettings(_Section):
     max_inflight_messages: int = Field(1000, ge=0, description="unacknowledged QoS 1 and 2 messages Mosquitto sends a "
                                        "client at once")
     startup_timeout_s: float = Field(90.0, gt=0, description="how long `stack up` waits for the brokers to answer")
+    secure: bool = Field(False, description="run the brokers secured: TLS with per-component passwords and ACLs on "
+                         "Mosquitto, SASL_SSL (SCRAM-SHA-512) with ACLs on Kafka; credentials under HOME/secure")
 
     @property
     def cache(self) -> Path:
@@ -189,6 +225,7 @@ class ServiceSettings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     stack: StackSettings = StackSettings()
     input: InputSettings = InputSettings()
+    trust: TrustSettings = TrustSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -28,6 +28,7 @@ SCORING_FLAGS = (
     Flag("--score-slice", "scoring.score_slice"),
     Flag("--shadow", "scoring.shadow", secondary="--no-shadow"),
     Flag("--metrics-port", "scoring.metrics_port"),
+    Flag("--metrics-host", "scoring.metrics_host"),
     Flag("--stats-interval-s", "scoring.stats_interval_s"),
     Flag("--alert-p-fail", "scoring.alerts.p_fail"),
     Flag("--alert-consecutive", "scoring.alerts.consecutive"),

@@ -70,6 +70,8 @@ class ScoringOptions(_Section):
     shadow: bool = Field(True, description="run '<asset>.candidate' bundles from the models topic in shadow")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port "
                                      "(unset = off)")
+    metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint listens on (loopback by "
+                              "default; the endpoint has no authentication, so expose it deliberately)")
     restore_timeout_s: float = Field(120.0, gt=0, description="how long rebuilding state after an assignment may "
                                      "take, in seconds")
     stats_interval_s: float = Field(10.0, gt=0, description="publish what was scored and why the rest was not "

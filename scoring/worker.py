@@ -170,7 +170,7 @@ class ScoringWorker(LoopService):
                                f"{error.one_line()}", hint="is Kafka running and reachable?") from None
         self._consumer = self._join()
         if self.options.metrics_port is not None:
-            self.metrics.serve(self.options.metrics_port)
+            self.metrics.serve(self.options.metrics_port, self.options.metrics_host)
         self._started = True
         log.info("scoring worker %s started (group %s, transactional.id %s)", self.worker_id,
                  self.options.group_id, self._transactional_id)
