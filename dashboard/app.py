@@ -1,7 +1,8 @@
 """The Forewarn dashboard: ``streamlit run dashboard/app.py`` (or ``forewarn dashboard``).
 
 Pages live in ``dashboard/pages/``; the process-wide store and Kafka consumer come from
-:mod:`dashboard.runtime`.
+:mod:`dashboard.runtime`. Every page runs after :func:`dashboard.ui.require_user`, which shows
+the login form and stops the run while nobody is signed in (when a users file is configured).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ pages = [
     st.Page("pages/models.py", title="Models", icon=":material/model_training:"),
     st.Page("pages/pipeline.py", title="Pipeline", icon=":material/account_tree:"),
 ]
-navigation = st.navigation(pages)
+# The page is chosen from the URL before the login check, so a sign-in lands on the page asked for;
+# its links show only once signed in.
+navigation = st.navigation(pages, position=ui.navigation_position())
+user = ui.require_user()
+ui.sidebar_user(user)
 ui.sidebar_status()
 navigation.run()

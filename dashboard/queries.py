@@ -240,7 +240,7 @@ def alert_list(store: Store, statuses: Sequence[str] = (), severities: Sequence[
     sql = f"""
         SELECT alert_id, machine_id, site, asset_type, severity, status, rule, opened_at, resolved_at,
                coalesce(resolved_at, greatest(?, last_ts)) - opened_at AS duration_ms, p_fail, rul,
-               model_version, acknowledged_by, acknowledged_at, message, model, last_ts
+               model_version, acknowledged_by, acknowledged_at, note, message, model, last_ts
         FROM alerts WHERE {" AND ".join(where)} ORDER BY opened_at DESC, alert_id LIMIT 5000"""  # noqa: S608
     return store.read(sql, [clock, *params])
 

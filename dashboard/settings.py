@@ -17,7 +17,13 @@ class DashboardOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     port: int = Field(8501, ge=1, le=65535, description="HTTP port of the dashboard")
-    address: str = Field("127.0.0.1", description="address the dashboard listens on (0.0.0.0 = every interface)")
+    address: str = Field("127.0.0.1", description="address the dashboard listens on; another than a loopback "
+                         "address needs a users file (or --allow-unauthenticated)")
+    users_file: Path | None = Field(None, description="TOML file of dashboard users (role, display name, Argon2id "
+                                    "hash), kept by `forewarn dashboard users`; when set, every page needs a "
+                                    "signed-in user")
+    allow_unauthenticated: bool = Field(False, description="allow a non-loopback address without a users file: "
+                                        "anyone who reaches it acts as the local admin")
     store: str = Field(":memory:", description="DuckDB file of the embedded store; ':memory:' keeps it in RAM")
     group_id: str = Field("forewarn-dashboard", min_length=1,
                           description="Kafka group id the dashboard commits its positions under (for lag)")

@@ -41,7 +41,7 @@ __all__ = ["TABLE_COLUMNS", "Batch", "Retention", "Store", "unstorable"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = "2"
+SCHEMA_VERSION: Final = "3"
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 
@@ -62,7 +62,8 @@ _APPENDED: Final[dict[str, dict[str, str]]] = {
         "alert_id": "VARCHAR", "machine_id": "VARCHAR", "site": "VARCHAR", "state": "VARCHAR",
         "severity": "VARCHAR", "rule": "VARCHAR", "opened_at": "BIGINT", "ts": "BIGINT", "model": "VARCHAR",
         "model_version": "VARCHAR", "asset_type": "VARCHAR", "p_fail": "DOUBLE", "rul": "DOUBLE",
-        "message": "VARCHAR", "acknowledged_by": "VARCHAR", "received_at": "BIGINT", "arrived_at": "BIGINT"},
+        "message": "VARCHAR", "acknowledged_by": "VARCHAR", "note": "VARCHAR", "received_at": "BIGINT",
+        "arrived_at": "BIGINT"},
     "dlq_samples": {
         "received_at": "BIGINT", "reason": "VARCHAR", "detail": "VARCHAR", "mqtt_topic": "VARCHAR",
         "size": "BIGINT"},
@@ -124,6 +125,7 @@ SELECT alert_id,
        max(ts) FILTER (WHERE state = 'resolved') AS resolved_at,
        max(ts) FILTER (WHERE state = 'acknowledged') AS acknowledged_at,
        arg_max(acknowledged_by, ts) FILTER (WHERE state = 'acknowledged') AS acknowledged_by,
+       arg_max(note, ts) FILTER (WHERE state = 'acknowledged') AS note,
        arg_max(p_fail, ts) FILTER (WHERE state <> 'acknowledged') AS p_fail,
        arg_max(rul, ts) FILTER (WHERE state <> 'acknowledged') AS rul,
        arg_max(model, ts) FILTER (WHERE state <> 'acknowledged') AS model,

@@ -122,14 +122,14 @@ def populate(store: Store, machines: int = 200, predictions: int = 20_000, sites
                 "rule": _RULES[n % 2], "opened_at": int(row.ts), "model": row.model,
                 "model_version": row.model_version, "asset_type": row.asset_type, "p_fail": float(row.p_fail),
                 "rul": float(row.rul), "message": f"p_fail {row.p_fail:.2f} above 0.50", "acknowledged_by": None,
-                "received_at": int(row.ts), "arrived_at": int(row.ts)}
+                "note": None, "received_at": int(row.ts), "arrived_at": int(row.ts)}
         events.append({**base, "state": "open", "ts": int(row.ts)})
         if n % 3 == 0:
             events.append({**base, "state": "update", "severity": "critical", "ts": int(row.ts) + 1_200_000,
                            "p_fail": min(1.0, float(row.p_fail) + 0.3)})
         if n % 4 == 1:
             events.append({**base, "state": "acknowledged", "ts": int(row.ts) + 600_000,
-                           "acknowledged_by": "operator"})
+                           "acknowledged_by": "operator", "note": "checked on site"})
         if row.machine_id in failed_ids:
             events.append({**base, "state": "resolved", "ts": int(fail_ts[row.machine_id]) + 3_600_000})
     if events:

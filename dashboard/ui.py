@@ -1,18 +1,23 @@
-"""Small helpers shared by the pages: the runtime, the consumer status, empty states and
-number formatting."""
+"""Small helpers shared by the pages: the runtime, the signed-in user, the consumer status,
+empty states and number formatting."""
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, Literal
 
 import pandas as pd
 import streamlit as st
 
+from dashboard.auth import Authenticator, LoginError, Principal, UsersFile, is_loopback, local_principal
 from dashboard.runtime import Runtime, get_runtime
 
-__all__ = ["duration", "empty_state", "refresh_every", "runtime", "sidebar_status"]
+__all__ = ["current_user", "duration", "empty_state", "navigation_position", "refresh_every", "require_user",
+           "runtime", "sidebar_status", "sidebar_user"]
+
+_SESSION_USER: Final = "forewarn_user"  # session_state: (user name, password generation) once signed in
 
 START_HINT: Final = (
     "Nothing has arrived yet. Start the pipeline (`forewarn demo` runs all of it) or check that the "
@@ -26,6 +31,79 @@ def runtime() -> Runtime:
 
 def refresh_every() -> float:
     return float(runtime().settings.dashboard.refresh_s)
+
+
+@st.cache_resource(show_spinner=False)
+def _authenticator(path: str) -> Authenticator:
+    # One per process and users file: the failed-sign-in delay holds across sessions.
+    return Authenticator(UsersFile(Path(path)))
+
+
+def _signed_in(authenticator: Authenticator) -> Principal | None:
+    held = st.session_state.get(_SESSION_USER)
+    if held is None:
+        return None
+    user = authenticator.current(*held)
+    if user is None:  # removed, or a new password since: sign in again
+        del st.session_state[_SESSION_USER]
+    return user
+
+
+def _login_form(authenticator: Authenticator) -> None:
+    st.title("Forewarn")
+    with st.form("login", clear_on_submit=True, enter_to_submit=True):
+        st.subheader("Sign in")
+        name = st.text_input("User name", key="login_name", autocomplete="username")
+        password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        try:
+            user = authenticator.verify(name.strip(), password)
+        except LoginError as error:
+            st.error(error.one_line(), icon=":material/lock:")
+            return
+        st.session_state[_SESSION_USER] = (user.name, authenticator.generation(user.name))
+        st.rerun()
+
+
+def require_user() -> Principal:
+    """The session's user; shows the login form and stops the run while nobody is signed in.
+    Without a users file: the local user, on a loopback address only."""
+    settings = runtime().settings.dashboard
+    if settings.users_file is None:
+        address = str(st.get_option("server.address") or "")  # unset: every interface
+        if not (is_loopback(address) or settings.allow_unauthenticated):
+            st.error("This dashboard has no login and listens beyond this host: set dashboard.users_file "
+                     "(forewarn dashboard users add NAME), or listen on 127.0.0.1.", icon=":material/lock:")
+            st.stop()
+        return local_principal()
+    authenticator = _authenticator(str(settings.users_file))
+    user = _signed_in(authenticator)
+    if user is None:
+        _login_form(authenticator)
+        st.stop()
+    return user
+
+
+def navigation_position() -> Literal["sidebar", "hidden"]:
+    """Where the page links go: hidden until someone is signed in (with a users file)."""
+    local = runtime().settings.dashboard.users_file is None
+    return "sidebar" if local or _SESSION_USER in st.session_state else "hidden"
+
+
+def current_user() -> Principal:
+    """The user :func:`require_user` let through on this run (app.py calls it before any page)."""
+    return require_user()
+
+
+def sidebar_user(user: Principal) -> None:
+    """Who is signed in, with which role, and a sign-out button (with a users file)."""
+    with st.sidebar:
+        st.markdown(f"**{user.label}** · {user.role}" + (f"  \n`{user.name}`" if user.display_name else ""))
+        if runtime().settings.dashboard.users_file is not None and st.button(
+                "Sign out", key="sign_out", icon=":material/logout:"):
+            st.session_state.pop(_SESSION_USER, None)
+            st.rerun()
 
 
 def empty_state(what: str, hint: str = START_HINT) -> None:

@@ -1,5 +1,6 @@
-"""Alerts: open, acknowledged and resolved alerts with severity and duration; acknowledge
-alerts from the page (an ``acknowledged`` event on the alerts topic)."""
+"""Alerts: open, acknowledged and resolved alerts with severity and duration, and who
+acknowledged them, when, with what note; an operator or admin acknowledges alerts from the page
+(an ``acknowledged`` event on the alerts topic, naming the signed-in user), a viewer reads only."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ SEVERITIES = ["critical", "warning", "info"]
 
 st.title("Alerts")
 store = ui.runtime().store
+user = ui.current_user()
 
 c1, c2, c3, c4 = st.columns([2, 2, 1, 2])
 statuses = c1.multiselect("Status", STATUSES, default=["open", "acknowledged"], key="alert_status")
@@ -49,9 +51,10 @@ def alerts_view() -> None:
     table = frame.assign(
         opened=charts.to_time(frame["opened_at"]),
         resolved=charts.to_time(frame["resolved_at"]),
+        acknowledged=charts.to_time(frame["acknowledged_at"]),
         duration=frame["duration_ms"].map(ui.duration),
     )[["machine_id", "severity", "status", "rule", "opened", "duration", "resolved", "p_fail", "rul",
-       "model_version", "acknowledged_by", "message"]]
+       "model_version", "acknowledged_by", "acknowledged", "note", "message"]]
     st.caption(f"{len(table):,} alerts (durations of unresolved alerts run to now)")
     st.dataframe(table, hide_index=True, width="stretch", height=420, key="alert_table", column_config={
         "machine_id": "Machine", "severity": "Severity", "status": "Status", "rule": "Rule",
@@ -60,8 +63,15 @@ def alerts_view() -> None:
         "duration": "Duration",
         "p_fail": st.column_config.ProgressColumn("p(fail)", min_value=0.0, max_value=1.0, format="%.2f"),
         "rul": st.column_config.NumberColumn("RUL", format="%.0f"),
-        "model_version": "Model version", "acknowledged_by": "Acknowledged by", "message": "Message",
+        "model_version": "Model version", "acknowledged_by": "Acknowledged by",
+        "acknowledged": st.column_config.DatetimeColumn("Acknowledged (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+        "note": "Note", "message": "Message",
     })
+
+    if not user.can(actions.ACKNOWLEDGE_ROLE):
+        st.caption(f"Read only: you are signed in as {user.role}; acknowledging alerts needs the "
+                   f"{actions.ACKNOWLEDGE_ROLE} or admin role.")
+        return
 
     pending = frame[frame["status"] == "open"]
     with st.expander(f"Acknowledge alerts ({len(pending)} open in this view)", expanded=not pending.empty):
@@ -70,20 +80,20 @@ def alerts_view() -> None:
             return
         labels = {str(r.alert_id): f"{r.machine_id} · {r.severity} · {r.rule}" for r in pending.itertuples()}
         chosen = st.multiselect("Alerts", list(labels), format_func=lambda a: labels[a], key="ack_alerts")
-        who = st.text_input("Acknowledged by", key="ack_by", placeholder="your name")
+        note = st.text_area("Note (optional)", key="ack_note", max_chars=actions.NOTE_MAX_CHARS, height=80,
+                            placeholder="what you found or did")
+        st.caption(f"Recorded as **{user.label}**, dated now.")
         if st.button("Acknowledge", key="ack_button", type="primary", disabled=not chosen):
-            if not who.strip():
-                st.warning("Say who acknowledges (your name), then press Acknowledge again.")
-                return
             rows = [r for r in pending.to_dict("records") if str(r["alert_id"]) in chosen]
             try:
-                sent = actions.acknowledge(rt, rows, who.strip())
+                sent = actions.acknowledge(rt, rows, user, note)
             except DashboardError as error:
                 st.error(error.one_line())
                 return
             st.session_state["ack_notice"] = (f"Acknowledged {sent} alert{'s' if sent != 1 else ''} as "
-                                              f"{who.strip()}; the table shows it once it is back from Kafka.")
+                                              f"{user.label}; the table shows it once it is back from Kafka.")
             st.session_state.pop("ack_alerts", None)
+            st.session_state.pop("ack_note", None)
             st.rerun()
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from streamlit import config
 from streamlit.testing.v1 import AppTest
 
 from dashboard.runtime import Runtime, install
@@ -60,7 +61,10 @@ def app() -> Iterator[Callable[[Runtime], AppTest]]:
         install(runtime)
         return AppTest.from_file(APP, default_timeout=60)
 
+    # Without a users file the app serves a loopback address only, as `forewarn dashboard` runs it.
+    config.set_option("server.address", "127.0.0.1")
     yield make
+    config.set_option("server.address", None)
     install(None)
 
 

@@ -3,6 +3,7 @@ alert produces an ``acknowledged`` event on the alerts topic."""
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Callable
 
 import msgspec
@@ -128,19 +129,18 @@ def test_acknowledge_produces_an_acknowledged_event(app: AppFactory, empty_runti
     alert_id, machine = str(first["alert_id"]), str(first["machine_id"])
     assert pick.options[0].startswith(machine)
 
-    # Without a name nothing is sent.
+    # Without a users file the local OS user acknowledges, as admin; nothing is sent before the button.
     pick.select(alert_id).run()
-    at.button(key="ack_button").click().run()
-    assert at.warning and not runtime.kafka.messages(runtime.topics.alerts)
-
-    at.text_input(key="ack_by").input("Ada").run()
+    assert not runtime.kafka.messages(runtime.topics.alerts)
+    at.text_area(key="ack_note").input("bearing greased").run()
     at.button(key="ack_button").click().run()
     no_exceptions(at)
     sent = runtime.kafka.messages(runtime.topics.alerts)
     assert len(sent) == 1
     event = msgspec.json.decode(sent[0].value(), type=Alert)
-    assert (event.alert_id, event.state, event.acknowledged_by, event.machine_id) == (
-        alert_id, "acknowledged", "Ada", machine)
+    local = f"local:{getpass.getuser()}"
+    assert (event.alert_id, event.state, event.acknowledged_by, event.note, event.machine_id) == (
+        alert_id, "acknowledged", local, "bearing greased", machine)
     assert sent[0].key() == machine.encode()
     assert any("Acknowledged 1 alert" in s.value for s in at.success)
 
@@ -149,7 +149,8 @@ def test_acknowledge_produces_an_acknowledged_event(app: AppFactory, empty_runti
     at.multiselect(key="alert_status").set_value(["acknowledged"]).run()
     table = at.dataframe[0].value
     row = table[table["machine_id"] == machine]
-    assert list(row["acknowledged_by"]) == ["Ada"]
+    assert (list(row["acknowledged_by"]), list(row["note"])) == ([local], ["bearing greased"])
+    assert row["acknowledged"].notna().all()
     at.multiselect(key="alert_status").set_value(["open"]).run()
     assert not any(o.startswith(machine + " ") for o in at.multiselect(key="ack_alerts").options)
 

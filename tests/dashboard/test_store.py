@@ -76,7 +76,7 @@ def test_alert_lifecycle_and_acknowledgement_round_trip() -> None:
     store.write(ingest.batch([msg(TOPICS.alerts, encode(opened), 0)], T0))
     row = queries.alert_list(store).iloc[0].to_dict()
     assert row["status"] == "open"
-    ack = acknowledgement(row, "Ada", T0 + 1000)
+    ack = acknowledgement(row, "Ada", T0 + 1000, note="bearing checked")
     assert (ack.state, ack.acknowledged_by, ack.severity, ack.p_fail) == ("acknowledged", "Ada", "warning", 0.6)
     resolved = Alert(v=1, alert_id="a1", machine_id="a/p1", state="resolved", severity="warning", rule="p_fail",
                      opened_at=T0, ts=T0 + 5000)
@@ -84,6 +84,7 @@ def test_alert_lifecycle_and_acknowledgement_round_trip() -> None:
     after_ack = queries.alert_list(store).iloc[0]
     assert (after_ack["status"], after_ack["acknowledged_by"], after_ack["severity"]) == ("acknowledged", "Ada",
                                                                                          "warning")
+    assert (after_ack["note"], after_ack["acknowledged_at"]) == ("bearing checked", T0 + 1000)
     store.write(ingest.batch([msg(TOPICS.alerts, encode(resolved), 2)], T0 + 5000))
     final = queries.alert_list(store).iloc[0]
     assert final["status"] == "resolved" and final["duration_ms"] == 5000
