@@ -48,6 +48,7 @@ from forewarn.topics import Topics, telemetry_topic, topic_specs
 from scoring.settings import ScoringOptions
 from scoring.testing import conv_bundle
 from tests.edge.procs import EdgeProcess, publish_paced
+from tests.scoring.bundle_factory import signed, trust_settings
 from tests.scoring.procs import publish_model
 from tests.stacks import free_port, make_stack
 
@@ -63,8 +64,8 @@ class _Paused(FakeProducer):
 
 
 def bundle() -> Bundle:
-    return conv_bundle("pump", list(SENSORS), window=50, filters=16, version="bench",
-                       thresholds=Thresholds(p_fail=0.9, consecutive=3))
+    return signed(conv_bundle("pump", list(SENSORS), window=50, filters=16, version="bench",
+                              thresholds=Thresholds(p_fail=0.9, consecutive=3)))
 
 
 def readings(machines: int, per_machine: int, start_seq: int = 0) -> list[tuple[str, bytes]]:
@@ -87,9 +88,9 @@ def in_process(machines: int, n: int, persist: bool, seed: Path, buffer_dir: Pat
                sync: SyncMode = "FULL") -> dict[str, Any]:
     buffer_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=buffer_dir) as tmp:
-        settings = EdgeSettings(edge=EdgeOptions(data_dir=Path(tmp), models_dir=seed, models_sync=False,
-                                                 persist_windows=persist, max_forward_in_flight=1, buffer_sync=sync),
-                                scoring=ScoringOptions(threads=1))
+        options = EdgeOptions(data_dir=Path(tmp), models_dir=seed, models_sync=False, persist_windows=persist,
+                              max_forward_in_flight=1, buffer_sync=sync)
+        settings = EdgeSettings(trust=trust_settings(), edge=options, scoring=ScoringOptions(threads=1))
         mqtt = FakeMqtt()
         messages = readings(machines, max(1, n // machines), start_seq=60)
         with EdgeGateway(settings, mqtt=mqtt, producer=_Paused(InMemoryKafka())) as gw:
@@ -245,7 +246,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         seed = Path(tmp) / "models"
         b = bundle()
-        write_bundle(seed, b.meta, b.onnx, make_current=True)
+        write_bundle(seed, b.meta, b.onnx, make_current=True, release=b.release)
         figures: dict[str, Any] = {
             "model": "conv, window 50, 16 filters, 8 sensors, every reading scored (stride 1), onnxruntime 1 thread",
             "load_average_at_start": [round(x, 1) for x in load],

@@ -33,7 +33,7 @@ import msgspec
 import numpy as np
 
 from benchmarks._common import write_result
-from forewarn.bundle import Bundle, BundleError, encode_meta, read_bundle, resolve_bundle
+from forewarn.bundle import Bundle, BundleError, encode_meta, read_bundle, resolve_bundle, write_release
 from forewarn.contract import Prediction
 from forewarn.deadletter import INGEST_HEADER
 from forewarn.inference import OnnxModel
@@ -43,6 +43,7 @@ from forewarn.topics import Topics, topic_specs
 from scoring.settings import ScoringOptions, ScoringSettings
 from scoring.worker import ScoringWorker
 from simulators.fleet import Fleet, FleetConfig
+from tests.scoring.bundle_factory import signed, trust_env, trust_settings
 from tests.stacks import REPO, free_port, make_stack
 
 log = logging.getLogger("bench.scoring")
@@ -142,7 +143,7 @@ def single_call_rate(bundle: Bundle, n: int = 3000) -> float:
 
 
 def settings_for(bootstrap: str, prefix: str, **scoring: Any) -> ScoringSettings:
-    return ScoringSettings(kafka=KafkaSettings(bootstrap_servers=bootstrap),
+    return ScoringSettings(kafka=KafkaSettings(bootstrap_servers=bootstrap), trust=trust_settings(),
                            topics=TopicSettings(prefix=prefix, partitions=4),
                            scoring=ScoringOptions(**scoring))
 
@@ -257,7 +258,7 @@ def run_latency(bootstrap: str, prefix: str, models_dir: Path, rate: int, machin
                 warmup_s: float, log_path: Path) -> dict[str, Any]:
     topics = Topics.from_settings(TopicSettings(prefix=prefix))
     metrics_port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), **trust_env()}
     env.pop("FOREWARN_CONFIG", None)
     cmd = [sys.executable, "-m", "forewarn.cli", "--log-level", "info", "score", "--bootstrap-servers", bootstrap,
            "--topic-prefix", prefix, "--worker-id", "latency", "--models-dir", str(models_dir),
@@ -391,6 +392,9 @@ def main() -> None:
         (models / "pump" / bundle.meta.version).mkdir(parents=True)
         (models / "pump" / bundle.meta.version / "model.onnx").write_bytes(bundle.onnx)
         (models / "pump" / bundle.meta.version / "model.json").write_bytes(encode_meta(bundle.meta))
+        # Workers serve only signed bundles: sign with the tests' key, which trust_env() trusts.
+        bundle = signed(bundle)
+        write_release(models / "pump" / bundle.meta.version, bundle.release)  # type: ignore[arg-type]
         figures["model"] = {"kind": model_kind, "window": bundle.meta.input.window,
                             "features": len(bundle.meta.input.features)}
         figures["ceiling_windows_per_s"], figures["ceiling_sweep"] = ceiling(bundle)

@@ -139,7 +139,8 @@ class EdgeGateway(LoopService):
         self.metrics = metrics or EdgeMetrics()
         self.clock = clock
         scoring = settings.scoring.model_copy(update={"shadow": False})  # candidates are a data-centre concern
-        self.registry = ModelRegistry(threads=scoring.threads, batch_size=scoring.score_batch, shadow=False)
+        self.registry = ModelRegistry.from_settings(settings.trust, threads=scoring.threads,
+                                                    batch_size=scoring.score_batch, shadow=False)
         self.engine = ScoringEngine(self.registry, scoring, clock, max_future_ms=limits.max_future_ms)
         self.models = ModelSync(self.registry, o.bundles_dir, kafka=settings.kafka if o.models_sync else None,
                                 models_topic=self.topics.models, group_id=f"{o.client_id}.models",
@@ -389,6 +390,7 @@ class EdgeGateway(LoopService):
             self.metrics.models.labels(offer.outcome).inc()
             refusal = offer.refusal
             if refusal is not None:
+                self.metrics.refusals.labels(offer.asset_type, offer.role, refusal.reason).inc()
                 self._events.append(model_refused_alert(offer.asset_type, refusal.version, offer.role, refusal.reason,
                                                         refusal.detail, int(self.clock() * 1000)))
 

@@ -79,6 +79,9 @@ class EdgeMetrics(MetricsEndpoint):
                                   "pipeline.stats topic", registry=r)
         self.models = Counter("forewarn_edge_model_offers", "model bundles offered, by outcome", ["outcome"],
                               registry=r)
+        self.refusals = Counter("forewarn_model_refusals", "model bundles refused, by reason (unsigned, "
+                                "unknown_key, bad_signature, rollback, or a schema reason)",
+                                ["asset_type", "role", "reason"], registry=r)
         self.step_seconds = Histogram("forewarn_edge_step_seconds", "decode + score + commit of one batch",
                                       registry=r)
 

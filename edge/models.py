@@ -4,9 +4,12 @@ At start the edge serves what it has on disk (``DATA_DIR/models/<asset>/<version
 ``current`` pointer), so it scores with no uplink at all. While Kafka is reachable it reads the
 compacted ``models`` topic from the beginning (every record in order, as the data-centre
 workers do) and offers each bundle to the :class:`~scoring.registry.ModelRegistry`, which
-verifies it (format, sha256, input schema) and smoke-tests it. Only a bundle that went into
-service is written to disk and made ``current``: a refused bundle never replaces the last
-good one, on disk or in memory. Shadow candidates are ignored at the edge.
+verifies it (format, sha256, its signed release record, input schema) and smoke-tests it. Only
+a bundle that went into service is written to disk, with the release record that let it in
+(``signature.json``), and made ``current``: a refused bundle never replaces the last good one,
+on disk or in memory. What is on disk is verified again at every start like any offered
+bundle, so a disk copy changed after it was kept is refused. Shadow candidates are ignored at
+the edge.
 """
 
 from __future__ import annotations
@@ -15,7 +18,15 @@ import logging
 import shutil
 from pathlib import Path
 
-from forewarn.bundle import Bundle, BundleError, list_versions, read_bundle, set_current, write_bundle
+from forewarn.bundle import (
+    Bundle,
+    BundleError,
+    list_versions,
+    read_bundle,
+    set_current,
+    write_bundle,
+    write_release,
+)
 from forewarn.kafka import KafkaConsumer
 from forewarn.ports import ConsumerLike
 from forewarn.settings import KafkaSettings
@@ -27,17 +38,22 @@ log = logging.getLogger(__name__)
 
 
 def save_bundle(bundles_dir: Path, bundle: Bundle) -> Path:
-    """Write ``bundle`` under ``bundles_dir`` (if that version is not there yet) and make it current."""
+    """Write ``bundle`` and its release record under ``bundles_dir`` (if that version is not
+    there yet; the record is replaced if another one let the bundle in this time) and make it
+    current."""
     meta = bundle.meta
     target = bundles_dir / meta.asset_type / meta.version
     if meta.version in list_versions(bundles_dir, meta.asset_type):
         try:
-            if read_bundle(target).meta.sha256 != meta.sha256:
+            kept = read_bundle(target)
+            if kept.digest != bundle.digest:
                 shutil.rmtree(target)  # same version, other content: the verified one wins
+            elif kept.release != bundle.release and bundle.release is not None:
+                write_release(target, bundle.release)
         except BundleError:
             shutil.rmtree(target)
     if not target.exists():
-        write_bundle(bundles_dir, meta, bundle.onnx)
+        write_bundle(bundles_dir, meta, bundle.onnx, release=bundle.release)
     set_current(bundles_dir, meta.asset_type, meta.version)
     return target
 

@@ -5,20 +5,27 @@
 raw readings: the sensor order and units, the window length, the targets (RUL cap and unit,
 failure horizon), alert thresholds, per-feature training statistics (for imputation and for
 drift: quantile bin edges and proportions for PSI), lineage, metrics, library versions and
-the sha256 of ``model.onnx``.
+the sha256 of ``model.onnx`` (a checksum against damage, not an authenticity check).
+
+``signature.json`` (a :class:`Release`, optional) is the signed release record that says this
+bundle may be served and why; :mod:`forewarn.trust` signs and verifies it. It covers the
+bundle's :attr:`~Bundle.digest`: a sha256 over a canonical encoding of the whole bundle (the
+format, ``model.json``'s content and ``model.onnx``), so a threshold-only change is a new bundle.
 
 ``current`` is a one-line text file ``models/<asset_type>/current`` holding the version in
 service; it is replaced atomically (write a temporary file, then ``os.replace``), so a
 reader sees either the old or the new version, never a half-written one.
 
 On the ``models`` Kafka topic a bundle travels as one msgpack message (:func:`pack`,
-:func:`unpack`) keyed by the model name (the asset type).
+:func:`unpack`) keyed by the model name (the asset type), with its release record if it has
+one (messages written before records existed decode as unsigned).
 
 This module never imports TensorFlow: workers install ``.[edge]`` only.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -45,11 +52,14 @@ __all__ = [
     "FeatureStats",
     "InputSpec",
     "ModelMeta",
+    "Release",
     "Targets",
     "Thresholds",
     "asset_types",
+    "content_digest",
     "current_version",
     "encode_meta",
+    "encode_release",
     "list_versions",
     "new_version",
     "pack",
@@ -60,6 +70,7 @@ __all__ = [
     "unpack",
     "verify",
     "write_bundle",
+    "write_release",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +78,7 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT: Final = "forewarn-bundle/1"
 MODEL_FILE: Final = "model.onnx"
 META_FILE: Final = "model.json"
+RELEASE_FILE: Final = "signature.json"
 CURRENT_FILE: Final = "current"
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -177,30 +189,80 @@ class ModelMeta(msgspec.Struct, frozen=True, omit_defaults=False):
         return [by_name.get(name, float("nan")) for name in self.input.feature_names]
 
 
+class Release(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A signed release record (``signature.json``): which bundle may be served and why.
+
+    ``digest`` is the bundle's :attr:`Bundle.digest`; ``action`` says how it comes into service
+    (``publish``: a new version, which must be newer than the one in service; ``promote`` /
+    ``rollback``: any version, authorised by a record issued after the one in service);
+    ``issued_at`` is UTC epoch milliseconds; ``key_id`` names the signing key and
+    ``signature`` (hex) is its Ed25519 signature over every other field
+    (:func:`forewarn.trust.signed_bytes`)."""
+
+    asset_type: str
+    version: str
+    digest: str
+    action: Literal["publish", "promote", "rollback"]
+    reason: str
+    issued_at: int
+    key_id: str
+    signature: str = ""
+
+
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle in memory; ``path`` is where it was read from, if anywhere."""
+    """A verified bundle in memory; ``path`` is where it was read from, if anywhere;
+    ``release`` is the record that came with it (``None``: unsigned)."""
 
     meta: ModelMeta
     onnx: bytes = field(repr=False)
     path: Path | None = None
+    release: Release | None = None
 
     @property
     def label(self) -> str:
         return f"{self.meta.name}@{self.meta.version}"
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """The content digest a release record signs (see :func:`content_digest`)."""
+        return content_digest(self.meta, self.onnx)
 
 
 _json_encoder = msgspec.json.Encoder(order="deterministic")
 _meta_decoder = msgspec.json.Decoder(ModelMeta)
 
 
-class _Packed(msgspec.Struct, frozen=True):
+_release_decoder = msgspec.json.Decoder(Release)
+_DIGEST_TAG: Final = b"forewarn-bundle-digest/1"
+
+
+class _Packed(msgspec.Struct, frozen=True, kw_only=True):
     format: str
     meta: bytes
+    release: bytes | None = None  # before the graph: a message still ends with model.onnx's bytes
     onnx: bytes
 
 
 _packed_decoder = msgspec.msgpack.Decoder(_Packed)
+
+
+def content_digest(meta: ModelMeta, onnx: bytes) -> str:
+    """sha256 over the whole bundle: the format, ``model.json``'s content (as the canonical,
+    key-sorted JSON of what it decodes to, so the same content on disk and on the topic has one
+    digest) and ``model.onnx``, each length-prefixed so no field can run into the next."""
+    digest = hashlib.sha256(_DIGEST_TAG)
+    for part in (meta.format.encode(), _json_encoder.encode(meta), onnx):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _decode_release(data: bytes, where: str) -> Release:
+    try:
+        return _release_decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:  # msgspec raises the latter for bad UTF-8
+        raise BundleFormatError(f"{where}: not a valid release record: {error}") from None
 
 
 def sha256_hex(data: bytes) -> str:
@@ -221,7 +283,7 @@ def _check_name(what: str, value: str) -> None:
 def _decode_meta(data: bytes, where: str) -> ModelMeta:
     try:
         meta = _meta_decoder.decode(data)
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:  # msgspec raises the latter for bad UTF-8
         raise BundleFormatError(f"{where}: not a valid model.json: {error}") from None
     if meta.format != BUNDLE_FORMAT:
         raise BundleFormatError(f"{where}: unknown bundle format {meta.format!r}",
@@ -254,17 +316,34 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
     meta = _decode_meta(meta_path.read_bytes(), str(meta_path))
     onnx = onnx_path.read_bytes()
     verify(meta, onnx, str(folder))
-    return Bundle(meta=meta, onnx=onnx, path=folder)
+    release_path = folder / RELEASE_FILE
+    release = _decode_release(release_path.read_bytes(), str(release_path)) if release_path.is_file() else None
+    return Bundle(meta=meta, onnx=onnx, path=folder, release=release)
 
 
 def encode_meta(meta: ModelMeta) -> bytes:
     return msgspec.json.format(_json_encoder.encode(meta), indent=2) + b"\n"
 
 
+def encode_release(release: Release) -> bytes:
+    return msgspec.json.format(_json_encoder.encode(release), indent=2) + b"\n"
+
+
+def write_release(folder: str | os.PathLike[str], release: Release) -> Path:
+    """Put ``release`` in the bundle folder as ``signature.json`` (replaced atomically)."""
+    target = Path(folder) / RELEASE_FILE
+    fd, tmp = tempfile.mkstemp(prefix=".signature.", dir=target.parent)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(encode_release(release))
+    os.replace(tmp, target)
+    return target
+
+
 def write_bundle(models_dir: str | os.PathLike[str], meta: ModelMeta, onnx: bytes,
-                 *, make_current: bool = False) -> Path:
+                 *, make_current: bool = False, release: Release | None = None) -> Path:
     """Write ``models_dir/<asset_type>/<version>/`` atomically (a temporary folder renamed into
-    place). The sha256 in ``meta`` is set from ``onnx``. Returns the bundle folder."""
+    place), with ``release`` as its ``signature.json`` if given. The sha256 in ``meta`` is set
+    from ``onnx`` (sign the bundle after that: the digest covers it). Returns the bundle folder."""
     _check_name("asset type", meta.asset_type)
     _check_name("version", meta.version)
     meta = msgspec.structs.replace(meta, sha256=sha256_hex(onnx))
@@ -277,6 +356,8 @@ def write_bundle(models_dir: str | os.PathLike[str], meta: ModelMeta, onnx: byte
     try:
         (tmp / MODEL_FILE).write_bytes(onnx)
         (tmp / META_FILE).write_bytes(encode_meta(meta))
+        if release is not None:
+            (tmp / RELEASE_FILE).write_bytes(encode_release(release))
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -287,23 +368,27 @@ def write_bundle(models_dir: str | os.PathLike[str], meta: ModelMeta, onnx: byte
     return target
 
 
-def pack(bundle: Bundle) -> bytes:
-    """One message for the compacted ``models`` topic."""
+def pack(bundle: Bundle, release: Release | None = None) -> bytes:
+    """One message for the compacted ``models`` topic, carrying ``release`` (default: the
+    bundle's own record)."""
+    record = release if release is not None else bundle.release
     return msgspec.msgpack.encode(_Packed(format=BUNDLE_FORMAT, meta=_json_encoder.encode(bundle.meta),
-                                          onnx=bundle.onnx))
+                                          onnx=bundle.onnx,
+                                          release=None if record is None else _json_encoder.encode(record)))
 
 
 def unpack(data: bytes, where: str = "models message") -> Bundle:
     """Decode and verify a message made by :func:`pack`."""
     try:
         packed = _packed_decoder.decode(data)
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:  # msgspec raises the latter for bad UTF-8
         raise BundleFormatError(f"{where}: not a packed bundle: {error}") from None
     if packed.format != BUNDLE_FORMAT:
         raise BundleFormatError(f"{where}: unknown bundle format {packed.format!r}")
     meta = _decode_meta(packed.meta, where)
     verify(meta, packed.onnx, where)
-    return Bundle(meta=meta, onnx=packed.onnx)
+    release = None if packed.release is None else _decode_release(packed.release, where)
+    return Bundle(meta=meta, onnx=packed.onnx, release=release)
 
 
 # -- the registry on disk ----------------------------------------------------------------

@@ -21,6 +21,7 @@ only. The demo's children and the brokers it started stop with it, however it en
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from typing import IO, Final
 import confluent_kafka
 import msgspec
 
+from forewarn.bundle import read_bundle, resolve_bundle, write_release
 from forewarn.contract import Alert, MaintenanceEvent
 from forewarn.errors import ForewarnError
 from forewarn.kafka import KafkaAdmin, KafkaConsumer, read_to_end
@@ -45,6 +47,7 @@ from forewarn.stack import KafkaBroker, LocalStack, Mosquitto
 from forewarn.stack._process import tail
 from forewarn.supervisor import Supervisor, Watchdog
 from forewarn.topics import Topics, topic_specs
+from forewarn.trust import generate_keypair, key_id, load_private_key, sign_release
 
 __all__ = ["CheckResult", "Narrator", "check_pipeline", "end_offsets", "run_demo"]
 
@@ -181,6 +184,29 @@ def ensure_models(supervisor: Supervisor, models_dir: Path, data_dir: Path, say:
               ["train", "--data", str(history), "--out", str(models_dir), "--promote", "--quiet"],
               data_dir / "train.log", say, stop)
     say(f"models trained in {time.monotonic() - t0:.0f}s (metrics in {data_dir / 'train.log'})")
+
+
+def ensure_signing_key(keys_dir: Path, say: Callable[[str], None]) -> tuple[Path, Path]:
+    """The demo's model signing key pair (private, public), made on first start."""
+    private, public = keys_dir / "model.key", keys_dir / "model.pub"
+    if not private.is_file():
+        ident = generate_keypair(private, public)
+        say(f"generated the demo's model signing key {ident} in {keys_dir} (workers trust only it)")
+    return private, public
+
+
+def sign_models(models_dir: Path, private: Path, say: Callable[[str], None]) -> None:
+    """Sign the current bundle of every asset type with the demo's key, unless it already is."""
+    key = load_private_key(private)
+    ident = key_id(key.public_key())
+    for asset in ASSET_TYPES:
+        path = resolve_bundle(models_dir / asset)
+        bundle = read_bundle(path)
+        record = bundle.release
+        if record is not None and record.key_id == ident and record.digest == bundle.digest:
+            continue
+        write_release(path, sign_release(bundle, key, action="publish", reason="demo: trained on simulated history"))
+        say(f"signed {bundle.label} with key {ident}")
 
 
 def end_offsets(consumer: ConsumerLike, topics: Iterable[str]) -> Offsets:
@@ -335,7 +361,9 @@ def _run_pipeline(settings: ServiceSettings, options: DemoOptions, topics: Topic
                                       topics.dlq])
         with Supervisor(data_dir / "logs", env, watchdog) as supervisor:
             try:
-                _start_components(supervisor, options, models_dir, data_dir, say, stop)
+                private_key, public_key = ensure_signing_key(home / "keys", say)
+                supervisor.env["FOREWARN_TRUST__KEYS"] = json.dumps([str(public_key.resolve())])
+                _start_components(supervisor, options, models_dir, private_key, data_dir, say, stop)
                 return _watch(settings, topics, supervisor, options, counter, since, say, stop.is_set)
             except _Stopped as step:
                 say(f"stopped while {step}")
@@ -344,9 +372,10 @@ def _run_pipeline(settings: ServiceSettings, options: DemoOptions, topics: Topic
                 say("stopping the pipeline")
 
 
-def _start_components(supervisor: Supervisor, options: DemoOptions, models_dir: Path,
+def _start_components(supervisor: Supervisor, options: DemoOptions, models_dir: Path, private_key: Path,
                       data_dir: Path, say: Callable[[str], None], stop: threading.Event) -> None:
     ensure_models(supervisor, models_dir, data_dir, say, options.seed, stop)
+    sign_models(models_dir, private_key, say)
     for asset in ASSET_TYPES:
         _run_step(supervisor, f"publishing the {asset} model to the models topic",
                   ["model", "publish", "--models", str(models_dir), "--asset-type", asset],

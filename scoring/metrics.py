@@ -13,6 +13,9 @@ readings held back for reordering are counted when they are released. The older 
 exported for the dashboards and tests that read them: do not sum across both sets.
 ``forewarn_scoring_window_resets{reason}``: machines whose window started afresh (``restart``,
 ``gap``).
+``forewarn_model_refusals_total{asset_type,role,reason}``: bundles refused (``unsigned``,
+``unknown_key``, ``bad_signature``, ``rollback``, or a schema reason: ``input_schema``,
+``bad_format``, ``sha256_mismatch``, ...); each is also a ``model_refused`` alert event.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class ScoringMetrics(MetricsEndpoint):
                          registry=r)
         self.alerts = Counter("forewarn_scoring_alerts", "Alert events", ["state", "rule"], registry=r)
         self.models = Counter("forewarn_scoring_model_offers", "Bundles offered", ["role", "outcome"], registry=r)
+        self.refusals = Counter("forewarn_model_refusals", "Model bundles refused, by reason",
+                                ["asset_type", "role", "reason"], registry=r)
         self.agreement = Gauge("forewarn_scoring_shadow_agreement",
                                "Share of predictions where the candidate takes the same alert decision",
                                ["asset_type"], registry=r)

@@ -108,8 +108,9 @@ class ScoringWorker(LoopService):
         self.options = settings.scoring
         self.topics = Topics.from_settings(settings.topics)
         self.worker_id = self.options.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.registry = registry or ModelRegistry(threads=self.options.threads, batch_size=self.options.score_batch,
-                                                  shadow=self.options.shadow)
+        self.registry = registry or ModelRegistry.from_settings(settings.trust, threads=self.options.threads,
+                                                                batch_size=self.options.score_batch,
+                                                                shadow=self.options.shadow)
         self.metrics = metrics if metrics is not None else ScoringMetrics()
         self.clock = clock
         limits = settings.input.limits()
@@ -727,6 +728,7 @@ class ScoringWorker(LoopService):
         refusal = offer.refusal
         if refusal is None:
             return
+        self.metrics.refusals.labels(offer.asset_type, offer.role, refusal.reason).inc()
         self._pending_alerts.append(model_refused_alert(offer.asset_type, refusal.version, offer.role, refusal.reason,
                                                         refusal.detail, int(self.clock() * 1000)))
 

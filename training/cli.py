@@ -285,7 +285,7 @@ def export() -> None:
 
 @click.group()
 def model() -> None:
-    """Browse the model registry, move `current`, publish a bundle to Kafka."""
+    """Browse the model registry, move `current`, sign, verify and publish a bundle to Kafka."""
 
 
 def _bundle_path(which: str | None, models_dir: Path, asset_type: str | None) -> Path:
@@ -357,3 +357,61 @@ def model_publish(which: str | None) -> None:
     bundle = read_bundle(_bundle_path(which, settings.model.models_dir, settings.model.asset_type))
     topic = publish_bundle(settings.kafka, settings.topics, bundle)
     click.echo(f"published {bundle.label} to {topic}")
+
+
+SIGNING_KEY_FLAG = Flag("--key", "model.signing_key")
+
+
+@model.command("keygen")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("keys"), show_default=True,
+              help="folder for model.key (private, 0600) and model.pub (give model.pub to every scorer's "
+                   "trust.keys)")
+def model_keygen(out: Path) -> None:
+    """Make an Ed25519 model signing key pair (never overwrites one)."""
+    from forewarn.errors import ConfigError
+    from forewarn.trust import generate_keypair
+
+    private, public = out / "model.key", out / "model.pub"
+    if private.exists() or public.exists():
+        raise ConfigError(f"{private} or {public} exists already", hint="choose another --out; keys are never "
+                          "overwritten")
+    ident = generate_keypair(private, public)
+    click.echo(f"key {ident}: private {private} (keep it secret), public {public} (add it to trust.keys)")
+
+
+@model.command("sign")
+@click.argument("which", required=False)
+@click.option("--reason", default="published", show_default=True, help="why this bundle is released")
+@flags(TrainingSettings, MODELS_FLAG, ASSET_TYPE_FLAG, SIGNING_KEY_FLAG)
+def model_sign(which: str | None, reason: str) -> None:
+    """Sign WHICH (a bundle folder or a version; default: current): writes its signature.json."""
+    from forewarn.bundle import read_bundle, write_release
+    from forewarn.trust import load_private_key, sign_release
+
+    options = settings_from(TrainingSettings).model
+    key_path = _needed(options.signing_key, "--key", "model.signing_key")
+    path = _bundle_path(which, options.models_dir, options.asset_type)
+    bundle = read_bundle(path)
+    record = sign_release(bundle, load_private_key(key_path), action="publish", reason=reason)
+    write_release(path, record)
+    click.echo(f"signed {bundle.label} with key {record.key_id} ({path / 'signature.json'})")
+
+
+@model.command("verify")
+@click.argument("which", required=False)
+@flags(TrainingSettings, MODELS_FLAG, ASSET_TYPE_FLAG)
+def model_verify(which: str | None) -> None:
+    """Check WHICH (default: current) against the trusted keys (trust.keys): exit 1 with the
+    reason (unsigned, unknown_key, bad_signature) unless a scorer would accept its signature."""
+    from forewarn.bundle import BundleError, read_bundle
+    from forewarn.trust import TrustList, verify_release
+
+    settings = settings_from(TrainingSettings)
+    path = _bundle_path(which, settings.model.models_dir, settings.model.asset_type)
+    bundle = read_bundle(path)
+    try:
+        record = verify_release(bundle.release, bundle, TrustList.load(settings.trust))
+    except BundleError as error:
+        click.echo(f"refused ({error.reason}): {error.one_line()}", err=True)
+        sys.exit(1)
+    click.echo(f"{bundle.label}: signed by trusted key {record.key_id} ({record.action}, {record.reason!r})")

@@ -183,11 +183,13 @@ class ExportOptions(_Section):
 
 
 class RegistryOptions(_Section):
-    """``forewarn model list|show|promote|publish`` (``[model]``)."""
+    """``forewarn model list|show|promote|publish|keygen|sign|verify`` (``[model]``)."""
 
     models_dir: Path = Field(Path("models"), description="the models folder: one folder per asset type, "
                              "holding its versions and `current`")
     asset_type: str | None = Field(None, description="asset type (when the models folder holds several)")
+    signing_key: Path | None = Field(None, description="Ed25519 private key (PEM) that `model sign` signs with "
+                                     "(its passphrase, if any, in FOREWARN_MODEL_KEY_PASSPHRASE)")
 
 
 class TrainingSettings(ServiceSettings):

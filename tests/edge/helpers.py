@@ -22,6 +22,7 @@ from forewarn.settings import KafkaSettings, MqttSettings, TopicSettings
 from forewarn.testing import FakeProducer, InMemoryKafka
 from forewarn.topics import telemetry_topic
 from scoring.testing import linear_bundle
+from tests.scoring.bundle_factory import signed, trust_settings
 
 FEATURES = ("temp", "vib")
 WINDOW = 5
@@ -29,8 +30,8 @@ WINDOW = 5
 
 def edge_bundle(version: str = "v1", *, window: int = WINDOW, bias: float = 0.0) -> Bundle:
     """A pump model whose p_fail crosses 0.5 when the window's mean temp+vib is above 0."""
-    return linear_bundle("pump", list(FEATURES), window=window, version=version, bias=bias,
-                         thresholds=Thresholds(p_fail=0.5, consecutive=2))
+    return signed(linear_bundle("pump", list(FEATURES), window=window, version=version, bias=bias,
+                                thresholds=Thresholds(p_fail=0.5, consecutive=2)))
 
 
 def reading(machine: str, seq: int, *, hot: bool = False, start_ms: int | None = None) -> Telemetry:
@@ -59,7 +60,7 @@ def mqtt_messages(readings: list[Telemetry]) -> list[tuple[str, bytes]]:
 def edge_settings(data_dir: Path, *, kafka: KafkaSettings | None = None, mqtt: MqttSettings | None = None,
                   topics: TopicSettings | None = None, **options: Any) -> EdgeSettings:
     return EdgeSettings(kafka=kafka or KafkaSettings(), mqtt=mqtt or MqttSettings(), topics=topics or TopicSettings(),
-                        edge=EdgeOptions(data_dir=data_dir, client_id="edge-test", **options))
+                        trust=trust_settings(), edge=EdgeOptions(data_dir=data_dir, client_id="edge-test", **options))
 
 
 class AwayProducer(FakeProducer):
@@ -82,7 +83,7 @@ def seeded(tmp_path: Path, *, data_dir: Path | None = None, **options: Any) -> E
     models = tmp_path / "seed"
     bundle = edge_bundle()
     if not (models / "pump" / "v1").exists():
-        write_bundle(models, bundle.meta, bundle.onnx, make_current=True)
+        write_bundle(models, bundle.meta, bundle.onnx, make_current=True, release=bundle.release)
     return edge_settings(data_dir or tmp_path / "data", models_dir=models, models_sync=False, **options)
 
 

@@ -19,6 +19,7 @@ from paho.mqtt import client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from forewarn.settings import KafkaSettings, MqttSettings, TopicSettings
+from tests.scoring.bundle_factory import trust_env
 from tests.stacks import REPO
 
 
@@ -35,7 +36,7 @@ class EdgeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, ready_timeout_s: float = 60.0) -> EdgeProcess:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **trust_env()}
         env.pop("FOREWARN_CONFIG", None)
         mark = len(self.log()) if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:

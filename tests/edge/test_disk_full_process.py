@@ -47,7 +47,7 @@ def test_a_full_disk_stops_acknowledgements_not_local_predictions_and_loses_noth
         stack: RunningStack, tmp_path: Path) -> None:
     seed = tmp_path / "seed"
     bundle = edge_bundle()
-    write_bundle(seed, bundle.meta, bundle.onnx, make_current=True)
+    write_bundle(seed, bundle.meta, bundle.onnx, make_current=True, release=bundle.release)
     first, second = fleet(10, 30, site="site-df"), fleet(10, 200, site="site-df")[300:]
     nowhere = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}")
     with mounted_tmpfs(tmp_path / "fs", "4m") as disk:

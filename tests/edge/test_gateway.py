@@ -35,6 +35,7 @@ from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions
 from tests.edge.helpers import WINDOW, AwayProducer, edge_bundle, fleet, mqtt_messages, reading, run_until, seeded
+from tests.scoring.bundle_factory import TEST_TRUST
 from tests.scoring.faulty import POISON, BrittleEngine
 from tests.stacks import REPO
 
@@ -44,7 +45,7 @@ _stats = msgspec.json.Decoder(PipelineStats)
 
 
 def reference(readings: list[Any]) -> list[tuple[str, int]]:
-    registry = ModelRegistry(threads=1)
+    registry = ModelRegistry(threads=1, trust=TEST_TRUST)
     registry.offer_bundle(edge_bundle())
     engine = ScoringEngine(registry, ScoringOptions())
     result = engine.process([Incoming(r, 0) for r in readings], [])
@@ -170,7 +171,7 @@ def test_invalid_payload_goes_to_the_dead_letter_topic_and_is_acknowledged(tmp_p
 
 def test_model_sync_keeps_the_last_good_bundle_on_disk(tmp_path: Path) -> None:
     kafka = InMemoryKafka(partitions=1)
-    registry = ModelRegistry(threads=1)
+    registry = ModelRegistry(threads=1, trust=TEST_TRUST)
     disk = tmp_path / "models"
     sync = ModelSync(registry, disk, consumer=FakeConsumer(kafka, ["models"]))
     assert sync.load_local() == [] and not registry.serving
@@ -184,7 +185,7 @@ def test_model_sync_keeps_the_last_good_bundle_on_disk(tmp_path: Path) -> None:
     assert [o.outcome for o in sync.poll()] == ["refused"]
     assert current_version(disk, "pump") == "v2"
     # a new edge starts offline from what is on disk
-    other = ModelRegistry(threads=1)
+    other = ModelRegistry(threads=1, trust=TEST_TRUST)
     ModelSync(other, disk).load_local()
     assert other.serving["pump"].meta.version == "v2"
 

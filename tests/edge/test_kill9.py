@@ -91,7 +91,7 @@ def test_kill_9_while_kafka_is_up_duplicates_are_counted_nothing_is_lost(
     settings, topics = fresh_topics(partitions=3)
     seed = tmp_path / "seed"
     bundle = edge_bundle()
-    write_bundle(seed, bundle.meta, bundle.onnx, make_current=True)
+    write_bundle(seed, bundle.meta, bundle.onnx, make_current=True, release=bundle.release)
     readings = fleet(30, 100, site="site-k9")
     expected_predictions, _alerts = reference(readings)
     edge = EdgeProcess(tmp_path / "edge.log", stack.kafka_settings, stack.mqtt_settings, settings, tmp_path / "data",

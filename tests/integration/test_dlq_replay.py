@@ -19,6 +19,7 @@ from forewarn.topics import Topics, telemetry_topic
 from scoring.settings import ScoringOptions, ScoringSettings
 from scoring.testing import linear_bundle
 from scoring.worker import ScoringWorker
+from tests.scoring.bundle_factory import signed, trust_settings
 from tests.stacks import REPO, RunningStack
 
 pytestmark = pytest.mark.integration  # real Mosquitto and Kafka
@@ -41,12 +42,13 @@ def test_a_scoring_workers_dead_letter_is_replayed_and_a_still_invalid_one_stays
     invalid = encode(reading(machine, 2, sensors=1)).replace(b'"seq":2', b'"seq":-5')  # invalid for everyone
     assert STRICT_BYTES < len(big) < DecodeLimits().max_message_bytes
     with KafkaProducer(kafka) as producer:
-        producer.produce(topics.models, pack(linear_bundle("pump", ["sensor_00", "sensor_01"], window=4)), "pump")
+        model = signed(linear_bundle("pump", ["sensor_00", "sensor_01"], window=4))
+        producer.produce(topics.models, pack(model), "pump")
         producer.produce(topics.telemetry, big, machine)
         producer.produce(topics.telemetry, invalid, machine)
         assert producer.flush(30) == 0
 
-    worker = ScoringWorker(ScoringSettings(kafka=kafka, topics=settings, scoring=ScoringOptions(
+    worker = ScoringWorker(ScoringSettings(kafka=kafka, topics=settings, trust=trust_settings(), scoring=ScoringOptions(
         group_id=f"{settings.prefix}scoring", worker_id="dlq-test", threads=1, commit_interval_ms=100,
         session_timeout_ms=6000, transaction_timeout_ms=6000)),
         decoder=Decoder(DecodeLimits(max_message_bytes=STRICT_BYTES)))

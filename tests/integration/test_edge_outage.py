@@ -26,6 +26,7 @@ from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions
 from tests.edge.helpers import edge_bundle, fleet, mqtt_messages
 from tests.edge.procs import EdgeProcess, LocalScreen, identities, out_of_order, publish_paced, read_topic
+from tests.scoring.bundle_factory import TEST_TRUST
 from tests.scoring.procs import publish_model
 from tests.stacks import RunningStack, free_port
 
@@ -41,7 +42,7 @@ _alert = msgspec.json.Decoder(Alert)
 
 def reference(readings: list[Telemetry]) -> tuple[set[tuple[str, int]], set[tuple[str, str, int]]]:
     """Predictions (machine, seq) and alert events (alert_id, state, ts) of an uninterrupted run."""
-    registry = ModelRegistry(threads=1)
+    registry = ModelRegistry(threads=1, trust=TEST_TRUST)
     registry.offer_bundle(edge_bundle())
     engine = ScoringEngine(registry, ScoringOptions())
     result = engine.process([Incoming(r, 0) for r in readings], [])
@@ -65,7 +66,7 @@ def test_kafka_away_with_kill_9_loses_nothing_and_keeps_local_alerts(own_stack: 
     topics = Topics.from_settings(settings)
     seed = tmp_path / "seed"
     bundle = edge_bundle()
-    write_bundle(seed, bundle.meta, bundle.onnx, make_current=True)
+    write_bundle(seed, bundle.meta, bundle.onnx, make_current=True, release=bundle.release)
     readings = fleet(MACHINES, READINGS // MACHINES)
     expected_readings = {(r.machine_id, r.seq) for r in readings}
     expected_predictions, expected_alerts = reference(readings)

@@ -23,6 +23,7 @@ from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions, ScoringSettings
 from scoring.worker import ScoringWorker
+from tests.scoring.bundle_factory import TEST_TRUST, trust_settings
 from tests.scoring.fleet_data import FleetData, fitted_bundle, simulate
 from tests.scoring.procs import (
     PredictionKey,
@@ -57,7 +58,7 @@ def bundle(data: FleetData) -> Bundle:
 
 def offline(data: FleetData, *bundles: Bundle, switch_at: int | None = None) -> list[PredictionKey]:
     """What an uninterrupted worker must commit, computed in-process."""
-    registry = ModelRegistry(threads=1)
+    registry = ModelRegistry(threads=1, trust=TEST_TRUST)
     registry.offer_bundle(bundles[0])
     engine = ScoringEngine(registry, ScoringOptions())
     cut = switch_at if switch_at is not None else len(data.readings)
@@ -243,7 +244,8 @@ def test_aborted_transaction_rewinds_on_the_real_broker(stack: RunningStack, fre
         wrapped.append(_AbortOnce(KafkaProducer(kafka, **overrides)))
         return wrapped[-1]
 
-    worker = ScoringWorker(ScoringSettings(kafka=kafka, topics=settings, scoring=ScoringOptions(
+    worker = ScoringWorker(ScoringSettings(kafka=kafka, topics=settings, trust=trust_settings(),
+                               scoring=ScoringOptions(
         group_id=f"{settings.prefix}scoring", worker_id="abort", threads=1, max_batch=150, commit_interval_ms=50,
         session_timeout_ms=6000, transaction_timeout_ms=6000)), producer_factory=producer_factory)
 

@@ -1,13 +1,56 @@
-"""Tiny bundles without TensorFlow: an ONNX graph made with onnx.helper."""
+"""Tiny bundles without TensorFlow: an ONNX graph made with onnx.helper, signed with a fixed
+test key (:data:`TEST_KEY`) that :data:`TEST_TRUST` and :func:`trust_settings` trust."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
 
 import msgspec
 import numpy as np
 import onnx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper
 
 from forewarn.bundle import Bundle, FeatureSpec, FeatureStats, InputSpec, ModelMeta, Targets, Thresholds, sha256_hex
+from forewarn.settings import TrustSettings
+from forewarn.trust import Action, TrustList, key_id, sign_release
+
+TEST_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+TEST_TRUST = TrustList.of([TEST_KEY.public_key()])
+
+
+def signed(bundle: Bundle, *, action: Action = "publish", reason: str = "test", issued_at: int | None = None,
+           key: Ed25519PrivateKey = TEST_KEY) -> Bundle:
+    """``bundle`` with a release record signed by ``key`` (the test key)."""
+    release = sign_release(bundle, key, action=action, reason=reason, issued_at=issued_at)
+    return dataclasses.replace(bundle, release=release)
+
+
+def trusted_key_file() -> Path:
+    """The test key's public PEM, in the temporary folder (a public key: not a secret)."""
+    path = Path(tempfile.gettempdir()) / f"forewarn-test-{key_id(TEST_KEY.public_key())}.pub"
+    if not path.is_file():
+        pem = TEST_KEY.public_key().public_bytes(serialization.Encoding.PEM,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(pem)
+        tmp.replace(path)
+    return path
+
+
+def trust_env() -> dict[str, str]:
+    """The environment that makes a child ``forewarn score``/``edge`` trust the test key."""
+    return {"FOREWARN_TRUST__KEYS": json.dumps([str(trusted_key_file())])}
+
+
+def trust_settings() -> TrustSettings:
+    """Settings that trust the test key (for workers and edges built from settings)."""
+    return TrustSettings(keys=[trusted_key_file()])
 
 
 def tiny_onnx(window: int = 4, n_features: int = 2, *, input_name: str = "window",
@@ -52,9 +95,9 @@ def windows(n: int = 5, window: int = 4, n_features: int = 2, seed: int = 0) -> 
 
 def tiny_bundle(window: int = 4, n_features: int = 2, *, log_rul: bool = False, version: str = "20260101T000000Z",
                 asset_type: str = "pump") -> Bundle:
-    """A tiny bundle (see :func:`tiny_onnx`) for asset type ``asset_type``."""
+    """A tiny bundle (see :func:`tiny_onnx`) for asset type ``asset_type``, signed with the test key."""
     onnx_bytes = tiny_onnx(window, n_features, log_rul=log_rul)
     meta = tiny_meta(onnx_bytes, window, n_features, version=version)
     if asset_type != meta.asset_type:
         meta = msgspec.structs.replace(meta, name=asset_type, asset_type=asset_type)
-    return Bundle(meta, onnx_bytes)
+    return signed(Bundle(meta, onnx_bytes))

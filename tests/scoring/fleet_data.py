@@ -11,6 +11,7 @@ from forewarn.bundle import Bundle, Thresholds
 from forewarn.contract import SCHEMA_VERSION, MaintenanceEvent, Telemetry, encode
 from scoring.testing import linear_bundle
 from simulators.fleet import Fleet, FleetConfig
+from tests.scoring.bundle_factory import signed
 
 
 @dataclass
@@ -62,6 +63,6 @@ def fitted_bundle(data: FleetData, *, window: int = 8, version: str = "v1", hori
     y = np.where(data.rul <= horizon, 4.0, -4.0)
     a = np.hstack([z, np.ones((len(z), 1))])
     coef, *_ = np.linalg.lstsq(a, y, rcond=None)
-    return linear_bundle(data.readings[0].asset_type, features, window=window, version=version, mean=mean, std=std,
-                         weights=coef[:-1], bias=float(coef[-1]) + shift,
-                         thresholds=thresholds or Thresholds(p_fail=0.6, consecutive=2))
+    return signed(linear_bundle(data.readings[0].asset_type, features, window=window, version=version, mean=mean,
+                                std=std, weights=coef[:-1], bias=float(coef[-1]) + shift,
+                                thresholds=thresholds or Thresholds(p_fail=0.6, consecutive=2)))

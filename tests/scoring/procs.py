@@ -17,6 +17,7 @@ import msgspec
 from forewarn.contract import Alert, MaintenanceEvent, Prediction, Telemetry, encode
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import Topics
+from tests.scoring.bundle_factory import trust_env
 from tests.stacks import REPO
 
 _prediction = msgspec.json.Decoder(Prediction)
@@ -110,7 +111,7 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **trust_env()}
         env.pop("FOREWARN_CONFIG", None)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

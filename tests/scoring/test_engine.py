@@ -21,7 +21,7 @@ from scoring.metrics import ScoringMetrics
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions
 from scoring.state import Marker, PartitionState, decode_record, encode_record
-from tests.scoring.bundle_factory import tiny_bundle
+from tests.scoring.bundle_factory import TEST_TRUST, tiny_bundle
 from tests.scoring.fleet_data import FleetData, fitted_bundle, simulate
 
 _decode = msgspec.json.Decoder(Prediction)
@@ -33,7 +33,7 @@ def data() -> FleetData:
 
 
 def make_engine(data: FleetData, **options: object) -> ScoringEngine:
-    registry = ModelRegistry(threads=1)
+    registry = ModelRegistry(threads=1, trust=TEST_TRUST)
     offer = registry.offer_bundle(fitted_bundle(data))
     assert offer.outcome == "accepted"
     return ScoringEngine(registry, ScoringOptions(**options), clock=lambda: 1_800_000_000.0)  # type: ignore[arg-type]
@@ -296,7 +296,7 @@ def test_every_reading_is_scored_counted_or_held(data: FleetData) -> None:
 
 
 def test_scores_that_are_not_finite_are_never_predictions_or_alerts() -> None:
-    registry = ModelRegistry(threads=1)
+    registry = ModelRegistry(threads=1, trust=TEST_TRUST)
     assert registry.offer_bundle(tiny_bundle(window=2, log_rul=True)).outcome == "accepted"
     engine = ScoringEngine(registry, ScoringOptions(), clock=lambda: 1_800_000_000.0)
     values = [1.0, 2.0, -1.0, -1.0, 0.0, 0.0, 1.5, 1.5, 1.0]

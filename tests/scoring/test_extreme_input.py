@@ -27,7 +27,7 @@ from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions
 from scoring.state import Marker, PartitionState, decode_record, encode_record
 from tests.forewarn.test_routing_extremes import extreme_readings, id_parts, magnitudes
-from tests.scoring.bundle_factory import tiny_bundle
+from tests.scoring.bundle_factory import TEST_TRUST, tiny_bundle
 
 FEATURES = ("s0_c", "s1_c")
 NOW_S = TS_MAX_MS / 1000  # the engine's clock: every accepted event time is at or before it
@@ -37,7 +37,7 @@ _prediction = msgspec.json.Decoder(Prediction)
 @functools.cache
 def registry(window: int, log_rul: bool) -> ModelRegistry:
     """One registry per bundle shape, shared by the examples (the engines only read it)."""
-    reg = ModelRegistry(threads=1)
+    reg = ModelRegistry(threads=1, trust=TEST_TRUST)
     assert reg.offer_bundle(tiny_bundle(window, len(FEATURES), log_rul=log_rul)).outcome == "accepted"
     return reg
 

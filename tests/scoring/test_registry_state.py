@@ -12,27 +12,28 @@ from forewarn.windows import WindowStore
 from scoring.registry import ModelRegistry
 from scoring.state import MachineRecord, Marker, decode_record, encode_marker, encode_record
 from scoring.testing import conv_bundle, linear_bundle
+from tests.scoring.bundle_factory import TEST_TRUST, signed
 
 FEATURES = ["a", "b", "c"]
 
 
 def test_good_bundle_serves_and_republishing_it_changes_nothing() -> None:
-    registry = ModelRegistry(threads=1)
-    bundle = linear_bundle("pump", FEATURES, window=4)
+    registry = ModelRegistry(threads=1, trust=TEST_TRUST)
+    bundle = signed(linear_bundle("pump", FEATURES, window=4))
     assert registry.offer("pump", pack(bundle)).outcome == "accepted"
     assert registry.offer("pump", pack(bundle)).outcome == "unchanged"
     assert registry.serving["pump"].meta.version == "v1"
 
 
 def test_bad_bundles_are_refused_with_a_reason_and_the_old_model_keeps_serving() -> None:
-    registry = ModelRegistry(threads=1)
-    registry.offer("pump", pack(linear_bundle("pump", FEATURES, window=4)))
-    tampered = bytearray(pack(linear_bundle("pump", FEATURES, window=4, version="v2")))
+    registry = ModelRegistry(threads=1, trust=TEST_TRUST)
+    registry.offer("pump", pack(signed(linear_bundle("pump", FEATURES, window=4))))
+    tampered = bytearray(pack(signed(linear_bundle("pump", FEATURES, window=4, version="v2"))))
     tampered[-30] ^= 0x01
     cases = {
         "sha256_mismatch": bytes(tampered),
         "bad_format": b"not a bundle",
-        "wrong_key": pack(linear_bundle("motor", FEATURES, window=4, version="v3")),
+        "wrong_key": pack(signed(linear_bundle("motor", FEATURES, window=4, version="v3"))),
     }
     for reason, value in cases.items():
         offer = registry.offer("pump", value)
@@ -42,19 +43,19 @@ def test_bad_bundles_are_refused_with_a_reason_and_the_old_model_keeps_serving()
 
 
 def test_schema_mismatch_is_refused() -> None:
-    good = linear_bundle("pump", FEATURES, window=4, version="v2")
+    good = signed(linear_bundle("pump", FEATURES, window=4, version="v2"))
     wrong = msgspec.structs.replace(good.meta, input=msgspec.structs.replace(good.meta.input, window=5))
-    offer = ModelRegistry(threads=1).offer_bundle(type(good)(wrong, good.onnx))
+    offer = ModelRegistry(threads=1, trust=TEST_TRUST).offer_bundle(signed(type(good)(wrong, good.onnx)))
     assert offer.outcome == "refused" and offer.refusal is not None and offer.refusal.reason == "input_schema"
 
 
 def test_candidate_runs_in_shadow_and_is_promoted() -> None:
-    registry = ModelRegistry(threads=1)
-    registry.offer("pump", pack(linear_bundle("pump", FEATURES, window=4)))
-    candidate = conv_bundle("pump", FEATURES, window=4, version="c1", filters=4, dilations=(1,), dense=4)
+    registry = ModelRegistry(threads=1, trust=TEST_TRUST)
+    registry.offer("pump", pack(signed(linear_bundle("pump", FEATURES, window=4))))
+    candidate = signed(conv_bundle("pump", FEATURES, window=4, version="c1", filters=4, dilations=(1,), dense=4))
     assert registry.offer("pump.candidate", pack(candidate)).outcome == "accepted"
     assert registry.candidates["pump"].meta.version == "c1"
-    assert registry.offer("pump", pack(candidate)).outcome == "accepted"
+    assert registry.offer("pump", pack(signed(candidate, action="promote"))).outcome == "accepted"
     assert "pump" not in registry.candidates
     assert registry.offer("pump.candidate", None).outcome == "unchanged"
 

@@ -17,6 +17,7 @@ from scoring.engine import Incoming, ScoringEngine
 from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions, ScoringSettings
 from scoring.worker import ScoringWorker
+from tests.scoring.bundle_factory import TEST_TRUST, trust_settings
 from tests.scoring.fleet_data import FleetData, fitted_bundle, simulate
 from tests.scoring.procs import PredictionKey, prediction_keys
 
@@ -47,7 +48,8 @@ def cluster(bundle: Bundle) -> InMemoryKafka:
 
 
 def worker(kafka: InMemoryKafka, worker_id: str = "w1", **options: Any) -> ScoringWorker:
-    settings = ScoringSettings(topics=SETTINGS, scoring=ScoringOptions(
+    settings = ScoringSettings(topics=SETTINGS, trust=trust_settings(),
+                               scoring=ScoringOptions(
         group_id=GROUP, worker_id=worker_id, threads=1, **{"max_batch": 60, **options}))
     return ScoringWorker(settings, producer_factory=kafka.producer, consumer_factory=kafka.consumer)
 
@@ -70,7 +72,7 @@ def committed_predictions(kafka: InMemoryKafka) -> list[PredictionKey]:
 
 def offline(data: FleetData, bundle: Bundle) -> list[PredictionKey]:
     """What an uninterrupted worker must commit, computed without Kafka."""
-    registry = ModelRegistry(threads=1)
+    registry = ModelRegistry(threads=1, trust=TEST_TRUST)
     registry.offer_bundle(bundle)
     result = ScoringEngine(registry, ScoringOptions()).process([Incoming(r, 0) for r in data.readings], [])
     return prediction_keys([v for _, v in result.predictions])
@@ -174,7 +176,8 @@ def test_an_abortable_transaction_error_rewinds_and_does_the_batch_again(data: F
         producers.append(kafka.producer(**overrides))
         return producers[-1]
 
-    settings = ScoringSettings(topics=SETTINGS, scoring=ScoringOptions(group_id=GROUP, worker_id="w", threads=1,
+    settings = ScoringSettings(topics=SETTINGS, trust=trust_settings(),
+                               scoring=ScoringOptions(group_id=GROUP, worker_id="w", threads=1,
                                                                        max_batch=40))
     w = ScoringWorker(settings, producer_factory=producer_factory, consumer_factory=kafka.consumer)
     w.start()

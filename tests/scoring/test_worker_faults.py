@@ -25,6 +25,7 @@ from scoring.errors import ScoringError
 from scoring.settings import ScoringOptions, ScoringSettings
 from scoring.worker import ScoringWorker
 from tests.scoring import test_worker
+from tests.scoring.bundle_factory import trust_settings
 from tests.scoring.faulty import POISON, BrittleEngine
 from tests.scoring.fleet_data import FleetData
 from tests.scoring.test_worker import (
@@ -124,7 +125,8 @@ class Rig:
         self.faults = faults or {}
         self.consume_faults = consume_faults or []
         self.producers: list[FaultyProducer] = []
-        settings = ScoringSettings(topics=SETTINGS, scoring=ScoringOptions(**{
+        settings = ScoringSettings(topics=SETTINGS, trust=trust_settings(),
+                               scoring=ScoringOptions(**{
             "group_id": GROUP, "worker_id": "w", "threads": 1, "max_batch": 40, "retry_backoff_max_s": 0.0,
             "transaction_timeout_ms": 1000, **options}))
         self.worker = ScoringWorker(settings, producer_factory=self.producer, consumer_factory=self.consumer)
@@ -319,7 +321,8 @@ class BrittleDecoder(Decoder):
 
 def test_a_record_the_decoder_cannot_handle_is_dead_lettered(data: FleetData, bundle: Bundle) -> None:
     kafka = cluster(bundle)
-    settings = ScoringSettings(topics=SETTINGS, scoring=ScoringOptions(group_id=GROUP, worker_id="w", threads=1))
+    settings = ScoringSettings(topics=SETTINGS, trust=trust_settings(),
+                               scoring=ScoringOptions(group_id=GROUP, worker_id="w", threads=1))
     w = ScoringWorker(settings, decoder=BrittleDecoder(), producer_factory=kafka.producer,
                       consumer_factory=kafka.consumer)
     feed(kafka, data.readings)
@@ -362,7 +365,8 @@ def test_pipeline_stats_count_committed_batches_once(data: FleetData, bundle: Bu
 def test_pipeline_stats_wait_for_their_interval_and_then_go_out_alone(data: FleetData, bundle: Bundle) -> None:
     kafka = cluster(bundle)
     now = [1_800_000_000.0]
-    settings = ScoringSettings(topics=SETTINGS, scoring=ScoringOptions(group_id=GROUP, worker_id="w", threads=1,
+    settings = ScoringSettings(topics=SETTINGS, trust=trust_settings(),
+                               scoring=ScoringOptions(group_id=GROUP, worker_id="w", threads=1,
                                                                        stats_interval_s=10.0))
     w = ScoringWorker(settings, clock=lambda: now[0], producer_factory=kafka.producer,
                       consumer_factory=kafka.consumer)
