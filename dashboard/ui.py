@@ -51,7 +51,7 @@ def _signed_in(authenticator: Authenticator) -> Principal | None:
 
 def _login_form(authenticator: Authenticator) -> None:
     st.title("Forewarn")
-    with st.form("login", clear_on_submit=True, enter_to_submit=True):
+    with st.form("login", enter_to_submit=True):
         st.subheader("Sign in")
         name = st.text_input("User name", key="login_name", autocomplete="username")
         password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password")
@@ -92,7 +92,8 @@ def navigation_position() -> Literal["sidebar", "hidden"]:
 
 
 def current_user() -> Principal:
-    """The user :func:`require_user` let through on this run (app.py calls it before any page)."""
+    """The session's user, for a page: app.py asked already, and each page asks again, so that a
+    page run on its own is behind the same login."""
     return require_user()
 
 

@@ -12,9 +12,9 @@ from dashboard.errors import DashboardError
 STATUSES = ["open", "acknowledged", "resolved"]
 SEVERITIES = ["critical", "warning", "info"]
 
+user = ui.current_user()  # the login gate holds on every page, not only through app.py
 st.title("Alerts")
 store = ui.runtime().store
-user = ui.current_user()
 
 c1, c2, c3, c4 = st.columns([2, 2, 1, 2])
 statuses = c1.multiselect("Status", STATUSES, default=["open", "acknowledged"], key="alert_status")

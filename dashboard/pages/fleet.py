@@ -6,6 +6,7 @@ import streamlit as st
 
 from dashboard import charts, queries, ui
 
+ui.current_user()  # the login gate holds on every page, not only through app.py
 st.title("Fleet")
 st.caption("Latest prediction of every machine. Click a row to open the machine.")
 

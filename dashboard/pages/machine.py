@@ -9,6 +9,7 @@ from dashboard import charts, queries, ui
 
 RANGES = {"6 h": 6 * 3600_000, "24 h": 24 * 3600_000, "7 d": 7 * 24 * 3600_000, "All": None}
 
+ui.current_user()  # the login gate holds on every page, not only through app.py
 st.title("Machine")
 store = ui.runtime().store
 site_list = queries.sites(store)

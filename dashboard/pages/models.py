@@ -12,6 +12,7 @@ import streamlit as st
 from dashboard import accuracy, charts, queries, ui
 from dashboard.store import Store
 
+ui.current_user()  # the login gate holds on every page, not only through app.py
 st.title("Models")
 
 

@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import charts, queries, ui
 
+ui.current_user()  # the login gate holds on every page, not only through app.py
 st.title("Pipeline")
 
 
