@@ -70,7 +70,7 @@ def app() -> Iterator[Callable[[Runtime], AppTest]]:
 
 def open_page(at: AppTest, page: str) -> AppTest:
     if page != "fleet":
-        at.switch_page(f"pages/{page}.py")
+        at.switch_page(f"views/{page}.py")
     return at.run()
 
 

@@ -278,16 +278,16 @@ def test_every_page_needs_a_signed_in_user(app: Callable[[Runtime], AppTest], se
     assert [e.value for e in at.error] == [WRONG] and not at.dataframe
 
 
-def signed_in_on_alerts(at: AppTest, name: str, password: str) -> AppTest:
-    # AppTest runs app.py on its first run only, the page alone on later ones (its own gate holds).
-    sign_in(at.run().run(), name, password)
+def signed_in_on_alerts(at: AppTest, name: str, password: str, label: str, role: str) -> AppTest:
+    sign_in(at.run(), name, password)
     no_exceptions(at)
     assert [t.value for t in at.title] == ["Fleet"]
+    assert any(m.value.startswith(f"**{label}** · {role}") for m in at.sidebar.markdown)
     return open_page(at, "alerts")
 
 
 def test_a_viewer_reads_alerts_but_cannot_acknowledge(app: Callable[[Runtime], AppTest], secured: FakeRuntime) -> None:
-    at = signed_in_on_alerts(app(secured), "vera", "viewer password")
+    at = signed_in_on_alerts(app(secured), "vera", "viewer password", "Vera Viewer", "viewer")
     assert [t.value for t in at.title] == ["Alerts"] and at.dataframe
     assert not [b for b in at.button if b.key == "ack_button"]
     assert any("Read only" in c.value and "operator" in c.value for c in at.caption)
@@ -297,10 +297,13 @@ def test_a_viewer_reads_alerts_but_cannot_acknowledge(app: Callable[[Runtime], A
     with pytest.raises(DashboardError, match="may not acknowledge"):
         actions.acknowledge(secured, rows, Principal("vera", "viewer"))
     assert not secured.kafka.messages(secured.topics.alerts)
+    # Signing out shows the login form again.
+    at.sidebar.button(key="sign_out").click().run()
+    assert len(at.text_input) == 2 and not at.dataframe
 
 
 def test_an_operator_acknowledges_with_a_note(app: Callable[[Runtime], AppTest], secured: FakeRuntime) -> None:
-    at = signed_in_on_alerts(app(secured), "olga", SECRET)
+    at = signed_in_on_alerts(app(secured), "olga", SECRET, "Olga Operator", "operator")
     first = queries.alert_list(secured.store, ["open"]).iloc[0]
     at.multiselect(key="ack_alerts").select(str(first["alert_id"])).run()
     at.text_area(key="ack_note").input("vibration checked, bearing ordered").run()

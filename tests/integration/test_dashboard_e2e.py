@@ -5,12 +5,8 @@ tmp dir, and $FOREWARN_SCREENSHOT_DIR when set)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
+import getpass
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,19 +27,13 @@ from forewarn.contract import Alert, MaintenanceEvent, PipelineStats, Prediction
 from forewarn.kafka import KafkaProducer
 from forewarn.settings import TopicSettings
 from forewarn.topics import Topics
-from tests.stacks import RunningStack, free_port
+from tests.dashboard.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium, running_dashboard, save
+from tests.stacks import RunningStack
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MACHINES = [f"site-{s}/pump-{i:04d}" for s in "ab" for i in range(3)]
 READINGS = 40
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                                                     "(apt-get install chromium)"),
-]
+pytestmark = [pytest.mark.integration, needs_chromium]
 
 
 def _bundle() -> bytes:
@@ -99,47 +89,8 @@ def dashboard_process(stack: RunningStack, fresh_topics: Callable[..., tuple[Top
                       tmp_path: Path) -> Iterator[tuple[str, Topics]]:
     settings, topics = fresh_topics(partitions=3)
     _produce(stack, topics)
-    port = free_port()
-    log = (tmp_path / "dashboard.log").open("w")
-    env = {**os.environ, "FOREWARN_LOG_LEVEL": "info"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "forewarn.cli", "dashboard", "--port", str(port), "--address", "127.0.0.1",
-         "--bootstrap-servers", stack.bootstrap, "--topic-prefix", settings.prefix, "--refresh", "1",
-         "--group-id", f"dash-{settings.prefix}", "--telemetry-sample-every", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("the dashboard did not come up:\n" + (tmp_path / "dashboard.log").read_text()[-3000:])
-        time.sleep(0.3)
-    try:
+    with running_dashboard(stack, settings, tmp_path) as url:  # no users file: the local user, on loopback
         yield url, topics
-    finally:
-        process.terminate()
-        try:
-            assert process.wait(20) in (0, -15)
-        finally:
-            if process.poll() is None:
-                process.kill()
-            log.close()
-
-
-def _save(page: object, name: str, tmp_path: Path) -> Path:
-    path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
-    extra = os.environ.get("FOREWARN_SCREENSHOT_DIR")
-    if extra:
-        Path(extra).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(extra) / path.name)
-    return path
 
 
 def test_dashboard_shows_machines_and_predictions_in_chromium(dashboard_process: tuple[str, Topics],
@@ -152,6 +103,8 @@ def test_dashboard_shows_machines_and_predictions_in_chromium(dashboard_process:
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url, wait_until="domcontentloaded")
+            # Without a users file there is no login: the local OS user, as admin.
+            expect(page.get_by_text(f"local:{getpass.getuser()}")).to_be_visible(timeout=60_000)
             machines = page.locator('[data-testid="stMetric"]', has_text="Machines")
             expect(machines).to_contain_text(str(len(MACHINES)), timeout=60_000)
             predicted = page.locator('[data-testid="stMetric"]', has_text="With predictions")
@@ -160,7 +113,7 @@ def test_dashboard_shows_machines_and_predictions_in_chromium(dashboard_process:
             expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible()
             expect(page.locator('[data-testid="stVegaLiteChart"]').first).to_be_visible()
             page.wait_for_timeout(1500)
-            fleet = _save(page, "e2e-fleet", tmp_path)
+            fleet = save(page, "e2e-fleet", tmp_path)
 
             page.goto(f"{url}/machine?machine={MACHINES[0]}", wait_until="domcontentloaded")
             expect(page.locator('[data-testid="stMetric"]', has_text="p(fail)")).to_contain_text("0.95",
@@ -168,14 +121,14 @@ def test_dashboard_shows_machines_and_predictions_in_chromium(dashboard_process:
             # p(fail), RUL and one chart per sensor (two).
             expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(4, timeout=30_000)
             page.wait_for_timeout(1500)
-            machine = _save(page, "e2e-machine", tmp_path)
+            machine = save(page, "e2e-machine", tmp_path)
 
             page.goto(f"{url}/pipeline", wait_until="domcontentloaded")
             expect(page.get_by_text("Not scored, by reason")).to_be_visible(timeout=30_000)
             expect(page.locator('[data-testid="stDataFrame"]', has_text="duplicate").first).to_be_visible(
                 timeout=30_000)
             page.wait_for_timeout(1500)
-            pipeline = _save(page, "e2e-pipeline", tmp_path)
+            pipeline = save(page, "e2e-pipeline", tmp_path)
         finally:
             browser.close()
     assert fleet.stat().st_size > 20_000 and machine.stat().st_size > 20_000 and pipeline.stat().st_size > 20_000

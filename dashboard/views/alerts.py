@@ -53,8 +53,8 @@ def alerts_view() -> None:
         resolved=charts.to_time(frame["resolved_at"]),
         acknowledged=charts.to_time(frame["acknowledged_at"]),
         duration=frame["duration_ms"].map(ui.duration),
-    )[["machine_id", "severity", "status", "rule", "opened", "duration", "resolved", "p_fail", "rul",
-       "model_version", "acknowledged_by", "acknowledged", "note", "message"]]
+    )[["machine_id", "severity", "status", "acknowledged_by", "note", "acknowledged", "rule", "opened", "duration",
+       "resolved", "p_fail", "rul", "model_version", "message"]]
     st.caption(f"{len(table):,} alerts (durations of unresolved alerts run to now)")
     st.dataframe(table, hide_index=True, width="stretch", height=420, key="alert_table", column_config={
         "machine_id": "Machine", "severity": "Severity", "status": "Status", "rule": "Rule",

@@ -67,7 +67,7 @@ def fleet_view() -> None:
     if rows:
         machine = str(table.iloc[rows[0]]["machine_id"])
         st.session_state["machine"] = machine
-        st.switch_page("pages/machine.py", query_params={"machine": machine})
+        st.switch_page("views/machine.py", query_params={"machine": machine})
 
 
 
