@@ -184,7 +184,7 @@ class UsersFile:
 
     def save(self, users: Mapping[str, User]) -> None:
         """Rewrite the file with ``users``: a new file (0600 from its creation) renamed over the old."""
-        lines = ["# Forewarn dashboard users: `forewarn dashboard users add|passwd|remove|list` keeps this file.", ""]
+        lines = ["# Forewarn dashboard users, kept by `forewarn dashboard users add|passwd|role|remove|list`.", ""]
         for user in sorted(users.values(), key=lambda u: u.name):
             lines += [f"[users.{_toml_string(user.name)}]", f"role = {_toml_string(user.role)}",
                       f"display_name = {_toml_string(user.display_name)}", f"hash = {_toml_string(user.hash)}", ""]
