@@ -21,6 +21,7 @@ from pathlib import Path
 from forewarn.errors import ForewarnError, StackError
 from forewarn.settings import MqttSettings, StackSettings
 from forewarn.stack._process import ManagedProcess, port_free, port_open, tail
+from forewarn.stack.secure import SecureMaterial
 
 __all__ = ["Mosquitto"]
 
@@ -63,9 +64,10 @@ class Mosquitto:
 
     name = "mosquitto"
 
-    def __init__(self, settings: StackSettings, port: int) -> None:
+    def __init__(self, settings: StackSettings, port: int, secure: SecureMaterial | None = None) -> None:
         self.settings = settings
         self._port = port
+        self.secure = secure
         self.dir = settings.home / "mosquitto"
         self.config_file = self.dir / "mosquitto.conf"
         self.process = ManagedProcess("mosquitto", self.dir / "mosquitto.pid", self.dir / "mosquitto.log",
