@@ -223,6 +223,9 @@ class DecodeLimits(msgspec.Struct, frozen=True):
     Event time must lie within the fixed bounds ``ts_min_ms .. ts_max_ms`` and, relative to
     the message's arrival time, at most ``max_future_ms`` ahead of it (clock skew) and at most
     ``max_age_ms`` behind it (a device whose clock reset to 2000); ``None`` turns that check off.
+    A maintenance event reports something that has happened, so its time may run ahead of its
+    arrival by ``maintenance_max_future_ms`` only (clock skew), whatever ``max_future_ms`` allows
+    readings: a repair dated ahead would otherwise resolve alerts that open before that time.
     The past is open by default: a gateway's backlog after a months-long outage, a replay of old
     history and offline training all carry old event times legitimately.
     """
@@ -233,6 +236,7 @@ class DecodeLimits(msgspec.Struct, frozen=True):
     ts_max_ms: int = TS_MAX_MS
     max_future_ms: int | None = 5 * 60 * 1000
     max_age_ms: int | None = None
+    maintenance_max_future_ms: int | None = 60 * 1000
 
     def ts_window(self, arrived_ms: int) -> tuple[int, int]:
         """The accepted event-time range ``(lo, hi)`` for a message that arrived at ``arrived_ms``."""
@@ -241,6 +245,13 @@ class DecodeLimits(msgspec.Struct, frozen=True):
             lo = max(lo, arrived_ms - self.max_age_ms)
         if self.max_future_ms is not None:
             hi = min(hi, arrived_ms + self.max_future_ms)
+        return lo, hi
+
+    def maintenance_ts_window(self, arrived_ms: int) -> tuple[int, int]:
+        """The accepted event-time range of a maintenance event that arrived at ``arrived_ms``."""
+        lo, hi = self.ts_window(arrived_ms)
+        if self.maintenance_max_future_ms is not None:
+            hi = min(hi, arrived_ms + self.maintenance_max_future_ms)
         return lo, hi
 
 
@@ -326,8 +337,9 @@ class Decoder:
         """Now, by the decoder's clock, in epoch milliseconds."""
         return int(self._clock() * 1000)
 
-    def _check_ts(self, ts: int, raw: bytes, arrived_ms: int | None) -> Rejected | None:
-        lo, hi = self.limits.ts_window(self.arrival_ms() if arrived_ms is None else arrived_ms)
+    def _check_ts(self, ts: int, raw: bytes, arrived_ms: int | None, maintenance: bool = False) -> Rejected | None:
+        arrived = self.arrival_ms() if arrived_ms is None else arrived_ms
+        lo, hi = (self.limits.maintenance_ts_window if maintenance else self.limits.ts_window)(arrived)
         if lo <= ts <= hi:
             return None
         return Rejected(Reason.TS_OUT_OF_RANGE, f"ts {ts} outside {lo}..{hi} (arrival time bounds)", raw)
@@ -396,4 +408,4 @@ class Decoder:
             return Rejected(Reason.TOO_LARGE, "nesting too deep", raw)
         if event.v != SCHEMA_VERSION:
             return Rejected(Reason.UNKNOWN_VERSION, f"schema version {event.v!r}", raw)
-        return self._check_ts(event.ts, raw, arrived_ms) or event
+        return self._check_ts(event.ts, raw, arrived_ms, maintenance=True) or event

@@ -146,12 +146,17 @@ class InputSettings(_Section):
     max_age_days: float | None = Field(None, gt=0, description="how far event time may lag arrival time, in "
                                        "days; unset (the default) = no bound, as backlogs and replays of old "
                                        "history carry old event times")
+    maintenance_max_future_s: float | None = Field(
+        60.0, ge=0, description="how far a maintenance event's time may run ahead of its arrival, in seconds "
+        "(it reports what has happened: only clock skew); unset = the readings' bound")
 
     def limits(self) -> DecodeLimits:
         """The decoder limits these settings mean."""
         return DecodeLimits(
             max_future_ms=None if self.max_future_s is None else int(self.max_future_s * 1000),
-            max_age_ms=None if self.max_age_days is None else int(self.max_age_days * 86_400_000))
+            max_age_ms=None if self.max_age_days is None else int(self.max_age_days * 86_400_000),
+            maintenance_max_future_ms=None if self.maintenance_max_future_s is None
+            else int(self.maintenance_max_future_s * 1000))
 
 
 class TrustSettings(_Section):

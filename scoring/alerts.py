@@ -22,16 +22,20 @@ Repairs are idempotent and time-safe:
   a redelivered or replayed repair resolves nothing, and does not quiet the machine again.
   A machine remembers its last :data:`REMEMBERED_REPAIRS` identities, and an event older than
   its last repair is not applied either;
-* a repair dated in the future counts as of the latest event time the caller can accept
-  (``latest``: its clock plus the arrival bound), and a repair time restored from a state saved
-  before is cut to that bound as well, so no event time ahead of the stream silences a machine
-  for longer than that bound. No rule compares with the largest event time seen.
+* a repair resolves only the alerts opened at or before its time: an alert opened by later
+  predictions (a repair record that arrived late) stays open;
+* a repair dated after the latest event time the caller can accept (``latest``: its clock plus
+  the arrival bound) is refused, not applied (the decoder has already sent events dated ahead
+  of their arrival to the dead letters), and a repair time restored from a state saved before
+  is cut to that bound, so no event time ahead of the stream silences a machine. No rule
+  compares with the largest event time seen.
 
 Scores that are not finite are ignored (the engine never passes one; the rules are safe anyway).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +46,8 @@ import numpy.typing as npt
 from forewarn.contract import SCHEMA_VERSION, Alert, AlertSeverity, AlertState
 
 __all__ = ["REMEMBERED_REPAIRS", "AlertEngine", "AlertRules", "MachineAlerts", "RuleState"]
+
+log = logging.getLogger(__name__)
 
 RULES = ("p_fail", "rul")
 REMEMBERED_REPAIRS = 16  # repair identities kept per machine
@@ -233,21 +239,25 @@ class AlertEngine:
 
     def repair(self, machine: str, ts: int, quiet: int, identity: str | None = None,
                latest: int | None = None) -> list[Alert]:
-        """A repair resolves every open alert of the machine and quiets it for a while; once
-        per ``identity`` (default: machine and time), never one older than the last repair.
-        ``latest``: the latest event time the caller accepts (a later ``ts`` counts as it)."""
-        if latest is not None:
-            ts = min(ts, latest)
-        identity = identity if identity is not None else f"{machine}@{ts}/repair"
+        """A repair resolves the machine's alerts opened at or before ``ts`` and quiets it for a
+        while; once per ``identity`` (default: machine and time), never one older than the last
+        repair. ``latest``: the latest event time the caller accepts (a later repair is refused)."""
         state = self.machines.get(machine)
+        if latest is not None and state is not None and state.repair_ts > latest:
+            state.repair_ts = latest  # saved before repairs were bounded
+        if latest is not None and ts > latest:
+            log.warning("a repair of %s dated %s ms ahead of the latest accepted event time is refused",
+                        machine, ts - latest)
+            return []
+        identity = identity if identity is not None else f"{machine}@{ts}/repair"
         if state is None:
             state = self.machines[machine] = MachineAlerts()
-        if latest is not None and state.repair_ts > latest:
-            state.repair_ts = latest  # saved before repairs were bounded
         if identity in state.repairs or ts < state.repair_ts:
             return []  # applied already, or overtaken by a later repair
         events: list[Alert] = []
         for rule, rs in list(state.rules.items()):
+            if rs.alert_id is not None and rs.opened_at > ts:
+                continue  # opened by predictions after the repair: not what it repaired
             if rs.alert_id is not None:
                 events.append(Alert(SCHEMA_VERSION, rs.alert_id, machine, "resolved", _sev(rs.severity), rule,
                                     rs.opened_at, ts, message="repaired"))

@@ -169,6 +169,18 @@ def test_maintenance_identity_is_its_id_or_machine_time_and_kind() -> None:
     assert decoder.maintenance(encode(named), arrived_ms=named.ts) == named
 
 
+def test_a_maintenance_event_may_run_ahead_of_its_arrival_by_clock_skew_only() -> None:
+    ts = 1764212345123
+    event = encode(MaintenanceEvent(1, "s/m", ts, "repair"))
+    assert isinstance(decoder.maintenance(event, arrived_ms=ts - 60_000), MaintenanceEvent)
+    ahead = decoder.maintenance(event, arrived_ms=ts - 61_000)  # a reading this far ahead is accepted
+    assert isinstance(ahead, Rejected) and ahead.reason == Reason.TS_OUT_OF_RANGE
+    assert isinstance(decoder.telemetry(b'{"v":1,"machine_id":"s/m","asset_type":"pump","ts":%d,"seq":1,'
+                                        b'"sensors":{"a":1.0}}' % ts, arrived_ms=ts - 61_000), Telemetry)
+    unbounded = Decoder(DecodeLimits(maintenance_max_future_ms=None))
+    assert isinstance(unbounded.maintenance(event, arrived_ms=ts - 61_000), MaintenanceEvent)
+
+
 @given(st.binary(max_size=2000))
 @settings(max_examples=300)
 def test_arbitrary_bytes_never_raise(data: bytes) -> None:

@@ -56,10 +56,11 @@ names = st.one_of(st.sampled_from(["s0_c", "s1_c", "\u200fs", "\U0001F527"]), st
 
 
 @st.composite
-def received_and_ts(draw: st.DrawFn) -> tuple[int, int]:
-    """An arrival time and an event time the contract accepts for it."""
+def received_and_ts(draw: st.DrawFn, maintenance: bool = False) -> tuple[int, int]:
+    """An arrival time and an event time the contract accepts for it (for a maintenance event:
+    ``maintenance``)."""
     received = draw(st.integers(TS_MIN_MS, TS_MAX_MS))
-    lo, hi = LIMITS.ts_window(received)
+    lo, hi = (LIMITS.maintenance_ts_window if maintenance else LIMITS.ts_window)(received)
     return received, draw(st.one_of(st.integers(lo, hi), st.sampled_from([lo, hi])))
 
 
@@ -170,7 +171,7 @@ def test_extreme_batches_are_split_into_readings_and_dead_letters(data: st.DataO
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(received_and_ts(), machine_ids, st.sampled_from(["failure", "repair", "inspection"]),
+@given(received_and_ts(maintenance=True), machine_ids, st.sampled_from(["failure", "repair", "inspection"]),
        st.one_of(st.none(), st.text(min_size=1, max_size=200).filter(_encodable)),
        st.one_of(st.none(), st.text(max_size=50).filter(_encodable)))
 def test_extreme_maintenance_events_reach_their_topic(times: tuple[int, int], machine_id: str, kind: str,

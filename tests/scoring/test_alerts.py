@@ -81,13 +81,13 @@ def test_a_repair_is_applied_once_per_identity_and_never_before_a_later_one() ->
     assert "s/m1" not in engine.active  # idle, but it remembers its repairs
 
 
-def test_a_future_dated_repair_silences_a_machine_no_longer_than_the_arrival_bound() -> None:
+def test_a_future_dated_repair_is_refused_and_resolves_nothing() -> None:
     engine = AlertEngine()
-    engine.repair("s/m1", 10**12, quiet=0, identity="skewed", latest=2000)
+    feed(engine, [0.99] * 3)
+    assert engine.repair("s/m1", 10**12, quiet=0, identity="skewed", latest=2000) == []
     state = engine.get("s/m1")
-    assert state is not None and state.repair_ts == 2000
-    assert feed(engine, [0.99] * 3, start_ts=1990) == []  # before the (bounded) repair: ignored
-    assert [e.state for e in feed(engine, [0.99] * 3, start_ts=2001)] == ["open"]
+    assert state is not None and state.repair_ts == -1 and state.repairs == []
+    assert [e.state for e in engine.repair("s/m1", 1999, quiet=0, latest=2000)] == ["resolved"]  # within the bound
     # a state saved before repairs were bounded is cut to the bound when predictions come
     restored = AlertEngine()
     restored.put("s/m2", MachineAlerts(repair_ts=10**12))
@@ -95,6 +95,17 @@ def test_a_future_dated_repair_silences_a_machine_no_longer_than_the_arrival_bou
     scored = Scored(["s/m2"] * n, np.arange(5000, 5000 + n, dtype=np.int64), np.full(n, 0.99, np.float32), None,
                     "pump", "v7", "pump")
     assert [e.state for e in restored.observe(scored, RULES, latest=4000)[0]] == ["open"]
+
+
+def test_a_repair_resolves_only_the_alerts_opened_before_it() -> None:
+    engine = AlertEngine()
+    assert [e.rule for e in feed(engine, [0.1, 0.1, 0.1], rul=[9.0] * 3)] == ["rul"]  # opened at 1002
+    assert [e.rule for e in feed(engine, [0.99] * 3, rul=[9.0] * 3, start_ts=1010)] == ["p_fail"]  # at 1012
+    # a repair done at 1005 whose record arrives late: the p_fail alert came after it
+    resolved = engine.repair("s/m1", 1005, quiet=0, identity="wo-late")
+    assert [(e.rule, e.state) for e in resolved] == [("rul", "resolved")]
+    state = engine.get("s/m1")
+    assert state is not None and state.rules["p_fail"].alert_id is not None and "rul" not in state.rules
 
 
 def test_old_alert_state_records_still_decode() -> None:

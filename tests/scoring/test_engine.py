@@ -318,7 +318,7 @@ def test_a_repair_applied_twice_counts_once(data: FleetData) -> None:
     hot = Scored([machine] * 3, np.array([1, 2, 3], np.int64), np.full(3, 0.99, np.float32), None, "m", "v", "pump")
     for repair in (MaintenanceEvent(1, machine, 10, "repair", asset_type="pump", event_id="wo-1"),
                    MaintenanceEvent(1, machine, 20, "repair", asset_type="pump")):
-        engine.alerts.observe(dataclasses.replace(hot, ts=hot.ts + repair.ts), rules)
+        engine.alerts.observe(dataclasses.replace(hot, ts=hot.ts + repair.ts - 5), rules)  # opened before it
         assert [a.state for a in engine.process([], [(repair, 0)]).alerts] == ["resolved"]
         state = engine.alerts.get(machine)
         assert state is not None and state.quiet > 0
