@@ -116,7 +116,7 @@ def _stack() -> Any:
     from forewarn.stack import LocalStack
 
     settings = settings_from(ServiceSettings)
-    return LocalStack(settings.stack, settings.kafka, settings.mqtt)
+    return LocalStack(settings.stack, settings.kafka, settings.mqtt, settings.topics)
 
 
 def _progress(message: str) -> None:
@@ -130,6 +130,12 @@ def stack() -> None:
     Mosquitto listens on --mqtt-port and Kafka on the port of --bootstrap-servers, both on
     127.0.0.1; data, logs and pid files live under --home (default .forewarn/). When the
     settings name a remote Kafka or MQTT host, that broker is checked instead of started.
+
+    With --secure (stack.secure) both run secured: TLS only, a login per component and
+    least-privilege ACLs on each broker (see the README's Security section). The CA,
+    certificates and passwords are made on first start under HOME/secure; each component's
+    connection settings are in HOME/secure/clients/<component>.toml (use it with
+    FOREWARN_CONFIG=...). Once up, status, logs and down see that it is secure by themselves.
     """
 
 

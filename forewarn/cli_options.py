@@ -251,7 +251,7 @@ KAFKA_FLAGS = (
     Flag("--kafka-security-protocol", "kafka.security_protocol"),
     Flag("--kafka-sasl-mechanism", "kafka.sasl_mechanism"),
     Flag("--kafka-sasl-username", "kafka.sasl_username"),
-    Flag("--kafka-sasl-password", "kafka.sasl_password"),
+    Flag("--kafka-sasl-password-file", "kafka.sasl_password_file"),  # a password itself: never on argv
     Flag("--kafka-ssl-ca", "kafka.ssl_ca_location"),
     Flag("--topic-prefix", "topics.prefix"),
 )
@@ -260,7 +260,7 @@ MQTT_FLAGS = (
     Flag("--mqtt-host", "mqtt.host"),
     Flag("--mqtt-port", "mqtt.port"),
     Flag("--mqtt-username", "mqtt.username"),
-    Flag("--mqtt-password", "mqtt.password"),
+    Flag("--mqtt-password-file", "mqtt.password_file"),
     Flag("--mqtt-tls", "mqtt.tls", secondary="--no-mqtt-tls"),
     Flag("--mqtt-ca-file", "mqtt.ca_file"),
     Flag("--mqtt-protocol", "mqtt.protocol"),
@@ -270,6 +270,7 @@ STACK_FLAGS = (
     Flag("--home", "stack.home"),
     Flag("--controller-port", "stack.controller_port"),
     Flag("--kafka-home", "stack.kafka_home"),
+    Flag("--secure", "stack.secure", secondary="--no-secure"),
 )
 
 kafka_options = flags(ServiceSettings, *KAFKA_FLAGS)

@@ -799,18 +799,34 @@ class KafkaAdmin(_Lazy):
     def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
         super().__init__(settings, overrides)
         self._admin: kadmin.AdminClient | None = None
+        self._refused_login: confluent_kafka.KafkaError | None = None
 
     @property
     def _client(self) -> kadmin.AdminClient:
         if self._admin is None:
-            self._admin = kadmin.AdminClient(self.config({}))
+            conf = self.config({})
+            if conf.get("error_cb") is _error_cb:
+                conf["error_cb"] = self._on_error
+            self._admin = kadmin.AdminClient(conf)
         return self._admin
+
+    def _on_error(self, error: confluent_kafka.KafkaError) -> None:
+        # A refused login reaches only error_cb; the request that follows just times out.
+        if error.code() == confluent_kafka.KafkaError._AUTHENTICATION:
+            self._refused_login = error
+        _error_cb(error)
 
     def ping(self, timeout_s: float = 5.0) -> Any:
         """Cluster metadata, or :class:`KafkaError` saying the cluster is unreachable."""
         try:
             return self._client.list_topics(timeout=timeout_s)
         except confluent_kafka.KafkaException as exc:
+            self._client.poll(0)  # error_cb (where a refused login shows) runs only from poll
+            if self._refused_login is not None:
+                raise KafkaError(f"Kafka at {self.settings.bootstrap_servers} refused the login of "
+                                 f"{self.settings.sasl_username!r} ({self._refused_login.str()})",
+                                 code="_AUTHENTICATION",
+                                 hint="check kafka.sasl_username and its password (kafka.sasl_password_file)") from None
             raise KafkaError(f"Kafka at {self.settings.bootstrap_servers} is unreachable ({exc.args[0]})",
                              retriable=True,
                              hint="start it with `forewarn stack up` or fix kafka.bootstrap_servers") from None
@@ -962,3 +978,64 @@ class KafkaAdmin(_Lazy):
         return [GroupLag(group, topic, partition, offset if offset >= 0 else None, ends.get((topic, partition), 0))
                 for group, offsets in sorted(committed.items())
                 for (topic, partition), offset in sorted(offsets.items())]
+
+    # -- security --------------------------------------------------------------------------
+
+    def create_acls(self, grants: Iterable[AclGrant], timeout_s: float = 30.0) -> int:
+        """Allow each grant (Kafka keeps one binding per distinct grant, so applying the same
+        table again changes nothing); returns how many were applied. Needs the ``ALTER``
+        permission on the cluster (a super user)."""
+        bindings = [grant.binding() for grant in grants]
+        if not bindings:
+            return 0
+        try:
+            futures = self._client.create_acls(bindings, request_timeout=timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, "create ACLs", hint=_SUPER_USER) from None
+        for binding, future in futures.items():
+            try:
+                future.result()
+            except confluent_kafka.KafkaException as exc:
+                raise _wrap(exc, f"create the ACL {binding.principal} {binding.operation.name} "
+                                 f"{binding.restype.name} {binding.name}", hint=_SUPER_USER) from None
+        return len(bindings)
+
+    def upsert_scram_user(self, user: str, password: str, *, iterations: int = 8192,
+                          timeout_s: float = 30.0) -> None:
+        """Create ``user``'s SCRAM-SHA-512 credential, or replace it (a password rotation):
+        connections authenticated before keep working, new ones need the new password. The
+        password goes to the broker inside the SASL_SSL session only; it is never logged."""
+        info = kadmin.ScramCredentialInfo(kadmin.ScramMechanism.SCRAM_SHA_512, iterations)
+        upsertion = kadmin.UserScramCredentialUpsertion(user, info, password.encode())
+        try:
+            futures = self._client.alter_user_scram_credentials([upsertion], request_timeout=timeout_s)
+            for future in futures.values():
+                future.result()
+        except confluent_kafka.KafkaException as exc:
+            raise _wrap(exc, f"set the SCRAM credential of {user}", hint=_SUPER_USER) from None
+
+
+_SUPER_USER = "connect as the cluster's admin (a super user), e.g. with HOME/secure/clients/admin.toml"
+
+_ACL_RESOURCES: Mapping[str, kadmin.ResourceType] = {
+    "topic": kadmin.ResourceType.TOPIC, "group": kadmin.ResourceType.GROUP,
+    "transactional_id": kadmin.ResourceType.TRANSACTIONAL_ID, "cluster": kadmin.ResourceType.BROKER}
+
+
+@dataclass(frozen=True)
+class AclGrant:
+    """One allowed operation: ``User:<principal>`` may ``operation`` the ``resource`` named
+    ``name`` (every resource whose name starts with it when ``prefixed``), from any host.
+    Operations are Kafka's (``read``, ``write``, ``describe``, ``describe_configs``, ...);
+    read and write imply describe."""
+
+    principal: str
+    operation: str
+    resource: str
+    name: str
+    prefixed: bool = False
+
+    def binding(self) -> kadmin.AclBinding:
+        pattern = kadmin.ResourcePatternType.PREFIXED if self.prefixed else kadmin.ResourcePatternType.LITERAL
+        return kadmin.AclBinding(_ACL_RESOURCES[self.resource], self.name, pattern, f"User:{self.principal}", "*",
+                                 kadmin.AclOperation[self.operation.upper()], kadmin.AclPermissionType.ALLOW)

@@ -1,5 +1,9 @@
 """The local stack: Mosquitto + a single-node Kafka, started and stopped by pid.
 
+With ``stack.secure`` both are secured (TLS, a login per component, least-privilege ACLs on
+each broker); the material lives under ``HOME/secure`` (:mod:`forewarn.stack.secure`), and
+``HOME/secure/clients/<principal>.toml`` holds each component's connection settings.
+
 ``LocalStack`` is what ``forewarn stack`` and the test fixtures use. The brokers listen where
 the clients look (``mqtt.port``, the port of ``kafka.bootstrap_servers``). When those settings
 name a remote host, no local broker is run for it: the remote one must answer instead.
@@ -16,10 +20,13 @@ from typing import Self
 
 from forewarn.errors import KafkaError, StackError
 from forewarn.kafka import KafkaAdmin
-from forewarn.settings import KafkaSettings, MqttSettings, StackSettings
+from forewarn.settings import KafkaSettings, MqttSettings, StackSettings, TopicSettings
 from forewarn.stack._process import port_open, tail
-from forewarn.stack.kafka import KafkaBroker
+from forewarn.stack.kafka import ADMIN, KafkaBroker
+from forewarn.stack.kafka_acl import KAFKA_PRINCIPALS, grants
 from forewarn.stack.mosquitto import Mosquitto
+from forewarn.stack.secure import SecureMaterial
+from forewarn.topics import Topics
 
 __all__ = ["ComponentStatus", "KafkaBroker", "LocalStack", "Mosquitto"]
 
@@ -40,6 +47,16 @@ def _local_port(bootstrap: str) -> int | None:
     return int(port)
 
 
+def _runs_secured(settings: StackSettings) -> bool:
+    """True when this home's Kafka is running, and was started with --secure (so ``status``,
+    ``down`` and a second ``up`` need not be told again)."""
+    broker = KafkaBroker(settings, 0)
+    try:
+        return broker.process.pid() is not None and "SASL_SSL://" in broker.config_file.read_text()
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class ComponentStatus:
     name: str
@@ -53,15 +70,21 @@ class LocalStack:
     """Mosquitto and Kafka for one ``stack.home``."""
 
     def __init__(self, settings: StackSettings, kafka: KafkaSettings | None = None,
-                 mqtt: MqttSettings | None = None) -> None:
+                 mqtt: MqttSettings | None = None, topics: TopicSettings | None = None) -> None:
         self.settings = settings
         self._kafka_base = kafka or KafkaSettings()
         self._mqtt_base = mqtt or MqttSettings()
+        self.topics = Topics.from_settings(topics or TopicSettings())
         local_port = _local_port(self._kafka_base.bootstrap_servers)
         self.external = local_port is None
         self.external_mqtt = self._mqtt_base.host not in LOCAL_HOSTS
-        self.mosquitto = Mosquitto(settings, self._mqtt_base.port)
-        self.kafka = KafkaBroker(settings, local_port or 9092)
+        self.secure = SecureMaterial.for_home(settings.home) if settings.secure or _runs_secured(settings) else None
+        if self.secure is not None and (self.external or self.external_mqtt):
+            raise StackError("--secure runs the local brokers secured; it cannot secure a remote one",
+                             hint="point kafka.bootstrap_servers and mqtt.host at this machine, or secure the "
+                                  "remote brokers yourself")
+        self.mosquitto = Mosquitto(settings, self._mqtt_base.port, self.secure)
+        self.kafka = KafkaBroker(settings, local_port or 9092, self.secure)
 
     @property
     def kafka_settings(self) -> KafkaSettings:
@@ -72,9 +95,30 @@ class LocalStack:
     def mqtt_settings(self) -> MqttSettings:
         return self._mqtt_base if self.external_mqtt else self.mosquitto.mqtt_settings(self._mqtt_base)
 
+    def client_settings(self, principal: str) -> tuple[KafkaSettings, MqttSettings]:
+        """The Kafka and MQTT settings of one component of the secure stack (its login)."""
+        return (self.kafka.client_settings(principal, self._kafka_base),
+                self.mosquitto.client_settings(principal, self._mqtt_base))
+
+    def _secure_up(self, progress: Callable[[str], None]) -> None:
+        """The Kafka logins and ACLs, and each component's client settings file."""
+        assert self.secure is not None
+        progress("setting the Kafka logins and ACLs")
+        self.kafka.apply_security(KAFKA_PRINCIPALS, grants(self.topics))
+        kafka = self._kafka_base.model_copy(update={"bootstrap_servers": self.kafka.bootstrap})
+        mqtt = self.mosquitto.mqtt_settings(self._mqtt_base)
+        on_mqtt = set(self.mosquitto.mqtt_principals())
+        for principal in self.secure.principals():
+            self.secure.write_client_config(
+                principal, kafka if principal in (ADMIN, *KAFKA_PRINCIPALS) else None,
+                mqtt if principal in on_mqtt else None)
+        progress(f"client settings of every component: {self.secure.clients_dir}/<component>.toml")
+
     def up(self, progress: Callable[[str], None] = lambda _m: None) -> None:
         """Start what is not running and wait until both answer; on failure stop what we started."""
         self.settings.home.mkdir(parents=True, exist_ok=True)
+        if self.secure is not None:
+            self.secure.ensure(progress=progress)
         timeout = self.settings.startup_timeout_s
         started: list[Mosquitto | KafkaBroker] = []
         try:
@@ -96,6 +140,8 @@ class LocalStack:
                 self.mosquitto.wait_ready(timeout)
             if not self.external:
                 self.kafka.wait_ready(max(5.0, timeout - (time.monotonic() - t0)))
+            if self.secure is not None:
+                self._secure_up(progress)
         except (StackError, KafkaError):
             for component in reversed(started):
                 component.stop()
@@ -128,8 +174,9 @@ class LocalStack:
                 result.append(ComponentStatus("kafka", self._kafka_base.bootstrap_servers, None, False,
                                               error.one_line()))
         else:
+            note = "KRaft, single node" + ("; SASL_SSL (SCRAM-SHA-512), ACLs" if self.secure is not None else "")
             result.append(ComponentStatus("kafka", self.kafka.address, self.kafka.process.pid(),
-                                          self.kafka.healthy(), "KRaft, single node"))
+                                          self.kafka.healthy(), note))
         return result
 
     def logs(self, component: str, lines: int = 50) -> str:

@@ -1,5 +1,12 @@
 """A single-node Apache Kafka 4.x in KRaft mode (broker + controller in one JVM).
 
+With :class:`~forewarn.stack.secure.SecureMaterial` (``forewarn stack up --secure``) it has no
+plaintext listener: clients log in over SASL_SSL with SCRAM-SHA-512, the KRaft
+``StandardAuthorizer`` denies what no ACL allows, and :meth:`KafkaBroker.secure_principals`
+gives each component its login and the ACLs of :mod:`forewarn.stack.kafka_acl`. The admin's
+SCRAM credential is written into the storage when it is formatted (the only way to have a
+first super user that logs in with a password); the others are set through the admin API.
+
 The jars come from Maven Central through ``deploy/kafka/pom.xml`` into a cache folder, or
 from an existing install named by ``KAFKA_HOME`` / ``stack.kafka_home``. Storage is
 formatted once and then reused, so data persists across ``down``/``up``.
@@ -15,17 +22,25 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from forewarn.errors import KafkaError, StackError
 from forewarn.settings import KafkaSettings, StackSettings
+from forewarn.stack import pki
 from forewarn.stack._process import ManagedProcess, port_free, tail
+from forewarn.stack.secure import SCRAM_MECHANISM, SecureMaterial
+
+if TYPE_CHECKING:
+    from forewarn.kafka import AclGrant
 
 __all__ = ["KafkaBroker", "find_pom"]
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
+ADMIN = "admin"  # the secure stack's Kafka super user (a principal of forewarn.stack.secure)
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 
@@ -34,11 +49,7 @@ _PROPERTIES = """\
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@{host}:{controller_port}
-listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
-advertised.listeners=PLAINTEXT://{host}:{port}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+{listeners}
 log.dirs={data}
 num.partitions=6
 auto.create.topics.enable=false
@@ -58,6 +69,37 @@ log.message.timestamp.after.max.ms=9223372036854775807
 log.message.timestamp.before.max.ms=9223372036854775807
 transaction.remove.expired.transaction.cleanup.interval.ms=60000
 """
+
+_PLAINTEXT_LISTENERS = """\
+listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
+advertised.listeners=PLAINTEXT://{host}:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"""
+
+# The secure stack (who may do what: forewarn.stack.kafka_acl). Clients reach one SASL_SSL
+# listener and log in with SCRAM; the broker reaches itself there as the admin (a super user;
+# this file is 0600). The controller listener takes TLS with a client certificate only: the
+# brokers' own (CN=localhost, mapped to User:localhost, a super user). Nothing is plaintext.
+_SECURE_LISTENERS = """\
+listeners=SASL_SSL://{host}:{port},CONTROLLER://{host}:{controller_port}
+advertised.listeners=SASL_SSL://{host}:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=SASL_SSL
+listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SSL
+sasl.enabled.mechanisms={mechanism}
+sasl.mechanism.inter.broker.protocol={mechanism}
+listener.name.sasl_ssl.{mechanism_lower}.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required username="{admin}" password="{admin_password}";
+listener.name.controller.ssl.client.auth=required
+ssl.keystore.type=PEM
+ssl.keystore.location={keystore}
+ssl.truststore.type=PEM
+ssl.truststore.location={truststore}
+ssl.principal.mapping.rules=RULE:^.*CN=([^,]+).*$/$1/,DEFAULT
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:{admin};User:localhost"""
 
 _LOG4J = """\
 status = warn
@@ -98,6 +140,11 @@ def _java() -> str:
     return found
 
 
+def _argfile_quote(arg: str) -> str:
+    """One argument as a java @argfile line: quoted, with backslashes and quotes escaped."""
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _cluster_id() -> str:
     """A Kafka cluster id: 16 random bytes, base64url; like Kafka, never starting with '-'
     (the storage tool would read it as an option)."""
@@ -112,9 +159,10 @@ class KafkaBroker:
 
     name = "kafka"
 
-    def __init__(self, settings: StackSettings, port: int) -> None:
+    def __init__(self, settings: StackSettings, port: int, secure: SecureMaterial | None = None) -> None:
         self.settings = settings
         self._port = port
+        self.secure = secure
         self.dir = settings.home / "kafka"
         self.data = self.dir / "data"
         self.config_file = self.dir / "server.properties"
@@ -135,8 +183,17 @@ class KafkaBroker:
         return self.bootstrap
 
     def kafka_settings(self, base: KafkaSettings | None = None) -> KafkaSettings:
-        """Client settings that reach this broker."""
-        return (base or KafkaSettings()).model_copy(update={"bootstrap_servers": self.bootstrap})
+        """Client settings that reach this broker (as the admin, a super user, when secure)."""
+        reach = (base or KafkaSettings()).model_copy(update={"bootstrap_servers": self.bootstrap})
+        return reach if self.secure is None else self.secure.kafka_client(ADMIN, reach)
+
+    def client_settings(self, principal: str, base: KafkaSettings | None = None) -> KafkaSettings:
+        """Client settings of ``principal`` (secure only): its SCRAM login over SASL_SSL."""
+        if self.secure is None:
+            raise StackError("this Kafka has no logins: it was started without --secure",
+                             hint="run `forewarn stack up --secure`")
+        reach = (base or KafkaSettings()).model_copy(update={"bootstrap_servers": self.bootstrap})
+        return self.secure.kafka_client(principal, reach)
 
     # -- jars ------------------------------------------------------------------------------
 
@@ -186,11 +243,26 @@ class KafkaBroker:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    @property
+    def keystore(self) -> Path:
+        """The brokers' key and certificate in one PEM file, as Kafka's PEM keystore takes them."""
+        return self.dir / "keystore.pem"
+
     def write_config(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(_PROPERTIES.format(
-            host=HOST, port=self.port, controller_port=self.settings.controller_port, data=self.data.resolve()))
+        controller_port = self.settings.controller_port
+        listeners = _PLAINTEXT_LISTENERS.format(host=HOST, port=self.port, controller_port=controller_port)
+        if self.secure is not None:
+            m = self.secure
+            pki.write_private(self.keystore, m.server_key.read_bytes() + m.server_cert.read_bytes())
+            listeners = _SECURE_LISTENERS.format(
+                host=HOST, port=self.port, controller_port=controller_port, mechanism=SCRAM_MECHANISM,
+                mechanism_lower=SCRAM_MECHANISM.lower(), admin=ADMIN, admin_password=m.password(ADMIN),
+                keystore=self.keystore.resolve(), truststore=m.ca_cert)
+        text = _PROPERTIES.format(host=HOST, controller_port=self.settings.controller_port, listeners=listeners,
+                                  data=self.data.resolve())
+        pki.write_private(self.config_file, text.encode())  # 0600: the secure one holds the admin's password
         self.log4j_file.write_text(_LOG4J)
 
     def _java_argv(self, classpath: str, main: str, *args: str, heap: str = "256m") -> list[str]:
@@ -199,17 +271,36 @@ class KafkaBroker:
                 "-cp", classpath, main, *args]
 
     def format_storage(self, classpath: str) -> None:
-        """Format the KRaft storage once; later starts reuse it (data persists)."""
+        """Format the KRaft storage once; later starts reuse it (data persists). A secure
+        broker needs storage formatted secure: only then does it hold the admin's login."""
+        marker = self.data / ".forewarn-secure"
         if (self.data / "meta.properties").is_file():
+            if self.secure is not None and not marker.is_file():
+                raise StackError(f"the Kafka storage in {self.data} was made without --secure, so it has no admin "
+                                 "login", hint="use another --home for the secure stack, or remove that folder "
+                                 "(its data goes with it)")
             return
         cluster_id = _cluster_id()
-        result = subprocess.run(
-            self._java_argv(classpath, STORAGE_TOOL, "format", "-t", cluster_id,
-                            "-c", str(self.config_file.resolve()), "--ignore-formatted"),
-            capture_output=True, text=True, check=False)
+        args = ["format", "-t", cluster_id, "-c", str(self.config_file.resolve()), "--ignore-formatted"]
+        argfile = self.dir / ".format.args"
+        if self.secure is not None:
+            # The admin's password must not be on a command line (ps shows it): the java
+            # launcher reads the arguments from a 0600 file instead, removed right after.
+            credential = f"{SCRAM_MECHANISM}=[name={ADMIN},password={self.secure.password(ADMIN)}]"
+            argv = self._java_argv(classpath, STORAGE_TOOL, *args, "--add-scram", credential)
+            pki.write_private(argfile, "\n".join(_argfile_quote(a) for a in argv[1:]).encode())
+            argv = [argv[0], f"@{argfile}"]
+        else:
+            argv = self._java_argv(classpath, STORAGE_TOOL, *args)
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        finally:
+            argfile.unlink(missing_ok=True)
         if result.returncode != 0:
             last = (result.stdout + result.stderr).strip().splitlines()[-2:]
             raise StackError(f"formatting Kafka storage failed: {' / '.join(last)}")
+        if self.secure is not None:
+            marker.write_text("formatted with the admin's SCRAM credential\n")
 
     def start(self) -> None:
         if self.process.pid() is not None:
@@ -242,6 +333,18 @@ class KafkaBroker:
             time.sleep(0.3)
         raise StackError(f"kafka did not answer on {self.bootstrap} within {timeout_s:.0f}s; "
                          f"last log lines:\n{tail(self.process.log_file)}")
+
+    def apply_security(self, principals: Iterable[str], acls: Iterable[AclGrant]) -> None:
+        """Give each principal its SCRAM login (the password of the material, set again at every
+        start, so a rotated one takes effect) and allow ``acls``; as the admin."""
+        from forewarn.kafka import KafkaAdmin
+
+        if self.secure is None:
+            raise StackError("this Kafka was started without --secure")
+        admin = KafkaAdmin(self.kafka_settings())
+        for principal in principals:
+            admin.upsert_scram_user(principal, self.secure.password(principal))
+        admin.create_acls(acls)
 
     def healthy(self) -> bool:
         from forewarn.kafka import KafkaAdmin
