@@ -77,10 +77,11 @@ class RunningStack:
         self.local.kafka.wait_ready(90)
 
 
-def make_stack(home: Path) -> LocalStack:
+def make_stack(home: Path, *, secure: bool = False) -> LocalStack:
     kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", client_id="forewarn-tests")
     mqtt = MqttSettings(port=free_port())
-    settings = StackSettings(home=home, cache_dir=JAR_CACHE, controller_port=free_port(), kafka_heap="1g")
+    settings = StackSettings(home=home, cache_dir=JAR_CACHE, controller_port=free_port(), kafka_heap="1g",
+                             secure=secure)
     return LocalStack(settings, kafka, mqtt)
 
 

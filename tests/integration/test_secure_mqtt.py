@@ -6,17 +6,12 @@ itself."""
 from __future__ import annotations
 
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from paho.mqtt import client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge._subscriber import Subscriber
 from bridge.broker_watch import DROPPED, STORED_BYTES, STORED_MESSAGES, BrokerWatch, QueueCaps
@@ -27,11 +22,11 @@ from forewarn.mqtt import MqttClient, MqttMessage
 from forewarn.settings import MqttSettings, StackSettings
 from forewarn.stack import Mosquitto
 from forewarn.stack.secure import SecureMaterial
+from tests.mqtt_raw import NOT_AUTHORISED, Raw, client_id, until
 from tests.stacks import free_port
 
 pytestmark = pytest.mark.integration  # a real Mosquitto
 
-NOT_AUTHORISED = 0x87  # MQTT 5; Mosquitto gives it for every refused login, a wrong password too
 
 
 @pytest.fixture(scope="module")
@@ -46,79 +41,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
         yield mosquitto
     finally:
         mosquitto.stop()
-
-
-def _id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def _until(condition: Callable[[], bool], what: str, timeout_s: float = 15.0, pause: Callable[[], None] | None = None,
-           ) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        (pause or (lambda: time.sleep(0.02)))()
-
-
-class Raw:
-    """paho itself, MQTT 5 over the given settings, recording the broker's reason codes (the
-    project's adapter does not hand them out)."""
-
-    def __init__(self, settings: MqttSettings) -> None:
-        self.pubacks: dict[int, int] = {}
-        self.subacks: list[int] = []
-        self.messages: list[str] = []
-        self.connack: int | None = None
-        self._lock = threading.Lock()
-        self._answered = threading.Event()
-        c = self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=_id("raw"),
-                                      protocol=MQTTProtocolVersion.MQTTv5)
-        c.username_pw_set(settings.username, settings.password_value())
-        c.tls_set(ca_certs=str(settings.ca_file))
-        c.on_connect = self._on_connect
-        c.on_publish = self._on_publish
-        c.on_subscribe = self._on_subscribe
-        c.on_message = self._on_message
-        c.connect(settings.host, settings.port)
-        c.loop_start()
-        assert self._answered.wait(10), "no CONNACK"
-
-    def _on_connect(self, _c: paho.Client, _u: object, _f: object, reason: ReasonCode, _p: Properties | None) -> None:
-        self.connack = reason.value
-        self._answered.set()
-
-    def _on_publish(self, _c: paho.Client, _u: object, mid: int, reason: ReasonCode, _p: Properties | None) -> None:
-        with self._lock:
-            self.pubacks[mid] = reason.value
-
-    def _on_subscribe(self, _c: paho.Client, _u: object, _mid: int, reasons: list[ReasonCode],
-                      _p: Properties | None) -> None:
-        with self._lock:
-            self.subacks.extend(r.value for r in reasons)
-
-    def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append(message.topic)
-
-    def publish(self, topic: str, payload: bytes = b"x") -> int:
-        info = self.client.publish(topic, payload, qos=1)
-        return info.mid
-
-    def subscribe(self, filters: list[str]) -> list[int]:
-        """Subscribe to each filter; the SUBACK reason codes, once all have come."""
-        for topic_filter in filters:
-            self.client.subscribe(topic_filter, qos=1)
-        _until(lambda: len(self.subacks) == len(filters), "no SUBACK")
-        return list(self.subacks)
-
-    def acked(self, mids: list[int]) -> list[int]:
-        """The PUBACK reason codes of these publishes, once all have come."""
-        _until(lambda: all(m in self.pubacks for m in mids), "no PUBACK")
-        return [self.pubacks[m] for m in mids]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
@@ -137,7 +59,7 @@ def raw() -> Iterator[Callable[[MqttSettings], Raw]]:
 @pytest.fixture
 def bridge(broker: Mosquitto) -> Iterator[Subscriber]:
     """The bridge's own subscriber as the bridge principal, on the bridge's (shared) filters."""
-    sub = Subscriber(broker.client_settings("bridge"), _id("bridge"), clean_start=True)
+    sub = Subscriber(broker.client_settings("bridge"), client_id("bridge"), clean_start=True)
     sub.connect()
     sub.subscribe(subscriptions("forewarn"))
     deadline = time.monotonic() + 15
@@ -177,29 +99,29 @@ def test_anonymous_wrong_password_unknown_principal_and_plaintext_are_refused(br
                                                                               tmp_path: Path) -> None:
     anonymous = broker.mqtt_settings()  # TLS, the CA trusted, no username
     with pytest.raises(MqttError) as refused:
-        MqttClient(anonymous, _id("anon")).connect(timeout_s=10)
+        MqttClient(anonymous, client_id("anon")).connect(timeout_s=10)
     assert refused.value.reason_code == NOT_AUTHORISED
     with pytest.raises(MqttError) as refused:  # the bridge's own client, the same answer
-        Subscriber(anonymous.model_copy(update={"protocol": "5"}), _id("anon")).connect(10)
+        Subscriber(anonymous.model_copy(update={"protocol": "5"}), client_id("anon")).connect(10)
     assert refused.value.reason_code == NOT_AUTHORISED
 
     with pytest.raises(MqttError) as refused:
-        Subscriber(_wrong_password(broker, tmp_path, "bridge"), _id("wrong")).connect(10)
+        Subscriber(_wrong_password(broker, tmp_path, "bridge"), client_id("wrong")).connect(10)
     assert refused.value.reason_code == NOT_AUTHORISED
     assert "not-the-password" not in str(refused.value)
 
     # A component without MQTT rights has no login, though its password is in the material.
     assert broker.secure is not None and broker.secure.password_file("dashboard").is_file()
     with pytest.raises(MqttError) as refused:
-        MqttClient(broker.client_settings("dashboard"), _id("dash")).connect(timeout_s=10)
+        MqttClient(broker.client_settings("dashboard"), client_id("dash")).connect(timeout_s=10)
     assert refused.value.reason_code == NOT_AUTHORISED
 
     # The right password without TLS: the TLS listener never answers the CONNECT.
     plain = broker.client_settings("bridge").model_copy(update={"tls": False, "protocol": "3.1.1"})
     with pytest.raises(MqttError, match=r"closed the connection|no CONNACK"):
-        Subscriber(plain, _id("plain")).connect(10)
+        Subscriber(plain, client_id("plain")).connect(10)
     with pytest.raises(MqttError):
-        MqttClient(plain, _id("plain")).connect(timeout_s=5)
+        MqttClient(plain, client_id("plain")).connect(timeout_s=5)
 
 
 # -- (b), (c) what a device may publish ----------------------------------------------------------
@@ -253,17 +175,17 @@ def test_only_the_bridge_and_the_edge_receive_telemetry(broker: Mosquitto, bridg
     own = "forewarn/site-d/pump-1/telemetry"
     assert device.acked([device.publish(own)]) == [0]
     assert _received(bridge, own) == [own]
-    _until(lambda: own in readers["edge"].messages, "the edge did not receive the telemetry")
+    until(lambda: own in readers["edge"].messages, "the edge did not receive the telemetry")
     assert readers["simulator"].messages == [] and readers["device"].messages == []
     assert all(code < 0x80 for code in subacks)  # subscribed, yet given nothing
 
 
 def test_the_bridge_queue_watch_reads_the_store_counters_as_the_bridge(broker: Mosquitto) -> None:
-    watch = BrokerWatch(broker.client_settings("bridge"), _id("watch"), QueueCaps(1000, 1 << 20),
+    watch = BrokerWatch(broker.client_settings("bridge"), client_id("watch"), QueueCaps(1000, 1 << 20),
                         BridgeMetrics())
     watch.start()
     try:
-        _until(lambda: {STORED_MESSAGES, STORED_BYTES, DROPPED} <= watch.levels.seen,
+        until(lambda: {STORED_MESSAGES, STORED_BYTES, DROPPED} <= watch.levels.seen,
                "the watch saw no $SYS counters", timeout_s=20)
     finally:
         watch.stop()
@@ -274,8 +196,8 @@ def test_the_bridge_queue_watch_reads_the_store_counters_as_the_bridge(broker: M
 
 def test_the_paho_adapter_connects_over_tls_with_a_password(broker: Mosquitto) -> None:
     got: list[MqttMessage] = []
-    edge = MqttClient(broker.client_settings("edge"), _id("edge"), on_message=got.append)
-    simulator = MqttClient(broker.client_settings("simulator"), _id("sim"))
+    edge = MqttClient(broker.client_settings("edge"), client_id("edge"), on_message=got.append)
+    simulator = MqttClient(broker.client_settings("simulator"), client_id("sim"))
     edge.connect(timeout_s=10)
     simulator.connect(timeout_s=10)
     try:
@@ -287,7 +209,7 @@ def test_the_paho_adapter_connects_over_tls_with_a_password(broker: Mosquitto) -
             simulator.publish(topic, b"r").wait_for_publish(5)
             return bool(got)
 
-        _until(delivered, "the edge got nothing", pause=lambda: time.sleep(0.2))
+        until(delivered, "the edge got nothing", pause=lambda: time.sleep(0.2))
         assert {m.topic for m in got} == {topic}
         prediction = edge.publish("forewarn/site-e/pump-1/prediction", b"p")
         prediction.wait_for_publish(5)
@@ -307,11 +229,11 @@ def test_a_device_added_at_runtime_publishes_without_a_restart(broker: Mosquitto
     assert broker.secure is not None
     name = broker.secure.add_principal(f"dev.{machine.replace('/', '.')}").name  # a password, no login yet
     with pytest.raises(MqttError) as refused:
-        MqttClient(broker.client_settings(name), _id("early")).connect(timeout_s=10)
+        MqttClient(broker.client_settings(name), client_id("early")).connect(timeout_s=10)
     assert refused.value.reason_code == NOT_AUTHORISED
 
     assert broker.add_device(machine) == name
-    device = MqttClient(broker.client_settings(name), _id("dev"))
+    device = MqttClient(broker.client_settings(name), client_id("dev"))
 
     def connects() -> bool:
         try:
@@ -320,7 +242,7 @@ def test_a_device_added_at_runtime_publishes_without_a_restart(broker: Mosquitto
             return False
         return True
 
-    _until(connects, "the reloaded broker did not take the new device", timeout_s=10, pause=lambda: time.sleep(0.1))
+    until(connects, "the reloaded broker did not take the new device", timeout_s=10, pause=lambda: time.sleep(0.1))
     try:
         own = f"forewarn/{machine}/telemetry"
         device.publish(own, b"r").wait_for_publish(5)
@@ -335,7 +257,7 @@ def test_a_device_added_at_runtime_publishes_without_a_restart(broker: Mosquitto
     broker.rotate(name)
 
     def old_refused() -> bool:
-        stale = MqttClient(broker.client_settings(name).model_copy(update={"password_file": old}), _id("old"))
+        stale = MqttClient(broker.client_settings(name).model_copy(update={"password_file": old}), client_id("old"))
         try:
             stale.connect(5)
         except MqttError as error:
@@ -343,8 +265,8 @@ def test_a_device_added_at_runtime_publishes_without_a_restart(broker: Mosquitto
         stale.disconnect()
         return False
 
-    _until(old_refused, "the rotated-out password still works", timeout_s=10, pause=lambda: time.sleep(0.1))
-    rotated = MqttClient(broker.client_settings(name), _id("new"))
+    until(old_refused, "the rotated-out password still works", timeout_s=10, pause=lambda: time.sleep(0.1))
+    rotated = MqttClient(broker.client_settings(name), client_id("new"))
     rotated.connect(timeout_s=10)
     rotated.disconnect()
     assert broker.process.pid() == pid and os.path.exists(f"/proc/{pid}")
