@@ -224,4 +224,4 @@ def check_order(record: Release | None, version: str, serving: Release | None, s
     if serving is not None and record.issued_at <= serving.issued_at:
         raise RollbackError(f"{record.action} record for {version} was issued at {record.issued_at}, not after "
                             f"the record of {serving_version} in service ({serving.issued_at})",
-                            hint="issue a new record with `forewarn model rollback|promote`")
+                            hint="sign a new record: forewarn model sign VERSION --action rollback|promote")

@@ -24,6 +24,7 @@ from forewarn.cli_options import Flag, env_var, flags, kafka_options, settings_f
 from training.settings import TrainingSettings
 
 if TYPE_CHECKING:
+    from forewarn.trust import Action
     from training.pipeline import TrainResult
 
 __all__ = ["evaluate", "export", "model", "predict", "train"]
@@ -107,6 +108,7 @@ TRAIN_FLAGS = (
     Flag("--min-precision", "train.min_precision"),
     Flag("--folds", "train.folds"),
     Flag("--promote", "train.promote"),
+    Flag("--key", "model.signing_key"),
     Flag("--out", "train.models_dir"),
     Flag("--quiet", "train.quiet"),
     Flag("--json", "train.json_output"),
@@ -178,13 +180,15 @@ def train() -> None:
     Reads the generic long format (readings + events, or --run-to-failure), or Kafka with
     --from-kafka; splits machines into train/validation/test; trains the windowed network;
     exports ONNX (checked against Keras); writes OUT/<asset_type>/<version>/ and prints the
-    test metrics beside the naive baselines.
+    test metrics beside the naive baselines. With --key (model.signing_key) the new bundle is
+    signed too, so it can be published as it is.
     """
     from training.errors import DataError
     from training.pipeline import train as run_train
 
     settings = settings_from(TrainingSettings)
     options = settings.train
+    signing_key = _signing_key(settings.model.signing_key) if settings.model.signing_key is not None else None
     if options.from_kafka == (options.data is not None):
         raise click.UsageError("pass exactly one of --data or --from-kafka")
     verbose = 0 if options.quiet or options.json_output else (1 if sys.stderr.isatty() else 2)
@@ -213,6 +217,8 @@ def train() -> None:
                 subset = readings if len(kinds) == 1 else _load(folder, options.events, options.run_to_failure,
                                                                  kind, options.features)[0]
                 result = run_train(subset, event_data, resolved, asset_type=kind, lineage=lineage, verbose=verbose)
+                if signing_key is not None:
+                    _sign(result.bundle_path, signing_key, "publish", "trained", quiet=options.json_output)
                 if options.json_output:
                     click.echo(json.dumps({"bundle": str(result.bundle_path), "metrics": result.metrics}))
                 else:
@@ -346,15 +352,19 @@ def model_promote(version: str) -> None:
 
 @model.command("publish")
 @click.argument("which", required=False)
-@flags(TrainingSettings, MODELS_FLAG, ASSET_TYPE_FLAG)
+@flags(TrainingSettings, MODELS_FLAG, ASSET_TYPE_FLAG, Flag("--allow-unsigned", "model.allow_unsigned"))
 @kafka_options
 def model_publish(which: str | None) -> None:
-    """Put a bundle (default: current) on the compacted `models` topic."""
+    """Put a bundle (default: current) on the compacted `models` topic; it must be signed."""
     from forewarn.bundle import read_bundle
+    from forewarn.errors import ConfigError
     from training.kafka_io import publish_bundle
 
     settings = settings_from(TrainingSettings)
     bundle = read_bundle(_bundle_path(which, settings.model.models_dir, settings.model.asset_type))
+    if bundle.release is None and not settings.model.allow_unsigned:
+        raise ConfigError(f"{bundle.label} is not signed, so every scorer that checks signatures would refuse it",
+                          hint="sign it first (forewarn model sign --key ...), or pass --allow-unsigned")
     topic = publish_bundle(settings.kafka, settings.topics, bundle)
     click.echo(f"published {bundle.label} to {topic}")
 
@@ -379,22 +389,37 @@ def model_keygen(out: Path) -> None:
     click.echo(f"key {ident}: private {private} (keep it secret), public {public} (add it to trust.keys)")
 
 
+def _signing_key(path: Path) -> Any:
+    from forewarn.trust import load_private_key
+
+    return load_private_key(path)
+
+
+def _sign(path: Path, key: Any, action: Action, reason: str, *, quiet: bool = False) -> None:
+    from forewarn.bundle import read_bundle, write_release
+    from forewarn.trust import sign_release
+
+    bundle = read_bundle(path)
+    record = sign_release(bundle, key, action=action, reason=reason)
+    write_release(path, record)
+    if not quiet:
+        click.echo(f"signed {bundle.label} ({action}) with key {record.key_id} ({path / 'signature.json'})")
+
+
 @model.command("sign")
 @click.argument("which", required=False)
 @click.option("--reason", default="published", show_default=True, help="why this bundle is released")
+@click.option("--action", type=click.Choice(["publish", "promote", "rollback"]), default="publish",
+              show_default=True,
+              help="publish: scorers take it only if newer than the version they serve; promote or rollback: "
+                   "they take it whatever its version, if this record is newer than the one in service (a "
+                   "signed way back to an older version)")
 @flags(TrainingSettings, MODELS_FLAG, ASSET_TYPE_FLAG, SIGNING_KEY_FLAG)
-def model_sign(which: str | None, reason: str) -> None:
+def model_sign(which: str | None, reason: str, action: Action) -> None:
     """Sign WHICH (a bundle folder or a version; default: current): writes its signature.json."""
-    from forewarn.bundle import read_bundle, write_release
-    from forewarn.trust import load_private_key, sign_release
-
     options = settings_from(TrainingSettings).model
     key_path = _needed(options.signing_key, "--key", "model.signing_key")
-    path = _bundle_path(which, options.models_dir, options.asset_type)
-    bundle = read_bundle(path)
-    record = sign_release(bundle, load_private_key(key_path), action="publish", reason=reason)
-    write_release(path, record)
-    click.echo(f"signed {bundle.label} with key {record.key_id} ({path / 'signature.json'})")
+    _sign(_bundle_path(which, options.models_dir, options.asset_type), _signing_key(key_path), action, reason)
 
 
 @model.command("verify")

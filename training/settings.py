@@ -188,8 +188,10 @@ class RegistryOptions(_Section):
     models_dir: Path = Field(Path("models"), description="the models folder: one folder per asset type, "
                              "holding its versions and `current`")
     asset_type: str | None = Field(None, description="asset type (when the models folder holds several)")
-    signing_key: Path | None = Field(None, description="Ed25519 private key (PEM) that `model sign` signs with "
-                                     "(its passphrase, if any, in FOREWARN_MODEL_KEY_PASSPHRASE)")
+    signing_key: Path | None = Field(None, description="Ed25519 private key (PEM) that `model sign` and "
+                                     "`train` sign with (its passphrase, if any, in FOREWARN_MODEL_KEY_PASSPHRASE)")
+    allow_unsigned: bool = Field(False, description="let `model publish` put an unsigned bundle on Kafka (scorers "
+                                 "refuse it unless they allow unsigned bundles themselves)")
 
 
 class TrainingSettings(ServiceSettings):

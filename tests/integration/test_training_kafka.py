@@ -15,6 +15,7 @@ from forewarn.bundle import read_bundle, resolve_bundle, unpack
 from forewarn.cli import cli
 from forewarn.contract import MaintenanceEvent, Telemetry, encode
 from forewarn.kafka import KafkaConsumer, KafkaProducer
+from forewarn.trust import TrustList, generate_keypair, load_public_key, verify_release
 from tests.stacks import RunningStack
 from tests.training.synth import make_history
 from training.kafka_io import export_dataset
@@ -55,10 +56,13 @@ def test_export_train_publish(stack: RunningStack, fresh_topics: Any, tmp_path: 
     flags = ["--bootstrap-servers", stack.kafka_settings.bootstrap_servers, "--topic-prefix", topic_settings.prefix]
     models = tmp_path / "models"
     runner = CliRunner()
+    key, public = tmp_path / "keys" / "model.key", tmp_path / "keys" / "model.pub"
+    generate_keypair(key, public)
     trained = runner.invoke(cli, ["train", "--from-kafka", "--window", "8", "--epochs", "2", "--rul-cap", "40",
-                                  "--horizon", "10", "--quiet", "--out", str(models), *flags])
+                                  "--horizon", "10", "--quiet", "--out", str(models), "--key", str(key), *flags])
     assert trained.exit_code == 0, trained.output
     bundle = read_bundle(resolve_bundle(models))
+    assert verify_release(bundle.release, bundle, TrustList.of([load_public_key(public)])).reason == "trained"
     assert topics.telemetry in bundle.meta.lineage["kafka"]["topics"]
     assert [f.kind for f in bundle.meta.input.features if f.name == "constant"] == []  # constant dropped
 
@@ -72,4 +76,4 @@ def test_export_train_publish(stack: RunningStack, fresh_topics: Any, tmp_path: 
     consumer.close()
     assert len(got) == 1 and got[0].key() == b"pump"
     received = unpack(got[0].value())
-    assert received.meta == bundle.meta and received.onnx == bundle.onnx
+    assert received.meta == bundle.meta and received.onnx == bundle.onnx and received.release == bundle.release

@@ -51,3 +51,21 @@ def test_keygen_sign_verify_round_trip(tmp_path: Path, monkeypatch: pytest.Monke
     meta.write_text(json.dumps(doc))
     code, out = _run("model", "verify", "--models", str(tmp_path / "models"), env=trusted)
     assert code == 1 and "bad_signature" in out  # model.json is covered by the signature
+
+
+def test_a_rollback_record_and_an_unsigned_publish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FOREWARN_CONFIG", raising=False)
+    bundle = tiny_bundle()
+    folder = write_bundle(tmp_path / "models", bundle.meta, bundle.onnx, make_current=True)
+    models = ["--models", str(tmp_path / "models")]
+    # refused before any connection: nothing listens on this port
+    offline = ["--bootstrap-servers", "127.0.0.1:9"]
+    code, out = _run("model", "publish", *models, *offline)
+    assert code != 0 and "not signed" in out and "model sign" in out
+    keys = tmp_path / "keys"
+    assert _run("model", "keygen", "--out", str(keys))[0] == 0
+    code, out = _run("model", "sign", *models, "--key", str(keys / "model.key"), "--action", "rollback",
+                     "--reason", "v2 misses failures")
+    assert code == 0 and "(rollback)" in out
+    release = read_bundle(folder).release
+    assert release is not None and release.action == "rollback" and release.reason == "v2 misses failures"
