@@ -177,6 +177,38 @@ def stack_status() -> None:
         sys.exit(1)
 
 
+@stack.command("login")
+@click.argument("kind", type=click.Choice(["device", "gateway", "maintenance"]))
+@click.argument("name")
+@stack_options
+@kafka_options
+@mqtt_options
+def stack_login(kind: str, name: str) -> None:
+    """Give the plant an MQTT login on the running secure stack: a device (NAME = site/machine)
+    may publish only its own telemetry, a gateway (site/id) only its own batches, a site's
+    maintenance system (NAME = site) only that site's maintenance events. Prints the principal
+    and the files to connect with; the password stays in its file."""
+    local = _stack()
+    principal = local.add_login(kind, name)
+    assert local.secure is not None
+    click.echo(f"{principal}: MQTT username {principal}, password in {local.secure.password_file(principal)}, "
+               f"settings in {local.secure.clients_dir / (principal + '.toml')}")
+
+
+@stack.command("rotate")
+@click.argument("principal")
+@stack_options
+@kafka_options
+@mqtt_options
+def stack_rotate(principal: str) -> None:
+    """Give PRINCIPAL (a component, or a login from `stack login`) a new password, on every
+    broker it logs in to, without a restart. Mosquitto drops the clients still logged in with
+    the old one; Kafka keeps the connections already logged in, and new ones need the new
+    password (components read their password file when they connect)."""
+    changed = _stack().rotate(principal)
+    click.echo(f"{principal}: new password taken by {' and '.join(changed)}")
+
+
 @stack.command("logs")
 @click.argument("component", type=click.Choice(["kafka", "mosquitto"]))
 @click.option("-n", "--lines", default=50, show_default=True, help="How many lines from the end.")

@@ -157,10 +157,25 @@ class _Stopped(Exception):
     """Told to stop while setting up: nothing to check."""
 
 
+def login_env(local: LocalStack, principal: str) -> dict[str, str]:
+    """The environment that logs a child in as ``principal`` on a secure stack (nothing on a
+    plain one): its user names and the files holding its passwords, never a password."""
+    if local.secure is None:
+        return {}
+    kafka, mqtt = local.client_settings(principal)
+    return {"FOREWARN_KAFKA__SECURITY_PROTOCOL": kafka.security_protocol,
+            "FOREWARN_KAFKA__SASL_MECHANISM": str(kafka.sasl_mechanism),
+            "FOREWARN_KAFKA__SASL_USERNAME": principal,
+            "FOREWARN_KAFKA__SASL_PASSWORD_FILE": str(kafka.sasl_password_file),
+            "FOREWARN_KAFKA__SSL_CA_LOCATION": str(kafka.ssl_ca_location),
+            "FOREWARN_MQTT__TLS": "true", "FOREWARN_MQTT__CA_FILE": str(mqtt.ca_file),
+            "FOREWARN_MQTT__USERNAME": principal, "FOREWARN_MQTT__PASSWORD_FILE": str(mqtt.password_file)}
+
+
 def _run_step(supervisor: Supervisor, what: str, args: list[str], log_file: Path,
-              say: Callable[[str], None], stop: threading.Event) -> None:
+              say: Callable[[str], None], stop: threading.Event, env: dict[str, str] | None = None) -> None:
     say(what)
-    code = supervisor.run(log_file.stem, [sys.executable, "-m", "forewarn.cli", *args], log_file, stop)
+    code = supervisor.run(log_file.stem, [sys.executable, "-m", "forewarn.cli", *args], log_file, stop, env)
     if stop.is_set():
         raise _Stopped(what)
     if code != 0:
@@ -309,19 +324,23 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] | None = None) -
     say = say or Narrator(sys.stderr, data_dir / "demo.log")
     watchdog = Watchdog(data_dir / "logs" / "watchdog.log")
     try:
-        local = LocalStack(settings.stack, settings.kafka, settings.mqtt)
+        local = LocalStack(settings.stack, settings.kafka, settings.mqtt, settings.topics)
         brokers: list[Mosquitto | KafkaBroker] = [local.mosquitto, local.kafka]
         already = {b.name for b in brokers if b.process.pid() is not None}
         try:
             local.up(say)
         finally:  # what up() started (also when it failed part way) stops with the demo
             started = _watch_started(watchdog, brokers, already)
+        if local.secure is not None:  # the demo itself (topics, counts, the check) is the admin
+            settings = settings.model_copy(update={"kafka": local.kafka_settings})
+            say("secure stack: every component logs in as itself (TLS, SCRAM, least-privilege ACLs)")
         stop = threading.Event()
         with on_signals(lambda _sig: stop.set(), say=say, action="stopping the demo", signals=DEMO_SIGNALS):
             try:
                 KafkaAdmin(settings.kafka).ensure_topics(topic_specs(settings.topics))
                 say("topics ready")
-                return _run_pipeline(settings, settings.demo, topics, env, watchdog, stop, say)
+                return _run_pipeline(settings, settings.demo, topics, env, watchdog, stop, say,
+                                     lambda principal: login_env(local, principal))
             finally:
                 for broker in reversed(started):
                     say(f"stopping {broker.name}")
@@ -351,7 +370,8 @@ def _behind_h(options: DemoOptions) -> float:
 
 
 def _run_pipeline(settings: ServiceSettings, options: DemoOptions, topics: Topics, env: dict[str, str],
-                  watchdog: Watchdog, stop: threading.Event, say: Callable[[str], None]) -> int:
+                  watchdog: Watchdog, stop: threading.Event, say: Callable[[str], None],
+                  login: Callable[[str], dict[str, str]]) -> int:
     home = settings.stack.home
     data_dir = home / "demo"
     models_dir = home / "models"
@@ -363,7 +383,7 @@ def _run_pipeline(settings: ServiceSettings, options: DemoOptions, topics: Topic
             try:
                 private_key, public_key = ensure_signing_key(home / "keys", say)
                 supervisor.env["FOREWARN_TRUST__KEYS"] = json.dumps([str(public_key.resolve())])
-                _start_components(supervisor, options, models_dir, private_key, data_dir, say, stop)
+                _start_components(supervisor, options, models_dir, private_key, data_dir, say, stop, login)
                 return _watch(settings, topics, supervisor, options, counter, since, say, stop.is_set)
             except _Stopped as step:
                 say(f"stopped while {step}")
@@ -373,24 +393,25 @@ def _run_pipeline(settings: ServiceSettings, options: DemoOptions, topics: Topic
 
 
 def _start_components(supervisor: Supervisor, options: DemoOptions, models_dir: Path, private_key: Path,
-                      data_dir: Path, say: Callable[[str], None], stop: threading.Event) -> None:
+                      data_dir: Path, say: Callable[[str], None], stop: threading.Event,
+                      login: Callable[[str], dict[str, str]]) -> None:
     ensure_models(supervisor, models_dir, data_dir, say, options.seed, stop)
     sign_models(models_dir, private_key, say)
     for asset in ASSET_TYPES:
         _run_step(supervisor, f"publishing the {asset} model to the models topic",
                   ["model", "publish", "--models", str(models_dir), "--asset-type", asset],
-                  data_dir / "publish.log", say, stop)
-    supervisor.start("bridge", ["bridge", "--client-id", "forewarn-demo-bridge"])
+                  data_dir / "publish.log", say, stop, login("registry"))
+    supervisor.start("bridge", ["bridge", "--client-id", "forewarn-demo-bridge"], login("bridge"))
     for i in range(options.workers):
         supervisor.start(f"score-{i + 1}", ["score", "--worker-id", f"demo-worker-{i + 1}",
-                                            "--models-dir", str(models_dir)])
+                                            "--models-dir", str(models_dir)], login("scoring"))
     if not options.check:
-        supervisor.start("dashboard", ["dashboard", "--port", str(options.dashboard_port)])
+        supervisor.start("dashboard", ["dashboard", "--port", str(options.dashboard_port)], login("dashboard"))
     types = [a for t in ASSET_TYPES for a in ("--asset-type", t)]
     supervisor.start("simulator", ["simulate", "live", *types, "--machines", str(options.machines),
                                    "--sites", str(options.sites), "--speed", str(options.speed),
                                    "--start", "auto", "--behind-h", f"{_behind_h(options):.3f}",
-                                   "--delivery", "batch", "--seed", str(options.seed)])
+                                   "--delivery", "batch", "--seed", str(options.seed)], login("simulator"))
     say(f"logs of every component: {supervisor.log_dir}")
     if not options.check:
         say(f"dashboard: http://127.0.0.1:{options.dashboard_port}  (Ctrl-C stops everything)")

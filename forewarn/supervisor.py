@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -169,27 +169,28 @@ class Supervisor:
         self.watchdog_grace_s = watchdog_grace_s
         self._own_watchdog = False
 
-    def start(self, name: str, args: Sequence[str]) -> Child:
-        """Run ``forewarn <args>`` in the background."""
-        return self.spawn(name, [sys.executable, "-m", "forewarn.cli", *args])
+    def start(self, name: str, args: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
+        """Run ``forewarn <args>`` in the background (``env`` over the supervisor's own)."""
+        return self.spawn(name, [sys.executable, "-m", "forewarn.cli", *args], env)
 
-    def spawn(self, name: str, argv: Sequence[str]) -> Child:
+    def spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
         """Run ``argv`` in the background, in a process group of its own, logging to ``<name>.log``.
         Call it from the main thread: the parent-death signal follows the thread that started a child."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         child = Child(name, list(argv), self.log_dir / f"{name}.log")
-        child.popen = self._popen(child.argv, child.log_file)
+        child.popen = self._popen(child.argv, child.log_file, env)
         self.children.append(child)
         log.info("started %s (pid %s): %s", name, child.popen.pid, " ".join(argv))
         return child
 
-    def run(self, name: str, argv: Sequence[str], log_file: Path, stop: threading.Event | None = None) -> int:
+    def run(self, name: str, argv: Sequence[str], log_file: Path, stop: threading.Event | None = None,
+            env: Mapping[str, str] | None = None) -> int:
         """Run ``argv`` to its end (appending its output to ``log_file``) under the same
         guarantees as a background child; returns its exit code. ``stop`` set (a Ctrl-C for the
         caller: the child, in a session of its own, gets none) sends it SIGTERM, and SIGKILL
         if it is still there after the stop timeout."""
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        popen = self._popen(list(argv), log_file)
+        popen = self._popen(list(argv), log_file, env)
         child = Child(name, list(argv), log_file, popen)
         self.children.append(child)
         try:
@@ -208,13 +209,14 @@ class Supervisor:
             self._kill(child)
             self.children.remove(child)
 
-    def _popen(self, argv: list[str], log_file: Path) -> subprocess.Popen[bytes]:
+    def _popen(self, argv: list[str], log_file: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         if self.watchdog is None:
             self.watchdog = Watchdog(self.log_dir / "watchdog.log")
             self._own_watchdog = True
         with log_file.open("ab") as out:
             popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=self.env, start_new_session=True, preexec_fn=die_with_parent())
+                                     env={**self.env, **(env or {})}, start_new_session=True,
+                                     preexec_fn=die_with_parent())
         self.watchdog.watch(popen.pid, log_file.stem, self.watchdog_grace_s)
         return popen
 

@@ -100,6 +100,42 @@ class LocalStack:
         return (self.kafka.client_settings(principal, self._kafka_base),
                 self.mosquitto.client_settings(principal, self._mqtt_base))
 
+    def add_login(self, kind: str, name: str) -> str:
+        """A new MQTT login of the plant (``device`` site/machine, ``gateway`` site/id or
+        ``maintenance`` site), taken by the running broker at once; returns its principal."""
+        add = {"device": self.mosquitto.add_device, "gateway": self.mosquitto.add_gateway,
+               "maintenance": self.mosquitto.add_maintenance_source}[kind]
+        principal = add(name)
+        assert self.secure is not None  # add() refused otherwise
+        self.secure.write_client_config(principal, None, self.mosquitto.mqtt_settings(self._mqtt_base))
+        return principal
+
+    def rotate(self, principal: str) -> list[str]:
+        """A new password for ``principal`` on every broker it logs in to, taken at once (the
+        running brokers are told; a client must read its password file again when it next
+        connects). Returns the brokers changed."""
+        if self.secure is None:
+            raise StackError("only a secure stack has logins", hint="start it with `forewarn stack up --secure`")
+        on_mqtt = principal in self.mosquitto.mqtt_principals()
+        on_kafka = principal in (ADMIN, *KAFKA_PRINCIPALS)
+        if not (on_mqtt or on_kafka):
+            raise StackError(f"{principal!r} has no login on this stack",
+                             hint=f"principals: {', '.join(self.secure.principals())}")
+        if principal == ADMIN:
+            raise StackError("the admin's password is written into Kafka's storage and its server.properties",
+                             hint="a new admin password needs a new stack home")
+        changed = []
+        if on_mqtt:
+            self.mosquitto.rotate(principal)  # writes the new password, then the broker re-reads it
+            changed.append("mosquitto")
+        else:
+            self.secure.rotate(principal)
+        if on_kafka:
+            if self.kafka.process.pid() is not None:
+                self.kafka.apply_security([principal], [])
+            changed.append("kafka")
+        return changed
+
     def _secure_up(self, progress: Callable[[str], None]) -> None:
         """The Kafka logins and ACLs, and each component's client settings file."""
         assert self.secure is not None

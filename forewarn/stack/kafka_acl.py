@@ -12,9 +12,9 @@ scoring       reads ``telemetry``, ``maintenance``, ``models`` and its state cha
 edge          writes what it forwards (``telemetry``, ``maintenance``, ``predictions``,
               ``alerts``, the dead letters, ``pipeline.stats``) and reads ``models`` and the
               topics' configs (its record size limits); its groups ``forewarn-edge-*``
-dashboard     reads the outputs (``predictions``, ``alerts``, the dead letters,
-              ``pipeline.stats``, ``models``) and the scoring group's positions (lag); writes
-              ``alerts`` (acknowledgements) and nothing else
+dashboard     reads every topic it shows (``telemetry``, sampled; ``maintenance``,
+              ``predictions``, ``alerts``, the dead letters, ``pipeline.stats``, ``models``) and
+              the scoring group's positions (lag); writes ``alerts`` (acknowledgements) only
 registry      writes and reads ``models``; reads ``telemetry`` and ``maintenance`` (exporting
               training data)
 admin         a super user (creates topics, sets logins and ACLs); the brokers themselves are
@@ -69,11 +69,10 @@ def grants(topics: Topics, scoring_group: str = "forewarn-scoring",
         *_topics("edge", "read", t.models),
         *_topics("edge", "describe_configs", t.telemetry, t.maintenance, *outputs),
         _group("edge", EDGE_GROUPS), _group("edge", READ_GROUPS),
-        *_topics("dashboard", "read", *outputs, t.models),
+        *_topics("dashboard", "read", t.telemetry, t.maintenance, *outputs, t.models),
         *_topics("dashboard", "write", t.alerts),
         _group("dashboard", dashboard_group), _group("dashboard", READ_GROUPS),
         _group("dashboard", scoring_group, "describe"),
-        *_topics("dashboard", "describe", t.telemetry, t.maintenance),
         *_topics("registry", "write", t.models),
         *_topics("registry", "read", t.models, t.telemetry, t.maintenance),
         _group("registry", EXPORT_GROUPS), _group("registry", READ_GROUPS),

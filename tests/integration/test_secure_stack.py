@@ -215,3 +215,32 @@ def test_the_pipeline_runs_secured_and_every_unauthorised_act_is_refused_and_cou
                             if a.rule == "model_refused" and a.message)
     assert model_refusals == ["bad_signature", "rollback", "unknown_key"]
     assert len(_read(admin, TOPICS.models)) == len(offers)  # the worker's write never landed
+
+
+def test_logins_are_added_and_rotated_on_the_running_stack(secure: LocalStack, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from forewarn.cli import cli
+
+    assert secure.secure is not None
+    flags = ["--home", str(secure.settings.home), "--bootstrap-servers", secure.kafka.bootstrap,
+             "--mqtt-port", str(secure.mosquitto.port), "--controller-port", str(secure.settings.controller_port)]
+    runner = CliRunner()
+    added = runner.invoke(cli, ["stack", "login", "device", "site-b/fan-7", *flags])
+    assert added.exit_code == 0, added.output
+    assert "dev.site-b.fan-7" in added.output and secure.secure.password("dev.site-b.fan-7") not in added.output
+    device = Raw(secure.mosquitto.client_settings("dev.site-b.fan-7"))
+    # accepted (0x10 when no session holds the bridge's subscription yet); a refusal would be 0x87
+    assert _publish(device, telemetry_topic("site-b/fan-7"), [_reading("site-b/fan-7", 1, 1)]) in ([0], [0x10])
+    device.close()
+
+    registry, _ = secure.client_settings("registry")
+    old = tmp_path / "old-password"
+    old.write_text(secure.secure.password("registry"))
+    rotated = runner.invoke(cli, ["stack", "rotate", "registry", *flags])
+    assert rotated.exit_code == 0 and "kafka" in rotated.output, rotated.output
+    assert KafkaAdmin(registry).ping(timeout_s=10).brokers  # the new password, read from its file
+    with pytest.raises(KafkaError, match="refused the login"):
+        KafkaAdmin(registry.model_copy(update={"sasl_password_file": old})).ping(timeout_s=10)
+    refused = runner.invoke(cli, ["stack", "rotate", "nobody", *flags])
+    assert refused.exit_code != 0 and "no login" in refused.output
