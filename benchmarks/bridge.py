@@ -9,10 +9,13 @@ not queued (and autosaved by Mosquitto) for it.
 
 Runs: ours with single readings, ours with gateway batches of 100, and quixstreams' community
 ``MQTTSource`` (paho, auto-acknowledging on receipt) producing the same single readings to Kafka.
+Then ours again, both loads, on the secure stack (``stack up --secure``: MQTT over TLS with a
+login per component and ACLs, Kafka over SASL_SSL with SCRAM-SHA-512 and ACLs): the cost of
+security is ``secure_vs_plaintext``.
 quixstreams' source uses a clean session; the benchmark subclasses it only to turn that off,
 since a drain from an offline session needs a persistent one.
 
-    python benchmarks/bridge.py [--messages 200000] [--batches 2000] [--batch-size 100]
+    python benchmarks/bridge.py [--messages 200000] [--batches 2000] [--batch-size 100] [--skip-secure]
 """
 
 from __future__ import annotations
@@ -163,81 +166,120 @@ class QuixProcess:
 # -- the benchmark ---------------------------------------------------------------------------
 
 
+def _ours(local: Any, home: Path, args: argparse.Namespace, settings: TopicSettings, label: str,
+          load: list[tuple[str, bytes]], expect: int) -> dict[str, float]:
+    """Our bridge drains ``load`` from its offline session into ``telemetry``. On a secure stack it
+    logs in as ``bridge`` (from its client file) and the plant publishes as ``simulator``."""
+    kafka, mqtt = local.kafka_settings, local.mqtt_settings  # the admin's, on a secure stack
+    config = publisher = None
+    if local.secure is not None:
+        config = local.secure.clients_dir / "bridge.toml"
+        mqtt = local.client_settings("bridge")[1]
+        publisher = local.client_settings("simulator")[1]
+    telemetry = Topics.from_settings(settings).telemetry
+    client_id = f"bench-{label}"
+    bridge_args = (home / f"{label}.log", kafka, mqtt, settings.prefix, client_id, f"g-{label}",
+                   "--receive-maximum", str(args.receive_maximum))
+    BridgeProcess(*bridge_args, config=config).wait_ready().stop()  # the persistent session and its subscription
+    t0 = time.monotonic()
+    publish_all(publisher or mqtt, load)
+    print(f"{label}: published {len(load)} messages in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    base = topic_size(kafka, telemetry)
+    bridge = BridgeProcess(*bridge_args, config=config)
+    try:
+        return _drain(bridge.process.pid, kafka, telemetry, expect, base, ready=lambda: "stops it" in bridge.log())
+    finally:
+        bridge.stop()
+        _forget_session(mqtt, client_id)
+
+
+def _ours_both(local: Any, home: Path, args: argparse.Namespace, settings: TopicSettings,
+               single: list[tuple[str, bytes]], batches: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """Single readings, then gateway batches, through our bridge on ``local``."""
+    readings_in_batches = len(batches) * args.batch_size
+    out: dict[str, Any] = {}
+    run = _ours(local, home, args, settings, "single", single, len(single))
+    out["single"] = {**run, "messages": len(single), "msg_per_s": round(len(single) / run["seconds"]),
+                     "cpu_s_per_1000_msgs": round(1000 * run["cpu_s"] / len(single), 4)}
+    print(out["single"], file=sys.stderr)
+    run = _ours(local, home, args, settings, "batch", batches, readings_in_batches)
+    out["batches"] = {**run, "messages": len(batches), "batch_size": args.batch_size,
+                      "readings_per_s": round(readings_in_batches / run["seconds"]),
+                      "msg_per_s": round(len(batches) / run["seconds"]),
+                      "cpu_s_per_1000_readings": round(1000 * run["cpu_s"] / readings_in_batches, 4)}
+    print(out["batches"], file=sys.stderr)
+    return out
+
+
+def _quix(local: Any, home: Path, single: list[tuple[str, bytes]]) -> dict[str, Any]:
+    kafka, mqtt = local.kafka_settings, local.mqtt_settings
+    quix_log = home / "quix.log"
+    QuixProcess(quix_log, kafka.bootstrap_servers, mqtt.port, "bench-quix", "bench.quix").wait_ready().stop()
+    t0 = time.monotonic()
+    publish_all(mqtt, single)
+    print(f"quix: published {len(single)} messages in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    quix = QuixProcess(quix_log, kafka.bootstrap_servers, mqtt.port, "bench-quix", "bench.quix")
+    try:
+        run = _drain(quix.process.pid, kafka, "bench.quix", len(single))
+    finally:
+        quix.stop()
+        _forget_session(mqtt, "bench-quix")
+    return {**run, "messages": len(single), "msg_per_s": round(len(single) / run["seconds"]),
+            "cpu_s_per_1000_msgs": round(1000 * run["cpu_s"] / len(single), 4),
+            "note": "acknowledges on receipt (at-most-once across a crash), no validation; timed from its first "
+                    "record in Kafka (ours from the moment it is connected: conservative for us)"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=int(os.environ.get("BENCH_MESSAGES", "200000")))
     parser.add_argument("--batches", type=int, default=int(os.environ.get("BENCH_BATCHES", "2000")))
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--skip-quix", action="store_true")
+    parser.add_argument("--skip-secure", action="store_true", help="skip the run on the secure stack")
     parser.add_argument("--receive-maximum", type=int, default=int(os.environ.get("BENCH_RECEIVE_MAXIMUM", "10000")))
     args = parser.parse_args()
 
+    settings = TopicSettings(prefix="bench.", partitions=6)
+    n = args.messages
+    single = [(t, p) for t, p, _i in single_load(machines=200, per_machine=n // 200)]
+    batches = [(t, p) for t, p, _r in batch_load(gateways=20, batches=args.batches // 20, size=args.batch_size)]
+    figures: dict[str, Any] = {"load": f"{os.getloadavg()[0]:.2f} (1-min load average at start)",
+                               "receive_maximum": args.receive_maximum}
     home = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
     local = make_stack(home)
     print(f"starting the stack in {home}", file=sys.stderr)
     local.up()
-    figures: dict[str, Any] = {"load": f"{os.getloadavg()[0]:.2f} (1-min load average at start)",
-                               "receive_maximum": args.receive_maximum}
     try:
-        kafka, mqtt = local.kafka_settings, local.mqtt_settings
-        settings = TopicSettings(prefix="bench.", partitions=6)
-        KafkaAdmin(kafka).ensure_topics([*topic_specs(settings), TopicSpec("quix", "bench.quix", 6, 1)])
-        topics = Topics.from_settings(settings)
-        n = args.messages
-        single = [(t, p) for t, p, _i in single_load(machines=200, per_machine=n // 200)]
-        batches = [(t, p) for t, p, _r in batch_load(gateways=20, batches=args.batches // 20, size=args.batch_size)]
-        readings_in_batches = len(batches) * args.batch_size
-
-        def ours(label: str, load: list[tuple[str, bytes]], expect: int) -> dict[str, float]:
-            client_id = f"bench-{label}"
-            bridge_args = (home / f"{label}.log", kafka, mqtt, settings.prefix, client_id, f"g-{label}",
-                           "--receive-maximum", str(args.receive_maximum))
-            BridgeProcess(*bridge_args).wait_ready().stop()  # the persistent session and its subscription
-            t0 = time.monotonic()
-            publish_all(mqtt, load)
-            print(f"{label}: published {len(load)} messages in {time.monotonic() - t0:.1f}s", file=sys.stderr)
-            base = topic_size(kafka, topics.telemetry)
-            bridge = BridgeProcess(*bridge_args)
-            try:
-                return _drain(bridge.process.pid, kafka, topics.telemetry, expect, base,
-                              ready=lambda: "stops it" in bridge.log())
-            finally:
-                bridge.stop()
-                _forget_session(mqtt, client_id)
-
-        run = ours("single", single, len(single))
-        figures["ours_single"] = {**run, "messages": len(single), "msg_per_s": round(len(single) / run["seconds"]),
-                                  "cpu_s_per_1000_msgs": round(1000 * run["cpu_s"] / len(single), 4)}
-        print(figures["ours_single"], file=sys.stderr)
-        run = ours("batch", batches, readings_in_batches)
-        figures["ours_batches"] = {**run, "messages": len(batches), "batch_size": args.batch_size,
-                                   "readings_per_s": round(readings_in_batches / run["seconds"]),
-                                   "msg_per_s": round(len(batches) / run["seconds"]),
-                                   "cpu_s_per_1000_readings": round(1000 * run["cpu_s"] / readings_in_batches, 4)}
-        print(figures["ours_batches"], file=sys.stderr)
-
+        KafkaAdmin(local.kafka_settings).ensure_topics([*topic_specs(settings), TopicSpec("quix", "bench.quix", 6, 1)])
+        ours = _ours_both(local, home, args, settings, single, batches)
+        figures["ours_single"], figures["ours_batches"] = ours["single"], ours["batches"]
         if not args.skip_quix:
-            quix_log = home / "quix.log"
-            QuixProcess(quix_log, kafka.bootstrap_servers, mqtt.port, "bench-quix", "bench.quix").wait_ready().stop()
-            t0 = time.monotonic()
-            publish_all(mqtt, single)
-            print(f"quix: published {len(single)} messages in {time.monotonic() - t0:.1f}s", file=sys.stderr)
-            quix = QuixProcess(quix_log, kafka.bootstrap_servers, mqtt.port, "bench-quix", "bench.quix")
-            try:
-                run = _drain(quix.process.pid, kafka, "bench.quix", len(single))
-            finally:
-                quix.stop()
-                _forget_session(mqtt, "bench-quix")
-            figures["quixstreams_mqtt_source_single"] = {
-                **run, "messages": len(single), "msg_per_s": round(len(single) / run["seconds"]),
-                "cpu_s_per_1000_msgs": round(1000 * run["cpu_s"] / len(single), 4),
-                "note": "acknowledges on receipt (at-most-once across a crash), no validation; timed from its first "
-                        "record in Kafka (ours from the moment it is connected: conservative for us)"}
+            figures["quixstreams_mqtt_source_single"] = _quix(local, home, single)
             figures["ratio_ours_to_quix_single"] = round(
                 figures["ours_single"]["msg_per_s"] / figures["quixstreams_mqtt_source_single"]["msg_per_s"], 2)
-        figures["targets"] = {"single_msg_per_s": 15_000, "batch_readings_per_s": 150_000, "ratio_to_quix": 1.5}
     finally:
         local.down()
+    if not args.skip_secure:
+        # The same runs on the secure stack: MQTT over TLS with logins and ACLs, Kafka over SASL_SSL
+        # (SCRAM-SHA-512) with the StandardAuthorizer. The ACLs grant the prefixed topic names.
+        secure_home = Path(tempfile.mkdtemp(prefix="bench-bridge-secure-"))
+        local = make_stack(secure_home, secure=True, topics=settings)
+        print(f"starting the secure stack in {secure_home}", file=sys.stderr)
+        local.up()
+        try:
+            KafkaAdmin(local.kafka_settings).ensure_topics(topic_specs(settings))
+            secure = _ours_both(local, secure_home, args, settings, single, batches)
+        finally:
+            local.down()
+        figures["secure_single"], figures["secure_batches"] = secure["single"], secure["batches"]
+        figures["secure_vs_plaintext"] = {
+            "single_msg_per_s": round(secure["single"]["msg_per_s"] / ours["single"]["msg_per_s"], 2),
+            "batch_readings_per_s": round(secure["batches"]["readings_per_s"] / ours["batches"]["readings_per_s"], 2),
+            "single_cpu_per_msg": round(secure["single"]["cpu_s"] / max(ours["single"]["cpu_s"], 1e-3), 2),
+            "batch_cpu_per_reading": round(secure["batches"]["cpu_s"] / max(ours["batches"]["cpu_s"], 1e-3), 2)}
+    figures["load_after"] = f"{os.getloadavg()[0]:.2f}"
+    figures["targets"] = {"single_msg_per_s": 15_000, "batch_readings_per_s": 150_000, "ratio_to_quix": 1.5}
     write_result("bridge", figures)
 
 

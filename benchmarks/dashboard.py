@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from streamlit import config
 from streamlit.testing.v1 import AppTest
 
 from benchmarks._common import write_result
@@ -41,12 +42,14 @@ def main() -> None:
     fill_s = time.perf_counter() - started
     settings = DashboardSettings(dashboard={"consume": False, "refresh_s": 300})
     install(Runtime(settings, store, Topics.from_settings(settings.topics), FakeProducer(InMemoryKafka())))
+    # No users file: the dashboard serves only a loopback address, as `forewarn dashboard` runs it.
+    config.set_option("server.address", "127.0.0.1")
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()  # imports and the first script compilation are not a page's cost
     pages: dict[str, dict[str, float]] = {}
     for page in PAGES:
         if page != "fleet":
-            at.switch_page(f"pages/{page}.py")
+            at.switch_page(f"views/{page}.py")
         times: list[float] = []
         for _ in range(RUNS):
             t = time.perf_counter()

@@ -8,6 +8,7 @@
    state store and one onnxruntime call per record) scores a slice of the same topic.
 5. Latency: a worker process under a steady rate (default 5,000 readings/s); p50/p99 from the
    reading's timestamp to the committed prediction, read with read_committed.
+6. The worker's run again on the secure stack (SASL_SSL, ACLs): ``secure_vs_plaintext_readings_per_s``.
 
 The model is the newest bundle under ``--models-dir`` (e.g. from ``forewarn train``) when one
 is there, else the training default, trained briefly on simulated history (inference cost is what counts).
@@ -98,10 +99,10 @@ def fleet_payloads(machines: int, ticks: int, seed: int = 1) -> tuple[list[tuple
     return out, names, settings
 
 
-def produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, int]]) -> float:
+def produce_all(kafka: KafkaSettings, topic: str, records: list[tuple[bytes, bytes, int]]) -> float:
     # Idempotent: a plain producer's retries under load wrote duplicates and reordered batches,
     # which the worker rightly dropped (and the readings count then ended its run early).
-    producer = KafkaProducer(KafkaSettings(bootstrap_servers=bootstrap), **{
+    producer = KafkaProducer(kafka, **{
         "linger.ms": 50, "batch.size": 1_000_000, "compression.type": "lz4",
         "queue.buffering.max.messages": 500_000})
     started = time.perf_counter()
@@ -142,18 +143,19 @@ def single_call_rate(bundle: Bundle, n: int = 3000) -> float:
     return n / (time.perf_counter() - started)
 
 
-def settings_for(bootstrap: str, prefix: str, **scoring: Any) -> ScoringSettings:
-    return ScoringSettings(kafka=KafkaSettings(bootstrap_servers=bootstrap), trust=trust_settings(),
+def settings_for(kafka: KafkaSettings, prefix: str, **scoring: Any) -> ScoringSettings:
+    return ScoringSettings(kafka=kafka, trust=trust_settings(),
                            topics=TopicSettings(prefix=prefix, partitions=4),
                            scoring=ScoringOptions(**scoring))
 
 
-def run_worker(bootstrap: str, prefix: str, total: int, models_dir: Path, name: str = "bench",
-               max_batch: int = 20_000, commit_interval_ms: int = 200, warm_after: float = 0.55) -> dict[str, Any]:
+def run_worker(kafka: KafkaSettings, prefix: str, total: int, models_dir: Path, name: str = "bench",
+               max_batch: int = 20_000, commit_interval_ms: int = 200, warm_after: float = 0.55,
+               group_id: str | None = None) -> dict[str, Any]:
     """One in-process worker scores the preloaded topic; also the rate once past ``warm_after``
     of it, when every machine's window is complete."""
-    settings = settings_for(bootstrap, prefix, worker_id=name, group_id=f"{prefix}{name}", models_dir=models_dir,
-                            max_batch=max_batch, commit_interval_ms=commit_interval_ms)
+    settings = settings_for(kafka, prefix, worker_id=name, group_id=group_id or f"{prefix}{name}",
+                            models_dir=models_dir, max_batch=max_batch, commit_interval_ms=commit_interval_ms)
     worker = ScoringWorker(settings)
     worker.start()
     consumed = 0
@@ -360,6 +362,29 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+def run_secure(home: Path, prefix: str, payloads: list[tuple[bytes, bytes, int]], models: Path,
+               args: argparse.Namespace) -> dict[str, Any]:
+    """The worker's run again on the secure stack (``stack up --secure``): Kafka over SASL_SSL
+    (SCRAM-SHA-512) with the StandardAuthorizer's ACLs, the worker logged in as ``scoring`` in
+    its group ``forewarn-scoring`` (the one its transactional-id ACL names)."""
+    topic_settings = TopicSettings(prefix=prefix, partitions=4)
+    stack = make_stack(home, secure=True, topics=topic_settings)
+    try:
+        log.info("starting the secure stack")
+        stack.up()
+        KafkaAdmin(stack.kafka_settings).ensure_topics(topic_specs(topic_settings))
+        produce_s = produce_all(stack.kafka_settings, Topics.from_settings(topic_settings).telemetry, payloads)
+        log.info("preloaded %s readings over SASL_SSL in %.1fs", len(payloads), produce_s)
+        result = run_worker(stack.client_settings("scoring")[0], prefix, len(payloads), models,
+                            max_batch=args.max_batch, commit_interval_ms=args.commit_interval_ms,
+                            group_id="forewarn-scoring")
+        log.info("secure worker: %s", result)
+        return {"preload_seconds": round(produce_s, 1), "worker": result,
+                "transport": "SASL_SSL, SCRAM-SHA-512; ACLs of forewarn.stack.kafka_acl"}
+    finally:
+        stack.down()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=1_000_000)
@@ -371,7 +396,7 @@ def main() -> None:
     parser.add_argument("--latency-machines", type=int, default=1_000)
     parser.add_argument("--latency-s", type=float, default=30.0)
     parser.add_argument("--models-dir", type=Path, default=Path(os.environ.get("FOREWARN_BENCH_MODELS", "models")))
-    parser.add_argument("--skip", action="append", default=[], choices=["worker", "quix", "latency"])
+    parser.add_argument("--skip", action="append", default=[], choices=["worker", "quix", "latency", "secure"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
@@ -405,12 +430,13 @@ def main() -> None:
         admin = KafkaAdmin(stack.kafka_settings)
         admin.ensure_topics(topic_specs(TopicSettings(prefix=prefix, partitions=4)))
         topics = Topics.from_settings(TopicSettings(prefix=prefix))
-        produce_s = produce_all(bootstrap, topics.telemetry, payloads)
+        produce_s = produce_all(stack.kafka_settings, topics.telemetry, payloads)
         figures["preload"] = {"readings": len(payloads), "machines": args.machines, "seconds": round(produce_s, 1)}
         log.info("preloaded %s readings in %.1fs", len(payloads), produce_s)
-        del payloads
+        if "secure" in args.skip:
+            del payloads
         if "worker" not in args.skip:
-            result = run_worker(bootstrap, prefix, figures["preload"]["readings"], models,
+            result = run_worker(stack.kafka_settings, prefix, figures["preload"]["readings"], models,
                                 max_batch=args.max_batch, commit_interval_ms=args.commit_interval_ms)
             result["note"] = (f"stride 1; a machine's windows are complete from its {bundle.meta.input.window}th "
                               "reading, so windows_scored < readings")
@@ -439,6 +465,12 @@ def main() -> None:
             figures["latency"] = run_latency(bootstrap, lat_prefix, models, args.rate, args.latency_machines,
                                              args.latency_s, 10.0, home / "latency-worker.log")
             log.info("latency: %s", figures["latency"])
+        if "secure" not in args.skip:
+            stack.down()
+            figures["secure"] = run_secure(home / "secure", prefix, payloads, models, args)
+            if "worker" in figures:
+                figures["secure_vs_plaintext_readings_per_s"] = round(
+                    figures["secure"]["worker"]["readings_per_s"] / figures["worker"]["readings_per_s"], 2)
         figures["load_average_after"] = os.getloadavg()
         figures["note"] = ("2-core box shared with other engineers' processes; figures are noisy. "
                            "The worker figure includes JSON decoding, windowing, inference, encoding, the state "

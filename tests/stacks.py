@@ -77,11 +77,13 @@ class RunningStack:
         self.local.kafka.wait_ready(90)
 
 
-def make_stack(home: Path, *, secure: bool = False) -> LocalStack:
+def make_stack(home: Path, *, secure: bool = False, topics: TopicSettings | None = None) -> LocalStack:
+    """A stack on free ports in ``home``; ``topics``: the topic names a secure stack's ACLs grant
+    (the default names otherwise)."""
     kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", client_id="forewarn-tests")
     mqtt = MqttSettings(port=free_port())
     settings = StackSettings(home=home, cache_dir=JAR_CACHE, controller_port=free_port(), kafka_heap="1g",
                              secure=secure)
-    return LocalStack(settings, kafka, mqtt)
+    return LocalStack(settings, kafka, mqtt, topics)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import confluent_kafka
 
 from forewarn.kafka import OFFSET_INVALID, KafkaAdmin, KafkaConsumer
-from forewarn.settings import KafkaSettings
+from forewarn.settings import KafkaSettings, MqttSettings
 from forewarn.testing import FakeMessage, FakeProducer, InMemoryKafka, broker_error
 from forewarn.topics import batch_topic, telemetry_topic
 
@@ -105,6 +105,11 @@ def publish_all(settings: Any, messages: Iterable[tuple[str, bytes]], client_id:
                          client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv311)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
+    if isinstance(settings, MqttSettings):  # a login and TLS, as the secure stack's client files give
+        if settings.tls:
+            client.tls_set(ca_certs=str(settings.ca_file) if settings.ca_file else None)
+        if settings.username:
+            client.username_pw_set(settings.username, settings.password_value())
     client.connect(settings.host, settings.port, keepalive=60)
     client.loop_start()
     n = 0
@@ -196,7 +201,9 @@ class BridgeProcess:
     """``python -m forewarn.cli bridge ...`` as a subprocess, with its stderr in a file."""
 
     def __init__(self, log_path: Any, kafka: KafkaSettings, mqtt: Any, prefix: str, client_id: str,
-                 group: str, *extra: str) -> None:
+                 group: str, *extra: str, config: Any = None) -> None:
+        """``config``: a settings file for ``FOREWARN_CONFIG`` (a secure stack's client file, whose
+        login and TLS settings the flags here do not carry)."""
         import os
         import subprocess
         import sys
@@ -208,6 +215,8 @@ class BridgeProcess:
                      "--share-group", group, *extra]
         self._log = open(log_path, "ab")  # closed in stop()/kill()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FOREWARN_")}
+        if config is not None:
+            env["FOREWARN_CONFIG"] = str(config)
         self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def log(self) -> str:
