@@ -793,6 +793,32 @@ class GroupLag:
         return None if self.committed is None else max(0, self.end - self.committed)
 
 
+def _topic_problems(spec: TopicSpec, topic: Any, config: Mapping[str, str]) -> list[str]:
+    """What keeps an existing topic (its metadata and configuration) from holding ``spec``."""
+    problems: list[str] = []
+    partitions = list(topic.partitions.values())
+    if len(partitions) < spec.partitions:
+        problems.append(f"has {len(partitions)} partitions, wants {spec.partitions}")
+    replicas = min((len(p.replicas) for p in partitions), default=0)
+    if spec.replication_factor and replicas < spec.replication_factor:
+        problems.append(f"has {replicas} replica(s), wants {spec.replication_factor}")
+    policy, want = config.get("cleanup.policy"), spec.config.get("cleanup.policy")
+    if want and policy and policy != want:
+        problems.append(f"cleanup.policy is {policy}, wants {want}")
+    min_insync = int(config.get("min.insync.replicas", "1"))
+    if min_insync > replicas:
+        problems.append(f"min.insync.replicas is {min_insync} on {replicas} replica(s): every acks=all write "
+                        "is refused (NOT_ENOUGH_REPLICAS)")
+    elif min_insync < spec.min_insync:
+        problems.append(f"min.insync.replicas is {min_insync}, wants {spec.min_insync}: an acknowledged write "
+                        f"may be on {min_insync} broker(s) only and lost with them")
+    short = sorted(p.id for p in partitions if len(p.isrs) < min(min_insync, replicas))
+    if short:
+        problems.append(f"partition(s) {', '.join(map(str, short))} have fewer in-sync replicas than "
+                        f"min.insync.replicas ({min_insync}) now: writes to them are refused until a broker returns")
+    return problems
+
+
 class KafkaAdmin(_Lazy):
     """Topic administration, consumer-group offsets and reachability checks."""
 
@@ -832,15 +858,30 @@ class KafkaAdmin(_Lazy):
                              hint="start it with `forewarn stack up` or fix kafka.bootstrap_servers") from None
 
     def ensure_topics(self, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> list[TopicCheck]:
-        """Create missing topics; check existing ones against their spec. Idempotent."""
-        specs = list(specs)
+        """Create missing topics; check existing ones against their spec. Idempotent.
+
+        Replication follows the cluster (:meth:`TopicSpec.for_cluster`). An existing topic is
+        reported when it has fewer partitions or replicas than its spec, another cleanup
+        policy, a ``min.insync.replicas`` below the spec's (an acknowledged write could live on
+        fewer brokers than the guarantees count on) or above its replica count (every acks=all
+        write is refused), or partitions whose in-sync replicas are fewer than that now.
+        """
         metadata = self.ping(timeout_s)
+        brokers = len(metadata.brokers)
+        specs = [s.for_cluster(brokers) for s in specs]
         existing = metadata.topics
         checks: list[TopicCheck] = []
         to_create = [s for s in specs if s.name not in existing]
+        for spec in to_create:
+            if (spec.replication_factor or 1) > brokers:
+                raise KafkaError(f"topic {spec.name} wants {spec.replication_factor} replicas but the cluster at "
+                                 f"{self.settings.bootstrap_servers} has {brokers} broker(s)",
+                                 code="INVALID_REPLICATION_FACTOR",
+                                 hint="lower topics.replication_factor (--replication-factor) or leave it unset "
+                                      "to follow the cluster")
         if to_create:
             futures = self._client.create_topics(
-                [kadmin.NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
+                [kadmin.NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor or -1,
                                  config=s.config) for s in to_create],
                 operation_timeout=timeout_s, request_timeout=timeout_s)
             for spec in to_create:
@@ -853,21 +894,31 @@ class KafkaAdmin(_Lazy):
                         checks.append(TopicCheck(spec, "exists", []))
                     else:
                         raise wrapped from None
+            self._wait_for_leaders([s.name for s in to_create], timeout_s)
         present = [s for s in specs if s.name in existing]
         if present:
             configs = self._describe_configs([s.name for s in present], timeout_s)
             for spec in present:
-                problems: list[str] = []
-                have = len(existing[spec.name].partitions)
-                if have < spec.partitions:
-                    problems.append(f"has {have} partitions, wants {spec.partitions}")
-                policy = configs.get(spec.name, {}).get("cleanup.policy")
-                want = spec.config.get("cleanup.policy")
-                if want and policy and policy != want:
-                    problems.append(f"cleanup.policy is {policy}, wants {want}")
-                checks.append(TopicCheck(spec, "exists", problems))
+                checks.append(TopicCheck(spec, "exists", _topic_problems(spec, existing[spec.name],
+                                                                         configs.get(spec.name, {}))))
         order = {s.name: i for i, s in enumerate(specs)}
         return sorted(checks, key=lambda c: order[c.spec.name])
+
+    def _wait_for_leaders(self, names: list[str], timeout_s: float) -> None:
+        """Return once every partition of ``names`` has a leader in the metadata this client
+        gets: the controller has created them, but each broker learns of them a moment later."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            topics = self.ping(timeout_s).topics
+            waiting = [n for n in names if n not in topics or topics[n].error is not None
+                       or any(p.leader < 0 for p in topics[n].partitions.values())]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise KafkaError(f"topic(s) {', '.join(waiting)} were created but have no leader after "
+                                 f"{timeout_s:.0f}s", code="LEADER_NOT_AVAILABLE", retriable=True,
+                                 hint="check `forewarn stack status` (or the cluster's brokers)")
+            time.sleep(0.1)
 
     def topic_configs(self, names: Iterable[str], timeout_s: float = 30.0) -> dict[str, dict[str, str]]:
         """Each topic's configuration (``max.message.bytes``, ``cleanup.policy``, ...)."""

@@ -133,7 +133,8 @@ class TopicSettings(_Section):
 
     prefix: str = Field("", description="prefix of every Kafka topic name")
     partitions: int = Field(6, ge=1, description="partitions of the keyed topics")
-    replication_factor: int = Field(1, ge=1, description="replication factor of every topic")
+    replication_factor: int | None = Field(None, ge=1, description="replication factor of every topic; unset = "
+                                           "min(3, brokers in the cluster), with min.insync.replicas one less")
     telemetry_retention_gib: float = Field(2.0, gt=0, description="telemetry kept per partition, in GiB")
 
 
@@ -178,6 +179,9 @@ class StackSettings(_Section):
     # The brokers listen where the clients look: Mosquitto on mqtt.port, Kafka on the port of
     # kafka.bootstrap_servers. A non-local address there means a remote broker: none is run.
     controller_port: int = Field(9093, ge=1, le=65535, description="port of Kafka's KRaft controller listener")
+    brokers: int = Field(1, ge=1, le=9, description="Kafka nodes to run (each a broker and a KRaft controller); "
+                         "node i listens on the bootstrap port + 2(i-1) and the controller port + 2(i-1); a home "
+                         "keeps the node count it was made with")
     kafka_home: Path | None = Field(None, description="run this Kafka install instead of Maven's jars (KAFKA_HOME)")
     kafka_heap: str = Field("768m", description="Java heap of the local Kafka broker (-Xmx)")
     mosquitto_bin: str = Field("mosquitto", description="the Mosquitto executable")

@@ -7,7 +7,7 @@ partitions, so one scoring worker sees both the readings and the repairs of a ma
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from forewarn.settings import TopicSettings
@@ -35,14 +35,30 @@ _ANY_TIME: Final = {"message.timestamp.after.max.ms": str(2**63 - 1),
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """One Kafka topic: its logical role, real name, partitions and topic-level configs."""
+    """One Kafka topic: its logical role, real name, partitions and topic-level configs.
+
+    ``replication_factor`` None follows the cluster (:meth:`for_cluster`): min(3, brokers),
+    and ``min.insync.replicas`` RF − 1 unless the config names it, so that an acknowledged
+    write (acks=all) is on two brokers and one broker may be down without refusing writes.
+    """
 
     role: str
     name: str
     partitions: int
-    replication_factor: int
+    replication_factor: int | None
     config: dict[str, str] = field(default_factory=dict)
     description: str = ""
+
+    def for_cluster(self, brokers: int) -> TopicSpec:
+        """This spec with its replication settled for a cluster of ``brokers`` brokers."""
+        rf = self.replication_factor or min(3, max(1, brokers))
+        config = {"min.insync.replicas": str(max(1, rf - 1)), **self.config}
+        return replace(self, replication_factor=rf, config=config)
+
+    @property
+    def min_insync(self) -> int:
+        """The ``min.insync.replicas`` this spec asks for (1, Kafka's default, when unset)."""
+        return int(self.config.get("min.insync.replicas", "1"))
 
 
 @dataclass(frozen=True)

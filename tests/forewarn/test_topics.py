@@ -19,3 +19,13 @@ def test_mqtt_layout() -> None:
     assert telemetry_topic("site-a/pump-1") == "forewarn/site-a/pump-1/telemetry"
     assert batch_topic("site-a", "site-a/gw-1") == "forewarn/site-a/gateway/gw-1/batch"
     assert "forewarn/+/gateway/+/batch" in mqtt_subscriptions()
+
+
+def test_replication_follows_the_cluster_unless_set() -> None:
+    spec = {s.role: s for s in topic_specs(TopicSettings())}["telemetry"]
+    assert spec.replication_factor is None
+    assert [(s.replication_factor, s.min_insync) for s in (spec.for_cluster(n) for n in (1, 2, 3, 5))] == [
+        (1, 1), (2, 1), (3, 2), (3, 2)]
+    pinned = {s.role: s for s in topic_specs(TopicSettings(replication_factor=2))}["alerts"].for_cluster(5)
+    assert (pinned.replication_factor, pinned.min_insync) == (2, 1)
+    assert pinned.config["cleanup.policy"] == "delete"  # the spec's own entries stay
