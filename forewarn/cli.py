@@ -131,6 +131,11 @@ def stack() -> None:
     127.0.0.1; data, logs and pid files live under --home (default .forewarn/). When the
     settings name a remote Kafka or MQTT host, that broker is checked instead of started.
 
+    With --brokers N (stack.brokers) Kafka is a KRaft cluster of N nodes, each a broker and a
+    controller with its own folder (HOME/kafka, HOME/kafka-2, ...); node i listens on the
+    bootstrap port + 2(i-1), its controller on --controller-port + 2(i-1). Topics then get
+    min(3, N) replicas. status, logs and down see a home's nodes by themselves.
+
     With --secure (stack.secure) both run secured: TLS only, a login per component and
     least-privilege ACLs on each broker (see the README's Security section). The CA,
     certificates and passwords are made on first start under HOME/secure; each component's
@@ -150,6 +155,8 @@ def stack_up() -> None:
     local.up(_progress)
     for s in local.status():
         click.echo(f"{s.name:10} {'healthy' if s.healthy else 'DOWN':8} {s.address}")
+    if len(local.kafka_nodes) > 1:
+        click.echo(f"clients: --bootstrap-servers {local.bootstrap}")
     click.echo(f"stack up in {time.monotonic() - t0:.1f}s; stop it with `forewarn stack down`")
 
 
@@ -210,18 +217,19 @@ def stack_rotate(principal: str) -> None:
 
 
 @stack.command("logs")
-@click.argument("component", type=click.Choice(["kafka", "mosquitto"]))
+@click.argument("component", metavar="COMPONENT")
 @click.option("-n", "--lines", default=50, show_default=True, help="How many lines from the end.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
 @stack_options
 @kafka_options
 @mqtt_options
 def stack_logs(component: str, lines: int, follow: bool) -> None:
-    """Print the end of a component's log."""
+    """Print the end of a component's log: mosquitto, kafka, or one node of a cluster
+    (kafka-1 … kafka-N; kafka is node 1)."""
     local = _stack()
     click.echo(local.logs(component, lines))
     if follow:
-        path = (local.kafka if component == "kafka" else local.mosquitto).log_path()
+        path = local.components()[component].log_path()
         with path.open() as f:
             f.seek(0, 2)
             while True:
@@ -245,7 +253,11 @@ def topics() -> None:
        Flag("--replication-factor", "topics.replication_factor", click.IntRange(1, 16)))
 @kafka_options
 def topics_create() -> None:
-    """Create missing topics and check existing ones. Safe to run again."""
+    """Create missing topics and check existing ones. Safe to run again.
+
+    Unless --replication-factor is given, topics get min(3, brokers in the cluster) replicas
+    and min.insync.replicas one less. Existing topics whose partitions, replication or
+    min.insync.replicas cannot hold the guarantees on this cluster are reported (exit 1)."""
     from forewarn.kafka import KafkaAdmin
     from forewarn.topics import topic_specs
 
@@ -253,8 +265,8 @@ def topics_create() -> None:
     checks = KafkaAdmin(settings.kafka).ensure_topics(topic_specs(settings.topics))
     for c in checks:
         state = c.action if c.ok else "MISMATCH: " + "; ".join(c.problems)
-        click.echo(f"{c.spec.name:22} {c.spec.partitions:>4} partitions  {c.spec.config.get('cleanup.policy', '')}"
-                   f"  {state}")
+        click.echo(f"{c.spec.name:22} {c.spec.partitions:>4} partitions  {c.spec.replication_factor} replica(s), "
+                   f"min.insync {c.spec.min_insync}  {c.spec.config.get('cleanup.policy', '')}  {state}")
     if not all(c.ok for c in checks):
         click.echo("error: some topics differ from the registry (see above); fix or recreate them", err=True)
         sys.exit(1)
@@ -271,8 +283,10 @@ def topics_list() -> None:
     existing = KafkaAdmin(settings.kafka).ping().topics
     for spec in topic_specs(settings.topics):
         have = existing.get(spec.name)
-        state = f"{len(have.partitions)} partitions" if have is not None else "missing"
-        click.echo(f"{spec.name:22} {state:16} {spec.description}")
+        state = "missing" if have is None else (
+            f"{len(have.partitions)} partitions, "
+            f"{min((len(p.replicas) for p in have.partitions.values()), default=0)} replica(s)")
+        click.echo(f"{spec.name:22} {state:30} {spec.description}")
 
 
 # -- demo --------------------------------------------------------------------------------

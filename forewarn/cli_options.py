@@ -269,6 +269,7 @@ MQTT_FLAGS = (
 STACK_FLAGS = (
     Flag("--home", "stack.home"),
     Flag("--controller-port", "stack.controller_port"),
+    Flag("--brokers", "stack.brokers"),
     Flag("--kafka-home", "stack.kafka_home"),
     Flag("--secure", "stack.secure", secondary="--no-secure"),
 )

@@ -4,8 +4,12 @@ these; tests and benchmarks that start their own stack import them from here."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +49,33 @@ def free_port() -> int:
         _handed_out.add(port)
         return port
     raise RuntimeError("no free port found below the ephemeral range")
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports (a local Kafka cluster's nodes listen on
+    the bootstrap and controller ports two apart: base, base + 1, base + 2, ...)."""
+    low, _high = _ephemeral_range()
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(max(1024, low - 12_000), low - count)
+        block = range(base, base + count)
+        if _handed_out.intersection(block):
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in block:
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.update(block)
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports found below the ephemeral range")
+
+
+def forewarn_cli(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """``python -m forewarn.cli ARGS`` with ``env`` on top of this process's environment."""
+    return subprocess.run([sys.executable, "-m", "forewarn.cli", *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @dataclass

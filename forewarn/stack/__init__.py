@@ -1,4 +1,5 @@
-"""The local stack: Mosquitto + a single-node Kafka, started and stopped by pid.
+"""The local stack: Mosquitto + Kafka (one node, or a KRaft cluster of ``stack.brokers``
+nodes on this machine), started and stopped by pid.
 
 With ``stack.secure`` both are secured (TLS, a login per component, least-privilege ACLs on
 each broker); the material lives under ``HOME/secure`` (:mod:`forewarn.stack.secure`), and
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -22,7 +24,7 @@ from forewarn.errors import KafkaError, StackError
 from forewarn.kafka import KafkaAdmin
 from forewarn.settings import KafkaSettings, MqttSettings, StackSettings, TopicSettings
 from forewarn.stack._process import port_open, tail
-from forewarn.stack.kafka import ADMIN, KafkaBroker
+from forewarn.stack.kafka import ADMIN, KafkaBroker, new_cluster_id
 from forewarn.stack.kafka_acl import KAFKA_PRINCIPALS, grants
 from forewarn.stack.mosquitto import Mosquitto
 from forewarn.stack.secure import SecureMaterial
@@ -37,14 +39,15 @@ LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 def _local_port(bootstrap: str) -> int | None:
-    """The port when ``bootstrap`` is one local address (we run that broker), else None."""
-    servers = [s.strip() for s in bootstrap.split(",") if s.strip()]
-    if len(servers) != 1:
-        return None
-    host, _, port = servers[0].rpartition(":")
-    if host not in LOCAL_HOSTS or not port.isdigit():
-        return None
-    return int(port)
+    """The first port when ``bootstrap`` names local addresses only (we run those brokers:
+    node 1 listens there), else None."""
+    ports: list[int] = []
+    for server in (s.strip() for s in bootstrap.split(",") if s.strip()):
+        host, _, port = server.rpartition(":")
+        if host not in LOCAL_HOSTS or not port.isdigit():
+            return None
+        ports.append(int(port))
+    return ports[0] if ports else None
 
 
 def _runs_secured(settings: StackSettings) -> bool:
@@ -55,6 +58,13 @@ def _runs_secured(settings: StackSettings) -> bool:
         return broker.process.pid() is not None and "SASL_SSL://" in broker.config_file.read_text()
     except OSError:
         return False
+
+
+def _nodes_made(settings: StackSettings) -> int:
+    """How many Kafka nodes this home's storage was formatted for (0: none yet)."""
+    if KafkaBroker(settings, 0).cluster_id() is None:
+        return 0
+    return 1 + sum(1 for i in range(2, 10) if KafkaBroker(settings, 0, node_id=i, nodes=i).cluster_id())
 
 
 @dataclass(frozen=True)
@@ -84,12 +94,26 @@ class LocalStack:
                              hint="point kafka.bootstrap_servers and mqtt.host at this machine, or secure the "
                                   "remote brokers yourself")
         self.mosquitto = Mosquitto(settings, self._mqtt_base.port, self.secure)
-        self.kafka = KafkaBroker(settings, local_port or 9092, self.secure)
+        made = _nodes_made(settings)
+        nodes = made or settings.brokers
+        self._node_mismatch = bool(made) and settings.brokers not in (1, made)
+        if self.secure is not None and nodes > 1:
+            raise StackError("--secure runs a single Kafka node for now", hint="leave out --brokers with --secure")
+        self.kafka_nodes = [KafkaBroker(settings, local_port or 9092, self.secure, node_id=i, nodes=nodes)
+                            for i in range(1, nodes + 1)]
+        self.kafka = self.kafka_nodes[0]
+
+    @property
+    def bootstrap(self) -> str:
+        """Every local Kafka node's address (a client reaches the cluster while one is down)."""
+        return ",".join(node.bootstrap for node in self.kafka_nodes)
 
     @property
     def kafka_settings(self) -> KafkaSettings:
         """Client settings for the stack's Kafka (the remote cluster's when external)."""
-        return self._kafka_base if self.external else self.kafka.kafka_settings(self._kafka_base)
+        if self.external:
+            return self._kafka_base
+        return self.kafka.kafka_settings(self._kafka_base).model_copy(update={"bootstrap_servers": self.bootstrap})
 
     @property
     def mqtt_settings(self) -> MqttSettings:
@@ -167,15 +191,23 @@ class LocalStack:
             if self.external:
                 progress(f"checking the Kafka cluster at {self._kafka_base.bootstrap_servers}")
                 KafkaAdmin(self._kafka_base).ping(timeout_s=min(timeout, 15))
-            elif self.kafka.process.pid() is None:
-                progress(f"starting kafka on {self.kafka.address}")
-                self.kafka.start()
-                started.append(self.kafka)
+            else:
+                if self._node_mismatch:
+                    raise StackError(f"the Kafka in {self.settings.home} was made with {len(self.kafka_nodes)} "
+                                     f"node(s), not {self.settings.brokers}",
+                                     hint="use another --home for another cluster size")
+                cluster_id = next((i for i in (n.cluster_id() for n in self.kafka_nodes) if i), new_cluster_id())
+                for node in self.kafka_nodes:
+                    if node.process.pid() is None:
+                        progress(f"starting {node.name} on {node.address}")
+                        node.start(cluster_id)
+                        started.append(node)
             t0 = time.monotonic()
             if not self.external_mqtt:
                 self.mosquitto.wait_ready(timeout)
             if not self.external:
-                self.kafka.wait_ready(max(5.0, timeout - (time.monotonic() - t0)))
+                for node in self.kafka_nodes:  # a cluster's nodes answer once a quorum of controllers is up
+                    node.wait_ready(max(5.0, timeout - (time.monotonic() - t0)))
             if self.secure is not None:
                 self._secure_up(progress)
         except (StackError, KafkaError):
@@ -184,13 +216,19 @@ class LocalStack:
             raise
 
     def down(self, progress: Callable[[str], None] = lambda _m: None) -> list[str]:
-        """Stop Kafka, then Mosquitto, gracefully; returns the names of what was stopped."""
-        stopped: list[str] = []
-        for component in (self.kafka, self.mosquitto):
-            if component.process.pid() is not None:
-                progress(f"stopping {component.name}")
-                if component.stop():
-                    stopped.append(component.name)
+        """Stop Kafka, then Mosquitto, gracefully; returns the names of what was stopped. A
+        cluster's nodes stop together: one by one, the last would wait for a controller quorum
+        that has already gone."""
+        running = [node for node in self.kafka_nodes if node.process.pid() is not None]
+        for node in running:
+            progress(f"stopping {node.name}")
+        with ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:
+            done = list(pool.map(KafkaBroker.stop, running))
+        stopped = [node.name for node, ok in zip(running, done, strict=True) if ok]
+        if self.mosquitto.process.pid() is not None:
+            progress("stopping mosquitto")
+            if self.mosquitto.stop():
+                stopped.append(self.mosquitto.name)
         return stopped
 
     def status(self) -> list[ComponentStatus]:
@@ -210,16 +248,22 @@ class LocalStack:
                 result.append(ComponentStatus("kafka", self._kafka_base.bootstrap_servers, None, False,
                                               error.one_line()))
         else:
-            note = "KRaft, single node" + ("; SASL_SSL (SCRAM-SHA-512), ACLs" if self.secure is not None else "")
-            result.append(ComponentStatus("kafka", self.kafka.address, self.kafka.process.pid(),
-                                          self.kafka.healthy(), note))
+            for node in self.kafka_nodes:
+                note = ("KRaft, single node" if node.nodes == 1 else f"KRaft, node {node.node_id} of {node.nodes}") + (
+                    "; SASL_SSL (SCRAM-SHA-512), ACLs" if self.secure is not None else "")
+                result.append(ComponentStatus(node.name, node.address, node.process.pid(), node.healthy(), note))
         return result
 
+    def components(self) -> dict[str, Mosquitto | KafkaBroker]:
+        """The local brokers by name (mosquitto, kafka or kafka-1 … kafka-N)."""
+        return {"mosquitto": self.mosquitto, **{node.name: node for node in self.kafka_nodes},
+                **({"kafka": self.kafka} if len(self.kafka_nodes) > 1 else {})}
+
     def logs(self, component: str, lines: int = 50) -> str:
-        if component not in ("mosquitto", "kafka"):
-            raise StackError(f"unknown component {component!r}", hint="use mosquitto or kafka")
-        target = self.mosquitto.log_path() if component == "mosquitto" else self.kafka.log_path()
-        return tail(target, lines)
+        found = self.components().get(component)
+        if found is None:
+            raise StackError(f"unknown component {component!r}", hint=f"use {' or '.join(self.components())}")
+        return tail(found.log_path(), lines)
 
     def __enter__(self) -> Self:
         self.up()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -15,11 +13,12 @@ import pytest
 from click.testing import CliRunner
 
 from forewarn.cli import cli
+from forewarn.errors import KafkaError
 from forewarn.kafka import KafkaAdmin, KafkaConsumer, KafkaProducer
 from forewarn.mqtt import MqttClient
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import topic_specs
-from tests.stacks import JAR_CACHE, RunningStack, free_port
+from tests.stacks import JAR_CACHE, RunningStack, forewarn_cli, free_port
 
 pytestmark = pytest.mark.integration  # real Mosquitto and Kafka
 
@@ -45,6 +44,27 @@ def test_topics_create_is_idempotent(stack: RunningStack) -> None:
     assert {c.action for c in second} == {"exists"} and all(c.ok for c in second)
     wider = TopicSettings(prefix=settings.prefix, partitions=8)
     assert any(not c.ok and "partitions" in c.problems[0] for c in admin.ensure_topics(topic_specs(wider)))
+
+
+def test_topics_create_reports_replication_that_cannot_hold(stack: RunningStack) -> None:
+    settings = TopicSettings(prefix=f"isr-{uuid.uuid4().hex[:6]}.", partitions=2)
+    admin = KafkaAdmin(stack.kafka_settings)
+    assert all(c.spec.replication_factor == 1 and c.spec.min_insync == 1 for c in admin.ensure_topics(
+        topic_specs(settings)))  # one broker: one replica, and writes are not refused
+    telemetry = f"{settings.prefix}telemetry"
+    admin.alter_topic_configs({telemetry: {"min.insync.replicas": "2"}})
+    checks = {c.spec.name: c for c in admin.ensure_topics(topic_specs(settings))}
+    assert checks[telemetry].problems == [
+        "min.insync.replicas is 2 on 1 replica(s): every acks=all write is refused (NOT_ENOUGH_REPLICAS)"]
+    assert all(c.ok for name, c in checks.items() if name != telemetry)
+    result = CliRunner().invoke(cli, ["topics", "create"], env={
+        "FOREWARN_KAFKA__BOOTSTRAP_SERVERS": stack.bootstrap, "FOREWARN_TOPICS__PREFIX": settings.prefix,
+        "FOREWARN_TOPICS__PARTITIONS": "2"})
+    assert result.exit_code == 1 and "NOT_ENOUGH_REPLICAS" in result.output
+    three = TopicSettings(prefix=f"rf3-{uuid.uuid4().hex[:6]}.", replication_factor=3)
+    with pytest.raises(KafkaError, match=r"wants 3 replicas but the cluster .* has 1 broker") as refused:
+        admin.ensure_topics(topic_specs(three))
+    assert refused.value.code == "INVALID_REPLICATION_FACTOR"
 
 
 def test_cli_topics_create_against_the_stack(stack: RunningStack) -> None:
@@ -114,11 +134,6 @@ def test_foreign_clients_interoperate(stack: RunningStack, fresh_topics: object)
         sub.disconnect()
 
 
-def _forewarn(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "forewarn.cli", *args], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
 def test_cli_stack_lifecycle_persists_data_and_leaves_no_process(tmp_path: Path) -> None:
     """A second stack, driven through the real CLI: up, status, produce, down, up, read, down."""
     env = {
@@ -128,21 +143,21 @@ def test_cli_stack_lifecycle_persists_data_and_leaves_no_process(tmp_path: Path)
         "FOREWARN_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
         "FOREWARN_MQTT__PORT": str(free_port()),
     }
-    up = _forewarn(["stack", "up"], env)
+    up = forewarn_cli(["stack", "up"], env)
     assert up.returncode == 0, up.stderr
     try:
-        assert _forewarn(["topics", "create"], env).returncode == 0
-        status = _forewarn(["stack", "status"], env)
+        assert forewarn_cli(["topics", "create"], env).returncode == 0
+        status = forewarn_cli(["stack", "status"], env)
         assert status.returncode == 0 and status.stdout.count("healthy") == 2, status.stdout
         kafka = KafkaSettings(bootstrap_servers=env["FOREWARN_KAFKA__BOOTSTRAP_SERVERS"])
         with KafkaProducer(kafka) as producer:
             producer.produce("telemetry", b"survives-restart", key="s/m")
-        down = _forewarn(["stack", "down"], env)
+        down = forewarn_cli(["stack", "down"], env)
         assert down.returncode == 0 and "kafka" in down.stdout
-        assert _forewarn(["stack", "status"], env).returncode == 1
+        assert forewarn_cli(["stack", "status"], env).returncode == 1
         pids = subprocess.run(["pgrep", "-f", env["FOREWARN_STACK__HOME"]], capture_output=True, text=True)
         assert pids.stdout.strip() == "", "stack down left a process behind"
-        assert _forewarn(["stack", "up"], env).returncode == 0
+        assert forewarn_cli(["stack", "up"], env).returncode == 0
         consumer = KafkaConsumer(kafka, "persist", ["telemetry"])
         values: list[bytes] = []
         deadline = time.monotonic() + 30
@@ -151,7 +166,7 @@ def test_cli_stack_lifecycle_persists_data_and_leaves_no_process(tmp_path: Path)
         consumer.close()
         assert values == [b"survives-restart"]
     finally:
-        _forewarn(["stack", "down"], env)
+        forewarn_cli(["stack", "down"], env)
 
 
 def test_port_in_use_is_one_actionable_line(stack: RunningStack, tmp_path: Path) -> None:
@@ -160,7 +175,7 @@ def test_port_in_use_is_one_actionable_line(stack: RunningStack, tmp_path: Path)
         "FOREWARN_MQTT__PORT": str(stack.mqtt_port),  # taken by the session's Mosquitto
         "FOREWARN_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
     }
-    result = _forewarn(["stack", "up"], env, timeout=60)
+    result = forewarn_cli(["stack", "up"], env, timeout=60)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"port {stack.mqtt_port} is in use" in errors[0]
@@ -176,8 +191,8 @@ def test_missing_java_is_one_actionable_line(tmp_path: Path) -> None:
         "PATH": str(Path(shutil.which("mosquitto") or "/usr/sbin/mosquitto").parent) + ":/nonexistent",
         "JAVA_HOME": "",
     }
-    result = _forewarn(["stack", "up"], env, timeout=60)
+    result = forewarn_cli(["stack", "up"], env, timeout=60)
     assert result.returncode == 2, result.stderr
     assert "error:" in result.stderr and ("java" in result.stderr or "mvn" in result.stderr)
     assert "Traceback" not in result.stderr
-    assert _forewarn(["stack", "down"], env).returncode == 0
+    assert forewarn_cli(["stack", "down"], env).returncode == 0
