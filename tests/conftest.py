@@ -46,6 +46,18 @@ def own_stack(tmp_path: Path) -> Iterator[LocalStack]:
         local.down()
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """A private Mosquitto and a three-node KRaft cluster on free ports, for a module whose
+    tests kill, stop and restart its nodes."""
+    local = make_stack(tmp_path_factory.mktemp("cluster"), brokers=3, kafka_heap="512m")
+    local.up()
+    try:
+        yield local
+    finally:
+        local.down()
+
+
 @pytest.fixture(scope="session", params=["mosquitto", *INTEROP_BROKERS])
 def mqtt_broker(request: pytest.FixtureRequest,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[MqttBrokerUnderTest]:
@@ -86,7 +98,7 @@ def fresh_topics(stack: RunningStack) -> Callable[..., tuple[TopicSettings, Topi
     return make
 
 
-_BROKER_FIXTURES = frozenset({"stack", "own_stack", "fresh_topics", "mqtt_broker"})
+_BROKER_FIXTURES = frozenset({"stack", "own_stack", "cluster", "fresh_topics", "mqtt_broker"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -108,13 +108,19 @@ class RunningStack:
         self.local.kafka.wait_ready(90)
 
 
-def make_stack(home: Path, *, secure: bool = False, topics: TopicSettings | None = None) -> LocalStack:
+def make_stack(home: Path, *, secure: bool = False, topics: TopicSettings | None = None, brokers: int = 1,
+               kafka_heap: str = "1g") -> LocalStack:
     """A stack on free ports in ``home``; ``topics``: the topic names a secure stack's ACLs grant
-    (the default names otherwise)."""
-    kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", client_id="forewarn-tests")
+    (the default names otherwise); ``brokers`` > 1: a KRaft cluster of that many nodes."""
+    if brokers > 1:
+        base = free_ports(2 * brokers)  # node i: base + 2(i-1), its controller one above
+        port, controller = base, base + 1
+    else:
+        port, controller = free_port(), free_port()
+    kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}", client_id="forewarn-tests")
     mqtt = MqttSettings(port=free_port())
-    settings = StackSettings(home=home, cache_dir=JAR_CACHE, controller_port=free_port(), kafka_heap="1g",
-                             secure=secure)
+    settings = StackSettings(home=home, cache_dir=JAR_CACHE, controller_port=controller, kafka_heap=kafka_heap,
+                             secure=secure, brokers=brokers)
     return LocalStack(settings, kafka, mqtt, topics)
 
 

@@ -16,11 +16,11 @@ from forewarn.settings import TopicSettings
 from forewarn.stack import LocalStack
 from forewarn.topics import Topics, topic_specs
 from tests.integration import test_scoring_worker
-from tests.integration.test_scoring_worker import offline
 from tests.scoring.fleet_data import FleetData
 from tests.scoring.procs import (
     Worker,
     count_committed,
+    offline,
     prediction_keys,
     produce_readings,
     publish_model,

@@ -19,17 +19,16 @@ from forewarn.errors import KafkaError
 from forewarn.kafka import KafkaProducer
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import Topics
-from scoring.engine import Incoming, ScoringEngine
-from scoring.registry import ModelRegistry
 from scoring.settings import ScoringOptions, ScoringSettings
 from scoring.worker import ScoringWorker
-from tests.scoring.bundle_factory import TEST_TRUST, trust_settings
+from tests.scoring.bundle_factory import trust_settings
 from tests.scoring.fleet_data import FleetData, fitted_bundle, simulate
 from tests.scoring.procs import (
     PredictionKey,
     Worker,
     alerts,
     count_committed,
+    offline,
     prediction_keys,
     produce_events,
     produce_readings,
@@ -54,19 +53,6 @@ def data() -> FleetData:
 @pytest.fixture(scope="module")
 def bundle(data: FleetData) -> Bundle:
     return fitted_bundle(data)
-
-
-def offline(data: FleetData, *bundles: Bundle, switch_at: int | None = None) -> list[PredictionKey]:
-    """What an uninterrupted worker must commit, computed in-process."""
-    registry = ModelRegistry(threads=1, trust=TEST_TRUST)
-    registry.offer_bundle(bundles[0])
-    engine = ScoringEngine(registry, ScoringOptions())
-    cut = switch_at if switch_at is not None else len(data.readings)
-    results = [engine.process([Incoming(r, 0) for r in data.readings[:cut]], [])]
-    if len(bundles) > 1:
-        registry.offer_bundle(bundles[1])
-    results.append(engine.process([Incoming(r, 0) for r in data.readings[cut:]], []))
-    return prediction_keys([v for res in results for _, v in res.predictions])
 
 
 def feed(kafka: KafkaSettings, topics: Topics, readings: list[Telemetry], chunk: int, pause_s: float) -> None:

@@ -14,10 +14,15 @@ from pathlib import Path
 import confluent_kafka
 import msgspec
 
+from forewarn.bundle import Bundle
 from forewarn.contract import Alert, MaintenanceEvent, Prediction, Telemetry, encode
 from forewarn.settings import KafkaSettings, TopicSettings
 from forewarn.topics import Topics
-from tests.scoring.bundle_factory import trust_env
+from scoring.engine import Incoming, ScoringEngine
+from scoring.registry import ModelRegistry
+from scoring.settings import ScoringOptions
+from tests.scoring.bundle_factory import TEST_TRUST, trust_env
+from tests.scoring.fleet_data import FleetData
 from tests.stacks import REPO
 
 _prediction = msgspec.json.Decoder(Prediction)
@@ -96,6 +101,19 @@ def prediction_keys(values: list[bytes]) -> list[PredictionKey]:
 
 def alerts(values: list[bytes]) -> list[Alert]:
     return [_alert.decode(v) for v in values]
+
+
+def offline(data: FleetData, *bundles: Bundle, switch_at: int | None = None) -> list[PredictionKey]:
+    """What an uninterrupted worker must commit, computed in-process."""
+    registry = ModelRegistry(threads=1, trust=TEST_TRUST)
+    registry.offer_bundle(bundles[0])
+    engine = ScoringEngine(registry, ScoringOptions())
+    cut = switch_at if switch_at is not None else len(data.readings)
+    results = [engine.process([Incoming(r, 0) for r in data.readings[:cut]], [])]
+    if len(bundles) > 1:
+        registry.offer_bundle(bundles[1])
+    results.append(engine.process([Incoming(r, 0) for r in data.readings[cut:]], []))
+    return prediction_keys([v for res in results for _, v in res.predictions])
 
 
 class Worker:

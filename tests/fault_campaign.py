@@ -1,0 +1,505 @@
+"""A fault campaign on a local three-node Kafka cluster, shared by its integration test (CI
+sizes) and ``benchmarks/faults.py`` (full size).
+
+Each scenario runs the pipeline on fresh topics (replication 3, ``min.insync.replicas`` 2):
+the real bridge (one process, MQTT → Kafka) and two real scoring workers (one consumer group,
+exactly-once transactions). A publisher sends simulated fleet telemetry over MQTT at a steady
+rate, the readings of one site as single messages and those of the other as gateway batches.
+When a share of the load is out, the fault is done for real (kill -9, SIGSTOP, a rebalance
+storm) and healed; when the load is done and the pipeline has caught up, every hop is counted:
+
+- MQTT: messages and readings published, and acknowledged (PUBACK) by Mosquitto;
+- ``telemetry``: distinct readings, duplicates, and acknowledged readings that never arrived;
+- ``predictions`` (read_committed): each one against the reference, what an uninterrupted
+  worker commits for the same readings (computed in-process), missing and extra;
+- ``alerts`` (read_committed), counted;
+- recovery: from the fault to the first committed prediction of a reading published after it,
+  and the longest pause between committed predictions from the fault to the end.
+
+What happened is described in ``observed`` (which broker was killed, which leaders moved).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+import msgspec
+from confluent_kafka import admin as kadmin
+from paho.mqtt import client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from forewarn.bundle import Bundle, pack
+from forewarn.contract import SCHEMA_VERSION, GatewayBatch, Prediction, Telemetry, encode, site_of
+from forewarn.kafka import KafkaAdmin
+from forewarn.settings import KafkaSettings, MqttSettings, TopicSettings
+from forewarn.stack import LocalStack
+from forewarn.stack.kafka import KafkaBroker
+from forewarn.topics import Topics, batch_topic, telemetry_topic, topic_specs
+from tests.bridge.helpers import BridgeProcess, count_telemetry
+from tests.scoring.fleet_data import FleetData, fitted_bundle, simulate
+from tests.scoring.procs import PredictionKey, Worker, offline, prediction_keys, publish_model, read_committed
+
+log = logging.getLogger("faults")
+
+Identity = tuple[str, int]
+_prediction = msgspec.json.Decoder(Prediction)
+# Workers commit often and notice a lost member quickly: scenarios stay short.
+WORKER_ARGS = ("--max-batch", "200", "--commit-interval-ms", "100")
+
+
+# -- the load ---------------------------------------------------------------------------------
+
+@dataclass
+class Load:
+    """Simulated fleet telemetry as MQTT messages, and the predictions it must give."""
+
+    data: FleetData
+    bundle: Bundle
+    messages: list[tuple[str, bytes, tuple[Identity, ...]]]  # MQTT topic, payload, readings in it
+    reference: list[PredictionKey]
+
+    @property
+    def readings(self) -> int:
+        return len(self.data.readings)
+
+
+def make_load(machines: int, ticks: int, seed: int = 11) -> Load:
+    """``machines`` over two sites for ``ticks`` ticks: the first site's machines publish each
+    reading alone, the second's go in gateway batches (one per tick of that site)."""
+    data = simulate(machines=machines, ticks=ticks, seed=seed)
+    sites = sorted({site_of(r.machine_id) for r in data.readings})
+    batched = sites[-1]
+    per_batch = len({r.machine_id for r in data.readings if site_of(r.machine_id) == batched})
+    gateway = f"{batched}/gw-1"
+    messages: list[tuple[str, bytes, tuple[Identity, ...]]] = []
+    pending: list[Telemetry] = []
+
+    def flush() -> None:
+        if pending:
+            payload = encode(GatewayBatch(SCHEMA_VERSION, gateway, list(pending)))
+            messages.append((batch_topic(batched, gateway), payload, tuple((r.machine_id, r.seq) for r in pending)))
+            pending.clear()
+
+    for r in data.readings:
+        if site_of(r.machine_id) != batched:
+            messages.append((telemetry_topic(r.machine_id), encode(r), ((r.machine_id, r.seq),)))
+            continue
+        pending.append(r)
+        if len(pending) == per_batch:
+            flush()
+    flush()
+    bundle = fitted_bundle(data)
+    return Load(data, bundle, messages, offline(data, bundle))
+
+
+class Publisher(threading.Thread):
+    """Publishes a load over MQTT (QoS 1) at ``rate`` readings/s; counts what Mosquitto acknowledged
+    and when each reading went out."""
+
+    def __init__(self, mqtt: MqttSettings, load: Load, rate: float) -> None:
+        super().__init__(daemon=True, name="publisher")
+        self.mqtt, self.load, self.rate = mqtt, load, rate
+        self.sent_at: dict[Identity, float] = {}
+        self.published_messages = self.published_readings = 0
+        self.acked_messages = 0
+        self.acked: set[Identity] = set()
+        self.error: BaseException | None = None
+        self._by_mid: dict[int, tuple[Identity, ...]] = {}
+        self._early: set[int] = set()
+        self._lock = threading.Lock()
+
+    def progress(self) -> float:
+        return self.published_readings / max(1, self.load.readings)
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # reported by the campaign, not lost in a thread
+            self.error = exc
+
+    def _on_publish(self, _client: Any, _userdata: Any, mid: int, _rc: Any, _props: Any) -> None:
+        with self._lock:  # (paho calls this holding its own lock: never publish() holding this one)
+            readings = self._by_mid.pop(mid, None)
+            if readings is None:  # acknowledged before publish() returned its mid
+                self._early.add(mid)
+            else:
+                self._ack(readings)
+
+    def _ack(self, readings: tuple[Identity, ...]) -> None:
+        self.acked_messages += 1
+        self.acked.update(readings)
+
+    def _run(self) -> None:
+        client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                             client_id=f"campaign-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv311)
+        client.max_inflight_messages_set(200)
+        client.on_publish = self._on_publish
+        client.connect(self.mqtt.host, self.mqtt.port, keepalive=30)
+        client.loop_start()
+        try:
+            deadline = time.monotonic() + 30
+            while not client.is_connected():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no CONNACK from Mosquitto on port {self.mqtt.port}")
+                time.sleep(0.01)
+            start = time.monotonic()
+            for topic, payload, readings in self.load.messages:
+                delay = start + self.published_readings / self.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                while (info := client.publish(topic, payload, qos=1)).rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                    time.sleep(0.01)
+                with self._lock:
+                    if info.mid in self._early:
+                        self._early.discard(info.mid)
+                        self._ack(readings)
+                    else:
+                        self._by_mid[info.mid] = readings
+                now = time.monotonic()
+                for ident in readings:
+                    self.sent_at[ident] = now
+                self.published_messages += 1
+                self.published_readings += len(readings)
+            deadline = time.monotonic() + 120
+            while self.acked_messages < self.published_messages and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+
+class PredictionTail(threading.Thread):
+    """Reads committed predictions as they come, noting when each arrived (for recovery times)."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+        super().__init__(daemon=True, name="prediction-tail")
+        self.arrivals: list[tuple[float, Identity]] = []
+        self._halt = threading.Event()
+        self._consumer = confluent_kafka.Consumer({
+            "bootstrap.servers": kafka.bootstrap_servers, "group.id": f"tail-{uuid.uuid4().hex[:8]}",
+            "isolation.level": "read_committed", "auto.offset.reset": "earliest", "enable.auto.commit": False,
+            "log_level": 2})
+        self._consumer.subscribe([topic])
+
+    def run(self) -> None:
+        try:
+            while not self._halt.is_set():
+                for m in self._consumer.consume(2000, 0.2):
+                    if m.error() is None:
+                        p = _prediction.decode(m.value() or b"")
+                        self.arrivals.append((time.monotonic(), (p.machine_id, p.seq)))
+        finally:
+            self._consumer.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(30)
+
+
+# -- the cluster ------------------------------------------------------------------------------
+
+def wait(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def leaders(kafka: KafkaSettings, topic: str) -> dict[int, int]:
+    """Partition → leader node id (-1 while none is elected)."""
+    partitions = KafkaAdmin(kafka, log_level=2).ping(timeout_s=5).topics[topic].partitions
+    return {p: meta.leader for p, meta in partitions.items()}
+
+
+def active_controller(stack: LocalStack) -> KafkaBroker:
+    """The KRaft quorum's leader, from the nodes' ``quorum-state`` files (the newest epoch's
+    view): Kafka's describe-cluster answer names any broker in KRaft mode, not the controller."""
+    best: tuple[int, int] = (-1, -1)
+    for node in stack.kafka_nodes:
+        state_file = node.data / "__cluster_metadata-0" / "quorum-state"
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("leaderId", -1) >= 0:
+            best = max(best, (int(state.get("leaderEpoch", -1)), int(state["leaderId"])))
+    if best[1] < 0:
+        raise RuntimeError("no node knows the KRaft quorum's leader")
+    return next(n for n in stack.kafka_nodes if n.node_id == best[1])
+
+
+def group_members(kafka: KafkaSettings, group: str) -> int:
+    client = kadmin.AdminClient({"bootstrap.servers": kafka.bootstrap_servers, "log_level": 2})
+    try:
+        described = client.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
+    except confluent_kafka.KafkaException:
+        return -1
+    return len(described.members) if str(described.state).endswith("STABLE") else -1
+
+
+# -- one scenario -----------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """A scenario's running pipeline: what its fault may touch."""
+
+    stack: LocalStack
+    kafka: KafkaSettings
+    topics: Topics
+    group: str
+    publisher: Publisher
+    bridge: BridgeProcess
+    workers: list[Worker]
+    work: Path
+    new_bridge: Callable[[], BridgeProcess]
+    new_worker: Callable[[str], Worker]
+    observed: list[str] = field(default_factory=list)
+    fault_at: float = 0.0
+    healed_at: float = 0.0
+
+    def note(self, text: str) -> None:
+        log.info("%s", text)
+        self.observed.append(text)
+
+    def busiest_leader(self) -> KafkaBroker:
+        """The node leading the most telemetry partitions."""
+        counts = Counter(leaders(self.kafka, self.topics.telemetry).values())
+        node_id = max(counts, key=lambda n: (counts[n], -n))
+        return next(n for n in self.stack.kafka_nodes if n.node_id == node_id)
+
+    def wait_progress(self, share: float, timeout_s: float = 300) -> None:
+        """Until ``share`` of the load has been published."""
+        wait(lambda: self.publisher.progress() >= min(share, 1.0) or not self.publisher.is_alive(), timeout_s,
+             f"{share:.0%} of the load to be published")
+
+    def restart_brokers(self) -> None:
+        """``forewarn stack up``'s way: start the nodes that are down, wait until they answer."""
+        down = [n.name for n in self.stack.kafka_nodes if n.process.pid() is None]
+        self.stack.up()
+        self.note(f"started {', '.join(down)} again")
+
+
+Fault = Callable[[Run], None]
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    done: str
+    observed: list[str]
+    published_messages: int
+    published_readings: int
+    acked_readings: int
+    telemetry_distinct: int
+    telemetry_duplicates: int
+    readings_lost: int  # acknowledged on MQTT, never in telemetry
+    predictions_expected: int
+    predictions_committed: int
+    predictions_missing: int
+    predictions_extra: int
+    alerts: int
+    recovery_s: float | None  # fault to the first committed prediction of a reading published after it
+    longest_pause_s: float | None  # between committed predictions, from the fault to the end
+    fault_s: float  # from the fault to its healing
+    wall_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.readings_lost == 0 and self.predictions_missing == 0 and self.predictions_extra == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    done: str  # what is done, in one line
+    fault: Fault
+    at: float = 0.3  # share of the load published when the fault is done
+
+
+def run_scenario(stack: LocalStack, scenario: Scenario, load: Load, work: Path, *, rate: float,
+                 partitions: int = 6, drain_timeout_s: float = 300) -> ScenarioResult:
+    """Run ``scenario`` on fresh topics of the running cluster ``stack``; count every hop."""
+    started = time.monotonic()
+    prefix = f"f{uuid.uuid4().hex[:6]}."
+    topic_settings = TopicSettings(prefix=prefix, partitions=partitions)
+    topics = Topics.from_settings(topic_settings)
+    kafka = stack.kafka_settings
+    KafkaAdmin(kafka).ensure_topics(topic_specs(topic_settings))
+    publish_model(kafka, topics, "pump", pack(load.bundle))
+    work.mkdir(parents=True, exist_ok=True)
+    group = f"{prefix}scoring"
+
+    def new_bridge() -> BridgeProcess:
+        return BridgeProcess(work / "bridge.log", kafka, stack.mqtt_settings, prefix, f"{prefix}bridge",
+                             f"{prefix}share").wait_ready(60)
+
+    def new_worker(worker_id: str) -> Worker:
+        return Worker(kafka, topic_settings, worker_id, work, *WORKER_ARGS).start()
+
+    bridge = new_bridge()
+    workers = [new_worker("w1"), new_worker("w2")]
+    wait(lambda: group_members(kafka, group) == 2, 120, "both workers in the group")
+    tail = PredictionTail(kafka, topics.predictions)
+    tail.start()
+    publisher = Publisher(stack.mqtt_settings, load, rate)
+    run = Run(stack, kafka, topics, group, publisher, bridge, workers, work, new_bridge, new_worker)
+    publisher.start()
+    try:
+        run.wait_progress(scenario.at)
+        run.fault_at = time.monotonic()
+        scenario.fault(run)
+        run.healed_at = time.monotonic()
+        publisher.join(600)
+        if publisher.error is not None:
+            raise RuntimeError(f"the publisher failed: {publisher.error}") from publisher.error
+        committed = read_committed(kafka, topics.predictions, expect=len(load.reference), timeout_s=drain_timeout_s,
+                                   settle_s=3.0)
+        alerts = read_committed(kafka, topics.alerts, timeout_s=30, settle_s=1.0)
+        telemetry = count_telemetry(kafka, topics.telemetry, publisher.acked, timeout_s=60)
+    finally:
+        tail.stop()
+        run.bridge.stop()
+        for worker in run.workers:
+            if worker.alive():
+                try:
+                    worker.terminate()
+                except Exception:
+                    worker.kill()
+    got = Counter(prediction_keys(committed))
+    want = Counter(load.reference)
+    after = sorted(t for t, ident in tail.arrivals if publisher.sent_at.get(ident, 0.0) > run.fault_at)
+    times = [run.fault_at, *sorted(t for t, _i in tail.arrivals if t >= run.fault_at)]
+    return ScenarioResult(
+        name=scenario.name, done=scenario.done, observed=run.observed,
+        published_messages=publisher.published_messages, published_readings=publisher.published_readings,
+        acked_readings=len(publisher.acked), telemetry_distinct=len(telemetry),
+        telemetry_duplicates=sum(n - 1 for n in telemetry.values()),
+        readings_lost=len(publisher.acked - telemetry.keys()),
+        predictions_expected=len(load.reference), predictions_committed=len(committed),
+        predictions_missing=sum((want - got).values()), predictions_extra=sum((got - want).values()),
+        alerts=len(alerts),
+        recovery_s=round(after[0] - run.fault_at, 2) if after else None,
+        longest_pause_s=round(max(b - a for a, b in itertools.pairwise(times)), 2) if len(times) > 1
+        else None,
+        fault_s=round(run.healed_at - run.fault_at, 2), wall_s=round(time.monotonic() - started, 1))
+
+
+# -- the faults -------------------------------------------------------------------------------
+
+def _kill(run: Run, node: KafkaBroker, why: str) -> None:
+    node.process.kill()
+    run.note(f"kill -9 {node.name} ({why})")
+
+
+def kill_partition_leader(run: Run) -> None:
+    victim = run.busiest_leader()
+    led = sorted(p for p, n in leaders(run.kafka, run.topics.telemetry).items() if n == victim.node_id)
+    _kill(run, victim, f"leader of telemetry partitions {led}")
+    wait(lambda: all(n not in (-1, victim.node_id) for n in leaders(run.kafka, run.topics.telemetry).values()),
+         60, "new leaders for the telemetry partitions")
+    run.note(f"new leaders after {time.monotonic() - run.fault_at:.1f}s")
+    run.wait_progress(run.publisher.progress() + 0.2)
+    run.restart_brokers()
+
+
+def kill_active_controller(run: Run) -> None:
+    victim = active_controller(run.stack)
+    _kill(run, victim, "the active KRaft controller")
+
+    def elected() -> bool:
+        try:
+            return active_controller(run.stack).node_id != victim.node_id
+        except RuntimeError:
+            return False
+
+    wait(elected, 60, "a new KRaft controller")
+    run.note(f"{active_controller(run.stack).name} is the controller after {time.monotonic() - run.fault_at:.1f}s")
+    run.wait_progress(run.publisher.progress() + 0.2)
+    run.restart_brokers()
+
+
+def kill_every_broker(run: Run) -> None:
+    for node in run.stack.kafka_nodes:
+        _kill(run, node, "every broker")
+    run.wait_progress(run.publisher.progress() + 0.15)  # MQTT keeps taking readings meanwhile
+    run.restart_brokers()
+
+
+def zombie_worker(run: Run) -> None:
+    zombie, other = run.workers
+    assert zombie.proc is not None
+    zombie.proc.send_signal(signal.SIGSTOP)
+    run.note(f"SIGSTOP {zombie.log_path.stem}")
+    wait(lambda: group_members(run.kafka, run.group) == 1, 120, "the group to move on without the stopped worker")
+    run.note(f"the group went on with {other.log_path.stem} alone after {time.monotonic() - run.fault_at:.1f}s")
+    run.wait_progress(run.publisher.progress() + 0.1)
+    before = len(zombie.log())
+    zombie.proc.send_signal(signal.SIGCONT)
+    run.note("SIGCONT: the zombie resumes mid-batch")
+    wait(lambda: group_members(run.kafka, run.group) == 2, 120, "the resumed worker to rejoin")
+    fenced = [line for line in zombie.log()[before:].splitlines() if "fenc" in line.lower() or "generation" in line]
+    run.note(f"the zombie rejoined; its log says: {fenced[0].strip()[:200]}" if fenced
+             else "the zombie rejoined; its log names no fencing")
+
+
+def rebalance_storm(run: Run, rounds: int = 6) -> None:
+    for i in range(rounds):
+        extra = run.new_worker(f"storm{i}")
+        run.workers.append(extra)
+        wait(lambda: group_members(run.kafka, run.group) == 3, 120, f"storm worker {i} to join")
+        if i % 2:
+            extra.kill()
+            how = "kill -9"
+        else:
+            extra.terminate()
+            how = "SIGTERM"
+        wait(lambda: group_members(run.kafka, run.group) == 2, 120, f"storm worker {i} to leave")
+        run.note(f"storm worker {i} joined and left ({how})")
+
+
+def kill_bridge_during_election(run: Run) -> None:
+    victim = run.busiest_leader()
+    _kill(run, victim, "leader of the busiest telemetry partitions")
+    run.bridge.kill9()
+    run.note("kill -9 the bridge while the leaders are being elected")
+    run.bridge = run.new_bridge()
+    run.note(f"bridge started again after {time.monotonic() - run.fault_at:.1f}s")
+    run.wait_progress(run.publisher.progress() + 0.2)
+    run.restart_brokers()
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
+    Scenario("leader-kill", "kill -9 the node leading the most telemetry partitions, restart it",
+             kill_partition_leader),
+    Scenario("controller-kill", "kill -9 the active KRaft controller, restart it", kill_active_controller),
+    Scenario("all-brokers-kill", "kill -9 all three nodes, restart them all", kill_every_broker),
+    Scenario("zombie-worker", "SIGSTOP a scoring worker past its session timeout, let the group move on, SIGCONT it",
+             zombie_worker),
+    Scenario("rebalance-storm", "a third worker joins and leaves (SIGTERM or kill -9) six times", rebalance_storm,
+             at=0.15),
+    Scenario("bridge-kill-in-election", "kill -9 a partition leader and at once the bridge; start the bridge again, "
+             "then the node", kill_bridge_during_election),
+]}
+
+
+def no_fault(run: Run) -> None:
+    run.note("nothing done: the uninterrupted run the others are read against")
+
+
+BASELINE = Scenario("none", "no fault (the baseline: the same load and pipeline, uninterrupted)", no_fault)
