@@ -71,6 +71,7 @@ def _sign_in(page: object, name: str, password: str) -> None:
 
 def test_login_roles_and_an_operators_acknowledgement(stack: RunningStack, tmp_path: Path, fresh_topics: Callable[
         ..., tuple[TopicSettings, Topics]]) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     settings, topics = fresh_topics(partitions=1)
@@ -109,8 +110,17 @@ def test_login_roles_and_an_operators_acknowledgement(stack: RunningStack, tmp_p
             expect(page.get_by_text("Olga Operator · operator")).to_be_visible(timeout=30_000)
             picker = page.locator('[data-testid="stMultiSelect"]', has_text="Alerts")
             expect(picker).to_be_visible(timeout=60_000)
-            picker.click()
-            page.get_by_role("option", name=f"{MACHINE} · critical · p_fail_above").click()
+            expect(page.locator('[data-testid="stDataFrame"]', has_text=MACHINE)).to_be_visible(timeout=60_000)
+            option = page.get_by_role("option", name=f"{MACHINE} · critical · p_fail_above")
+            for attempt in range(3):  # a rerun of the page (a refresh on a busy box) closes an open list
+                picker.click()
+                try:
+                    option.click(timeout=10_000)
+                    break
+                except PlaywrightTimeout:
+                    if attempt == 2:
+                        raise
+                    page.keyboard.press("Escape")
             page.keyboard.press("Escape")
             page.get_by_label("Note (optional)").fill(NOTE)
             page.get_by_role("button", name="Acknowledge", exact=True).click()
