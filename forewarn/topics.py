@@ -33,6 +33,17 @@ _ANY_TIME: Final = {"message.timestamp.after.max.ms": str(2**63 - 1),
                     "message.timestamp.before.max.ms": str(2**63 - 1)}
 
 
+def default_replication(brokers: int) -> int:
+    """The replication factor for a cluster of ``brokers``: min(3, brokers)."""
+    return min(3, max(1, brokers))
+
+
+def min_insync_for(replicas: int) -> int:
+    """``min.insync.replicas`` for ``replicas`` copies: one less (at least 1), so an acks=all
+    write is on two brokers when there are three and one may be down without writes refused."""
+    return max(1, replicas - 1)
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """One Kafka topic: its logical role, real name, partitions and topic-level configs.
@@ -51,8 +62,8 @@ class TopicSpec:
 
     def for_cluster(self, brokers: int) -> TopicSpec:
         """This spec with its replication settled for a cluster of ``brokers`` brokers."""
-        rf = self.replication_factor or min(3, max(1, brokers))
-        config = {"min.insync.replicas": str(max(1, rf - 1)), **self.config}
+        rf = self.replication_factor or default_replication(brokers)
+        config = {"min.insync.replicas": str(min_insync_for(rf)), **self.config}
         return replace(self, replication_factor=rf, config=config)
 
     @property

@@ -37,8 +37,7 @@ from typing import Any
 import confluent_kafka
 import msgspec
 from confluent_kafka import admin as kadmin
-from paho.mqtt import client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
 from forewarn.bundle import Bundle, pack
 from forewarn.contract import SCHEMA_VERSION, GatewayBatch, Prediction, Telemetry, encode, site_of
@@ -47,9 +46,17 @@ from forewarn.settings import KafkaSettings, MqttSettings, TopicSettings
 from forewarn.stack import LocalStack
 from forewarn.stack.kafka import KafkaBroker
 from forewarn.topics import Topics, batch_topic, telemetry_topic, topic_specs
-from tests.bridge.helpers import BridgeProcess, count_telemetry
+from tests.bridge.helpers import BridgeProcess, connected_publisher, count_telemetry
 from tests.scoring.fleet_data import FleetData, fitted_bundle, simulate
-from tests.scoring.procs import PredictionKey, Worker, offline, prediction_keys, publish_model, read_committed
+from tests.scoring.procs import (
+    PredictionKey,
+    Worker,
+    offline,
+    prediction_keys,
+    publish_model,
+    read_committed,
+    wait_for,
+)
 
 log = logging.getLogger("faults")
 
@@ -142,18 +149,9 @@ class Publisher(threading.Thread):
         self.acked.update(readings)
 
     def _run(self) -> None:
-        client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                             client_id=f"campaign-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv311)
-        client.max_inflight_messages_set(200)
+        client = connected_publisher(self.mqtt, f"campaign-{uuid.uuid4().hex[:8]}", max_inflight=200)
         client.on_publish = self._on_publish
-        client.connect(self.mqtt.host, self.mqtt.port, keepalive=30)
-        client.loop_start()
         try:
-            deadline = time.monotonic() + 30
-            while not client.is_connected():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no CONNACK from Mosquitto on port {self.mqtt.port}")
-                time.sleep(0.01)
             start = time.monotonic()
             for topic, payload, readings in self.load.messages:
                 delay = start + self.published_readings / self.rate - time.monotonic()
@@ -210,18 +208,25 @@ class PredictionTail(threading.Thread):
 
 # -- the cluster ------------------------------------------------------------------------------
 
-def wait(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(interval_s)
+class ClusterView:
+    """One admin client for a scenario's questions to the cluster (a client per question would
+    each log its own "connection refused" for a killed node)."""
 
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self._client = kadmin.AdminClient({"bootstrap.servers": kafka.bootstrap_servers, "log_level": 2})
 
-def leaders(kafka: KafkaSettings, topic: str) -> dict[int, int]:
-    """Partition → leader node id (-1 while none is elected)."""
-    partitions = KafkaAdmin(kafka, log_level=2).ping(timeout_s=5).topics[topic].partitions
-    return {p: meta.leader for p, meta in partitions.items()}
+    def leaders(self, topic: str) -> dict[int, int]:
+        """Partition → leader node id (-1 while none is elected)."""
+        partitions = self._client.list_topics(topic, timeout=5).topics[topic].partitions
+        return {p: meta.leader for p, meta in partitions.items()}
+
+    def members(self, group: str) -> int:
+        """Members of a stable ``group``; -1 while it rebalances or cannot be described."""
+        try:
+            described = self._client.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
+        except confluent_kafka.KafkaException:
+            return -1
+        return len(described.members) if str(described.state).endswith("STABLE") else -1
 
 
 def active_controller(stack: LocalStack) -> KafkaBroker:
@@ -241,15 +246,6 @@ def active_controller(stack: LocalStack) -> KafkaBroker:
     return next(n for n in stack.kafka_nodes if n.node_id == best[1])
 
 
-def group_members(kafka: KafkaSettings, group: str) -> int:
-    client = kadmin.AdminClient({"bootstrap.servers": kafka.bootstrap_servers, "log_level": 2})
-    try:
-        described = client.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
-    except confluent_kafka.KafkaException:
-        return -1
-    return len(described.members) if str(described.state).endswith("STABLE") else -1
-
-
 # -- one scenario -----------------------------------------------------------------------------
 
 @dataclass
@@ -266,6 +262,7 @@ class Run:
     work: Path
     new_bridge: Callable[[], BridgeProcess]
     new_worker: Callable[[str], Worker]
+    view: ClusterView
     observed: list[str] = field(default_factory=list)
     fault_at: float = 0.0
     healed_at: float = 0.0
@@ -276,13 +273,13 @@ class Run:
 
     def busiest_leader(self) -> KafkaBroker:
         """The node leading the most telemetry partitions."""
-        counts = Counter(leaders(self.kafka, self.topics.telemetry).values())
+        counts = Counter(self.view.leaders(self.topics.telemetry).values())
         node_id = max(counts, key=lambda n: (counts[n], -n))
         return next(n for n in self.stack.kafka_nodes if n.node_id == node_id)
 
     def wait_progress(self, share: float, timeout_s: float = 300) -> None:
         """Until ``share`` of the load has been published."""
-        wait(lambda: self.publisher.progress() >= min(share, 1.0) or not self.publisher.is_alive(), timeout_s,
+        wait_for(lambda: self.publisher.progress() >= min(share, 1.0) or not self.publisher.is_alive(), timeout_s,
              f"{share:.0%} of the load to be published")
 
     def restart_brokers(self) -> None:
@@ -354,11 +351,12 @@ def run_scenario(stack: LocalStack, scenario: Scenario, load: Load, work: Path, 
 
     bridge = new_bridge()
     workers = [new_worker("w1"), new_worker("w2")]
-    wait(lambda: group_members(kafka, group) == 2, 120, "both workers in the group")
+    view = ClusterView(kafka)
+    wait_for(lambda: view.members(group) == 2, 120, "both workers in the group")
     tail = PredictionTail(kafka, topics.predictions)
     tail.start()
     publisher = Publisher(stack.mqtt_settings, load, rate)
-    run = Run(stack, kafka, topics, group, publisher, bridge, workers, work, new_bridge, new_worker)
+    run = Run(stack, kafka, topics, group, publisher, bridge, workers, work, new_bridge, new_worker, view)
     publisher.start()
     try:
         run.wait_progress(scenario.at)
@@ -409,9 +407,9 @@ def _kill(run: Run, node: KafkaBroker, why: str) -> None:
 
 def kill_partition_leader(run: Run) -> None:
     victim = run.busiest_leader()
-    led = sorted(p for p, n in leaders(run.kafka, run.topics.telemetry).items() if n == victim.node_id)
+    led = sorted(p for p, n in run.view.leaders(run.topics.telemetry).items() if n == victim.node_id)
     _kill(run, victim, f"leader of telemetry partitions {led}")
-    wait(lambda: all(n not in (-1, victim.node_id) for n in leaders(run.kafka, run.topics.telemetry).values()),
+    wait_for(lambda: all(n not in (-1, victim.node_id) for n in run.view.leaders(run.topics.telemetry).values()),
          60, "new leaders for the telemetry partitions")
     run.note(f"new leaders after {time.monotonic() - run.fault_at:.1f}s")
     run.wait_progress(run.publisher.progress() + 0.2)
@@ -428,7 +426,7 @@ def kill_active_controller(run: Run) -> None:
         except RuntimeError:
             return False
 
-    wait(elected, 60, "a new KRaft controller")
+    wait_for(elected, 60, "a new KRaft controller")
     run.note(f"{active_controller(run.stack).name} is the controller after {time.monotonic() - run.fault_at:.1f}s")
     run.wait_progress(run.publisher.progress() + 0.2)
     run.restart_brokers()
@@ -446,13 +444,13 @@ def zombie_worker(run: Run) -> None:
     assert zombie.proc is not None
     zombie.proc.send_signal(signal.SIGSTOP)
     run.note(f"SIGSTOP {zombie.log_path.stem}")
-    wait(lambda: group_members(run.kafka, run.group) == 1, 120, "the group to move on without the stopped worker")
+    wait_for(lambda: run.view.members(run.group) == 1, 120, "the group to move on without the stopped worker")
     run.note(f"the group went on with {other.log_path.stem} alone after {time.monotonic() - run.fault_at:.1f}s")
     run.wait_progress(run.publisher.progress() + 0.1)
     before = len(zombie.log())
     zombie.proc.send_signal(signal.SIGCONT)
     run.note("SIGCONT: the zombie resumes mid-batch")
-    wait(lambda: group_members(run.kafka, run.group) == 2, 120, "the resumed worker to rejoin")
+    wait_for(lambda: run.view.members(run.group) == 2, 120, "the resumed worker to rejoin")
     fenced = [line for line in zombie.log()[before:].splitlines() if "fenc" in line.lower() or "generation" in line]
     run.note(f"the zombie rejoined; its log says: {fenced[0].strip()[:200]}" if fenced
              else "the zombie rejoined; its log names no fencing")
@@ -462,14 +460,14 @@ def rebalance_storm(run: Run, rounds: int = 6) -> None:
     for i in range(rounds):
         extra = run.new_worker(f"storm{i}")
         run.workers.append(extra)
-        wait(lambda: group_members(run.kafka, run.group) == 3, 120, f"storm worker {i} to join")
+        wait_for(lambda: run.view.members(run.group) == 3, 120, f"storm worker {i} to join")
         if i % 2:
             extra.kill()
             how = "kill -9"
         else:
             extra.terminate()
             how = "SIGTERM"
-        wait(lambda: group_members(run.kafka, run.group) == 2, 120, f"storm worker {i} to leave")
+        wait_for(lambda: run.view.members(run.group) == 2, 120, f"storm worker {i} to leave")
         run.note(f"storm worker {i} joined and left ({how})")
 
 

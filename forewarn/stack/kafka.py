@@ -32,6 +32,7 @@ from forewarn.settings import KafkaSettings, StackSettings
 from forewarn.stack import pki
 from forewarn.stack._process import ManagedProcess, port_free, tail
 from forewarn.stack.secure import SCRAM_MECHANISM, SecureMaterial
+from forewarn.topics import default_replication, min_insync_for
 
 if TYPE_CHECKING:
     from forewarn.kafka import AclGrant
@@ -273,9 +274,9 @@ class KafkaBroker:
                 keystore=self.keystore.resolve(), truststore=m.ca_cert)
         voters = ",".join(f"{i}@{HOST}:{node_ports(0, self.settings.controller_port, i)[1]}"
                           for i in range(1, self.nodes + 1))
-        rf = min(3, self.nodes)
+        rf = default_replication(self.nodes)
         text = _PROPERTIES.format(node_id=self.node_id, voters=voters, listeners=listeners, data=self.data.resolve(),
-                                  rf=rf, min_isr=max(1, rf - 1))
+                                  rf=rf, min_isr=min_insync_for(rf))
         pki.write_private(self.config_file, text.encode())  # 0600: the secure one holds the admin's password
         self.log4j_file.write_text(_LOG4J)
 

@@ -95,15 +95,15 @@ def batch_load(gateways: int, batches: int, size: int, site: str = "site-b") -> 
     return out
 
 
-def publish_all(settings: Any, messages: Iterable[tuple[str, bytes]], client_id: str | None = None,
-                qos: int = 1) -> int:
-    """Publish with QoS 1 as fast as the broker takes them; returns how many. Waits for every PUBACK."""
+def connected_publisher(settings: Any, client_id: str | None = None, max_inflight: int = 1000) -> Any:
+    """A paho client (MQTT 3.1.1, its network loop running) that has its CONNACK; with the
+    secure stack's login and TLS when ``settings`` carry them. The caller disconnects it."""
     from paho.mqtt import client as paho
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+    from paho.mqtt.enums import CallbackAPIVersion
 
     client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                          client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv311)
-    client.max_inflight_messages_set(1000)
+    client.max_inflight_messages_set(max_inflight)
     client.max_queued_messages_set(0)
     if isinstance(settings, MqttSettings):  # a login and TLS, as the secure stack's client files give
         if settings.tls:
@@ -112,17 +112,27 @@ def publish_all(settings: Any, messages: Iterable[tuple[str, bytes]], client_id:
             client.username_pw_set(settings.username, settings.password_value())
     client.connect(settings.host, settings.port, keepalive=60)
     client.loop_start()
+    # Publish only after CONNACK: MQTT lets a client send right after CONNECT, but Moquette 0.17
+    # drops (never acknowledges) a PUBLISH that arrives before it has bound the connection to
+    # its session ("Routing collision for action [PUB QoS1]"), and paho does not send it again.
+    deadline = time.monotonic() + 30
+    while not client.is_connected():
+        if time.monotonic() > deadline:
+            client.loop_stop()
+            raise TimeoutError(f"no CONNACK from {settings.host}:{settings.port} within 30 s")
+        time.sleep(0.01)
+    return client
+
+
+def publish_all(settings: Any, messages: Iterable[tuple[str, bytes]], client_id: str | None = None,
+                qos: int = 1) -> int:
+    """Publish with QoS 1 as fast as the broker takes them; returns how many. Waits for every PUBACK."""
+    from paho.mqtt.enums import MQTTErrorCode
+
+    client = connected_publisher(settings, client_id)
     n = 0
     last = None
     try:
-        # Publish only after CONNACK: MQTT lets a client send right after CONNECT, but Moquette 0.17
-        # drops (never acknowledges) a PUBLISH that arrives before it has bound the connection to
-        # its session ("Routing collision for action [PUB QoS1]"), and paho does not send it again.
-        deadline = time.monotonic() + 30
-        while not client.is_connected():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no CONNACK from {settings.host}:{settings.port} within 30 s")
-            time.sleep(0.01)
         for topic, payload in messages:
             while True:
                 try:
