@@ -7,7 +7,9 @@ each broker); the material lives under ``HOME/secure`` (:mod:`forewarn.stack.sec
 
 ``LocalStack`` is what ``forewarn stack`` and the test fixtures use. The brokers listen where
 the clients look (``mqtt.port``, the port of ``kafka.bootstrap_servers``). When those settings
-name a remote host, no local broker is run for it: the remote one must answer instead.
+name a remote host, no local broker is run for it: the remote one must answer instead. A
+:class:`Placement` (Python only; the CLI always runs everything on 127.0.0.1) puts the local
+brokers on other addresses of this machine, and each Kafka node under a command of its own.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from forewarn.stack.mosquitto import Mosquitto
 from forewarn.stack.secure import SecureMaterial
 from forewarn.topics import Topics
 
-__all__ = ["ComponentStatus", "KafkaBroker", "LocalStack", "Mosquitto"]
+__all__ = ["ComponentStatus", "KafkaBroker", "LocalStack", "Mosquitto", "Placement"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,21 @@ def _nodes_made(settings: StackSettings) -> int:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where the local brokers run, when not all on 127.0.0.1: Mosquitto on ``mqtt_host``, Kafka
+    node i on the i-th of ``kafka_hosts`` (listening, advertised and KRaft voter address) and
+    started under the i-th of ``kafka_launch`` (an argv prefix). Each host must be reachable from
+    this process (the fault campaign's nodes live in network namespaces: tests/netfaults.py).
+    The settings given to :class:`LocalStack` still name 127.0.0.1 (the stack is local; they give
+    its ports); :attr:`LocalStack.kafka_settings` and ``mqtt_settings`` reach the placed brokers.
+    Plaintext only: the secure stack's certificates name 127.0.0.1 and localhost."""
+
+    mqtt_host: str = "127.0.0.1"
+    kafka_hosts: tuple[str, ...] = ()
+    kafka_launch: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
 class ComponentStatus:
     name: str
     address: str
@@ -80,7 +97,8 @@ class LocalStack:
     """Mosquitto and Kafka for one ``stack.home``."""
 
     def __init__(self, settings: StackSettings, kafka: KafkaSettings | None = None,
-                 mqtt: MqttSettings | None = None, topics: TopicSettings | None = None) -> None:
+                 mqtt: MqttSettings | None = None, topics: TopicSettings | None = None, *,
+                 placement: Placement | None = None) -> None:
         self.settings = settings
         self._kafka_base = kafka or KafkaSettings()
         self._mqtt_base = mqtt or MqttSettings()
@@ -93,13 +111,22 @@ class LocalStack:
             raise StackError("--secure runs the local brokers secured; it cannot secure a remote one",
                              hint="point kafka.bootstrap_servers and mqtt.host at this machine, or secure the "
                                   "remote brokers yourself")
-        self.mosquitto = Mosquitto(settings, self._mqtt_base.port, self.secure)
+        place = placement or Placement()
+        if self.secure is not None and place != Placement():
+            raise StackError("the secure stack's certificates name 127.0.0.1 and localhost only",
+                             hint="run the secure stack without a placement")
+        self.mosquitto = Mosquitto(settings, self._mqtt_base.port, self.secure, host=place.mqtt_host)
         made = _nodes_made(settings)
         nodes = made or settings.brokers
         self._node_mismatch = bool(made) and settings.brokers not in (1, made)
         if self.secure is not None and nodes > 1:
             raise StackError("--secure runs a single Kafka node for now", hint="leave out --brokers with --secure")
-        self.kafka_nodes = [KafkaBroker(settings, local_port or 9092, self.secure, node_id=i, nodes=nodes)
+        for field, given in (("kafka_hosts", place.kafka_hosts), ("kafka_launch", place.kafka_launch)):
+            if given and len(given) != nodes:
+                raise StackError(f"the placement gives {len(given)} {field} for {nodes} Kafka node(s)")
+        self.kafka_nodes = [KafkaBroker(settings, local_port or 9092, self.secure, node_id=i, nodes=nodes,
+                                        hosts=place.kafka_hosts,
+                                        launch=place.kafka_launch[i - 1] if place.kafka_launch else ())
                             for i in range(1, nodes + 1)]
         self.kafka = self.kafka_nodes[0]
 

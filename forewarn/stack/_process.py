@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import signal
 import socket
@@ -34,13 +35,15 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
 
 
 def port_free(host: str, port: int) -> bool:
-    """True when nothing listens on host:port (we could bind it)."""
+    """True when nothing listens on host:port (we could bind it). An address this network
+    namespace does not have (a broker started in another namespace listens there) is free when
+    nothing answers on it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
-            return False
+        except OSError as error:
+            return error.errno == errno.EADDRNOTAVAIL and not port_open(host, port)
     return True
 
 

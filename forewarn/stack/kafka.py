@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -166,12 +166,20 @@ def node_ports(port: int, controller_port: int, node_id: int) -> tuple[int, int]
 
 
 class KafkaBroker:
-    """One node of the stack's local Kafka (node 1 of 1 unless the stack runs a cluster)."""
+    """One node of the stack's local Kafka (node 1 of 1 unless the stack runs a cluster).
+
+    ``hosts``: the address each node of the cluster listens on, advertises and is a KRaft voter
+    at (node i at the i-th; default all on 127.0.0.1); ``launch``: a command this node is started
+    under, its argv prefix (``nice -n 10``, ``ip netns exec NS``: the fault campaign runs each node
+    in its own network namespace that way)."""
 
     def __init__(self, settings: StackSettings, port: int, secure: SecureMaterial | None = None, *,
-                 node_id: int = 1, nodes: int = 1) -> None:
+                 node_id: int = 1, nodes: int = 1, hosts: Sequence[str] = (), launch: Sequence[str] = ()) -> None:
         self.settings = settings
         self.node_id, self.nodes = node_id, nodes
+        self.hosts = tuple(hosts) or (HOST,) * nodes
+        self.host = self.hosts[node_id - 1]
+        self.launch = tuple(launch)
         self._port, self.controller_port = node_ports(port, settings.controller_port, node_id)
         self.secure = secure
         self.name = "kafka" if nodes == 1 else f"kafka-{node_id}"
@@ -188,7 +196,7 @@ class KafkaBroker:
 
     @property
     def bootstrap(self) -> str:
-        return f"{HOST}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def address(self) -> str:
@@ -264,15 +272,15 @@ class KafkaBroker:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data.mkdir(parents=True, exist_ok=True)
         controller_port = self.controller_port
-        listeners = _PLAINTEXT_LISTENERS.format(host=HOST, port=self.port, controller_port=controller_port)
+        listeners = _PLAINTEXT_LISTENERS.format(host=self.host, port=self.port, controller_port=controller_port)
         if self.secure is not None:
             m = self.secure
             pki.write_private(self.keystore, m.server_key.read_bytes() + m.server_cert.read_bytes())
             listeners = _SECURE_LISTENERS.format(
-                host=HOST, port=self.port, controller_port=controller_port, mechanism=SCRAM_MECHANISM,
+                host=self.host, port=self.port, controller_port=controller_port, mechanism=SCRAM_MECHANISM,
                 mechanism_lower=SCRAM_MECHANISM.lower(), admin=ADMIN, admin_password=m.password(ADMIN),
                 keystore=self.keystore.resolve(), truststore=m.ca_cert)
-        voters = ",".join(f"{i}@{HOST}:{node_ports(0, self.settings.controller_port, i)[1]}"
+        voters = ",".join(f"{i}@{self.hosts[i - 1]}:{node_ports(0, self.settings.controller_port, i)[1]}"
                           for i in range(1, self.nodes + 1))
         rf = default_replication(self.nodes)
         text = _PROPERTIES.format(node_id=self.node_id, voters=voters, listeners=listeners, data=self.data.resolve(),
@@ -330,7 +338,7 @@ class KafkaBroker:
         if self.process.pid() is not None:
             return
         for port in (self.port, self.controller_port):
-            if not port_free(HOST, port):
+            if not port_free(self.host, port):
                 raise StackError(f"port {port} is in use, so Kafka cannot listen on it",
                                  hint="stop whatever holds it or set FOREWARN_KAFKA__BOOTSTRAP_SERVERS / "
                                       "FOREWARN_STACK__CONTROLLER_PORT")
@@ -338,7 +346,7 @@ class KafkaBroker:
         self.write_config()
         self.format_storage(classpath, cluster_id)
         argv = self._java_argv(classpath, MAIN_CLASS, str(self.config_file.resolve()), heap=self.settings.kafka_heap)
-        self.process.start(argv)
+        self.process.start([*self.launch, *argv])
 
     def wait_ready(self, timeout_s: float) -> None:
         from forewarn.kafka import KafkaAdmin

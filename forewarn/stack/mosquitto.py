@@ -107,13 +107,16 @@ def password_line(username: str, password: str) -> str:
 
 
 class Mosquitto:
-    """The local MQTT broker of the stack (secure with ``secure``: see the module doc)."""
+    """The local MQTT broker of the stack (secure with ``secure``: see the module doc), listening
+    on ``host`` (an address of this machine; 127.0.0.1 unless the stack is placed elsewhere)."""
 
     name = "mosquitto"
 
-    def __init__(self, settings: StackSettings, port: int, secure: SecureMaterial | None = None) -> None:
+    def __init__(self, settings: StackSettings, port: int, secure: SecureMaterial | None = None, *,
+                 host: str = HOST) -> None:
         self.settings = settings
         self._port = port
+        self.host = host
         self.secure = secure
         self.dir = settings.home / "mosquitto"
         self.config_file = self.dir / "mosquitto.conf"
@@ -128,12 +131,12 @@ class Mosquitto:
 
     @property
     def address(self) -> str:
-        return f"mqtt://{HOST}:{self.port}"
+        return f"mqtt://{self.host}:{self.port}"
 
     def mqtt_settings(self, base: MqttSettings | None = None) -> MqttSettings:
         """MQTT client settings that reach this broker (over TLS, trusting the stack's CA, when
         secure; no credentials: see :meth:`client_settings`)."""
-        update: dict[str, object] = {"host": HOST, "port": self.port}
+        update: dict[str, object] = {"host": self.host, "port": self.port}
         if self.secure is not None:
             update |= {"tls": True, "ca_file": self.secure.ca_cert}
         return (base or MqttSettings()).model_copy(update=update)
@@ -159,11 +162,11 @@ class Mosquitto:
         data = self.dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         if self.secure is None:
-            listener = _PLAIN.format(port=self.port, host=HOST)
+            listener = _PLAIN.format(port=self.port, host=self.host)
         else:
             self.write_security()
             m = self.secure
-            listener = _SECURE.format(port=self.port, host=HOST, certfile=m.server_cert, keyfile=m.server_key,
+            listener = _SECURE.format(port=self.port, host=self.host, certfile=m.server_cert, keyfile=m.server_key,
                                       cafile=m.ca_cert, password_file=self.password_file.resolve(),
                                       acl_file=self.acl_file.resolve())
         self.config_file.write_text(_CONFIG.format(
@@ -233,7 +236,7 @@ class Mosquitto:
         if self.process.pid() is not None:
             return
         binary = self.binary()
-        if not port_free(HOST, self.port):
+        if not port_free(self.host, self.port):
             raise StackError(f"port {self.port} is in use, so Mosquitto cannot listen on it",
                              hint="stop whatever holds it or set FOREWARN_MQTT__PORT")
         self.write_config()
@@ -248,7 +251,7 @@ class Mosquitto:
         while time.monotonic() < deadline:
             if self.process.exited() is not None:
                 raise StackError(f"mosquitto exited at start; last log lines:\n{tail(self.process.log_file)}")
-            if port_open(HOST, self.port):
+            if port_open(self.host, self.port):
                 probe = MqttClient(probe_settings, f"forewarn-probe-{uuid.uuid4().hex[:8]}")
                 try:
                     probe.connect(timeout_s=5)
@@ -268,7 +271,7 @@ class Mosquitto:
         return note if self.secure is None else f"TLS, passwords, ACL; {note}"
 
     def healthy(self) -> bool:
-        return self.process.pid() is not None and port_open(HOST, self.port)
+        return self.process.pid() is not None and port_open(self.host, self.port)
 
     def stop(self) -> bool:
         return self.process.stop(timeout_s=15)
