@@ -21,6 +21,7 @@ from forewarn.settings import TopicSettings
 from forewarn.stack import LocalStack
 from forewarn.topics import Topics, topic_specs
 from tests.brokers import INTEROP_BROKERS, InteropBroker, MqttBrokerUnderTest
+from tests.netfaults import Network, available
 from tests.stacks import RunningStack, free_port, make_stack
 
 
@@ -56,6 +57,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield local
     finally:
         local.down()
+
+
+@pytest.fixture(scope="module")
+def netns_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, Network]]:
+    """Like ``cluster``, each node in its own network namespace on a private switch (tests/netfaults.py),
+    Mosquitto on the host's address there, and a client namespace for the bridge: for a module that
+    cuts and slows links. Skipped where namespaces cannot be made (not root, no iproute2)."""
+    why = available()
+    if why is not None:
+        pytest.skip(why)
+    with Network(3) as net:
+        local = make_stack(tmp_path_factory.mktemp("netns-cluster"), brokers=3, kafka_heap="512m", netns=net)
+        local.up()
+        try:
+            yield local, net
+        finally:
+            local.down()
 
 
 @pytest.fixture(scope="session", params=["mosquitto", *INTEROP_BROKERS])
@@ -98,7 +116,7 @@ def fresh_topics(stack: RunningStack) -> Callable[..., tuple[TopicSettings, Topi
     return make
 
 
-_BROKER_FIXTURES = frozenset({"stack", "own_stack", "cluster", "fresh_topics", "mqtt_broker"})
+_BROKER_FIXTURES = frozenset({"stack", "own_stack", "cluster", "netns_cluster", "fresh_topics", "mqtt_broker"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

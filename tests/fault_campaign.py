@@ -46,7 +46,8 @@ from forewarn.settings import KafkaSettings, MqttSettings, TopicSettings
 from forewarn.stack import LocalStack
 from forewarn.stack.kafka import KafkaBroker
 from forewarn.topics import Topics, batch_topic, telemetry_topic, topic_specs
-from tests.bridge.helpers import BridgeProcess, connected_publisher, count_telemetry
+from tests.bridge.helpers import BridgeProcess, connected_publisher, count_telemetry, topic_size
+from tests.netfaults import Network, Shaping
 from tests.scoring.fleet_data import FleetData, fitted_bundle, simulate
 from tests.scoring.procs import (
     PredictionKey,
@@ -228,6 +229,17 @@ class ClusterView:
             return -1
         return len(described.members) if str(described.state).endswith("STABLE") else -1
 
+    def out_of_sync(self, node_id: int) -> int:
+        """Partitions, of every topic, that have ``node_id`` as a replica but not in their ISR
+        (-1 while the cluster cannot be asked)."""
+        try:
+            topics = self._client.list_topics(timeout=5).topics
+        except confluent_kafka.KafkaException:
+            return -1
+        return sum(1 for t in topics.values() for p in t.partitions.values()
+                   if node_id in p.replicas and node_id not in p.isrs)
+
+
 
 def active_controller(stack: LocalStack) -> KafkaBroker:
     """The KRaft quorum's leader, from the nodes' ``quorum-state`` files (the newest epoch's
@@ -266,6 +278,7 @@ class Run:
     observed: list[str] = field(default_factory=list)
     fault_at: float = 0.0
     healed_at: float = 0.0
+    net: Network | None = None  # the namespaced cluster's network (tests/netfaults.py), if it runs on one
 
     def note(self, text: str) -> None:
         log.info("%s", text)
@@ -327,11 +340,16 @@ class Scenario:
     done: str  # what is done, in one line
     fault: Fault
     at: float = 0.3  # share of the load published when the fault is done
+    network: bool = False  # needs the namespaced cluster (run_scenario's ``net``)
 
 
 def run_scenario(stack: LocalStack, scenario: Scenario, load: Load, work: Path, *, rate: float,
-                 partitions: int = 6, drain_timeout_s: float = 300) -> ScenarioResult:
-    """Run ``scenario`` on fresh topics of the running cluster ``stack``; count every hop."""
+                 partitions: int = 6, drain_timeout_s: float = 300, net: Network | None = None) -> ScenarioResult:
+    """Run ``scenario`` on fresh topics of the running cluster ``stack``; count every hop.
+    ``net``: the network ``stack`` was made on (``make_stack(netns=...)``); the bridge then runs
+    in its client namespace, reaching Kafka and Mosquitto over its own link."""
+    if scenario.network and net is None:
+        raise ValueError(f"{scenario.name} cuts or slows links: run it on the namespaced cluster (net=...)")
     started = time.monotonic()
     prefix = f"f{uuid.uuid4().hex[:6]}."
     topic_settings = TopicSettings(prefix=prefix, partitions=partitions)
@@ -344,7 +362,7 @@ def run_scenario(stack: LocalStack, scenario: Scenario, load: Load, work: Path, 
 
     def new_bridge() -> BridgeProcess:
         return BridgeProcess(work / "bridge.log", kafka, stack.mqtt_settings, prefix, f"{prefix}bridge",
-                             f"{prefix}share").wait_ready(60)
+                             f"{prefix}share", launch=net.client.prefix if net else ()).wait_ready(60)
 
     def new_worker(worker_id: str) -> Worker:
         return Worker(kafka, topic_settings, worker_id, work, *WORKER_ARGS).start()
@@ -356,7 +374,7 @@ def run_scenario(stack: LocalStack, scenario: Scenario, load: Load, work: Path, 
     tail = PredictionTail(kafka, topics.predictions)
     tail.start()
     publisher = Publisher(stack.mqtt_settings, load, rate)
-    run = Run(stack, kafka, topics, group, publisher, bridge, workers, work, new_bridge, new_worker, view)
+    run = Run(stack, kafka, topics, group, publisher, bridge, workers, work, new_bridge, new_worker, view, net=net)
     publisher.start()
     try:
         run.wait_progress(scenario.at)
@@ -482,6 +500,68 @@ def kill_bridge_during_election(run: Run) -> None:
     run.restart_brokers()
 
 
+# -- network faults (the namespaced cluster: tests/netfaults.py) ------------------------------
+
+# The bridge's link to Kafka while slowed: tbf at this rate with an 8 KB queue (about 0.25 s of
+# it); what does not fit is dropped. This kernel has no netem: no random loss, no added delay.
+SLOW_LINK = Shaping(rate="256kbit", burst=4096, limit=8192)
+
+
+def _network(run: Run) -> Network:
+    if run.net is None:
+        raise RuntimeError("a network fault needs the namespaced cluster: run_scenario(..., net=...)")
+    return run.net
+
+
+def _moved_off(run: Run, node_id: int) -> bool:
+    """Every telemetry partition has a leader, none of them ``node_id``."""
+    try:
+        return all(n not in (-1, node_id) for n in run.view.leaders(run.topics.telemetry).values())
+    except confluent_kafka.KafkaException:  # asked a node that cannot answer: ask again
+        return False
+
+
+def partition_broker(run: Run) -> None:
+    """Cut the busiest leader's link: it can reach neither the other nodes nor any client (no
+    RST, no ICMP: its connections just go silent). Heal once the others moved its leaders and
+    more load went through; return when it is back in every partition's ISR."""
+    net = _network(run)
+    victim = run.busiest_leader()
+    led = sorted(p for p, n in run.view.leaders(run.topics.telemetry).items() if n == victim.node_id)
+    link = net.namespace_of(victim.host).link
+    link.cut()
+    run.note(f"cut {victim.name} ({victim.host}, leader of telemetry partitions {led}) off the other nodes and "
+             "every client")
+    wait_for(lambda: _moved_off(run, victim.node_id), 120, f"leaders to move off the cut {victim.name}")
+    run.note(f"its leaders moved to the other nodes after {time.monotonic() - run.fault_at:.1f}s")
+    run.wait_progress(run.publisher.progress() + 0.2)
+    link.heal()
+    healed = time.monotonic()
+    behind = run.view.out_of_sync(victim.node_id)
+    run.note(f"healed after {healed - run.fault_at:.1f}s; {victim.name} out of the ISR of {behind} partitions")
+    wait_for(lambda: run.view.out_of_sync(victim.node_id) == 0, 180, f"{victim.name} back in every ISR")
+    run.note(f"{victim.name} back in the ISR of every partition {time.monotonic() - healed:.1f}s after healing")
+
+
+def slow_lossy_link(run: Run, shaping: Shaping = SLOW_LINK, share: float = 0.4) -> None:
+    """Slow the bridge's link to Kafka (both ways, Kafka's ports only; MQTT is not on it) while
+    ``share`` of the load is published, then restore it; note how far the bridge fell behind
+    and how long it took to catch up."""
+    link = _network(run).client.link
+    link.shape([node.port for node in run.stack.kafka_nodes], shaping)
+    run.note(f"the bridge's link to Kafka slowed to {shaping} (htb + tbf; this kernel has no netem)")
+    run.wait_progress(run.publisher.progress() + share)
+    published, stored = run.publisher.published_readings, topic_size(run.kafka, run.topics.telemetry)
+    stats = link.shaped_stats()
+    link.unshape()
+    unshaped = time.monotonic()
+    run.note(f"restored after {unshaped - run.fault_at:.1f}s: {published} readings published, {stored} records in "
+             f"telemetry ({max(0, published - stored)} behind); the slow link passed {stats['sent_packets']} "
+             f"packets ({stats['sent_bytes'] / 1024:.0f} KiB) and dropped {stats['dropped']}")
+    wait_for(lambda: topic_size(run.kafka, run.topics.telemetry) >= published, 180, "the bridge to catch up")
+    run.note(f"the bridge caught up {time.monotonic() - unshaped:.1f}s after the link was restored")
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("leader-kill", "kill -9 the node leading the most telemetry partitions, restart it",
              kill_partition_leader),
@@ -493,6 +573,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              at=0.15),
     Scenario("bridge-kill-in-election", "kill -9 a partition leader and at once the bridge; start the bridge again, "
              "then the node", kill_bridge_during_election),
+    Scenario("broker-partition", "cut the node leading the most telemetry partitions off the other nodes and every "
+             "client (its veth down), heal it", partition_broker, network=True),
+    Scenario("slow-lossy-link", "slow the bridge's link to Kafka to 256 kbit/s with an 8 KB drop-tail queue (htb + "
+             "tbf; no netem here) for 40 % of the load", slow_lossy_link, network=True),
 ]}
 
 

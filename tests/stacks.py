@@ -12,9 +12,13 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from forewarn.settings import KafkaSettings, MqttSettings, StackSettings, TopicSettings
-from forewarn.stack import LocalStack
+from forewarn.stack import LocalStack, Placement
+
+if TYPE_CHECKING:
+    from tests.netfaults import Network
 
 REPO = Path(__file__).resolve().parents[1]
 JAR_CACHE = REPO / ".forewarn" / "cache"
@@ -109,9 +113,11 @@ class RunningStack:
 
 
 def make_stack(home: Path, *, secure: bool = False, topics: TopicSettings | None = None, brokers: int = 1,
-               kafka_heap: str = "1g") -> LocalStack:
+               kafka_heap: str = "1g", netns: Network | None = None) -> LocalStack:
     """A stack on free ports in ``home``; ``topics``: the topic names a secure stack's ACLs grant
-    (the default names otherwise); ``brokers`` > 1: a KRaft cluster of that many nodes."""
+    (the default names otherwise); ``brokers`` > 1: a KRaft cluster of that many nodes;
+    ``netns``: each node in its own namespace of that network (listening on its address there),
+    Mosquitto on the host's address on its switch."""
     if brokers > 1:
         base = free_ports(2 * brokers)  # node i: base + 2(i-1), its controller one above
         port, controller = base, base + 1
@@ -121,6 +127,7 @@ def make_stack(home: Path, *, secure: bool = False, topics: TopicSettings | None
     mqtt = MqttSettings(port=free_port())
     settings = StackSettings(home=home, cache_dir=JAR_CACHE, controller_port=controller, kafka_heap=kafka_heap,
                              secure=secure, brokers=brokers)
-    return LocalStack(settings, kafka, mqtt, topics)
+    placement = None if netns is None else Placement(netns.host_address, netns.node_addresses, netns.node_prefixes)
+    return LocalStack(settings, kafka, mqtt, topics, placement=placement)
 
 

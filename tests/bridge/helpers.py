@@ -211,15 +211,16 @@ class BridgeProcess:
     """``python -m forewarn.cli bridge ...`` as a subprocess, with its stderr in a file."""
 
     def __init__(self, log_path: Any, kafka: KafkaSettings, mqtt: Any, prefix: str, client_id: str,
-                 group: str, *extra: str, config: Any = None) -> None:
+                 group: str, *extra: str, config: Any = None, launch: Sequence[str] = ()) -> None:
         """``config``: a settings file for ``FOREWARN_CONFIG`` (a secure stack's client file, whose
-        login and TLS settings the flags here do not carry)."""
+        login and TLS settings the flags here do not carry); ``launch``: an argv prefix the bridge
+        runs under (``ip netns exec NS``: in a network namespace)."""
         import os
         import subprocess
         import sys
 
         self.log_path = log_path
-        self.argv = [sys.executable, "-m", "forewarn.cli", "--log-level", "warning", "bridge",
+        self.argv = [*launch, sys.executable, "-m", "forewarn.cli", "--log-level", "warning", "bridge",
                      "--bootstrap-servers", kafka.bootstrap_servers, "--mqtt-host", mqtt.host,
                      "--mqtt-port", str(mqtt.port), "--topic-prefix", prefix, "--client-id", client_id,
                      "--share-group", group, *extra]
