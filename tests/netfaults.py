@@ -164,14 +164,16 @@ class Network:
     plugged into it (see the module doc). ``with Network(3) as net: ...``."""
 
     def __init__(self, nodes: int = 3) -> None:
-        self.token = f"fwn{random.getrandbits(16):04x}"
-        self.switch = f"{self.token}-sw"
         self._nodes = nodes
         self.subnet = ""
         self.host_address = ""
         self.nodes: list[Namespace] = []
         self._client: Namespace | None = None
-        self._state_file = STATE / f"{self.token}.json"
+        self._name(f"fwn{random.getrandbits(16):04x}")
+
+    def _name(self, token: str) -> None:
+        self.token, self.switch = token, f"{token}-sw"
+        self._state_file = STATE / f"{token}.json"
 
     # -- making and removing -------------------------------------------------------------------
 
@@ -179,6 +181,8 @@ class Network:
         STATE.mkdir(parents=True, exist_ok=True)
         with _locked():
             sweep()
+            while self._state_file.exists():  # a live run holds this token: take another
+                self._name(f"fwn{random.getrandbits(16):04x}")
             third = _free_subnet()
             me = ProcessId.of(os.getpid())
             assert me is not None

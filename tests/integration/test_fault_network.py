@@ -8,13 +8,18 @@ exactly an uninterrupted run's."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from forewarn.stack import LocalStack
+from tests import netfaults
 from tests.fault_campaign import SCENARIOS, Load, make_load, run_scenario
 from tests.netfaults import Network
+from tests.stacks import REPO
 
 pytestmark = pytest.mark.integration  # a private namespaced cluster (netns_cluster) and Mosquitto
 
@@ -39,3 +44,31 @@ def test_network_fault_loses_no_acknowledged_reading_and_changes_no_prediction(
     assert result.recovery_s is not None, "no prediction of a reading published after the fault"
     assert all(node.process.pid() for node in stack.kafka_nodes), "the scenario left every node running"
     assert all(n.link.is_up() for n in [*net.nodes, net.client]), "a link was left cut"
+
+
+def test_what_a_killed_run_left_is_removed_by_the_next(tmp_path: Path) -> None:
+    why = netfaults.available()
+    if why is not None:
+        pytest.skip(why)
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os, signal, subprocess, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from tests.netfaults import Network\n"
+        "net = Network(1).create()\n"
+        "subprocess.Popen([*net.nodes[0].prefix, 'sleep', '600'], start_new_session=True,\n"
+        "                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "print(net.token, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    killed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False)
+    token = killed.stdout.strip()
+    assert killed.returncode == -signal.SIGKILL and token.startswith("fwn"), killed.stderr
+    left = [n for n in netfaults.ip("netns", "list").split() if n.startswith(token)]
+    stranded = [int(p) for n in left for p in netfaults.ip("netns", "pids", n).split()]
+    assert left and stranded, "the killed run left its namespaces and the process in one"
+    with netfaults.Network(1) as net:
+        assert net.token != token
+        assert not [n for n in netfaults.ip("netns", "list").split() if n.startswith(token)]
+        assert token not in netfaults.ip("-o", "link")
+        assert not (netfaults.STATE / f"{token}.json").exists()
+        assert not any(Path(f"/proc/{pid}").exists() for pid in stranded)
