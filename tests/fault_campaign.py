@@ -21,6 +21,7 @@ What happened is described in ``observed`` (which broker was killed, which leade
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -29,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,14 +40,16 @@ import msgspec
 from confluent_kafka import admin as kadmin
 from paho.mqtt.enums import MQTTErrorCode
 
-from forewarn.bundle import Bundle, pack
+from forewarn.bundle import Bundle, pack, write_bundle
 from forewarn.contract import SCHEMA_VERSION, GatewayBatch, Prediction, Telemetry, encode, site_of
 from forewarn.kafka import KafkaAdmin
-from forewarn.settings import KafkaSettings, MqttSettings, TopicSettings
+from forewarn.settings import KafkaSettings, MqttSettings, StackSettings, TopicSettings
 from forewarn.stack import LocalStack
 from forewarn.stack.kafka import KafkaBroker
-from forewarn.topics import Topics, batch_topic, telemetry_topic, topic_specs
+from forewarn.stack.mosquitto import Mosquitto
+from forewarn.topics import Topics, batch_topic, default_replication, telemetry_topic, topic_specs
 from tests.bridge.helpers import BridgeProcess, connected_publisher, count_telemetry, topic_size
+from tests.edge.procs import EdgeProcess
 from tests.netfaults import Network, Shaping
 from tests.scoring.fleet_data import FleetData, fitted_bundle, simulate
 from tests.scoring.procs import (
@@ -58,6 +61,7 @@ from tests.scoring.procs import (
     read_committed,
     wait_for,
 )
+from tests.stacks import free_port
 
 log = logging.getLogger("faults")
 
@@ -77,10 +81,28 @@ class Load:
     bundle: Bundle
     messages: list[tuple[str, bytes, tuple[Identity, ...]]]  # MQTT topic, payload, readings in it
     reference: list[PredictionKey]
+    edge_messages: list[tuple[str, bytes, tuple[Identity, ...]]]  # the plant broker's, for the edge gateway
+    edge_reference: list[PredictionKey]  # what the edge must forward for them
 
     @property
     def readings(self) -> int:
         return len(self.data.readings)
+
+    @property
+    def edge_readings(self) -> int:
+        return len(self.edge_messages)
+
+    def reference_for(self, arrived: Collection[Identity], *, edge: bool) -> list[PredictionKey]:
+        """The reference for the readings that ``arrived`` (in telemetry): the precomputed one
+        when every reading did, else an uninterrupted run on exactly those (a reading that a
+        broker's crash lost leaves a gap in its machine's window, and the pipeline handles it)."""
+        messages, reference = (self.edge_messages, self.edge_reference) if edge else (self.messages, self.reference)
+        wanted = {ident for _t, _p, idents in messages for ident in idents}
+        if wanted <= set(arrived):
+            return reference
+        kept = set(arrived) & wanted
+        return offline(dataclasses.replace(self.data, readings=[r for r in self.data.readings
+                                                                if (r.machine_id, r.seq) in kept]), self.bundle)
 
 
 def make_load(machines: int, ticks: int, seed: int = 11) -> Load:
@@ -109,16 +131,23 @@ def make_load(machines: int, ticks: int, seed: int = 11) -> Load:
             flush()
     flush()
     bundle = fitted_bundle(data)
-    return Load(data, bundle, messages, offline(data, bundle))
+    # The edge gateway's plant: the first site's readings again, alone, on a broker of their own;
+    # the edge forwards them to topics of its own, so the workers never see them.
+    edge_site = sites[0]
+    edge_messages = [m for m in messages if len(m[2]) == 1 and site_of(m[2][0][0]) == edge_site]
+    edge_data = dataclasses.replace(data, readings=[r for r in data.readings if site_of(r.machine_id) == edge_site])
+    return Load(data, bundle, messages, offline(data, bundle), edge_messages, offline(edge_data, bundle))
 
 
 class Publisher(threading.Thread):
     """Publishes a load over MQTT (QoS 1) at ``rate`` readings/s; counts what Mosquitto acknowledged
     and when each reading went out."""
 
-    def __init__(self, mqtt: MqttSettings, load: Load, rate: float) -> None:
-        super().__init__(daemon=True, name="publisher")
-        self.mqtt, self.load, self.rate = mqtt, load, rate
+    def __init__(self, mqtt: MqttSettings, messages: list[tuple[str, bytes, tuple[Identity, ...]]], rate: float,
+                 name: str = "publisher") -> None:
+        super().__init__(daemon=True, name=name)
+        self.mqtt, self.messages, self.rate = mqtt, messages, rate
+        self.readings = sum(len(m[2]) for m in messages)
         self.sent_at: dict[Identity, float] = {}
         self.published_messages = self.published_readings = 0
         self.acked_messages = 0
@@ -129,7 +158,7 @@ class Publisher(threading.Thread):
         self._lock = threading.Lock()
 
     def progress(self) -> float:
-        return self.published_readings / max(1, self.load.readings)
+        return self.published_readings / max(1, self.readings)
 
     def run(self) -> None:
         try:
@@ -154,7 +183,7 @@ class Publisher(threading.Thread):
         client.on_publish = self._on_publish
         try:
             start = time.monotonic()
-            for topic, payload, readings in self.load.messages:
+            for topic, payload, readings in self.messages:
                 delay = start + self.published_readings / self.rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
@@ -177,6 +206,43 @@ class Publisher(threading.Thread):
         finally:
             client.disconnect()
             client.loop_stop()
+
+
+class EdgePlant:
+    """The edge gateway's side of a scenario: a plant Mosquitto of its own, a real ``forewarn
+    edge`` on it (seeded with the bundle on disk) forwarding to topics of its own prefix, and a
+    publisher of the plant's readings paced to end with the main load."""
+
+    def __init__(self, kafka: KafkaSettings, load: Load, work: Path, prefix: str, *, rate: float,
+                 partitions: int, replication: int | None) -> None:
+        self.kafka = kafka
+        self.settings = TopicSettings(prefix=f"{prefix}edge.", partitions=partitions, replication_factor=replication)
+        self.topics = Topics.from_settings(self.settings)
+        KafkaAdmin(kafka).ensure_topics(topic_specs(self.settings))
+        seed = work / "edge-seed"
+        write_bundle(seed, load.bundle.meta, load.bundle.onnx, make_current=True, release=load.bundle.release)
+        self.broker = Mosquitto(StackSettings(home=work / "plant"), free_port())
+        self.broker.start()
+        self.broker.wait_ready(30)
+        self.mqtt = self.broker.mqtt_settings()
+        self.gateway = EdgeProcess(work / "edge.log", kafka, self.mqtt, self.settings, work / "edge-data",
+                                   "--models-dir", str(seed), "--no-models-sync", "--shutdown-timeout", "10",
+                                   client_id=f"{prefix}edge")
+        self.gateway.start()
+        self.publisher = Publisher(self.mqtt, load.edge_messages, rate * load.edge_readings / max(1, load.readings),
+                                   name="plant-publisher")
+
+    def restart_broker(self) -> None:
+        self.broker.start()
+        self.broker.wait_ready(30)
+
+    def stop(self) -> None:
+        if self.gateway.proc is not None and self.gateway.proc.poll() is None:
+            try:
+                self.gateway.terminate()
+            except Exception:
+                self.gateway.kill9()
+        self.broker.stop()
 
 
 class PredictionTail(threading.Thread):
@@ -215,6 +281,7 @@ class ClusterView:
 
     def __init__(self, kafka: KafkaSettings) -> None:
         self._client = kadmin.AdminClient({"bootstrap.servers": kafka.bootstrap_servers, "log_level": 2})
+        self.last_state = "not described yet"
 
     def leaders(self, topic: str) -> dict[int, int]:
         """Partition → leader node id (-1 while none is elected)."""
@@ -225,8 +292,10 @@ class ClusterView:
         """Members of a stable ``group``; -1 while it rebalances or cannot be described."""
         try:
             described = self._client.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
-        except confluent_kafka.KafkaException:
+        except confluent_kafka.KafkaException as exc:
+            self.last_state = f"not described: {exc}"
             return -1
+        self.last_state = f"{described.state} with {len(described.members)} members"
         return len(described.members) if str(described.state).endswith("STABLE") else -1
 
     def out_of_sync(self, node_id: int) -> int:
@@ -238,7 +307,6 @@ class ClusterView:
             return -1
         return sum(1 for t in topics.values() for p in t.partitions.values()
                    if node_id in p.replicas and node_id not in p.isrs)
-
 
 
 def active_controller(stack: LocalStack) -> KafkaBroker:
@@ -275,7 +343,10 @@ class Run:
     new_bridge: Callable[[], BridgeProcess]
     new_worker: Callable[[str], Worker]
     view: ClusterView
+    edge: EdgePlant
+    replication: int  # of the scenario's topics
     observed: list[str] = field(default_factory=list)
+    mqtt_crashes: list[tuple[Mosquitto, float]] = field(default_factory=list)  # (broker, when) of each kill -9
     fault_at: float = 0.0
     healed_at: float = 0.0
     net: Network | None = None  # the namespaced cluster's network (tests/netfaults.py), if it runs on one
@@ -290,10 +361,48 @@ class Run:
         node_id = max(counts, key=lambda n: (counts[n], -n))
         return next(n for n in self.stack.kafka_nodes if n.node_id == node_id)
 
+    def await_new_leaders(self, victim: KafkaBroker, timeout_s: float = 60) -> None:
+        """Until no telemetry partition is led by ``victim`` or by no one. With one replica
+        there is no other to elect: note which partitions are leaderless instead."""
+        if self.replication == 1:
+            orphaned = sorted(p for p, n in self.view.leaders(self.topics.telemetry).items()
+                              if n in (-1, victim.node_id))
+            self.note(f"telemetry partitions {orphaned} have no leader until {victim.name} is back (one replica)")
+            return
+        wait_for(lambda: all(n not in (-1, victim.node_id) for n in self.view.leaders(self.topics.telemetry).values()),
+                 timeout_s, "new leaders for the telemetry partitions")
+        self.note(f"new leaders after {time.monotonic() - self.fault_at:.1f}s")
+
+    def lost_in_crash(self, lost: set[Identity], publisher: Publisher, broker: Mosquitto) -> int:
+        """Of ``lost`` readings, those ``broker`` acknowledged in its last autosave interval before
+        a kill -9: Mosquitto acknowledges a QoS 1 message before it is on disk (it saves every
+        ``autosave_interval_s``), so a crash loses what it had not yet passed on or saved."""
+        window = broker.settings.autosave_interval_s + 1.0
+        crashes = [t for b, t in self.mqtt_crashes if b is broker]
+        return sum(1 for ident in lost
+                   if any(t - window <= publisher.sent_at.get(ident, -1e9) <= t for t in crashes))
+
+    def restart_mosquitto(self) -> None:
+        """Start the stack's Mosquitto and the plant's again (those that are down)."""
+        self.stack.mosquitto.start()
+        self.stack.mosquitto.wait_ready(30)
+        self.edge.restart_broker()
+        self.note("started both Mosquittos again")
+
     def wait_progress(self, share: float, timeout_s: float = 300) -> None:
         """Until ``share`` of the load has been published."""
         wait_for(lambda: self.publisher.progress() >= min(share, 1.0) or not self.publisher.is_alive(), timeout_s,
              f"{share:.0%} of the load to be published")
+
+    def wait_members(self, count: int, what: str, timeout_s: float = 120) -> None:
+        """Until the scoring group is stable with ``count`` members; a time-out names the state
+        the group was last seen in and the workers' last log lines."""
+        try:
+            wait_for(lambda: self.view.members(self.group) == count, timeout_s, what)
+        except AssertionError as exc:
+            tails = "; ".join(f"{w.log_path.stem}: {w.log().strip().splitlines()[-1:]}" for w in self.workers
+                              if w.log_path.exists())
+            raise AssertionError(f"{exc} (group last {self.view.last_state}; {tails})") from None
 
     def restart_brokers(self) -> None:
         """``forewarn stack up``'s way: start the nodes that are down, wait until they answer."""
@@ -315,12 +424,20 @@ class ScenarioResult:
     acked_readings: int
     telemetry_distinct: int
     telemetry_duplicates: int
-    readings_lost: int  # acknowledged on MQTT, never in telemetry
+    readings_lost: int  # acknowledged on MQTT, never in telemetry (but for lost_in_mqtt_crash)
+    lost_in_mqtt_crash: int  # acknowledged by a Mosquitto in its last autosave interval before its kill -9
     predictions_expected: int
     predictions_committed: int
     predictions_missing: int
     predictions_extra: int
     alerts: int
+    edge_acked_readings: int  # by the plant's Mosquitto, for the edge gateway
+    edge_readings_lost: int  # acknowledged by the plant's broker, never in the edge's telemetry topic
+    edge_lost_in_mqtt_crash: int
+    edge_telemetry_duplicates: int
+    edge_predictions_missing: int  # against the reference for the plant's machines
+    edge_predictions_wrong: int  # distinct predictions the reference does not have
+    edge_predictions_duplicates: int  # forwarded more than once (the edge forwards at least once)
     recovery_s: float | None  # fault to the first committed prediction of a reading published after it
     longest_pause_s: float | None  # between committed predictions, from the fault to the end
     fault_s: float  # from the fault to its healing
@@ -328,7 +445,9 @@ class ScenarioResult:
 
     @property
     def ok(self) -> bool:
-        return self.readings_lost == 0 and self.predictions_missing == 0 and self.predictions_extra == 0
+        return (self.readings_lost == 0 and self.predictions_missing == 0 and self.predictions_extra == 0
+                and self.edge_readings_lost == 0 and self.edge_predictions_missing == 0
+                and self.edge_predictions_wrong == 0)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -344,7 +463,8 @@ class Scenario:
 
 
 def run_scenario(stack: LocalStack, scenario: Scenario, load: Load, work: Path, *, rate: float,
-                 partitions: int = 6, drain_timeout_s: float = 300, net: Network | None = None) -> ScenarioResult:
+                 partitions: int = 6, drain_timeout_s: float = 300, net: Network | None = None,
+                 replication: int | None = None) -> ScenarioResult:
     """Run ``scenario`` on fresh topics of the running cluster ``stack``; count every hop.
     ``net``: the network ``stack`` was made on (``make_stack(netns=...)``); the bridge then runs
     in its client namespace, reaching Kafka and Mosquitto over its own link."""
@@ -352,7 +472,7 @@ def run_scenario(stack: LocalStack, scenario: Scenario, load: Load, work: Path, 
         raise ValueError(f"{scenario.name} cuts or slows links: run it on the namespaced cluster (net=...)")
     started = time.monotonic()
     prefix = f"f{uuid.uuid4().hex[:6]}."
-    topic_settings = TopicSettings(prefix=prefix, partitions=partitions)
+    topic_settings = TopicSettings(prefix=prefix, partitions=partitions, replication_factor=replication)
     topics = Topics.from_settings(topic_settings)
     kafka = stack.kafka_settings
     KafkaAdmin(kafka).ensure_topics(topic_specs(topic_settings))
@@ -367,29 +487,43 @@ def run_scenario(stack: LocalStack, scenario: Scenario, load: Load, work: Path, 
     def new_worker(worker_id: str) -> Worker:
         return Worker(kafka, topic_settings, worker_id, work, *WORKER_ARGS).start()
 
+    workers = [new_worker("w1"), new_worker("w2")]  # they start while the edge and the bridge do
+    edge = EdgePlant(kafka, load, work, prefix, rate=rate, partitions=partitions, replication=replication)
     bridge = new_bridge()
-    workers = [new_worker("w1"), new_worker("w2")]
     view = ClusterView(kafka)
     wait_for(lambda: view.members(group) == 2, 120, "both workers in the group")
     tail = PredictionTail(kafka, topics.predictions)
     tail.start()
-    publisher = Publisher(stack.mqtt_settings, load, rate)
-    run = Run(stack, kafka, topics, group, publisher, bridge, workers, work, new_bridge, new_worker, view, net=net)
+    publisher = Publisher(stack.mqtt_settings, load.messages, rate)
+    run = Run(stack, kafka, topics, group, publisher, bridge, workers, work, new_bridge, new_worker, view, edge,
+              replication or default_replication(len(stack.kafka_nodes)), net=net)
     publisher.start()
+    edge.publisher.start()
     try:
         run.wait_progress(scenario.at)
         run.fault_at = time.monotonic()
         scenario.fault(run)
         run.healed_at = time.monotonic()
-        publisher.join(600)
-        if publisher.error is not None:
-            raise RuntimeError(f"the publisher failed: {publisher.error}") from publisher.error
-        committed = read_committed(kafka, topics.predictions, expect=len(load.reference), timeout_s=drain_timeout_s,
-                                   settle_s=3.0)
+        for pub in (publisher, edge.publisher):
+            pub.join(600)
+            if pub.error is not None:
+                raise RuntimeError(f"the {pub.name} failed: {pub.error}") from pub.error
+        # Every acknowledged message is in telemetry now (the bridge acknowledges after Kafka
+        # did); once the group has consumed and committed all of it, every prediction is committed.
+        admin = KafkaAdmin(kafka)
+        wait_for(lambda: scored_to_end(admin, group, topics.telemetry, partitions), drain_timeout_s,
+                 "the workers to score telemetry to its end")
+        telemetry = count_telemetry(kafka, topics.telemetry, timeout_s=60, idle_s=3.0)
+        reference = load.reference_for(telemetry.keys(), edge=False)
+        committed = read_committed(kafka, topics.predictions, expect=len(reference), timeout_s=60, settle_s=3.0)
         alerts = read_committed(kafka, topics.alerts, timeout_s=30, settle_s=1.0)
-        telemetry = count_telemetry(kafka, topics.telemetry, publisher.acked, timeout_s=60)
+        edge_telemetry = count_telemetry(kafka, edge.topics.telemetry, edge.publisher.acked, timeout_s=60)
+        edge_reference = load.reference_for(edge_telemetry.keys(), edge=True)
+        edge_predictions = read_committed(kafka, edge.topics.predictions, expect=len(edge_reference),
+                                          timeout_s=drain_timeout_s, settle_s=2.0)
     finally:
         tail.stop()
+        edge.stop()
         run.bridge.stop()
         for worker in run.workers:
             if worker.alive():
@@ -398,7 +532,13 @@ def run_scenario(stack: LocalStack, scenario: Scenario, load: Load, work: Path, 
                 except Exception:
                     worker.kill()
     got = Counter(prediction_keys(committed))
-    want = Counter(load.reference)
+    want = Counter(reference)
+    edge_got = Counter(prediction_keys(edge_predictions))
+    edge_want = Counter(edge_reference)
+    lost = publisher.acked - telemetry.keys()
+    in_crash = run.lost_in_crash(lost, publisher, run.stack.mosquitto)
+    edge_lost = edge.publisher.acked - edge_telemetry.keys()
+    edge_in_crash = run.lost_in_crash(edge_lost, edge.publisher, edge.broker)
     after = sorted(t for t, ident in tail.arrivals if publisher.sent_at.get(ident, 0.0) > run.fault_at)
     times = [run.fault_at, *sorted(t for t, _i in tail.arrivals if t >= run.fault_at)]
     return ScenarioResult(
@@ -406,10 +546,16 @@ def run_scenario(stack: LocalStack, scenario: Scenario, load: Load, work: Path, 
         published_messages=publisher.published_messages, published_readings=publisher.published_readings,
         acked_readings=len(publisher.acked), telemetry_distinct=len(telemetry),
         telemetry_duplicates=sum(n - 1 for n in telemetry.values()),
-        readings_lost=len(publisher.acked - telemetry.keys()),
-        predictions_expected=len(load.reference), predictions_committed=len(committed),
+        readings_lost=len(lost) - in_crash, lost_in_mqtt_crash=in_crash,
+        predictions_expected=len(reference), predictions_committed=len(committed),
         predictions_missing=sum((want - got).values()), predictions_extra=sum((got - want).values()),
         alerts=len(alerts),
+        edge_acked_readings=len(edge.publisher.acked),
+        edge_readings_lost=len(edge_lost) - edge_in_crash, edge_lost_in_mqtt_crash=edge_in_crash,
+        edge_telemetry_duplicates=sum(n - 1 for n in edge_telemetry.values()),
+        edge_predictions_missing=sum((edge_want - edge_got).values()),
+        edge_predictions_wrong=len(edge_got.keys() - edge_want.keys()),
+        edge_predictions_duplicates=sum(n - 1 for k, n in edge_got.items() if k in edge_want),
         recovery_s=round(after[0] - run.fault_at, 2) if after else None,
         longest_pause_s=round(max(b - a for a, b in itertools.pairwise(times)), 2) if len(times) > 1
         else None,
@@ -417,6 +563,16 @@ def run_scenario(stack: LocalStack, scenario: Scenario, load: Load, work: Path, 
 
 
 # -- the faults -------------------------------------------------------------------------------
+
+def scored_to_end(admin: KafkaAdmin, group: str, topic: str, partitions: int) -> bool:
+    """True when ``group`` has committed offsets at the end of every non-empty partition of ``topic``."""
+    try:
+        lags = {g.partition: g.lag for g in admin.group_lag([topic]) if g.group == group}
+        ends = admin.end_offsets([(topic, p) for p in range(partitions)])
+    except Exception:  # a node just restarted: ask again
+        return False
+    return len(ends) == partitions and all(end == 0 or lags.get(p) == 0 for (_t, p), end in ends.items())
+
 
 def _kill(run: Run, node: KafkaBroker, why: str) -> None:
     node.process.kill()
@@ -427,9 +583,7 @@ def kill_partition_leader(run: Run) -> None:
     victim = run.busiest_leader()
     led = sorted(p for p, n in run.view.leaders(run.topics.telemetry).items() if n == victim.node_id)
     _kill(run, victim, f"leader of telemetry partitions {led}")
-    wait_for(lambda: all(n not in (-1, victim.node_id) for n in run.view.leaders(run.topics.telemetry).values()),
-         60, "new leaders for the telemetry partitions")
-    run.note(f"new leaders after {time.monotonic() - run.fault_at:.1f}s")
+    run.await_new_leaders(victim)
     run.wait_progress(run.publisher.progress() + 0.2)
     run.restart_brokers()
 
@@ -462,31 +616,50 @@ def zombie_worker(run: Run) -> None:
     assert zombie.proc is not None
     zombie.proc.send_signal(signal.SIGSTOP)
     run.note(f"SIGSTOP {zombie.log_path.stem}")
-    wait_for(lambda: run.view.members(run.group) == 1, 120, "the group to move on without the stopped worker")
+    run.wait_members(1, "the group to move on without the stopped worker")
     run.note(f"the group went on with {other.log_path.stem} alone after {time.monotonic() - run.fault_at:.1f}s")
     run.wait_progress(run.publisher.progress() + 0.1)
     before = len(zombie.log())
     zombie.proc.send_signal(signal.SIGCONT)
     run.note("SIGCONT: the zombie resumes mid-batch")
-    wait_for(lambda: run.view.members(run.group) == 2, 120, "the resumed worker to rejoin")
+    run.wait_members(2, "the resumed worker to rejoin")
     fenced = [line for line in zombie.log()[before:].splitlines() if "fenc" in line.lower() or "generation" in line]
     run.note(f"the zombie rejoined; its log says: {fenced[0].strip()[:200]}" if fenced
              else "the zombie rejoined; its log names no fencing")
 
 
-def rebalance_storm(run: Run, rounds: int = 6) -> None:
-    for i in range(rounds):
+def rebalance_storm(run: Run, until: float = 0.8, least: int = 2) -> None:
+    """A third worker joins and leaves, by SIGTERM and kill -9 in turn, while the load goes on:
+    until ``until`` of it is published, at least ``least`` times."""
+    for i in itertools.count():
+        if i >= least and run.publisher.progress() >= until:
+            break
         extra = run.new_worker(f"storm{i}")
         run.workers.append(extra)
-        wait_for(lambda: run.view.members(run.group) == 3, 120, f"storm worker {i} to join")
+        run.wait_members(3, f"storm worker {i} to join")
         if i % 2:
             extra.kill()
             how = "kill -9"
         else:
             extra.terminate()
             how = "SIGTERM"
-        wait_for(lambda: run.view.members(run.group) == 2, 120, f"storm worker {i} to leave")
-        run.note(f"storm worker {i} joined and left ({how})")
+        run.wait_members(2, f"storm worker {i} to leave ({how})")
+        run.note(f"storm worker {i} joined and left ({how}) at {run.publisher.progress():.0%} of the load")
+
+
+def kill_mosquitto(run: Run) -> None:
+    """kill -9 the Mosquitto under the bridge and the plant's under the edge, keep them down
+    while a tenth of the load is published (the publishers' clients queue it), restart both."""
+    for broker in (run.stack.mosquitto, run.edge.broker):
+        broker.process.kill()
+        run.mqtt_crashes.append((broker, time.monotonic()))
+    run.note("kill -9 the Mosquitto under the bridge and the one under the edge")
+    acked = run.publisher.acked_messages + run.edge.publisher.acked_messages
+    run.wait_progress(run.publisher.progress() + 0.1)
+    run.restart_mosquitto()
+    wait_for(lambda: run.publisher.acked_messages + run.edge.publisher.acked_messages > acked, 120,
+             "the publishers' messages to be acknowledged again")
+    run.note(f"publishes acknowledged again {time.monotonic() - run.fault_at:.1f}s after the kill")
 
 
 def kill_bridge_during_election(run: Run) -> None:
@@ -569,8 +742,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("all-brokers-kill", "kill -9 all three nodes, restart them all", kill_every_broker),
     Scenario("zombie-worker", "SIGSTOP a scoring worker past its session timeout, let the group move on, SIGCONT it",
              zombie_worker),
-    Scenario("rebalance-storm", "a third worker joins and leaves (SIGTERM or kill -9) six times", rebalance_storm,
-             at=0.15),
+    Scenario("rebalance-storm", "a third worker joins and leaves (SIGTERM and kill -9 in turn) until 80 % of the "
+             "load is out", rebalance_storm, at=0.15),
+    Scenario("mosquitto-kill", "kill -9 Mosquitto under the bridge and under the edge, restart both",
+             kill_mosquitto),
     Scenario("bridge-kill-in-election", "kill -9 a partition leader and at once the bridge; start the bridge again, "
              "then the node", kill_bridge_during_election),
     Scenario("broker-partition", "cut the node leading the most telemetry partitions off the other nodes and every "
