@@ -17,9 +17,11 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 __all__ = [
+    "LIFECYCLE_STATES",
     "PIPELINE_OUTCOMES",
     "PIPELINE_RESETS",
     "SCHEMA_VERSION",
+    "SEVERITY_RANK",
     "Alert",
     "AlertSeverity",
     "AlertState",
@@ -151,12 +153,24 @@ class Prediction(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     ingest_ts: int | None = None
 
 
-AlertState = Literal["open", "update", "resolved", "acknowledged"]
+AlertState = Literal["open", "update", "resolved", "acknowledged", "assigned", "snoozed", "escalated"]
+"""What one alert event says. Scorers emit ``open``, ``update`` (severity or evidence changed) and
+``resolved``; people (the dashboard) emit ``acknowledged``, ``assigned`` (``assigned_to``) and
+``snoozed`` (``snoozed_until``; a time already past ends a snooze); the notifier emits
+``escalated`` (``escalation``: the level now notified). An alert is active until ``resolved``;
+the other events change who is told and when, never whether it is active."""
+LIFECYCLE_STATES: Final = ("acknowledged", "assigned", "snoozed", "escalated")
+"""The states that record what people and the notifier did, not what the machine does: they
+carry the alert's last evidence unchanged."""
 AlertSeverity = Literal["info", "warning", "critical"]
+SEVERITY_RANK: Final = {"info": 0, "warning": 1, "critical": 2}
 
 
 class Alert(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
-    """One event in an alert's life; all events of one alert share ``alert_id``."""
+    """One event in an alert's life; all events of one alert share ``alert_id``.
+
+    The fields after ``note`` are optional and omitted when unset, so events written before they
+    existed decode unchanged and new ones read the same to every consumer."""
 
     v: int
     alert_id: str
@@ -174,6 +188,10 @@ class Alert(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     message: str | None = None
     acknowledged_by: str | None = None
     note: str | None = None  # what the acknowledging user wrote (``acknowledged`` events)
+    actor: str | None = None  # who made a lifecycle change (a user, or the notifier for ``escalated``)
+    assigned_to: str | None = None  # ``assigned``: the user now responsible (empty: unassigned)
+    snoozed_until: int | None = None  # ``snoozed``: quiet until this time (epoch ms)
+    escalation: int | None = None  # ``escalated``: the escalation level now notified (1 = the first step)
 
 
 def model_refused_alert(asset_type: str, version: str | None, role: str, reason: str, detail: str,

@@ -84,6 +84,8 @@ class Topics:
     models: str
     scoring_state: str
     pipeline: str
+    notify_state: str
+    notify_dlq: str
 
     @classmethod
     def from_settings(cls, settings: TopicSettings) -> Topics:
@@ -97,6 +99,8 @@ class Topics:
             models=f"{p}models",
             scoring_state=f"{p}scoring.state",
             pipeline=f"{p}pipeline.stats",
+            notify_state=f"{p}notify.state",
+            notify_dlq=f"{p}notify.dlq",
         )
 
 
@@ -136,6 +140,11 @@ def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
         TopicSpec("pipeline", t.pipeline, 1, rf, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
                   "what each scorer did with its readings (PipelineStats: scored, and not scored by reason), "
                   "keyed by scorer; kept 7 days"),
+        TopicSpec("notify_state", t.notify_state, n, rf, compacted,
+                  "the notifier's durable record per alert (who was told, what is still owed), compacted, keyed "
+                  "by alert_id on the alert's own partition number"),
+        TopicSpec("notify_dlq", t.notify_dlq, 1, rf, {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
+                  "notifications that could not be delivered after every retry, with the reason (kept 30 days)"),
     ]
 
 
