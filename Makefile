@@ -35,7 +35,7 @@ test-unit: $(STAMP) ## Run the tests that need no broker
 
 lint: $(STAMP) ## ruff + mypy (strict) + the layering contracts (import-linter)
 	$(BIN)/ruff check .
-	$(BIN)/mypy forewarn edge bridge training scoring dashboard simulators
+	$(BIN)/mypy forewarn edge bridge training scoring dashboard simulators notify
 	$(BIN)/lint-imports
 
 bench: $(STAMP) ## Run every benchmark (or one: make bench NAME=bridge); results in bench-results/

@@ -38,6 +38,7 @@ LAZY_COMMANDS: Final = {
     "score": "scoring.cli:score",
     "edge": "edge.cli:edge",
     "dashboard": "dashboard.cli:dashboard",
+    "notify": "notify.cli:notify",
 }
 
 
