@@ -10,6 +10,11 @@ and recovery (fault to the first committed prediction of a reading published aft
 baseline scenario ``none`` runs the same load uninterrupted first: its pause and latency are what
 the faults' figures compare with.
 
+The network scenarios (``broker-partition``, ``slow-lossy-link``) cut and slow real links: they
+run after the others, on a second cluster whose nodes are each in their own network namespace,
+with the bridge in another (``tests/netfaults.py``; needs root). The others and the baseline run
+on loopback, as before, so their figures stay comparable with earlier runs.
+
     python benchmarks/faults.py [--machines 120] [--ticks 500] [--rate 1500] [--only NAME ...]
 
 Writes ``bench-results/faults.json`` and prints a table; exits 1 when a scenario lost an
@@ -19,6 +24,7 @@ acknowledged reading or changed a prediction.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -31,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import write_result
 from tests.fault_campaign import BASELINE, SCENARIOS, ScenarioResult, make_load, run_scenario
+from tests.netfaults import Network
 from tests.stacks import make_stack
 
 
@@ -62,19 +69,29 @@ def main() -> int:
                                "rate_readings_per_s": args.rate, "brokers": 3, "replication_factor": 3,
                                "min_insync_replicas": 2, "workers": 2}
     results: list[ScenarioResult] = []
+    on_loopback = [BASELINE, *(SCENARIOS[n] for n in names if not SCENARIOS[n].network)]
+    on_namespaces = [SCENARIOS[n] for n in names if SCENARIOS[n].network]
+    figures["network_scenarios_topology"] = "a network namespace per Kafka node, the bridge in another"
     with tempfile.TemporaryDirectory(prefix="fw-bench-faults-") as tmp:
-        stack = make_stack(Path(tmp) / "stack", brokers=3, kafka_heap="768m")
-        stack.up(progress=lambda m: print(m, file=sys.stderr))
-        try:
-            for scenario in [BASELINE, *(SCENARIOS[n] for n in names)]:
-                print(f"== {scenario.name}: {scenario.done}", file=sys.stderr)
-                t0 = time.monotonic()
-                result = run_scenario(stack, scenario, load, Path(tmp) / scenario.name, rate=args.rate)
-                results.append(result)
-                print(f"   {'ok' if result.ok else 'FAILED'} in {time.monotonic() - t0:.0f}s; "
-                      + "; ".join(result.observed), file=sys.stderr)
-        finally:
-            stack.down()
+        for scenarios, namespaced in ((on_loopback, False), (on_namespaces, True)):
+            if not scenarios:
+                continue
+            with contextlib.ExitStack() as held:
+                net = held.enter_context(Network(3)) if namespaced else None
+                stack = make_stack(Path(tmp) / ("stack-netns" if net else "stack"), brokers=3, kafka_heap="768m",
+                                   netns=net)
+                stack.up(progress=lambda m: print(m, file=sys.stderr))
+                try:
+                    for scenario in scenarios:
+                        print(f"== {scenario.name}: {scenario.done}", file=sys.stderr)
+                        t0 = time.monotonic()
+                        result = run_scenario(stack, scenario, load, Path(tmp) / scenario.name, rate=args.rate,
+                                              net=net)
+                        results.append(result)
+                        print(f"   {'ok' if result.ok else 'FAILED'} in {time.monotonic() - t0:.0f}s; "
+                              + "; ".join(result.observed), file=sys.stderr)
+                finally:
+                    stack.down()
     figures["load_average_after"] = f"{os.getloadavg()[0]:.2f}"
     figures["scenarios"] = [r.as_dict() for r in results]
     write_result("faults", figures)
