@@ -11,6 +11,8 @@ __all__ = ["notify"]
 
 NOTIFY_FLAGS = (
     Flag("--group-id", "notify.group_id"),
+    Flag("--instance-id", "notify.instance_id"),
+    Flag("--session-timeout-ms", "notify.session_timeout_ms"),
     Flag("--from-start", "notify.from_start", secondary="--from-end"),
     Flag("--timezone", "notify.timezone"),
     Flag("--hold-s", "notify.hold_s"),

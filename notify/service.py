@@ -96,8 +96,11 @@ class Notifier(LoopService):
             return
         self._producer = self._producer_factory()
         reset = "earliest" if self.options.from_start else "latest"
-        consumer = self._consumer_factory(self.options.group_id, (), **{
-            "auto.offset.reset": reset, "session.timeout.ms": 30_000, "heartbeat.interval.ms": 1_000})
+        overrides: dict[str, object] = {"auto.offset.reset": reset, "heartbeat.interval.ms": 1_000,
+                                        "session.timeout.ms": self.options.session_timeout_ms}
+        if self.options.instance_id:
+            overrides["group.instance.id"] = self.options.instance_id
+        consumer = self._consumer_factory(self.options.group_id, (), **overrides)
         needed = [self.topics.alerts, self.topics.notify_state, self.topics.notify_dlq]
         missing = sorted(set(needed) - set(consumer.topic_partitions(needed)))
         if missing:

@@ -124,6 +124,11 @@ class NotifyOptions(_Section):
     """How the notifier routes, holds, digests and retries."""
 
     group_id: str = Field("forewarn-notify", description="Kafka consumer group of the notifier")
+    instance_id: str | None = Field(None, description="stable name of this notifier in its group (static "
+                                    "membership): one restarted with the same name gets its partitions back at once, "
+                                    "not after session_timeout_ms; never give two running notifiers the same one")
+    session_timeout_ms: int = Field(30_000, ge=6000, description="consumer group session timeout: how long a "
+                                    "notifier that died keeps its partitions")
     from_start: bool = Field(False, description="a group with no committed offsets starts at the beginning of "
                              "the alerts topic (announcing every alert still there), not at its end")
     timezone: str = Field("UTC", description="time zone of the rules' hours and days (an IANA name)")
