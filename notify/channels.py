@@ -77,6 +77,7 @@ class WebhookSender:
             with urllib.request.urlopen(request, timeout=s.timeout_s, context=context) as response:  # noqa: S310
                 response.read(1024)
         except urllib.error.HTTPError as error:
+            error.close()  # it holds the response and its connection
             code = error.code
             retriable = code >= 500 or code in _HTTP_LATER
             raise DeliveryFailed(f"webhook {self.name} answered HTTP {code} {error.reason}",
