@@ -93,7 +93,8 @@ def restore_partitions(consumer: ConsumerLike, state_topic: str, targets: dict[i
     ``consumer`` is a reader outside any group (its assignment is replaced; the caller closes
     it). A partition whose target is ``(-1, -1)`` (nothing committed yet) starts empty. A
     partition read to its end without its marker raises :class:`RecoveryError`, as does
-    ``timeout_s`` without progress.
+    ``timeout_s`` without progress; a Kafka error (a partition without a leader, say) is raised
+    as it is, for the caller to try again.
     """
     states = {p: PartitionState(p, target) for p, target in targets.items()}
     pending = {p for p, s in states.items() if s.target != Marker(NO_OFFSET, NO_OFFSET)}
@@ -121,8 +122,11 @@ def restore_partitions(consumer: ConsumerLike, state_topic: str, targets: dict[i
             else:
                 buffers[p][key.decode()] = value
     except KafkaError as error:
-        raise RecoveryError(f"{state_topic}: cannot read the state changelog of partitions {sorted(pending)}: "
-                            f"{error.one_line()}", hint="is Kafka healthy?") from None
+        # Kafka not answering for a partition (its only replica down, a leader being elected) is
+        # not a broken changelog: the caller tries again later (the worker's recovery does).
+        log.warning("%s: cannot read the state changelog of partitions %s yet: %s", state_topic, sorted(pending),
+                    error.one_line())
+        raise
     if pending:
         first = min(pending)
         raise RecoveryError(

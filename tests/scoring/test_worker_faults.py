@@ -245,6 +245,49 @@ def test_an_assignment_whose_state_cannot_be_read_is_rewound_before_scoring(data
     rig.worker.close()
 
 
+class LeaderlessReader(FakeConsumer):
+    """The restore reader while a state partition has no leader (its only replica's broker is
+    down): reading its watermarks fails as librdkafka's does, ``fails`` times."""
+
+    fails = 0
+
+    def watermarks(self, topic: str, partition: int, *, cached: bool = False,
+                   timeout_s: float = 10.0) -> tuple[int, int]:
+        if LeaderlessReader.fails:
+            LeaderlessReader.fails -= 1
+            raise error("read the watermarks", _E._UNKNOWN_PARTITION)
+        return super().watermarks(topic, partition, cached=cached, timeout_s=timeout_s)
+
+
+class LeaderlessRig(Rig):
+    """A rig whose state-restoring readers are :class:`LeaderlessReader`."""
+
+    def consumer(self, group_id: str, topics: Iterable[str] = (), **overrides: Any) -> FakeConsumer:
+        if group_id != GROUP:
+            return LeaderlessReader(self.kafka, topics, group_id=group_id)
+        return super().consumer(group_id, topics, **overrides)
+
+
+def test_a_state_partition_without_a_leader_is_waited_for_not_fatal(data: FleetData, bundle: Bundle) -> None:
+    """The worker rewinds (a failed fetch) while the state changelog cannot be read (Unknown
+    partition: no leader): it keeps trying (it used to stop with a RecoveryError), then
+    predicts exactly the reference."""
+    kafka = cluster(bundle)
+    rig = LeaderlessRig(kafka)
+
+    def arm() -> None:
+        LeaderlessReader.fails = 3
+        rig.consume_faults.append(error("consume", _E.TOPIC_AUTHORIZATION_FAILED))
+
+    run_with(kafka, data, rig, arm)
+    for _ in range(5):  # each recovery step that meets the leaderless partition consumes nothing
+        rig.worker.step()
+        drain(rig.worker)
+    assert LeaderlessReader.fails == 0, "the worker read the changelog again after each failure"
+    assert committed_predictions(kafka) == offline(data, bundle)
+    rig.worker.close()
+
+
 def test_a_failed_fetch_rewinds_so_its_records_are_read_again(data: FleetData, bundle: Bundle) -> None:
     kafka = cluster(bundle)
     rig = Rig(kafka)
