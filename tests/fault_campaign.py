@@ -42,6 +42,7 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from forewarn.bundle import Bundle, pack, write_bundle
 from forewarn.contract import SCHEMA_VERSION, GatewayBatch, Prediction, Telemetry, encode, site_of
+from forewarn.errors import KafkaError
 from forewarn.kafka import KafkaAdmin
 from forewarn.settings import KafkaSettings, MqttSettings, StackSettings, TopicSettings
 from forewarn.stack import LocalStack
@@ -700,38 +701,49 @@ def _moved_off(run: Run, view: ClusterView, node_id: int, partitions: list[int])
     return all(leaders.get(p, -1) not in (-1, node_id) for p in partitions)
 
 
+def _stored(run: Run) -> int:
+    """Records in the scenario's telemetry topic (-1 while a partition's new leader cannot say)."""
+    try:
+        return topic_size(run.kafka, run.topics.telemetry)
+    except KafkaError:  # e.g. "leader high watermark is not caught up" just after a move
+        return -1
+
+
 def partition_broker(run: Run) -> None:
     """Cut the busiest leader's link: it can reach neither the other nodes nor any client (no
     RST, no ICMP: its connections just go silent). Heal once the others moved its leaders and
-    more load went through; return when it is back in every partition's ISR."""
+    the bridge wrote what was published through them (the link heals whatever happens); return
+    when it is back in every partition's ISR."""
     net = _network(run)
     victim = run.busiest_leader()
     led = sorted(p for p, n in run.view.leaders(run.topics.telemetry).items() if n == victim.node_id)
     replicas = run.view.replicas(run.topics.telemetry)  # asked before the cut: it may be the one asked
     alone = sorted(p for p, r in replicas.items() if r == [victim.node_id])
     movable = sorted(p for p, r in replicas.items() if len(r) > 1)
-    link = net.namespace_of(victim.host).link
-    link.cut()
-    run.note(f"cut {victim.name} ({victim.host}, leader of telemetry partitions {led}) off the other nodes and "
-             "every client")
     # Asked through the other nodes by a client that never reached the cut one: run.view would
     # wait on its silent connection to it until the socket times out (60 s), not see the move.
     others = ",".join(n.bootstrap for n in run.stack.kafka_nodes if n is not victim)
     view = ClusterView(run.kafka.model_copy(update={"bootstrap_servers": others}))
-    if alone:  # replication 1: nowhere to move them
-        run.note(f"telemetry partitions {alone} have no other replica: no leader while it is cut")
-    if movable:
-        wait_for(lambda: _moved_off(run, view, victim.node_id, movable), 120,
-                 f"leaders to move off the cut {victim.name}")
-        run.note(f"its leaders moved to the other nodes after {time.monotonic() - run.fault_at:.1f}s")
-    run.wait_progress(run.publisher.progress() + 0.2)
-    if not alone:  # every partition writable on the other two: the bridge gets through before the heal
-        published = run.publisher.published_readings
-        wait_for(lambda: topic_size(run.kafka, run.topics.telemetry) >= published, 120,
-                 "the bridge to write what was published through the other nodes")
-        run.note(f"the {published} readings published so far in telemetry, through the other nodes, "
-                 f"{time.monotonic() - run.fault_at:.1f}s after the cut")
-    link.heal()
+    link = net.namespace_of(victim.host).link
+    link.cut()
+    try:
+        run.note(f"cut {victim.name} ({victim.host}, leader of telemetry partitions {led}) off the other nodes "
+                 "and every client")
+        if alone:  # replication 1: nowhere to move them
+            run.note(f"telemetry partitions {alone} have no other replica: no leader while it is cut")
+        if movable:
+            wait_for(lambda: _moved_off(run, view, victim.node_id, movable), 120,
+                     f"leaders to move off the cut {victim.name}")
+            run.note(f"its leaders moved to the other nodes after {time.monotonic() - run.fault_at:.1f}s")
+        run.wait_progress(run.publisher.progress() + 0.2)
+        if not alone:  # every partition writable on the other two: the bridge gets through before the heal
+            published = run.publisher.published_readings
+            wait_for(lambda: _stored(run) >= published, 120,
+                     "the bridge to write what was published through the other nodes")
+            run.note(f"the {published} readings published so far in telemetry, through the other nodes, "
+                     f"{time.monotonic() - run.fault_at:.1f}s after the cut")
+    finally:
+        link.heal()
     healed = time.monotonic()
     behind = view.out_of_sync(victim.node_id)
     run.note(f"healed after {healed - run.fault_at:.1f}s; {victim.name} out of the ISR of {behind} partitions")
@@ -741,20 +753,22 @@ def partition_broker(run: Run) -> None:
 
 def slow_lossy_link(run: Run, shaping: Shaping = SLOW_LINK, share: float = 0.4) -> None:
     """Slow the bridge's link to Kafka (both ways, Kafka's ports only; MQTT is not on it) while
-    ``share`` of the load is published, then restore it; note how far the bridge fell behind
-    and how long it took to catch up."""
+    ``share`` of the load is published, then restore it (whatever happens); note how far the
+    bridge fell behind and how long it took to catch up."""
     link = _network(run).client.link
     link.shape([node.port for node in run.stack.kafka_nodes], shaping)
-    run.note(f"the bridge's link to Kafka slowed to {shaping} (htb + tbf; this kernel has no netem)")
-    run.wait_progress(run.publisher.progress() + share)
-    published, stored = run.publisher.published_readings, topic_size(run.kafka, run.topics.telemetry)
-    stats = link.shaped_stats()
-    link.unshape()
+    try:
+        run.note(f"the bridge's link to Kafka slowed to {shaping} (htb + tbf; this kernel has no netem)")
+        run.wait_progress(run.publisher.progress() + share)
+        published, stored = run.publisher.published_readings, _stored(run)
+        stats = link.shaped_stats()
+    finally:
+        link.unshape()
     unshaped = time.monotonic()
     run.note(f"restored after {unshaped - run.fault_at:.1f}s: {published} readings published, {stored} records in "
              f"telemetry ({max(0, published - stored)} behind); the slow link passed {stats['sent_packets']} "
              f"packets ({stats['sent_bytes'] / 1024:.0f} KiB) and dropped {stats['dropped']}")
-    wait_for(lambda: topic_size(run.kafka, run.topics.telemetry) >= published, 180, "the bridge to catch up")
+    wait_for(lambda: _stored(run) >= published, 180, "the bridge to catch up")
     run.note(f"the bridge caught up {time.monotonic() - unshaped:.1f}s after the link was restored")
 
 
