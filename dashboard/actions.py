@@ -1,11 +1,13 @@
-"""What the dashboard writes: acknowledgements, as ``acknowledged`` events on the alerts topic
-(keyed by machine_id, like every other event of the alert). The dashboard sends no maintenance
-events; an acknowledgement sent twice is harmless (the alert's status is the same).
+"""What the dashboard writes: lifecycle events on the alerts topic (keyed by machine_id, like
+every other event of the alert) — ``acknowledged`` (with a note), ``assigned`` (to a user name,
+empty to unassign) and ``snoozed`` (until a time; a time now or past ends the snooze). The
+dashboard sends no maintenance events here; an event sent twice is harmless (the alert's status
+is the same). The notifier reads the same events: an acknowledged alert stops escalating and
+reminding, a snoozed one stays quiet until its time.
 
-Only an operator or an admin acknowledges: :func:`acknowledge` checks the role itself, so a
-page that forgot to hide its control still cannot send one for a viewer. The event names the
-signed-in user (display name, or user name), is dated when it is sent and carries the user's
-note (at most :data:`NOTE_MAX_CHARS` characters)."""
+Only an operator or an admin changes an alert: each action checks the role itself, so a page
+that forgot to hide its control still cannot send one for a viewer. Every event names the
+signed-in user, is dated when it is sent and copies the alert's last evidence."""
 
 from __future__ import annotations
 
@@ -16,56 +18,105 @@ from typing import Any, Final
 from dashboard.auth import Principal, Role
 from dashboard.errors import DashboardError
 from dashboard.runtime import Runtime
-from forewarn.contract import SCHEMA_VERSION, Alert, encode
+from forewarn.contract import SCHEMA_VERSION, Alert, AlertState, encode
 
-__all__ = ["ACKNOWLEDGE_ROLE", "NOTE_MAX_CHARS", "acknowledge", "acknowledgement"]
+__all__ = ["ACKNOWLEDGE_ROLE", "NOTE_MAX_CHARS", "SNOOZE_MAX_MINUTES", "acknowledge", "acknowledgement", "assign",
+           "lifecycle_event", "snooze"]
 
 log = logging.getLogger(__name__)
 
 ACKNOWLEDGE_ROLE: Final[Role] = "operator"
 NOTE_MAX_CHARS: Final = 500
+SNOOZE_MAX_MINUTES: Final = 7 * 24 * 60
+NAME_MAX_CHARS: Final = 200
 
 
 def _opt(value: Any) -> Any:
     return None if value is None or value != value else value  # NaN → None
 
 
-def acknowledgement(alert: Mapping[str, Any], by: str, now_ms: int, horizon: int | None = None,
-                    note: str | None = None) -> Alert:
-    """The ``acknowledged`` event for one alert row of :func:`dashboard.queries.alert_list`. It
-    is dated now, or after the alert's last event so it sorts last, unless that event is dated
-    beyond ``horizon`` (a future outlier)."""
+def lifecycle_event(alert: Mapping[str, Any], state: AlertState, now_ms: int, horizon: int | None = None,
+                    **fields: Any) -> Alert:
+    """The ``state`` event for one alert row of :func:`dashboard.queries.alert_list`, with its
+    last evidence and ``fields``. It is dated now, or after the alert's last event so it sorts
+    last, unless that event is dated beyond ``horizon`` (a future outlier)."""
     p_fail, rul = _opt(alert.get("p_fail")), _opt(alert.get("rul"))
     last_ts = int(_opt(alert.get("last_ts")) or 0)
     return Alert(
         v=SCHEMA_VERSION, alert_id=str(alert["alert_id"]), machine_id=str(alert["machine_id"]),
-        state="acknowledged", severity=alert["severity"], rule=str(alert["rule"]),
+        state=state, severity=alert["severity"], rule=str(alert["rule"]),
         opened_at=int(alert["opened_at"]),
         ts=now_ms if horizon is not None and last_ts > horizon else max(now_ms, last_ts),
         model=_opt(alert.get("model")), model_version=_opt(alert.get("model_version")),
         asset_type=_opt(alert.get("asset_type")), p_fail=None if p_fail is None else float(p_fail),
-        rul=None if rul is None else float(rul), message=f"acknowledged by {by}", acknowledged_by=by, note=note)
+        rul=None if rul is None else float(rul), **fields)
+
+
+def acknowledgement(alert: Mapping[str, Any], by: str, now_ms: int, horizon: int | None = None,
+                    note: str | None = None) -> Alert:
+    """The ``acknowledged`` event for one alert row, by ``by``, with the user's note."""
+    return lifecycle_event(alert, "acknowledged", now_ms, horizon, message=f"acknowledged by {by}",
+                           acknowledged_by=by, note=note)
+
+
+def _send(runtime: Runtime, events: list[Alert], user: Principal, what: str, timeout_s: float) -> int:
+    """Produce ``events`` and wait until Kafka confirmed them."""
+    now_ms = runtime.store.now_ms()
+    for event in events:
+        runtime.sink.produce(runtime.topics.alerts, encode(event), key=event.machine_id, timestamp_ms=now_ms)
+    left = runtime.sink.flush(timeout_s)
+    if left:
+        raise DashboardError(f"Kafka did not confirm {left} of {len(events)} {what} within {timeout_s:.0f} s",
+                             hint="they stay queued and are sent when Kafka is reachable; check the brokers")
+    log.info("%s: %s sent as %s", what, len(events), user.name)
+    return len(events)
+
+
+def _may_change(user: Principal, verb: str) -> None:
+    if not user.can(ACKNOWLEDGE_ROLE):
+        raise DashboardError(f"{user.name} ({user.role}) may not {verb} alerts",
+                             hint=f"acknowledging, assigning and snoozing need the {ACKNOWLEDGE_ROLE} or admin role")
 
 
 def acknowledge(runtime: Runtime, alerts: Iterable[Mapping[str, Any]], user: Principal, note: str = "",
                 timeout_s: float = 10.0) -> int:
-    """Produce an ``acknowledged`` event per alert as ``user`` and wait until Kafka confirmed
-    them; :class:`DashboardError` when the user's role may not acknowledge or the note is too long."""
-    if not user.can(ACKNOWLEDGE_ROLE):
-        raise DashboardError(f"{user.name} ({user.role}) may not acknowledge alerts",
-                             hint=f"acknowledging needs the {ACKNOWLEDGE_ROLE} or admin role")
+    """Produce an ``acknowledged`` event per alert as ``user`` (many at once for a storm) and
+    wait until Kafka confirmed them; :class:`DashboardError` when the user's role may not or
+    the note is too long."""
+    _may_change(user, "acknowledge")
     text = note.strip()
     if len(text) > NOTE_MAX_CHARS:
         raise DashboardError(f"the note has {len(text)} characters", hint=f"keep it to {NOTE_MAX_CHARS}")
-    now_ms = runtime.store.now_ms()
-    sent = 0
-    for alert in alerts:
-        event = acknowledgement(alert, user.label, now_ms, runtime.store.horizon(), text or None)
-        runtime.sink.produce(runtime.topics.alerts, encode(event), key=event.machine_id, timestamp_ms=now_ms)
-        sent += 1
-    left = runtime.sink.flush(timeout_s)
-    if left:
-        raise DashboardError(f"Kafka did not confirm {left} of {sent} acknowledgements within {timeout_s:.0f} s",
-                             hint="they stay queued and are sent when Kafka is reachable; check the brokers")
-    log.info("acknowledged %s alerts as %s", sent, user.name)
-    return sent
+    now_ms, horizon = runtime.store.now_ms(), runtime.store.horizon()
+    events = [acknowledgement(a, user.label, now_ms, horizon, text or None) for a in alerts]
+    return _send(runtime, events, user, "acknowledgements", timeout_s)
+
+
+def assign(runtime: Runtime, alerts: Iterable[Mapping[str, Any]], user: Principal, to: str,
+           timeout_s: float = 10.0) -> int:
+    """Produce an ``assigned`` event per alert: ``to`` (a user name) is responsible now; an
+    empty ``to`` unassigns."""
+    _may_change(user, "assign")
+    name = to.strip()
+    if len(name) > NAME_MAX_CHARS:
+        raise DashboardError(f"the user name has {len(name)} characters", hint=f"keep it to {NAME_MAX_CHARS}")
+    now_ms, horizon = runtime.store.now_ms(), runtime.store.horizon()
+    events = [lifecycle_event(a, "assigned", now_ms, horizon, actor=user.label, assigned_to=name,
+                              message=f"assigned to {name} by {user.label}" if name else
+                              f"unassigned by {user.label}") for a in alerts]
+    return _send(runtime, events, user, "assignments", timeout_s)
+
+
+def snooze(runtime: Runtime, alerts: Iterable[Mapping[str, Any]], user: Principal, minutes: float,
+           timeout_s: float = 10.0) -> int:
+    """Produce a ``snoozed`` event per alert: no notification about it for ``minutes`` from now
+    (0 ends a snooze); at most :data:`SNOOZE_MAX_MINUTES`."""
+    _may_change(user, "snooze")
+    if not 0 <= minutes <= SNOOZE_MAX_MINUTES:
+        raise DashboardError(f"a snooze of {minutes:g} minutes", hint=f"snooze for 0 to {SNOOZE_MAX_MINUTES} minutes")
+    now_ms, horizon = runtime.store.now_ms(), runtime.store.horizon()
+    until = now_ms + int(minutes * 60_000)
+    events = [lifecycle_event(a, "snoozed", now_ms, horizon, actor=user.label, snoozed_until=until,
+                              message=f"snoozed for {minutes:g} min by {user.label}" if minutes else
+                              f"snooze ended by {user.label}") for a in alerts]
+    return _send(runtime, events, user, "snoozes", timeout_s)

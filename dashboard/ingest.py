@@ -137,8 +137,8 @@ class Ingest:
             a = self._alert.decode(value)
             batch.add("alert_events", self._checked("alert_events", (
                 a.alert_id, a.machine_id, site_of(a.machine_id), a.state, a.severity, a.rule, a.opened_at, a.ts,
-                a.model, a.model_version, a.asset_type, a.p_fail, a.rul, a.message, a.acknowledged_by, a.note, now_ms,
-                _arrival(ingest_ms(record.headers()), now_ms))))
+                a.model, a.model_version, a.asset_type, a.p_fail, a.rul, a.message, a.acknowledged_by, a.note, a.actor,
+                a.assigned_to, a.snoozed_until, a.escalation, now_ms, _arrival(ingest_ms(record.headers()), now_ms))))
         elif role == "maintenance":
             m = self._maintenance.decode(value)
             batch.add("maintenance", self._checked("maintenance", (

@@ -219,11 +219,17 @@ def version_changes(predictions: pd.DataFrame) -> pd.DataFrame:
 
 
 def alert_list(store: Store, statuses: Sequence[str] = (), severities: Sequence[str] = (),
-               site: str | None = None, machine: str | None = None) -> pd.DataFrame:
+               site: str | None = None, machine: str | None = None, assigned_to: str | None = None,
+               ) -> pd.DataFrame:
     """Alerts (one row each, current status), newest first, with their duration in ms
-    (open ones measured up to now, or their last event when that is later)."""
+    (open ones measured up to now, or their last event when that is later), who they are
+    assigned to, until when they are snoozed (``snoozed``: still now) and their escalation level.
+    Status ``open`` is active and unacknowledged."""
     where = ["TRUE"]
     params: list[Any] = []
+    if assigned_to:
+        where.append("assigned_to = ?")
+        params.append(assigned_to)
     if statuses:
         where.append("list_contains(?, status)")
         params.append(list(statuses))
@@ -240,9 +246,11 @@ def alert_list(store: Store, statuses: Sequence[str] = (), severities: Sequence[
     sql = f"""
         SELECT alert_id, machine_id, site, asset_type, severity, status, rule, opened_at, resolved_at,
                coalesce(resolved_at, greatest(?, last_ts)) - opened_at AS duration_ms, p_fail, rul,
-               model_version, acknowledged_by, acknowledged_at, note, message, model, last_ts
+               model_version, acknowledged_by, acknowledged_at, note, message, model, last_ts, assigned_to,
+               assigned_by, CASE WHEN snoozed_until > ? THEN snoozed_until END AS snoozed_until,
+               coalesce(snoozed_until > ?, FALSE) AS snoozed, snoozed_by, escalation
         FROM alerts WHERE {" AND ".join(where)} ORDER BY opened_at DESC, alert_id LIMIT 5000"""  # noqa: S608
-    return store.read(sql, [clock, *params])
+    return store.read(sql, [clock, clock, clock, *params])
 
 
 # -- pipeline ----------------------------------------------------------------------------

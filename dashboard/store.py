@@ -41,7 +41,7 @@ __all__ = ["TABLE_COLUMNS", "Batch", "Retention", "Store", "unstorable"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = "3"
+SCHEMA_VERSION: Final = "4"
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 
@@ -62,7 +62,8 @@ _APPENDED: Final[dict[str, dict[str, str]]] = {
         "alert_id": "VARCHAR", "machine_id": "VARCHAR", "site": "VARCHAR", "state": "VARCHAR",
         "severity": "VARCHAR", "rule": "VARCHAR", "opened_at": "BIGINT", "ts": "BIGINT", "model": "VARCHAR",
         "model_version": "VARCHAR", "asset_type": "VARCHAR", "p_fail": "DOUBLE", "rul": "DOUBLE",
-        "message": "VARCHAR", "acknowledged_by": "VARCHAR", "note": "VARCHAR", "received_at": "BIGINT",
+        "message": "VARCHAR", "acknowledged_by": "VARCHAR", "note": "VARCHAR", "actor": "VARCHAR",
+        "assigned_to": "VARCHAR", "snoozed_until": "BIGINT", "escalation": "BIGINT", "received_at": "BIGINT",
         "arrived_at": "BIGINT"},
     "dlq_samples": {
         "received_at": "BIGINT", "reason": "VARCHAR", "detail": "VARCHAR", "mqtt_topic": "VARCHAR",
@@ -120,22 +121,28 @@ SELECT alert_id,
        arg_max(asset_type, ts) AS asset_type,
        min(opened_at) AS opened_at,
        max(ts) AS last_ts,
-       coalesce(arg_max(severity, ts) FILTER (WHERE state <> 'acknowledged'), arg_max(severity, ts)) AS severity,
+       coalesce(arg_max(severity, ts) FILTER (WHERE NOT lifecycle), arg_max(severity, ts)) AS severity,
        arg_max(rule, ts) AS rule,
        max(ts) FILTER (WHERE state = 'resolved') AS resolved_at,
        max(ts) FILTER (WHERE state = 'acknowledged') AS acknowledged_at,
        arg_max(acknowledged_by, ts) FILTER (WHERE state = 'acknowledged') AS acknowledged_by,
        arg_max(note, ts) FILTER (WHERE state = 'acknowledged') AS note,
-       arg_max(p_fail, ts) FILTER (WHERE state <> 'acknowledged') AS p_fail,
-       arg_max(rul, ts) FILTER (WHERE state <> 'acknowledged') AS rul,
-       arg_max(model, ts) FILTER (WHERE state <> 'acknowledged') AS model,
-       arg_max(model_version, ts) FILTER (WHERE state <> 'acknowledged') AS model_version,
-       arg_max(message, ts) FILTER (WHERE state <> 'acknowledged') AS message,
+       nullif(arg_max(coalesce(assigned_to, ''), ts) FILTER (WHERE state = 'assigned'), '') AS assigned_to,
+       arg_max(actor, ts) FILTER (WHERE state = 'assigned') AS assigned_by,
+       arg_max(coalesce(snoozed_until, 0), ts) FILTER (WHERE state = 'snoozed') AS snoozed_until,
+       arg_max(actor, ts) FILTER (WHERE state = 'snoozed') AS snoozed_by,
+       coalesce(max(escalation) FILTER (WHERE state = 'escalated'), 0) AS escalation,
+       arg_max(p_fail, ts) FILTER (WHERE NOT lifecycle) AS p_fail,
+       arg_max(rul, ts) FILTER (WHERE NOT lifecycle) AS rul,
+       arg_max(model, ts) FILTER (WHERE NOT lifecycle) AS model,
+       arg_max(model_version, ts) FILTER (WHERE NOT lifecycle) AS model_version,
+       arg_max(message, ts) FILTER (WHERE NOT lifecycle) AS message,
        CASE WHEN bool_or(state = 'resolved') THEN 'resolved'
             WHEN bool_or(state = 'acknowledged') THEN 'acknowledged'
             ELSE 'open' END AS status
-FROM alert_events GROUP BY alert_id;
-"""
+FROM (SELECT *, state IN ('acknowledged', 'assigned', 'snoozed', 'escalated') AS lifecycle FROM alert_events)
+GROUP BY alert_id;
+"""  # noqa: S608 - the table names are this module's own
 
 _TABLES: Final = (*_APPENDED, "machines", "dlq_counts", "throughput", "models", "consumer_lag", "offsets")
 
