@@ -1,27 +1,45 @@
-"""What the dashboard writes: lifecycle events on the alerts topic (keyed by machine_id, like
-every other event of the alert) — ``acknowledged`` (with a note), ``assigned`` (to a user name,
-empty to unassign) and ``snoozed`` (until a time; a time now or past ends the snooze). The
-dashboard sends no maintenance events here; an event sent twice is harmless (the alert's status
-is the same). The notifier reads the same events: an acknowledged alert stops escalating and
-reminding, a snoozed one stays quiet until its time.
+"""What the dashboard writes.
 
-Only an operator or an admin changes an alert: each action checks the role itself, so a page
-that forgot to hide its control still cannot send one for a viewer. Every event names the
-signed-in user, is dated when it is sent and copies the alert's last evidence."""
+Lifecycle events on the alerts topic (keyed by machine_id, like every other event of the
+alert): ``acknowledged`` (with a note), ``assigned`` (to a user name, empty to unassign) and
+``snoozed`` (until a time; a time now or past ends the snooze). An event sent twice is harmless
+(the alert's status is the same). The notifier reads the same events: an acknowledged alert
+stops escalating and reminding, a snoozed one stays quiet until its time.
+
+Work orders on the ``workorders`` topic: opened from an alert or a machine, closed with an
+outcome. Closing one first writes its maintenance event
+(:func:`~forewarn.contract.work_order_maintenance`: the ground truth the scorers, the learning
+loop and the live accuracy use) to ``maintenance``, and only once Kafka confirmed it the closed
+state; a close retried after a failure writes the same event identity again, which every
+consumer applies once.
+
+Only an operator or an admin changes an alert or a work order: each action checks the role
+itself, so a page that forgot to hide its control still cannot send one for a viewer. Every
+record names the signed-in user and is dated when it is sent; alert events copy the alert's
+last evidence."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from dashboard.auth import Principal, Role
 from dashboard.errors import DashboardError
 from dashboard.runtime import Runtime
-from forewarn.contract import SCHEMA_VERSION, Alert, AlertState, encode
+from forewarn.contract import (
+    SCHEMA_VERSION,
+    Alert,
+    AlertState,
+    WorkOrder,
+    WorkOrderOutcome,
+    encode,
+    work_order_maintenance,
+)
 
 __all__ = ["ACKNOWLEDGE_ROLE", "NOTE_MAX_CHARS", "SNOOZE_MAX_MINUTES", "acknowledge", "acknowledgement", "assign",
-           "lifecycle_event", "snooze"]
+           "close_work_order", "lifecycle_event", "open_work_order", "snooze"]
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +77,27 @@ def acknowledgement(alert: Mapping[str, Any], by: str, now_ms: int, horizon: int
                            acknowledged_by=by, note=note)
 
 
+def _confirm(runtime: Runtime, sent: int, what: str, timeout_s: float) -> None:
+    left = runtime.sink.flush(timeout_s)
+    if left:
+        raise DashboardError(f"Kafka did not confirm {left} of {sent} {what} within {timeout_s:.0f} s",
+                             hint="what is not confirmed stays queued and is sent when Kafka is reachable; "
+                                  "check the brokers")
+
+
+def _note(note: str) -> str | None:
+    text = note.strip()
+    if len(text) > NOTE_MAX_CHARS:
+        raise DashboardError(f"the note has {len(text)} characters", hint=f"keep it to {NOTE_MAX_CHARS}")
+    return text or None
+
+
 def _send(runtime: Runtime, events: list[Alert], user: Principal, what: str, timeout_s: float) -> int:
     """Produce ``events`` and wait until Kafka confirmed them."""
     now_ms = runtime.store.now_ms()
     for event in events:
         runtime.sink.produce(runtime.topics.alerts, encode(event), key=event.machine_id, timestamp_ms=now_ms)
-    left = runtime.sink.flush(timeout_s)
-    if left:
-        raise DashboardError(f"Kafka did not confirm {left} of {len(events)} {what} within {timeout_s:.0f} s",
-                             hint="they stay queued and are sent when Kafka is reachable; check the brokers")
+    _confirm(runtime, len(events), what, timeout_s)
     log.info("%s: %s sent as %s", what, len(events), user.name)
     return len(events)
 
@@ -84,11 +114,9 @@ def acknowledge(runtime: Runtime, alerts: Iterable[Mapping[str, Any]], user: Pri
     wait until Kafka confirmed them; :class:`DashboardError` when the user's role may not or
     the note is too long."""
     _may_change(user, "acknowledge")
-    text = note.strip()
-    if len(text) > NOTE_MAX_CHARS:
-        raise DashboardError(f"the note has {len(text)} characters", hint=f"keep it to {NOTE_MAX_CHARS}")
+    text = _note(note)
     now_ms, horizon = runtime.store.now_ms(), runtime.store.horizon()
-    events = [acknowledgement(a, user.label, now_ms, horizon, text or None) for a in alerts]
+    events = [acknowledgement(a, user.label, now_ms, horizon, text) for a in alerts]
     return _send(runtime, events, user, "acknowledgements", timeout_s)
 
 
@@ -120,3 +148,43 @@ def snooze(runtime: Runtime, alerts: Iterable[Mapping[str, Any]], user: Principa
                               message=f"snoozed for {minutes:g} min by {user.label}" if minutes else
                               f"snooze ended by {user.label}") for a in alerts]
     return _send(runtime, events, user, "snoozes", timeout_s)
+
+
+def open_work_order(runtime: Runtime, machine_id: str, user: Principal, title: str = "",
+                    alert: Mapping[str, Any] | None = None, asset_type: str | None = None,
+                    timeout_s: float = 10.0) -> WorkOrder:
+    """Open a work order for ``machine_id`` (from ``alert``, a row of the alert list, when given)
+    as ``user``; its id is new and random."""
+    _may_change(user, "open work orders for")
+    now_ms = runtime.store.now_ms()
+    order = WorkOrder(SCHEMA_VERSION, uuid.uuid4().hex[:12], machine_id, "open", now_ms, user.label, now_ms,
+                      alert_id=None if alert is None else str(alert["alert_id"]),
+                      asset_type=asset_type or (None if alert is None else _opt(alert.get("asset_type"))),
+                      title=_note(title))
+    runtime.sink.produce(runtime.topics.workorders, encode(order), key=order.work_order_id, timestamp_ms=now_ms)
+    _confirm(runtime, 1, "work order", timeout_s)
+    log.info("work order %s opened for %s by %s", order.work_order_id, machine_id, user.name)
+    return order
+
+
+def close_work_order(runtime: Runtime, order: Mapping[str, Any], user: Principal, outcome: WorkOrderOutcome,
+                     failure_mode: str = "", note: str = "", timeout_s: float = 10.0) -> WorkOrder:
+    """Close a work order (a row of :func:`dashboard.queries.work_orders`) with ``outcome``: its
+    maintenance event goes to ``maintenance`` first, then the closed state to ``workorders``."""
+    _may_change(user, "close work orders for")
+    mode = failure_mode.strip() or None
+    if outcome == "confirmed_failure" and mode is None:
+        raise DashboardError("a confirmed failure needs its failure mode", hint="say what failed, e.g. bearing")
+    now_ms = runtime.store.now_ms()
+    closed = WorkOrder(SCHEMA_VERSION, str(order["work_order_id"]), str(order["machine_id"]), "closed",
+                       int(order["opened_at"]), str(order["opened_by"]), now_ms,
+                       alert_id=_opt(order.get("alert_id")), asset_type=_opt(order.get("asset_type")),
+                       title=_opt(order.get("title")), closed_by=user.label, outcome=outcome,
+                       failure_mode=mode if outcome == "confirmed_failure" else None, note=_note(note))
+    event = work_order_maintenance(closed)
+    runtime.sink.produce(runtime.topics.maintenance, encode(event), key=event.machine_id, timestamp_ms=now_ms)
+    _confirm(runtime, 1, "maintenance event", timeout_s)
+    runtime.sink.produce(runtime.topics.workorders, encode(closed), key=closed.work_order_id, timestamp_ms=now_ms)
+    _confirm(runtime, 1, "closed work order", timeout_s)
+    log.info("work order %s closed as %s by %s", closed.work_order_id, outcome, user.name)
+    return closed

@@ -27,6 +27,7 @@ from forewarn.contract import (
     PipelineStats,
     Prediction,
     Telemetry,
+    WorkOrder,
     site_of,
 )
 from forewarn.deadletter import DeadLetter, ingest_ms
@@ -38,7 +39,7 @@ __all__ = ["ROLES", "Ingest", "Record"]
 log = logging.getLogger(__name__)
 
 # The topics the dashboard reads, by role.
-ROLES: Final = ("predictions", "alerts", "maintenance", "telemetry", "dlq", "models", "pipeline")
+ROLES: Final = ("predictions", "alerts", "maintenance", "telemetry", "dlq", "models", "pipeline", "workorders")
 
 # What the dashboard reads from a Kafka message (confluent_kafka.Message fits).
 Record = MessageLike
@@ -82,6 +83,7 @@ class Ingest:
         self._maintenance = msgspec.json.Decoder(MaintenanceEvent)
         self._telemetry = msgspec.json.Decoder(Telemetry)
         self._pipeline = msgspec.json.Decoder(PipelineStats)
+        self._work_order = msgspec.json.Decoder(WorkOrder)
 
     def role(self, topic: str) -> str | None:
         return self._roles.get(topic)
@@ -143,7 +145,12 @@ class Ingest:
             m = self._maintenance.decode(value)
             batch.add("maintenance", self._checked("maintenance", (
                 m.identity, m.event_id, m.machine_id, site_of(m.machine_id), m.asset_type, m.ts, m.event,
-                m.failure_mode, now_ms, _arrival(ingest_ms(record.headers()), now_ms))))
+                m.failure_mode, m.outcome, m.note, now_ms, _arrival(ingest_ms(record.headers()), now_ms))))
+        elif role == "workorders":
+            w = self._work_order.decode(value)
+            batch.add("work_order_events", self._checked("work_order_events", (
+                w.work_order_id, w.machine_id, site_of(w.machine_id), w.status, w.opened_at, w.opened_by, w.ts,
+                w.alert_id, w.asset_type, w.title, w.closed_by, w.outcome, w.failure_mode, w.note, now_ms)))
         elif role == "telemetry":
             self._reading(batch, self._telemetry.decode(value), _arrival(ingest_ms(record.headers()), now_ms), now_ms)
         elif role == "pipeline":

@@ -207,6 +207,22 @@ def machine_events(store: Store, machine_id: str, since_ts: int | None = None) -
         ORDER BY ts""", [machine_id, since_ts or 0, machine_id, since_ts or 0])
 
 
+def maintenance_log(store: Store, machine_id: str) -> pd.DataFrame:
+    """Every maintenance event of one machine, newest first: what happened, its failure mode,
+    the work order's outcome and note when one recorded it, and its identity."""
+    return store.read("""
+        SELECT ts, event, coalesce(failure_mode, '') AS failure_mode, coalesce(outcome, '') AS outcome,
+               coalesce(note, '') AS note, identity FROM maintenance
+        WHERE machine_id = ? ORDER BY ts DESC, identity""", [machine_id])
+
+
+def work_orders(store: Store, machine_id: str | None = None, status: str | None = None) -> pd.DataFrame:
+    """Work orders (one row each, their current state), newest first."""
+    return store.read("""
+        SELECT * FROM work_orders WHERE (? IS NULL OR machine_id = ?) AND (? IS NULL OR status = ?)
+        ORDER BY opened_at DESC, work_order_id""", [machine_id, machine_id, status, status])
+
+
 def version_changes(predictions: pd.DataFrame) -> pd.DataFrame:
     """Where the model version of a machine's predictions changed (first prediction of each)."""
     if predictions.empty:

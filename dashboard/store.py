@@ -41,7 +41,7 @@ __all__ = ["TABLE_COLUMNS", "Batch", "Retention", "Store", "unstorable"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = "4"
+SCHEMA_VERSION: Final = "5"
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 
@@ -57,7 +57,12 @@ _APPENDED: Final[dict[str, dict[str, str]]] = {
     "maintenance": {
         "identity": "VARCHAR", "event_id": "VARCHAR", "machine_id": "VARCHAR", "site": "VARCHAR",
         "asset_type": "VARCHAR", "ts": "BIGINT", "event": "VARCHAR", "failure_mode": "VARCHAR",
-        "received_at": "BIGINT", "arrived_at": "BIGINT"},
+        "outcome": "VARCHAR", "note": "VARCHAR", "received_at": "BIGINT", "arrived_at": "BIGINT"},
+    "work_order_events": {
+        "work_order_id": "VARCHAR", "machine_id": "VARCHAR", "site": "VARCHAR", "status": "VARCHAR",
+        "opened_at": "BIGINT", "opened_by": "VARCHAR", "ts": "BIGINT", "alert_id": "VARCHAR", "asset_type": "VARCHAR",
+        "title": "VARCHAR", "closed_by": "VARCHAR", "outcome": "VARCHAR", "failure_mode": "VARCHAR", "note": "VARCHAR",
+        "received_at": "BIGINT"},
     "alert_events": {
         "alert_id": "VARCHAR", "machine_id": "VARCHAR", "site": "VARCHAR", "state": "VARCHAR",
         "severity": "VARCHAR", "rule": "VARCHAR", "opened_at": "BIGINT", "ts": "BIGINT", "model": "VARCHAR",
@@ -142,6 +147,22 @@ SELECT alert_id,
             ELSE 'open' END AS status
 FROM (SELECT *, state IN ('acknowledged', 'assigned', 'snoozed', 'escalated') AS lifecycle FROM alert_events)
 GROUP BY alert_id;
+CREATE OR REPLACE VIEW work_orders AS
+SELECT work_order_id,
+       any_value(machine_id) AS machine_id,
+       any_value(site) AS site,
+       min(opened_at) AS opened_at,
+       arg_min(opened_by, ts) AS opened_by,
+       any_value(alert_id) AS alert_id,
+       any_value(asset_type) AS asset_type,
+       arg_min(title, ts) AS title,
+       CASE WHEN bool_or(status = 'closed') THEN 'closed' ELSE 'open' END AS status,
+       max(ts) FILTER (WHERE status = 'closed') AS closed_at,
+       arg_max(closed_by, ts) FILTER (WHERE status = 'closed') AS closed_by,
+       arg_max(outcome, ts) FILTER (WHERE status = 'closed') AS outcome,
+       arg_max(failure_mode, ts) FILTER (WHERE status = 'closed') AS failure_mode,
+       arg_max(note, ts) FILTER (WHERE status = 'closed') AS note
+FROM work_order_events GROUP BY work_order_id;
 """  # noqa: S608 - the table names are this module's own
 
 _TABLES: Final = (*_APPENDED, "machines", "dlq_counts", "throughput", "models", "consumer_lag", "offsets")
@@ -277,6 +298,7 @@ class Store:
             log.warning("the dashboard store %s has schema %s, not %s: emptying it, it is read again from Kafka",
                         self.path, version or "1", SCHEMA_VERSION)
             con.execute("DROP VIEW IF EXISTS alerts")
+            con.execute("DROP VIEW IF EXISTS work_orders")
             for table in sorted(existing & {*_TABLES, "store_meta"}):
                 con.execute(f"DROP TABLE {table}")
         con.execute(_SCHEMA)

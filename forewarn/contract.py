@@ -22,6 +22,7 @@ __all__ = [
     "PIPELINE_RESETS",
     "SCHEMA_VERSION",
     "SEVERITY_RANK",
+    "WORK_ORDER_EVENTS",
     "Alert",
     "AlertSeverity",
     "AlertState",
@@ -35,9 +36,12 @@ __all__ = [
     "Reason",
     "Rejected",
     "Telemetry",
+    "WorkOrder",
+    "WorkOrderOutcome",
     "encode",
     "model_refused_alert",
     "site_of",
+    "work_order_maintenance",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -130,11 +134,52 @@ class MaintenanceEvent(msgspec.Struct, frozen=True, gc=False, omit_defaults=True
     failure_mode: str | None = None
     asset_type: str | None = None
     event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    outcome: str | None = None  # a closed work order's outcome (see WorkOrder), e.g. false_alarm
+    note: str | None = None  # what the person who recorded it wrote
 
     @property
     def identity(self) -> str:
         """The key that makes applying this event idempotent."""
         return self.event_id if self.event_id is not None else f"{self.machine_id}@{self.ts}/{self.event}"
+
+
+WorkOrderOutcome = Literal["confirmed_failure", "repaired", "false_alarm", "inspected_fine"]
+WORK_ORDER_EVENTS: Final[dict[str, MaintenanceKind]] = {
+    "confirmed_failure": "failure", "repaired": "repair", "false_alarm": "inspection", "inspected_fine": "inspection"}
+"""The maintenance event a closed work order writes, by its outcome."""
+
+
+class WorkOrder(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """One state of a work order (the ``workorders`` topic, compacted, keyed by ``work_order_id``).
+
+    Opened from an alert or a machine page (``status`` ``open``), closed with an outcome
+    (``closed``); closing writes its maintenance event (:func:`work_order_maintenance`) first."""
+
+    v: int
+    work_order_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    machine_id: str
+    status: Literal["open", "closed"]
+    opened_at: int
+    opened_by: str
+    ts: int  # when this state was written
+    alert_id: str | None = None
+    asset_type: str | None = None
+    title: str | None = None
+    closed_by: str | None = None
+    outcome: WorkOrderOutcome | None = None
+    failure_mode: str | None = None
+    note: str | None = None
+
+
+def work_order_maintenance(order: WorkOrder) -> MaintenanceEvent:
+    """The maintenance event (ground truth) of a closed work order: a confirmed failure with its
+    mode, a repair, or an inspection (a false alarm, or inspected and fine), dated at closing and
+    identified by the work order (``event_id`` ``wo:<id>``), so writing it twice applies it once."""
+    if order.status != "closed" or order.outcome is None:
+        raise ValueError(f"work order {order.work_order_id} is not closed with an outcome")
+    mode = order.failure_mode if order.outcome == "confirmed_failure" else None
+    return MaintenanceEvent(SCHEMA_VERSION, order.machine_id, order.ts, WORK_ORDER_EVENTS[order.outcome], mode,
+                            order.asset_type, f"wo:{order.work_order_id}", order.outcome, order.note)
 
 
 class Prediction(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):

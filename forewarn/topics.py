@@ -86,6 +86,7 @@ class Topics:
     pipeline: str
     notify_state: str
     notify_dlq: str
+    workorders: str
 
     @classmethod
     def from_settings(cls, settings: TopicSettings) -> Topics:
@@ -101,6 +102,7 @@ class Topics:
             pipeline=f"{p}pipeline.stats",
             notify_state=f"{p}notify.state",
             notify_dlq=f"{p}notify.dlq",
+            workorders=f"{p}workorders",
         )
 
 
@@ -145,6 +147,9 @@ def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
                   "by alert_id on the alert's own partition number"),
         TopicSpec("notify_dlq", t.notify_dlq, 1, rf, {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
                   "notifications that could not be delivered after every retry, with the reason (kept 30 days)"),
+        TopicSpec("workorders", t.workorders, 1, rf, compacted,
+                  "work orders opened from alerts or machine pages and closed with an outcome, compacted, keyed by "
+                  "work order id (closing one writes its maintenance event)"),
     ]
 
 

@@ -112,7 +112,8 @@ def change_alerts(rt: Any, frame: pd.DataFrame, user: Principal) -> None:
         chosen = list(labels) if every else st.multiselect("Alerts", list(labels), format_func=lambda a: labels[a],
                                                            key="ack_alerts")
         rows = [r for r in active.to_dict("records") if str(r["alert_id"]) in set(chosen)]
-        action = st.radio("Action", ["Acknowledge", "Assign", "Snooze"], horizontal=True, key="alert_action")
+        action = st.radio("Action", ["Acknowledge", "Assign", "Snooze", "Open a work order"], horizontal=True,
+                          key="alert_action")
         try:
             done = _act(rt, action, rows, user)
         except DashboardError as error:
@@ -145,6 +146,14 @@ def _act(rt: Any, action: str, rows: list[dict[str, Any]], user: Principal) -> s
             sent = actions.assign(rt, rows, user, to)
             whom = to.strip() or "nobody"
             return f"Assigned {sent} alert{plural} to {whom}; {back}"
+    elif action == "Open a work order":
+        title = st.text_input("What is to be done", key="wo_alert_title", max_chars=actions.NOTE_MAX_CHARS)
+        st.caption("One work order per chosen alert; close it on the machine's page with its outcome.")
+        if st.button("Open work order", key="wo_alert_open", type="primary", disabled=not rows):
+            opened = [actions.open_work_order(rt, str(r["machine_id"]), user, title, alert=r) for r in rows]
+            machines = ", ".join(sorted({o.machine_id for o in opened}))
+            return f"Opened {len(opened)} work order{plural} ({machines}); close {'them' if plural else 'it'} " \
+                   "on the machine's page."
     else:
         minutes = st.selectbox("Snooze for", list(SNOOZES), format_func=SNOOZES.__getitem__, key="snooze_for")
         st.caption("A snoozed alert sends no notification until then: no reminders, no escalation.")

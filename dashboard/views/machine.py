@@ -1,15 +1,21 @@
 """Machine: sensor trends, p_fail and RUL over time with the alert thresholds; alerts,
-maintenance events and model-version changes marked on the time axis."""
+maintenance events and model-version changes marked on the time axis; the machine's maintenance
+log and its work orders — an operator or admin opens one and closes it with an outcome, which
+writes the maintenance event (the ground truth) to Kafka."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, queries, ui
+from dashboard import actions, charts, queries, ui
+from dashboard.errors import DashboardError
+from forewarn.contract import WorkOrderOutcome
 
 RANGES = {"6 h": 6 * 3600_000, "24 h": 24 * 3600_000, "7 d": 7 * 24 * 3600_000, "All": None}
+OUTCOMES: dict[WorkOrderOutcome, str] = {"confirmed_failure": "Confirmed failure", "repaired": "Repaired",
+                                          "false_alarm": "False alarm", "inspected_fine": "Inspected, fine"}
 
-ui.current_user()  # the login gate holds on every page, not only through app.py
+user = ui.current_user()  # the login gate holds on every page, not only through app.py
 st.title("Machine")
 store = ui.runtime().store
 site_list = queries.sites(store)
@@ -107,3 +113,69 @@ def machine_view(machine: str, span: str) -> None:
 
 
 machine_view(machine, str(span))
+
+
+def maintenance_and_work_orders(machine: str) -> None:
+    rt = ui.runtime()
+    st.subheader("Maintenance log")
+    log = queries.maintenance_log(rt.store, machine)
+    if log.empty:
+        st.caption("No maintenance recorded for this machine yet.")
+    else:
+        st.dataframe(log.assign(time=charts.to_time(log["ts"]))[
+            ["time", "event", "failure_mode", "outcome", "note", "identity"]], hide_index=True, width="stretch",
+            key="maintenance_log", column_config={
+                "time": st.column_config.DatetimeColumn("Time (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+                "event": "Event", "failure_mode": "Failure mode", "outcome": "Outcome", "note": "Note",
+                "identity": "Identity"})
+    st.subheader("Work orders")
+    orders = queries.work_orders(rt.store, machine)
+    if not orders.empty:
+        table = orders.assign(opened=charts.to_time(orders["opened_at"]), closed=charts.to_time(orders["closed_at"]))
+        columns = ["work_order_id", "status", "title", "opened_by", "opened", "closed_by", "closed", "outcome",
+                   "failure_mode", "note"]
+        st.dataframe(table[columns], hide_index=True, width="stretch", key="work_orders", column_config={
+                "opened": st.column_config.DatetimeColumn("Opened (UTC)", format="YYYY-MM-DD HH:mm"),
+                "closed": st.column_config.DatetimeColumn("Closed (UTC)", format="YYYY-MM-DD HH:mm")})
+    if not user.can(actions.ACKNOWLEDGE_ROLE):
+        st.caption(f"Read only: opening and closing work orders needs the {actions.ACKNOWLEDGE_ROLE} or admin role.")
+        return
+    notice = st.session_state.pop("wo_notice", None)
+    if notice:
+        st.success(notice, icon=":material/build:")
+    try:
+        with st.expander("Open a work order"):
+            title = st.text_input("What is to be done", key="wo_title", max_chars=actions.NOTE_MAX_CHARS)
+            if st.button("Open work order", key="wo_open"):
+                order = actions.open_work_order(rt, machine, user, title)
+                st.session_state["wo_notice"] = f"Work order {order.work_order_id} opened; it shows once it is back " \
+                                                "from Kafka."
+                st.session_state.pop("wo_title", None)
+                st.rerun()
+        pending = orders[orders["status"] == "open"]
+        if pending.empty:
+            return
+        with st.expander(f"Close a work order ({len(pending)} open)", expanded=True):
+            labels = {str(r.work_order_id): f"{r.work_order_id} · {r.title or 'no title'} · opened by {r.opened_by}"
+                      for r in pending.itertuples()}
+            picked = st.selectbox("Work order", list(labels), format_func=labels.__getitem__, key="wo_pick")
+            outcome: WorkOrderOutcome = st.radio("Outcome", list(OUTCOMES), format_func=OUTCOMES.__getitem__,
+                                                 horizontal=True, key="wo_outcome")
+            mode = st.text_input("Failure mode", key="wo_mode", disabled=outcome != "confirmed_failure",
+                                 placeholder="e.g. bearing")
+            note = st.text_area("Note (optional)", key="wo_note", height=80, max_chars=actions.NOTE_MAX_CHARS)
+            st.caption("Closing writes a maintenance event to Kafka: the ground truth for the live accuracy and "
+                       "retraining; a repair also resolves the machine's alerts opened before it.")
+            if st.button("Close work order", key="wo_close", type="primary"):
+                row = pending[pending["work_order_id"] == picked].iloc[0].to_dict()
+                closed = actions.close_work_order(rt, row, user, outcome, mode or "", note or "")
+                st.session_state["wo_notice"] = (f"Work order {closed.work_order_id} closed as "
+                                                 f"{OUTCOMES[outcome].lower()}; its maintenance event is on Kafka.")
+                for key in ("wo_mode", "wo_note", "wo_pick"):
+                    st.session_state.pop(key, None)
+                st.rerun()
+    except DashboardError as error:
+        st.error(error.one_line())
+
+
+maintenance_and_work_orders(machine)
