@@ -171,6 +171,10 @@ class ManagedProcess:
         zombie = stat.split(") ", 1)[-1].startswith("Z") if stat else False
         if self.marker in cmdline and not zombie:
             return pid
+        if self._popen is not None and self._popen.pid == pid and self._popen.poll() is None:
+            # Our own child, started a moment ago and not yet exec'd (its command line is still
+            # ours): a stop right after a start must not take it for a stale pid and leave it.
+            return pid
         with contextlib.suppress(OSError):
             self.pid_file.unlink()
         return None
