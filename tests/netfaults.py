@@ -254,8 +254,8 @@ def _locked() -> Iterator[None]:
 
 
 def _free_subnet() -> int:
-    """A third octet N whose 10.231.N.0/24 no address of this machine and no live run uses."""
-    used = set(re.findall(r"10\.231\.(\d+)\.", ip("-4", "addr")))
+    """A third octet N whose 10.231.N.0/24 no address or route of this machine and no live run uses."""
+    used = set(re.findall(r"10\.231\.(\d+)\.", ip("-4", "addr") + ip("-4", "route")))
     for state in STATE.glob("fwn*.json"):
         with contextlib.suppress(OSError, ValueError, KeyError):
             used.add(str(json.loads(state.read_text())["subnet"]))
