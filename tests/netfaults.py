@@ -4,7 +4,7 @@ switch, links cut and healed, a link slowed and made lossy. Traffic never leaves
 :class:`Network` is one private L2 segment: a Linux bridge device (the switch) in the host's
 namespace, holding the host's address, and a namespace per Kafka node plus one for a client
 (the MQTT→Kafka bridge process), each plugged into the switch by a veth pair. Nothing is routed
-or forwarded: every address is on the one subnet, so the host's processes (Mosquitto, the
+(no IP forwarding): every address is on the one subnet, so the host's processes (Mosquitto, the
 scoring workers, the campaign's publisher) reach the nodes as neighbours, and so do the nodes
 each other. Cutting a namespace's link (its veth's switch end down) cuts it off from everyone
 at once, with no RST or ICMP: connections just stop, as behind a failed switch port.
