@@ -5,6 +5,7 @@ writes the maintenance event (the ground truth) to Kafka."""
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import actions, charts, queries, ui
@@ -56,9 +57,8 @@ def machine_view(machine: str, span: str) -> None:
         ui.empty_state(f"{machine} is not in the store (any more).")
         return
     row = fleet.iloc[0]
-    last = int(max(row["ts"] if row["ts"] == row["ts"] and row["ts"] is not None else 0,
-                   row["telemetry_ts"] if row["telemetry_ts"] == row["telemetry_ts"]
-                   and row["telemetry_ts"] is not None else 0))
+    # A machine with predictions but no sampled reading yet (or the reverse) has one of them NA.
+    last = int(max(0 if pd.isna(row["ts"]) else row["ts"], 0 if pd.isna(row["telemetry_ts"]) else row["telemetry_ts"]))
     window = RANGES.get(span)
     # The range ends at the machine's last event time, or now when that is dated beyond belief.
     since = queries.machine_window_end(store, last) - window if window is not None else None
@@ -115,7 +115,10 @@ def machine_view(machine: str, span: str) -> None:
 machine_view(machine, str(span))
 
 
+@st.fragment(run_every=ui.refresh_every())
 def maintenance_and_work_orders(machine: str) -> None:
+    """The log, the work orders and their controls; refreshed like the charts, so what comes
+    back from Kafka (a work order just opened, its maintenance event) shows by itself."""
     rt = ui.runtime()
     st.subheader("Maintenance log")
     log = queries.maintenance_log(rt.store, machine)
@@ -135,6 +138,9 @@ def maintenance_and_work_orders(machine: str) -> None:
         columns = ["work_order_id", "status", "title", "opened_by", "opened", "closed_by", "closed", "outcome",
                    "failure_mode", "note"]
         st.dataframe(table[columns], hide_index=True, width="stretch", key="work_orders", column_config={
+                "work_order_id": "Work order", "status": "Status", "title": "What is to be done",
+                "opened_by": "Opened by", "closed_by": "Closed by", "outcome": "Outcome",
+                "failure_mode": "Failure mode", "note": "Note",
                 "opened": st.column_config.DatetimeColumn("Opened (UTC)", format="YYYY-MM-DD HH:mm"),
                 "closed": st.column_config.DatetimeColumn("Closed (UTC)", format="YYYY-MM-DD HH:mm")})
     if not user.can(actions.ACKNOWLEDGE_ROLE):

@@ -1,6 +1,7 @@
 """What the Chromium tests of the dashboard share: Debian's Chromium and its flags, the real
 ``forewarn dashboard`` process (started on a free port, waited for by its health endpoint,
-stopped by SIGTERM) and screenshots (under the test's tmp dir, and $FOREWARN_SCREENSHOT_DIR
+stopped by SIGTERM), users made by ``forewarn dashboard users add``, signing in, picking an
+option of a multiselect, and screenshots (under the test's tmp dir, and $FOREWARN_SCREENSHOT_DIR
 when set)."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,3 +77,49 @@ def save(page: object, name: str, tmp_path: Path) -> Path:
         Path(extra).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(extra) / path.name)
     return path
+
+
+@contextmanager
+def dashboard_in_chromium(stack: RunningStack, topics: TopicSettings, tmp_path: Path,
+                          extra: Sequence[str] = ()) -> Iterator[tuple[str, Any]]:
+    """:func:`running_dashboard` and a headless Chromium (a Playwright browser): ``(url, browser)``."""
+    from playwright.sync_api import sync_playwright
+
+    with running_dashboard(stack, topics, tmp_path, extra) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield url, browser
+        finally:
+            browser.close()
+
+
+def add_user(path: Path, name: str, role: str, display_name: str, password: str) -> None:
+    """``forewarn dashboard users add`` with the password on stdin (never argv)."""
+    subprocess.run([sys.executable, "-m", "forewarn.cli", "dashboard", "users", "--users-file", str(path), "add",
+                    name, "--role", role, "--display-name", display_name, "--password-stdin"],
+                   input=f"{password}\n", text=True, check=True, capture_output=True, timeout=60)
+
+
+def sign_in(page: Any, name: str, password: str) -> None:
+    page.get_by_role("textbox", name="User name").fill(name)
+    page.get_by_role("textbox", name="Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def pick_option(page: Any, picker: str, option: str) -> None:
+    """Choose ``option`` in the multiselect labelled ``picker``, trying again when a rerun of the
+    page (a refresh on a busy box) closed the open list."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    box = page.locator('[data-testid="stMultiSelect"]', has_text=picker)
+    choice = page.get_by_role("option", name=option)
+    for attempt in range(3):
+        box.click()
+        try:
+            choice.click(timeout=10_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+            page.keyboard.press("Escape")
+    page.keyboard.press("Escape")

@@ -6,8 +6,6 @@ the operator's name and the note, and so does the ``acknowledged`` event on the 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -20,7 +18,7 @@ from forewarn.contract import Alert, encode
 from forewarn.kafka import KafkaConsumer, KafkaProducer
 from forewarn.settings import TopicSettings
 from forewarn.topics import Topics
-from tests.dashboard.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium, running_dashboard, save
+from tests.dashboard.browser import add_user, dashboard_in_chromium, needs_chromium, pick_option, save, sign_in
 from tests.stacks import RunningStack
 
 pytestmark = [pytest.mark.integration, needs_chromium]
@@ -33,9 +31,7 @@ NOTE = "bearing temperature checked, grease ordered"
 
 def _add_users(path: Path) -> None:
     for name, (role, display, password) in USERS.items():
-        subprocess.run([sys.executable, "-m", "forewarn.cli", "dashboard", "users", "--users-file", str(path), "add",
-                        name, "--role", role, "--display-name", display, "--password-stdin"],
-                       input=f"{password}\n", text=True, check=True, capture_output=True, timeout=60)
+        add_user(path, name, role, display, password)
 
 
 def _open_alert(stack: RunningStack, topics: Topics) -> Alert:
@@ -63,74 +59,51 @@ def _acknowledgements(stack: RunningStack, topics: Topics, timeout_s: float = 30
     return found
 
 
-def _sign_in(page: object, name: str, password: str) -> None:
-    page.get_by_role("textbox", name="User name").fill(name)  # type: ignore[attr-defined]
-    page.get_by_role("textbox", name="Password").fill(password)  # type: ignore[attr-defined]
-    page.get_by_role("button", name="Sign in").click()  # type: ignore[attr-defined]
-
-
 def test_login_roles_and_an_operators_acknowledgement(stack: RunningStack, tmp_path: Path, fresh_topics: Callable[
         ..., tuple[TopicSettings, Topics]]) -> None:
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     settings, topics = fresh_topics(partitions=1)
     users_file = tmp_path / "dashboard-users.toml"
     _add_users(users_file)
     alert = _open_alert(stack, topics)
-    with running_dashboard(stack, settings, tmp_path, ["--users-file", str(users_file)]) as url, \
-            sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            # A wrong password: refused, nothing of the dashboard shows.
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{url}/alerts", wait_until="domcontentloaded")
-            _sign_in(page, "olga", "not olga's password")
-            expect(page.get_by_text("wrong user name or password")).to_be_visible(timeout=30_000)
-            expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(0)
-            page.close()
+    with dashboard_in_chromium(stack, settings, tmp_path, ["--users-file", str(users_file)]) as (url, browser):
+        # A wrong password: refused, nothing of the dashboard shows.
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/alerts", wait_until="domcontentloaded")
+        sign_in(page, "olga", "not olga's password")
+        expect(page.get_by_text("wrong user name or password")).to_be_visible(timeout=30_000)
+        expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(0)
+        page.close()
 
-            # A viewer: the alerts, read only.
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{url}/alerts", wait_until="domcontentloaded")
-            _sign_in(page, "vera", USERS["vera"][2])
-            expect(page.get_by_text("Vera Viewer · viewer")).to_be_visible(timeout=30_000)
-            expect(page.locator('[data-testid="stDataFrame"]', has_text=MACHINE)).to_be_visible(timeout=60_000)
-            expect(page.get_by_text("Read only: you are signed in as viewer")).to_be_visible()
-            expect(page.get_by_role("button", name="Acknowledge", exact=True)).to_have_count(0)
-            save(page, "login-viewer", tmp_path)
-            page.get_by_role("button", name="Sign out").click()
-            expect(page.get_by_role("button", name="Sign in")).to_be_visible(timeout=30_000)
-            page.close()
+        # A viewer: the alerts, read only.
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/alerts", wait_until="domcontentloaded")
+        sign_in(page, "vera", USERS["vera"][2])
+        expect(page.get_by_text("Vera Viewer · viewer")).to_be_visible(timeout=30_000)
+        expect(page.locator('[data-testid="stDataFrame"]', has_text=MACHINE)).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Read only: you are signed in as viewer")).to_be_visible()
+        expect(page.get_by_role("button", name="Acknowledge", exact=True)).to_have_count(0)
+        save(page, "login-viewer", tmp_path)
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_role("button", name="Sign in")).to_be_visible(timeout=30_000)
+        page.close()
 
-            # An operator acknowledges with a note; the table shows who and the note.
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{url}/alerts", wait_until="domcontentloaded")
-            _sign_in(page, "olga", USERS["olga"][2])
-            expect(page.get_by_text("Olga Operator · operator")).to_be_visible(timeout=30_000)
-            picker = page.locator('[data-testid="stMultiSelect"]', has_text="Alerts")
-            expect(picker).to_be_visible(timeout=60_000)
-            expect(page.locator('[data-testid="stDataFrame"]', has_text=MACHINE)).to_be_visible(timeout=60_000)
-            option = page.get_by_role("option", name=f"{MACHINE} · critical · p_fail_above")
-            for attempt in range(3):  # a rerun of the page (a refresh on a busy box) closes an open list
-                picker.click()
-                try:
-                    option.click(timeout=10_000)
-                    break
-                except PlaywrightTimeout:
-                    if attempt == 2:
-                        raise
-                    page.keyboard.press("Escape")
-            page.keyboard.press("Escape")
-            page.get_by_label("Note (optional)").fill(NOTE)
-            page.get_by_role("button", name="Acknowledge", exact=True).click()
-            expect(page.get_by_text("Acknowledged 1 alert as Olga Operator")).to_be_visible(timeout=30_000)
-            table = page.locator('[data-testid="stDataFrame"]')
-            expect(table).to_contain_text("Olga Operator", timeout=30_000)
-            expect(table).to_contain_text(NOTE)
-            shot = save(page, "login-operator", tmp_path)
-        finally:
-            browser.close()
+        # An operator acknowledges with a note; the table shows who and the note.
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/alerts", wait_until="domcontentloaded")
+        sign_in(page, "olga", USERS["olga"][2])
+        expect(page.get_by_text("Olga Operator · operator")).to_be_visible(timeout=30_000)
+        expect(page.locator('[data-testid="stMultiSelect"]', has_text="Alerts")).to_be_visible(timeout=60_000)
+        expect(page.locator('[data-testid="stDataFrame"]', has_text=MACHINE)).to_be_visible(timeout=60_000)
+        pick_option(page, "Alerts", f"{MACHINE} · critical · p_fail_above")
+        page.get_by_label("Note (optional)").fill(NOTE)
+        page.get_by_role("button", name="Acknowledge", exact=True).click()
+        expect(page.get_by_text("Acknowledged 1 alert as Olga Operator")).to_be_visible(timeout=30_000)
+        table = page.locator('[data-testid="stDataFrame"]')
+        expect(table).to_contain_text("Olga Operator", timeout=30_000)
+        expect(table).to_contain_text(NOTE)
+        shot = save(page, "login-operator", tmp_path)
     assert shot.stat().st_size > 20_000
 
     # The event on Kafka names the operator, is dated when sent, and carries the note; the viewer sent none.
