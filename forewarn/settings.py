@@ -198,6 +198,10 @@ class StackSettings(_Section):
                                   "those in flight; more are dropped")
     autosave_interval_s: int = Field(5, ge=1, description="how often Mosquitto saves its queues to disk, in seconds "
                                      "(a Mosquitto crash loses at most this much of what it acknowledged)")
+    autosave_on_changes: int | None = Field(None, ge=1, description="save after this many changes to the stored "
+                                            "messages instead of on the autosave_interval_s timer (1: after each, "
+                                            "so a crash loses next to nothing it acknowledged; each save rewrites "
+                                            "the whole file, which costs more the longer the queues)")
     sys_interval_s: int = Field(10, ge=1, description="how often Mosquitto publishes its $SYS counters (store size, "
                                 "dropped messages), in seconds")
     queue_watch: bool = Field(True, description="the bridge watches the MQTT broker's stored messages ($SYS, as "

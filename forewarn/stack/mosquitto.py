@@ -77,12 +77,7 @@ _CONFIG = """\
 user {user}
 persistence true
 persistence_location {data}/
-# Saved every {autosave}s, however few or many the changes; a clean stop always saves. A crash of
-# Mosquitto itself loses what it acknowledged since the last save. Each save rewrites the whole
-# file, so it costs more the longer the offline queue.
-autosave_interval {autosave}
-autosave_on_changes false
-persistent_client_expiration 14d
+{autosave}persistent_client_expiration 14d
 # Per client, beyond what is in flight; Mosquitto drops what does not fit ($SYS counts the drops).
 max_queued_messages {max_queued}
 max_queued_bytes {max_queued_bytes}
@@ -158,6 +153,18 @@ class Mosquitto:
                              hint="install it: apt-get install mosquitto mosquitto-clients")
         return found
 
+    def _autosave(self) -> str:
+        changes = self.settings.autosave_on_changes
+        if changes is not None:
+            return (f"# Saved after every {changes} change(s) to the stored messages; a clean stop always saves.\n"
+                    "# Each save rewrites the whole file, so it costs more the longer the offline queue.\n"
+                    f"autosave_interval {changes}\nautosave_on_changes true\n")
+        interval = self.settings.autosave_interval_s
+        return (f"# Saved every {interval}s, however few or many the changes; a clean stop always saves. A crash of\n"
+                "# Mosquitto itself loses what it acknowledged since the last save. Each save rewrites the whole\n"
+                "# file, so it costs more the longer the offline queue.\n"
+                f"autosave_interval {interval}\nautosave_on_changes false\n")
+
     def write_config(self) -> None:
         data = self.dir / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -171,7 +178,7 @@ class Mosquitto:
                                       acl_file=self.acl_file.resolve())
         self.config_file.write_text(_CONFIG.format(
             listener=listener, data=data.resolve(), user=getpass.getuser(),
-            autosave=self.settings.autosave_interval_s, max_queued=self.settings.max_queued_messages,
+            autosave=self._autosave(), max_queued=self.settings.max_queued_messages,
             max_queued_bytes=self.settings.max_queued_bytes, sys_interval=self.settings.sys_interval_s,
             max_inflight=self.settings.max_inflight_messages))
 
@@ -266,7 +273,9 @@ class Mosquitto:
     def exposure(self) -> str:
         """What a crash can lose and when it drops, in a few words (``forewarn stack status``)."""
         s = self.settings
-        note = (f"persistence on, saved every {s.autosave_interval_s}s; queue cap per client "
+        saved = (f"saved every {s.autosave_interval_s}s" if s.autosave_on_changes is None
+                 else f"saved after every {s.autosave_on_changes} change(s)")
+        note = (f"persistence on, {saved}; queue cap per client "
                 f"{s.max_queued_messages:,} messages / {s.max_queued_bytes / (1 << 20):,.0f} MiB, then drops")
         return note if self.secure is None else f"TLS, passwords, ACL; {note}"
 

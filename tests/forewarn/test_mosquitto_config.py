@@ -36,3 +36,10 @@ def test_settings_reach_the_config(tmp_path: Path) -> None:
 def test_status_states_the_exposure(tmp_path: Path) -> None:
     note = Mosquitto(StackSettings(home=tmp_path), 18830).exposure()
     assert note == "persistence on, saved every 5s; queue cap per client 2,000,000 messages / 1,024 MiB, then drops"
+
+
+def test_saving_on_changes_replaces_the_timer(tmp_path: Path) -> None:
+    config = _config(tmp_path, autosave_on_changes=1)
+    assert config["autosave_interval"] == "1" and config["autosave_on_changes"] == "true"
+    note = Mosquitto(StackSettings(home=tmp_path, autosave_on_changes=1), 18830).exposure()
+    assert note.startswith("persistence on, saved after every 1 change(s);")
