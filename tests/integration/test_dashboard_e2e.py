@@ -110,8 +110,9 @@ def test_dashboard_shows_machines_and_predictions_in_chromium(dashboard_process:
             predicted = page.locator('[data-testid="stMetric"]', has_text="With predictions")
             expect(predicted).to_contain_text(str(len(MACHINES)), timeout=30_000)
             expect(page.locator('[data-testid="stMetric"]', has_text="Open alerts")).to_contain_text("1")
-            expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible()
-            expect(page.locator('[data-testid="stVegaLiteChart"]').first).to_be_visible()
+            # A busy box (three agents' tests on two cores) took longer than the default 5 s here.
+            expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible(timeout=30_000)
+            expect(page.locator('[data-testid="stVegaLiteChart"]').first).to_be_visible(timeout=30_000)
             page.wait_for_timeout(1500)
             fleet = save(page, "e2e-fleet", tmp_path)
 
