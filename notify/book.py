@@ -14,6 +14,8 @@ Lifecycle, per alert:
 - ``open`` of an alert not tracked yet: routed by the first matching rule; each of the rule's
   ``channels`` is owed an ``opened`` notice (level 0). Other events of an untracked alert are
   ignored: the notifier never saw it open.
+- ``update`` that raises the severity of an active alert: routed again (a rule for critical
+  alerts takes over from one for warnings); that rule's ``channels`` are owed a ``raised`` notice.
 - ``acknowledged``: no escalation, no reminders; notices not yet sent for the opening, an
   escalation or a reminder are dropped (someone has seen it).
 - ``snoozed`` until a time: nothing is sent for the alert until then (what is owed waits), and
@@ -42,13 +44,13 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from forewarn.contract import Alert, site_of
+from forewarn.contract import SEVERITY_RANK, Alert, site_of
 from notify.settings import WEEKDAYS, Rule
 
 __all__ = ["Book", "Due", "Notice", "NoticeKind", "Tracked", "decode_tracked", "encode_tracked"]
 
-NoticeKind = Literal["opened", "escalated", "reminder", "resolved"]
-_QUIETED_BY_ACK: frozenset[str] = frozenset({"opened", "escalated", "reminder"})
+NoticeKind = Literal["opened", "raised", "escalated", "reminder", "resolved"]
+_QUIETED_BY_ACK: frozenset[str] = frozenset({"opened", "raised", "escalated", "reminder"})
 _SENT_KEPT = 200  # delivered keys remembered per alert (a few per channel and change)
 STATE_VERSION = 1
 
@@ -187,7 +189,10 @@ class Book:
         t.last_ts = max(t.last_ts, event.ts)
         state = event.state
         if state in ("open", "update", "resolved") and event.ts >= t.alert.ts:
+            risen = SEVERITY_RANK.get(event.severity, 0) > SEVERITY_RANK.get(t.alert.severity, 0)
             t.alert = event
+            if risen and t.status == "active":
+                self._reroute(t, now)
         if state == "acknowledged" and t.status == "active":
             t.status = "acknowledged"
             t.acknowledged_by = event.acknowledged_by or event.actor
@@ -247,6 +252,17 @@ class Book:
                     self._owe(t, "reminder", t.reminders, channel, now)
                 self._touch(t)
         return escalations
+
+    def _reroute(self, t: Tracked, now: int) -> None:
+        """The alert's severity rose: route it again, and tell the channels of the rule that
+        takes it now (the same rule's, or another's, which then owns its escalation)."""
+        rule = self.route(t.alert, now)
+        if rule is None:
+            return
+        if rule.name != t.rule:
+            t.rule, t.level, t.level_since = rule.name, 0, now
+        for channel in rule.channels:
+            self._owe(t, "raised", SEVERITY_RANK.get(t.alert.severity, 0), channel, now)
 
     def _escalate_to(self, t: Tracked, level: int, now: int) -> None:
         t.level = level

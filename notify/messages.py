@@ -21,8 +21,8 @@ from notify.book import Notice, Tracked
 
 __all__ = ["Outgoing", "render"]
 
-_VERBS = {"opened": "alert opened", "escalated": "escalated, not acknowledged", "reminder": "still not acknowledged",
-          "resolved": "resolved"}
+_VERBS = {"opened": "alert opened", "raised": "severity raised", "escalated": "escalated, not acknowledged",
+          "reminder": "still not acknowledged", "resolved": "resolved"}
 
 
 @dataclass(frozen=True)

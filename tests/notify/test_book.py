@@ -254,3 +254,17 @@ def test_drop_partitions_forgets_their_alerts_only() -> None:
     b.apply(alert(2), 1, T0)
     b.drop_partitions([0])
     assert set(b.alerts) == {"site-a/pump-0002:1"}
+
+
+def test_a_rising_severity_routes_again_and_tells_the_new_rules_channels() -> None:
+    critical = rule(name="critical", severities=["critical"], channels=["pager"], escalation=[])
+    warnings = rule(name="warnings", severities=["warning"], channels=["hook"], escalation=[])
+    b = book(critical, warnings)
+    b.apply(alert(severity="warning"), 0, T0)
+    assert deliver_all(b, T0 + 5 * S) == {"hook": ["site-a/pump-0001:1|opened|0|hook"]}
+    assert b.apply(alert(state="update", severity="critical", ts=T0 + 10 * S), 0, T0 + 10 * S)
+    assert b.alerts["site-a/pump-0001:1"].rule == "critical"
+    assert deliver_all(b, T0 + 15 * S) == {"pager": ["site-a/pump-0001:1|raised|2|pager"]}
+    assert not b.apply(alert(state="update", severity="critical", ts=T0 + 10 * S), 0, T0 + 20 * S)
+    b.apply(alert(state="update", severity="warning", ts=T0 + 30 * S), 0, T0 + 30 * S)  # falling: nobody told
+    assert due_keys(b, T0 + 40 * S) == {}
