@@ -32,6 +32,7 @@ from forewarn.contract import (
     SCHEMA_VERSION,
     Alert,
     AlertState,
+    NotifyPreference,
     WorkOrder,
     WorkOrderOutcome,
     encode,
@@ -39,7 +40,7 @@ from forewarn.contract import (
 )
 
 __all__ = ["ACKNOWLEDGE_ROLE", "NOTE_MAX_CHARS", "SNOOZE_MAX_MINUTES", "acknowledge", "acknowledgement", "assign",
-           "close_work_order", "lifecycle_event", "open_work_order", "snooze"]
+           "close_work_order", "lifecycle_event", "open_work_order", "save_preferences", "snooze"]
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +189,18 @@ def close_work_order(runtime: Runtime, order: Mapping[str, Any], user: Principal
     _confirm(runtime, 1, "closed work order", timeout_s)
     log.info("work order %s closed as %s by %s", closed.work_order_id, outcome, user.name)
     return closed
+
+
+def save_preferences(runtime: Runtime, user: Principal, email: str, assigned: bool,
+                     timeout_s: float = 10.0) -> NotifyPreference:
+    """The signed-in user's notification preferences, on ``notify.preferences`` (keyed by the
+    user name; the last one wins): with an address and ``assigned``, the notifier emails them
+    the alerts assigned to them. Anyone signed in sets their own, and only their own."""
+    address = email.strip() or None
+    if address is not None and (len(address) > 320 or address.count("@") != 1 or " " in address):
+        raise DashboardError(f"{address!r} is not an email address", hint="write it as name@example.com")
+    preference = NotifyPreference(SCHEMA_VERSION, user.name, runtime.store.now_ms(), email=address, assigned=assigned)
+    runtime.sink.produce(runtime.topics.notify_preferences, encode(preference), key=user.name,
+                         timestamp_ms=preference.ts)
+    _confirm(runtime, 1, "preferences", timeout_s)
+    return preference

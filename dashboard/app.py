@@ -26,5 +26,6 @@ pages = [
 navigation = st.navigation(pages, position=ui.navigation_position())
 user = ui.require_user()
 ui.sidebar_user(user)
+ui.sidebar_preferences(user)
 ui.sidebar_status()
 navigation.run()

@@ -107,6 +107,25 @@ def sidebar_user(user: Principal) -> None:
             st.rerun()
 
 
+def sidebar_preferences(user: Principal) -> None:
+    """The signed-in user's notification preferences: an address, and whether the notifier
+    emails them the alerts assigned to them."""
+    from dashboard import actions
+    from dashboard.errors import DashboardError
+
+    with st.sidebar.expander("My notifications"):
+        email = st.text_input("Email address", key="pref_email", placeholder="name@plant.example")
+        assigned = st.checkbox("Email me the alerts assigned to me", value=True, key="pref_assigned")
+        st.caption("Saving replaces what you saved before; the notifier (forewarn notify) follows it.")
+        if st.button("Save", key="pref_save"):
+            try:
+                actions.save_preferences(runtime(), user, email, assigned)
+            except DashboardError as error:
+                st.error(error.one_line())
+            else:
+                st.success("Saved.")
+
+
 def empty_state(what: str, hint: str = START_HINT) -> None:
     st.info(f"**{what}**  \n{hint}", icon=":material/hourglass_empty:")
 

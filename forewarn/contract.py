@@ -31,6 +31,7 @@ __all__ = [
     "GatewayBatch",
     "MaintenanceEvent",
     "MaintenanceKind",
+    "NotifyPreference",
     "PipelineStats",
     "Prediction",
     "Reason",
@@ -180,6 +181,18 @@ def work_order_maintenance(order: WorkOrder) -> MaintenanceEvent:
     mode = order.failure_mode if order.outcome == "confirmed_failure" else None
     return MaintenanceEvent(SCHEMA_VERSION, order.machine_id, order.ts, WORK_ORDER_EVENTS[order.outcome], mode,
                             order.asset_type, f"wo:{order.work_order_id}", order.outcome, order.note)
+
+
+class NotifyPreference(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """One user's notification preferences (the ``notify.preferences`` topic, compacted, keyed
+    by ``user``, the dashboard user name), set on the dashboard and followed by the notifier:
+    with ``email`` and ``assigned``, an alert assigned to the user is also emailed to them."""
+
+    v: int
+    user: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    ts: int
+    email: Annotated[str, msgspec.Meta(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    assigned: bool = True
 
 
 class Prediction(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):

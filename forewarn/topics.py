@@ -87,6 +87,7 @@ class Topics:
     notify_state: str
     notify_dlq: str
     workorders: str
+    notify_preferences: str
 
     @classmethod
     def from_settings(cls, settings: TopicSettings) -> Topics:
@@ -103,6 +104,7 @@ class Topics:
             notify_state=f"{p}notify.state",
             notify_dlq=f"{p}notify.dlq",
             workorders=f"{p}workorders",
+            notify_preferences=f"{p}notify.preferences",
         )
 
 
@@ -150,6 +152,8 @@ def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
         TopicSpec("workorders", t.workorders, 1, rf, compacted,
                   "work orders opened from alerts or machine pages and closed with an outcome, compacted, keyed by "
                   "work order id (closing one writes its maintenance event)"),
+        TopicSpec("notify_preferences", t.notify_preferences, 1, rf, compacted,
+                  "each dashboard user's notification preferences, compacted, keyed by user name"),
     ]
 
 

@@ -16,6 +16,8 @@ Lifecycle, per alert:
   ignored: the notifier never saw it open.
 - ``update`` that raises the severity of an active alert: routed again (a rule for critical
   alerts takes over from one for warnings); that rule's ``channels`` are owed a ``raised`` notice.
+- ``assigned`` to a user who asked for it (their :class:`~forewarn.contract.NotifyPreference`,
+  and a ``personal`` book): that user is owed an ``assigned`` notice on channel ``@<user>``.
 - ``acknowledged``: no escalation, no reminders; notices not yet sent for the opening, an
   escalation or a reminder are dropped (someone has seen it).
 - ``snoozed`` until a time: nothing is sent for the alert until then (what is owed waits), and
@@ -44,12 +46,13 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from forewarn.contract import SEVERITY_RANK, Alert, site_of
+from forewarn.contract import SEVERITY_RANK, Alert, NotifyPreference, site_of
 from notify.settings import WEEKDAYS, Rule
 
 __all__ = ["Book", "Due", "Notice", "NoticeKind", "Tracked", "decode_tracked", "encode_tracked"]
 
-NoticeKind = Literal["opened", "raised", "escalated", "reminder", "resolved"]
+NoticeKind = Literal["opened", "raised", "escalated", "reminder", "resolved", "assigned"]
+PERSONAL = "@"  # channel names for one person: "@<user name>"
 _QUIETED_BY_ACK: frozenset[str] = frozenset({"opened", "raised", "escalated", "reminder"})
 _SENT_KEPT = 200  # delivered keys remembered per alert (a few per channel and change)
 STATE_VERSION = 1
@@ -146,7 +149,7 @@ class Book:
     """Every tracked alert, keyed by alert id. Not thread-safe: the notifier's loop owns it."""
 
     def __init__(self, rules: Iterable[Rule], *, timezone: str = "UTC", hold_s: float = 5.0,
-                 max_attempts: int = 100, forget_after_s: float = 86400.0) -> None:
+                 max_attempts: int = 100, forget_after_s: float = 86400.0, personal: bool = False) -> None:
         self.rules: list[Rule] = list(rules)
         self._by_name: Mapping[str, Rule] = {r.name: r for r in self.rules}
         self.zone = ZoneInfo(timezone)
@@ -157,6 +160,8 @@ class Book:
         self.dirty: set[str] = set()  # alert ids whose record changed since it was last written
         self.forgotten: dict[str, int] = {}  # alert id -> partition: records to delete (tombstones)
         self._owing: set[str] = set()  # alert ids with something owed
+        self.personal = personal  # whether users who asked are told of alerts assigned to them
+        self.preferences: dict[str, NotifyPreference] = {}
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -199,6 +204,10 @@ class Book:
             t.owed = [n for n in t.owed if n.kind not in _QUIETED_BY_ACK]
         elif state == "assigned":
             t.assigned_to = event.assigned_to or None
+            wants = self.preferences.get(t.assigned_to or "")
+            if (self.personal and t.status == "active" and wants is not None and wants.assigned
+                    and wants.email is not None):
+                self._owe(t, "assigned", 0, PERSONAL + wants.user, now)
         elif state == "snoozed":
             t.snoozed_until = event.snoozed_until or 0
         elif state == "escalated" and event.escalation is not None and t.status == "active":

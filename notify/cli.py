@@ -20,6 +20,7 @@ NOTIFY_FLAGS = (
     Flag("--retry-min-s", "notify.retry_min_s"),
     Flag("--retry-max-s", "notify.retry_max_s"),
     Flag("--max-attempts", "notify.max_attempts"),
+    Flag("--personal-channel", "notify.personal_channel"),
     Flag("--dashboard-url", "notify.dashboard_url"),
     Flag("--metrics-port", "notify.metrics_port"),
     Flag("--metrics-host", "notify.metrics_host"),

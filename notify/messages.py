@@ -22,7 +22,7 @@ from notify.book import Notice, Tracked
 __all__ = ["Outgoing", "render"]
 
 _VERBS = {"opened": "alert opened", "raised": "severity raised", "escalated": "escalated, not acknowledged",
-          "reminder": "still not acknowledged", "resolved": "resolved"}
+          "reminder": "still not acknowledged", "resolved": "resolved", "assigned": "assigned to you"}
 
 
 @dataclass(frozen=True)

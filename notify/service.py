@@ -27,23 +27,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
 
-from forewarn.contract import Alert, encode
+from forewarn.contract import Alert, NotifyPreference, encode
 from forewarn.errors import KafkaError
 from forewarn.kafka import OFFSET_BEGINNING, KafkaConsumer, KafkaProducer, TopicPartition, read_to_end
 from forewarn.ports import ConsumerLike, ProducerLike
 from forewarn.service import LoopService
 from forewarn.topics import Topics
-from notify.book import Book, Notice, Tracked, decode_tracked
-from notify.channels import Sender, build_senders
+from notify.book import PERSONAL, Book, Notice, Tracked, decode_tracked
+from notify.channels import EmailSender, Sender, build_senders
 from notify.errors import DeliveryFailed, NotifyError
 from notify.messages import Outgoing, render
 from notify.metrics import NotifyMetrics
-from notify.settings import NotifySettings
+from notify.settings import EmailChannel, NotifySettings
 
 __all__ = ["Notifier"]
 
@@ -72,13 +72,14 @@ class Notifier(LoopService):
         self.clock = clock
         o = self.options
         self.book = Book(o.rules, timezone=o.timezone, hold_s=o.hold_s, max_attempts=o.max_attempts,
-                         forget_after_s=o.forget_after_s)
+                         forget_after_s=o.forget_after_s, personal=o.personal_channel is not None)
         self.metrics = metrics or NotifyMetrics()
         self._consumer_factory: ConsumerFactory = consumer_factory or (
             lambda group, topics, **kw: KafkaConsumer(settings.kafka, group, topics, **kw))
         self._producer_factory: ProducerFactory = producer_factory or (
             lambda **kw: KafkaProducer(settings.kafka, **kw))
         self._consumer: ConsumerLike | None = None
+        self._preferences: ConsumerLike | None = None  # reads notify.preferences, all of it, no group
         self._producer: ProducerLike | None = None
         self._next: dict[int, int] = {}  # partition -> next offset to commit
         self._waiting: dict[str, int] = {}  # channel -> not before (epoch ms)
@@ -101,12 +102,17 @@ class Notifier(LoopService):
         if self.options.instance_id:
             overrides["group.instance.id"] = self.options.instance_id
         consumer = self._consumer_factory(self.options.group_id, (), **overrides)
-        needed = [self.topics.alerts, self.topics.notify_state, self.topics.notify_dlq]
-        missing = sorted(set(needed) - set(consumer.topic_partitions(needed)))
+        needed = [self.topics.alerts, self.topics.notify_state, self.topics.notify_dlq, self.topics.notify_preferences]
+        found = consumer.topic_partitions(needed)
+        missing = sorted(set(needed) - set(found))
         if missing:
             consumer.close()
             raise NotifyError(f"topic(s) {', '.join(missing)} do not exist",
                               hint="create them with `forewarn topics create` (or check the topic prefix)")
+        self._preferences = self._consumer_factory(f"{self.options.group_id}.preferences", ())
+        self._read_preferences(read_to_end(self._preferences, [
+            TopicPartition(self.topics.notify_preferences, p, OFFSET_BEGINNING)
+            for p in found[self.topics.notify_preferences]]))
         consumer.subscribe([self.topics.alerts], on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._consumer = consumer
         if self.options.metrics_port is not None:
@@ -125,6 +131,9 @@ class Notifier(LoopService):
                         error.one_line())
         finally:
             consumer.close()
+            if self._preferences is not None:
+                self._preferences.close()
+                self._preferences = None
             if self._producer is not None:
                 self._producer.close()
                 self._producer = None
@@ -206,7 +215,22 @@ class Notifier(LoopService):
         self._kafka_failures = 0
         return done
 
+    def _read_preferences(self, messages: Iterable[Any]) -> None:
+        """Users' preferences (the last record of a user wins; an empty one deletes them)."""
+        for message in messages:
+            user = (message.key() or b"").decode("utf-8", "replace")
+            try:
+                if message.value():
+                    preference = msgspec.json.decode(message.value(), type=NotifyPreference)
+                    self.book.preferences[preference.user] = preference
+                else:
+                    self.book.preferences.pop(user, None)
+            except msgspec.DecodeError as error:
+                log.warning("notify.preferences record of %s skipped (%s)", user, error)
+
     def _round(self, consumer: ConsumerLike) -> int:
+        if self._preferences is not None:
+            self._read_preferences(self._preferences.consume(200, 0))
         messages = consumer.consume(500, self.options.poll_s)
         now = self.now_ms()
         states = self.metrics.events_by_state
@@ -262,8 +286,8 @@ class Notifier(LoopService):
         o = self.options
         delivered = 0
         for due in self.book.due(now, self._waiting):
-            sender = self.senders.get(due.channel)
-            if sender is None:  # a channel removed from the settings while notices were owed to it
+            sender = self._sender(due.channel)
+            if sender is None:  # a channel removed from the settings, a user without an address now
                 self._dead_letter(self.book.failed(due.items, f"channel {due.channel} is not configured",
                                                    retriable=False), due.channel)
                 continue
@@ -275,6 +299,18 @@ class Notifier(LoopService):
                     break
                 delivered += 1
         return delivered
+
+    def _sender(self, channel: str) -> Sender | None:
+        """The sender of a configured channel, or for ``@<user>`` the personal channel's server
+        writing to that user's own address."""
+        found = self.senders.get(channel)
+        if found is not None or not channel.startswith(PERSONAL):
+            return found
+        template = self.options.channels.get(self.options.personal_channel or "")
+        wants = self.book.preferences.get(channel[len(PERSONAL):])
+        if not isinstance(template, EmailChannel) or wants is None or wants.email is None:
+            return None
+        return EmailSender(channel, template.model_copy(update={"to": [wants.email]}))
 
     def _send(self, sender: Sender, message: Outgoing, items: list[tuple[Tracked, Notice]], now: int) -> bool:
         channel = message.channel

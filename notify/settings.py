@@ -134,6 +134,9 @@ class NotifyOptions(_Section):
     timezone: str = Field("UTC", description="time zone of the rules' hours and days (an IANA name)")
     channels: dict[str, Channel] = Field(default_factory=dict, description="the channels, by name")
     rules: list[Rule] = Field(default_factory=list, description="the routing rules, first match wins")
+    personal_channel: str | None = Field(None, description="an email channel whose server and sender also reach "
+                                         "people one by one: a user whose dashboard preferences give an address "
+                                         "and ask for it is emailed the alerts assigned to them (unset: nobody is)")
     hold_s: float = Field(5.0, ge=0, description="how long a notification waits for others to the same channel, "
                           "in seconds (what arrives together goes together)")
     digest_min: int = Field(5, ge=2, description="this many notifications or more due for one channel at once go "
@@ -170,6 +173,9 @@ class NotifyOptions(_Section):
             if unknown:
                 raise ValueError(f"rule {rule.name!r} names channel(s) {', '.join(unknown)} that notify.channels "
                                  "does not define")
+        if self.personal_channel is not None and not isinstance(self.channels.get(self.personal_channel),
+                                                                 EmailChannel):
+            raise ValueError(f"personal_channel {self.personal_channel!r} is not an email channel of notify.channels")
         names = [r.name for r in self.rules]
         if len(set(names)) != len(names):
             raise ValueError("two rules have the same name")

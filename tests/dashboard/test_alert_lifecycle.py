@@ -137,3 +137,20 @@ def test_lifecycle_events_leave_the_evidence_to_the_scorers_events(fleet: FakeRu
     back_from_kafka(fleet)
     row = queries.alert_list(fleet.store, ["open"]).set_index("alert_id").loc[first["alert_id"]]
     assert row["assigned_to"] is None or row["assigned_to"] != row["assigned_to"]  # unassigned: NULL
+
+
+def test_my_notification_preferences_go_to_the_notifier(app: AppFactory, fleet: FakeRuntime) -> None:
+    from forewarn.contract import NotifyPreference
+
+    at = open_page(app(fleet), "fleet")
+    at.text_input(key="pref_email").input("not an address").run()
+    at.button(key="pref_save").click().run()
+    assert any("is not an email address" in e.value for e in at.error)
+    assert not fleet.kafka.messages(fleet.topics.notify_preferences)
+    at.text_input(key="pref_email").input("me@plant.example").run()
+    at.button(key="pref_save").click().run()
+    no_exceptions(at)
+    (sent,) = fleet.kafka.messages(fleet.topics.notify_preferences)
+    preference = msgspec.json.decode(sent.value(), type=NotifyPreference)
+    assert (preference.user, preference.email, preference.assigned, sent.key()) == (
+        LOCAL, "me@plant.example", True, LOCAL.encode())

@@ -268,3 +268,22 @@ def test_a_rising_severity_routes_again_and_tells_the_new_rules_channels() -> No
     assert not b.apply(alert(state="update", severity="critical", ts=T0 + 10 * S), 0, T0 + 20 * S)
     b.apply(alert(state="update", severity="warning", ts=T0 + 30 * S), 0, T0 + 30 * S)  # falling: nobody told
     assert due_keys(b, T0 + 40 * S) == {}
+
+
+def test_an_alert_assigned_to_a_user_who_asked_is_owed_to_them_personally() -> None:
+    from forewarn.contract import NotifyPreference
+
+    b = book(personal=True)
+    b.preferences["olga"] = NotifyPreference(1, "olga", T0, email="olga@plant.example")
+    b.preferences["vera"] = NotifyPreference(1, "vera", T0, email="vera@plant.example", assigned=False)
+    b.apply(alert(1), 0, T0)
+    b.apply(alert(2), 0, T0)
+    deliver_all(b, T0 + 5 * S)
+    b.apply(alert(1, state="assigned", assigned_to="olga", ts=T0 + 6 * S), 0, T0 + 6 * S)
+    b.apply(alert(2, state="assigned", assigned_to="vera", ts=T0 + 6 * S), 0, T0 + 6 * S)  # she did not ask
+    assert due_keys(b, T0 + 11 * S) == {"@olga": ["site-a/pump-0001:1|assigned|0|@olga"]}
+    unasked = book()  # a notifier without a personal channel tells nobody personally
+    unasked.preferences = b.preferences
+    unasked.apply(alert(1), 0, T0)
+    unasked.apply(alert(1, state="assigned", assigned_to="olga", ts=T0 + 1), 0, T0 + 1)
+    assert "@olga" not in due_keys(unasked, T0 + 10 * S)

@@ -165,6 +165,31 @@ def test_a_record_that_is_not_an_alert_is_skipped_and_counted() -> None:
 def test_no_rules_or_no_topics_is_one_line_at_start() -> None:
     with pytest.raises(NotifyError, match="no notification rules"):
         Notifier(NotifySettings(), senders={})
-    with pytest.raises(NotifyError, match=r"alerts, notify.dlq, notify.state do not exist") as refused:
+    missing = r"alerts, notify.dlq, notify.preferences, notify.state do not exist"
+    with pytest.raises(NotifyError, match=missing) as refused:
         notifier(InMemoryKafka(), Clock(), {})
     assert "forewarn topics create" in refused.value.one_line()
+
+
+def test_preferences_from_their_topic_send_an_assignee_their_alerts() -> None:
+    from forewarn.contract import NotifyPreference
+
+    kafka, clock = make_kafka(1), Clock()
+    producer = kafka.producer()
+    producer.produce(TOPICS.notify_preferences, msgspec.json.encode(
+        NotifyPreference(1, "olga", T0, email="olga@plant.example")), key="olga")
+    publish(kafka, alert(1))
+    olga = Recorder("@olga")
+    n = notifier(kafka, clock, {"hook": Recorder("hook"), "mail": Recorder("mail"), "@olga": olga},
+                 personal_channel="mail")
+    assert n.book.preferences["olga"].email == "olga@plant.example"  # read before any alert
+    rounds(n, clock, 2)
+    publish(kafka, alert(1, state="assigned", assigned_to="olga", actor="vera", ts=T0 + 5000))
+    rounds(n, clock, 3)
+    assert olga.keys() == ["site-a/pump-0001:1|assigned|0|@olga"]
+    assert "assigned to you" in olga.sent[0].title
+    assert n._sender("@nobody") is None  # no preferences, no address: dead-lettered as not configured
+    del n.senders["@olga"]  # the real one: the personal channel's SMTP server, to her own address
+    built = n._sender("@olga")
+    assert built is not None and built.settings.to == ["olga@plant.example"]  # type: ignore[attr-defined]
+    n.close()
