@@ -85,24 +85,13 @@ class PartitionState:
     done: bool = False
 
 
-def restore_partitions(consumer: ConsumerLike, state_topic: str, targets: dict[int, Marker],
-                       *, timeout_s: float = 120.0) -> dict[int, PartitionState]:
-    """Read ``state_topic``'s partitions up to the marker equal to each partition's committed
-    offsets and return the latest record of every machine seen before it.
+_MARKER_RETRY_S = 0.2
 
-    ``consumer`` is a reader outside any group (its assignment is replaced; the caller closes
-    it). A partition whose target is ``(-1, -1)`` (nothing committed yet) starts empty. A
-    partition read to its end without its marker raises :class:`RecoveryError`, as does
-    ``timeout_s`` without progress; a Kafka error (a partition without a leader, say) is raised
-    as it is, for the caller to try again.
-    """
-    states = {p: PartitionState(p, target) for p, target in targets.items()}
-    pending = {p for p, s in states.items() if s.target != Marker(NO_OFFSET, NO_OFFSET)}
-    for p in set(states) - pending:
-        states[p].done = True
-    if not pending:
-        return states
-    started = time.monotonic()
+
+def _read_markers(consumer: ConsumerLike, state_topic: str, states: dict[int, PartitionState], pending: set[int],
+                  timeout_s: float) -> None:
+    """One read of the ``pending`` partitions from their start to their current end: each one
+    whose marker is found gets its records and leaves ``pending``."""
     buffers: dict[int, dict[str, bytes]] = {p: {} for p in pending}
     source = [TopicPartition(state_topic, p, OFFSET_BEGINNING) for p in sorted(pending)]
     try:
@@ -127,12 +116,43 @@ def restore_partitions(consumer: ConsumerLike, state_topic: str, targets: dict[i
         log.warning("%s: cannot read the state changelog of partitions %s yet: %s", state_topic, sorted(pending),
                     error.one_line())
         raise
-    if pending:
-        first = min(pending)
-        raise RecoveryError(
-            f"{state_topic}[{first}]: read to the end without a marker for committed offsets "
-            f"{states[first].target.telemetry}/{states[first].target.maintenance}",
-            hint="the state changelog does not match the consumer group; reset the group's offsets")
+
+
+def restore_partitions(consumer: ConsumerLike, state_topic: str, targets: dict[int, Marker],
+                       *, timeout_s: float = 120.0) -> dict[int, PartitionState]:
+    """Read ``state_topic``'s partitions up to the marker equal to each partition's committed
+    offsets and return the latest record of every machine seen before it.
+
+    ``consumer`` is a reader outside any group (its assignment is replaced; the caller closes
+    it). A partition whose target is ``(-1, -1)`` (nothing committed yet) starts empty. A
+    partition read to its end without its marker is read again until ``timeout_s`` has passed,
+    then raises :class:`RecoveryError`, as does ``timeout_s`` without progress; a Kafka error (a
+    partition without a leader, say) is raised as it is, for the caller to try again.
+    """
+    states = {p: PartitionState(p, target) for p, target in targets.items()}
+    pending = {p for p, s in states.items() if s.target != Marker(NO_OFFSET, NO_OFFSET)}
+    for p in set(states) - pending:
+        states[p].done = True
+    if not pending:
+        return states
+    started = time.monotonic()
+    while True:
+        _read_markers(consumer, state_topic, states, pending, timeout_s)
+        if not pending:
+            break
+        # The previous owner's transaction commits its offsets and its changelog marker, but
+        # Kafka writes the commit markers partition by partition: the offsets can be visible a
+        # moment before the marker is. Read again (from the start) until the marker shows, for
+        # up to ``timeout_s``; a marker still missing then is a changelog that does not match.
+        if time.monotonic() - started > timeout_s:
+            first = min(pending)
+            raise RecoveryError(
+                f"{state_topic}[{first}]: read to the end without a marker for committed offsets "
+                f"{states[first].target.telemetry}/{states[first].target.maintenance}",
+                hint="the state changelog does not match the consumer group; reset the group's offsets")
+        log.info("%s: no marker yet for the committed offsets of partitions %s; reading again", state_topic,
+                 sorted(pending))
+        time.sleep(_MARKER_RETRY_S)
     log.info("restored state of partitions %s (%s machines) in %.2fs", sorted(states),
              sum(len(s.records) for s in states.values()), time.monotonic() - started)
     return states
