@@ -13,8 +13,13 @@ edge          writes what it forwards (``telemetry``, ``maintenance``, ``predict
               ``alerts``, the dead letters, ``pipeline.stats``) and reads ``models`` and the
               topics' configs (its record size limits); its groups ``forewarn-edge-*``
 dashboard     reads every topic it shows (``telemetry``, sampled; ``maintenance``,
-              ``predictions``, ``alerts``, the dead letters, ``pipeline.stats``, ``models``) and
-              the scoring group's positions (lag); writes ``alerts`` (acknowledgements) only
+              ``predictions``, ``alerts``, the dead letters, ``pipeline.stats``, ``models``,
+              ``workorders``, ``notify.preferences``) and the scoring group's positions (lag);
+              writes ``alerts`` (acknowledgements, assignments, snoozes), ``workorders``,
+              ``maintenance`` (a closed work order's event) and ``notify.preferences``
+notify        reads ``alerts``, ``notify.preferences`` and its own ``notify.state``; writes
+              ``notify.state``, ``notify.dlq`` and ``alerts`` (escalations); its group
+              ``forewarn-notify*``
 registry      writes and reads ``models``; reads ``telemetry`` and ``maintenance`` (exporting
               training data)
 admin         a super user (creates topics, sets logins and ACLs); the brokers themselves are
@@ -38,7 +43,7 @@ from forewarn.topics import Topics
 
 __all__ = ["KAFKA_PRINCIPALS", "READ_GROUPS", "grants"]
 
-KAFKA_PRINCIPALS: Final = ("bridge", "scoring", "edge", "dashboard", "registry")
+KAFKA_PRINCIPALS: Final = ("bridge", "scoring", "edge", "dashboard", "registry", "notify")
 """The principals with a Kafka login besides the admin."""
 
 READ_GROUPS: Final = "forewarn-read-"
@@ -55,7 +60,7 @@ def _group(principal: str, prefix: str, operation: str = "read") -> AclGrant:
 
 
 def grants(topics: Topics, scoring_group: str = "forewarn-scoring",
-           dashboard_group: str = "forewarn-dashboard") -> list[AclGrant]:
+           dashboard_group: str = "forewarn-dashboard", notify_group: str = "forewarn-notify") -> list[AclGrant]:
     """Every ACL of the secure stack for these topic names and group ids."""
     t = topics
     outputs = (t.predictions, t.alerts, t.dlq, t.pipeline)
@@ -70,11 +75,15 @@ def grants(topics: Topics, scoring_group: str = "forewarn-scoring",
         *_topics("edge", "describe_configs", t.telemetry, t.maintenance, *outputs),
         _group("edge", EDGE_GROUPS), _group("edge", READ_GROUPS),
         *_topics("dashboard", "read", t.telemetry, t.maintenance, *outputs, t.models),
-        *_topics("dashboard", "write", t.alerts),
+        *_topics("dashboard", "read", t.workorders, t.notify_preferences),
+        *_topics("dashboard", "write", t.alerts, t.workorders, t.maintenance, t.notify_preferences),
         _group("dashboard", dashboard_group), _group("dashboard", READ_GROUPS),
         _group("dashboard", scoring_group, "describe"),
         *_topics("registry", "write", t.models),
         *_topics("registry", "read", t.models, t.telemetry, t.maintenance),
         _group("registry", EXPORT_GROUPS), _group("registry", READ_GROUPS),
+        *_topics("notify", "read", t.alerts, t.notify_state, t.notify_preferences),
+        *_topics("notify", "write", t.notify_state, t.notify_dlq, t.alerts),
+        _group("notify", notify_group), _group("notify", READ_GROUPS),
     ]
     return table

@@ -35,7 +35,7 @@ __all__ = ["PRINCIPALS", "SCRAM_MECHANISM", "SecureMaterial"]
 
 log = logging.getLogger(__name__)
 
-PRINCIPALS: Final = ("admin", "bridge", "scoring", "edge", "dashboard", "registry", "simulator")
+PRINCIPALS: Final = ("admin", "bridge", "scoring", "edge", "dashboard", "registry", "simulator", "notify")
 """The stack's components. ``admin`` is the Kafka super user (brokers, topic creation);
 ``registry`` publishes models; ``simulator`` stands for the plant (devices, gateways and its
 maintenance system); the others are the services of the same name."""
