@@ -51,8 +51,7 @@ def own_stack(tmp_path: Path) -> Iterator[LocalStack]:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """A private Mosquitto and a three-node KRaft cluster on free ports, for a module whose
     tests kill, stop and restart its nodes."""
-    # Mosquitto saves after every change: the fault campaign kills it and counts what it lost.
-    local = make_stack(tmp_path_factory.mktemp("cluster"), brokers=3, kafka_heap="512m", mqtt_autosave_on_changes=1)
+    local = make_stack(tmp_path_factory.mktemp("cluster"), brokers=3, kafka_heap="512m")
     local.up()
     try:
         yield local
@@ -69,8 +68,7 @@ def netns_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lo
     if why is not None:
         pytest.skip(why)
     with Network(3) as net:
-        local = make_stack(tmp_path_factory.mktemp("netns-cluster"), brokers=3, kafka_heap="512m", netns=net,
-                           mqtt_autosave_on_changes=1)
+        local = make_stack(tmp_path_factory.mktemp("netns-cluster"), brokers=3, kafka_heap="512m", netns=net)
         local.up()
         try:
             yield local, net

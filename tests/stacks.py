@@ -113,8 +113,7 @@ class RunningStack:
 
 
 def make_stack(home: Path, *, secure: bool = False, topics: TopicSettings | None = None, brokers: int = 1,
-               kafka_heap: str = "1g", netns: Network | None = None,
-               mqtt_autosave_on_changes: int | None = None) -> LocalStack:
+               kafka_heap: str = "1g", netns: Network | None = None) -> LocalStack:
     """A stack on free ports in ``home``; ``topics``: the topic names a secure stack's ACLs grant
     (the default names otherwise); ``brokers`` > 1: a KRaft cluster of that many nodes;
     ``netns``: each node in its own namespace of that network (listening on its address there),
@@ -127,7 +126,6 @@ def make_stack(home: Path, *, secure: bool = False, topics: TopicSettings | None
     kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}", client_id="forewarn-tests")
     mqtt = MqttSettings(port=free_port())
     settings = StackSettings(home=home, cache_dir=JAR_CACHE, controller_port=controller, kafka_heap=kafka_heap,
-                             autosave_on_changes=mqtt_autosave_on_changes,
                              secure=secure, brokers=brokers)
     placement = None if netns is None else Placement(netns.host_address, netns.node_addresses, netns.node_prefixes)
     return LocalStack(settings, kafka, mqtt, topics, placement=placement)

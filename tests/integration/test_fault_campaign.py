@@ -25,7 +25,7 @@ CI_SCENARIOS = [name for name, scenario in SCENARIOS.items() if scenario.ci and 
 
 @pytest.fixture(scope="module")
 def load() -> Load:
-    return make_load(machines=24, ticks=150)
+    return make_load(machines=24, ticks=120)
 
 
 @pytest.mark.parametrize("name", CI_SCENARIOS)
