@@ -218,7 +218,6 @@ class EdgePlant:
 
     def __init__(self, kafka: KafkaSettings, load: Load, work: Path, prefix: str, *, rate: float,
                  partitions: int, replication: int | None, autosave_on_changes: int | None) -> None:
-        self.kafka = kafka
         self.settings = TopicSettings(prefix=f"{prefix}edge.", partitions=partitions, replication_factor=replication)
         self.topics = Topics.from_settings(self.settings)
         KafkaAdmin(kafka).ensure_topics(topic_specs(self.settings))
@@ -390,7 +389,7 @@ class Run:
         crashes = [(b, t) for b, t in self.mqtt_crashes if b.settings.home == home]
         if any(b.settings.autosave_on_changes is not None for b, _t in crashes):
             return 0  # saved as it changes: a crash may lose nothing it acknowledged
-        window = self.stack.mosquitto.settings.autosave_interval_s + 1.0
+        window = max(b.settings.autosave_interval_s for b, _t in crashes) + 1.0 if crashes else 0.0
         return sum(1 for ident in lost
                    if any(t - window <= publisher.sent_at.get(ident, -1e9) <= t for _b, t in crashes))
 
@@ -596,6 +595,21 @@ def run_scenario(stack: LocalStack, scenario: Scenario, load: Load, work: Path, 
         longest_pause_s=round(max(b - a for a, b in itertools.pairwise(times)), 2) if len(times) > 1
         else None,
         fault_s=round(run.healed_at - run.fault_at, 2), wall_s=round(time.monotonic() - started, 1))
+
+
+def assert_held(result: ScenarioResult, load: Load, stack: LocalStack) -> None:
+    """What every scenario of the campaign must keep, as its tests check it: everything
+    published acknowledged, none of it lost on either path, predictions exactly the reference
+    (the edge's at least once), a prediction after the fault, every node running at the end."""
+    assert result.acked_readings == result.published_readings == load.readings, result
+    assert result.readings_lost == 0, result
+    assert result.predictions_missing == 0 and result.predictions_extra == 0, result
+    assert result.predictions_committed == len(load.reference) > 0
+    assert result.edge_acked_readings == load.edge_readings > 0, result
+    assert result.edge_readings_lost == 0, result
+    assert result.edge_predictions_missing == 0 and result.edge_predictions_wrong == 0, result
+    assert result.recovery_s is not None, "no prediction of a reading published after the fault"
+    assert all(node.process.pid() for node in stack.kafka_nodes), "the scenario left every node running"
 
 
 # -- the faults -------------------------------------------------------------------------------
