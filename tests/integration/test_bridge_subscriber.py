@@ -41,10 +41,11 @@ def _until_subscribed(sub: Subscriber, timeout_s: float = 15.0) -> None:
 
 
 @pytest.mark.parametrize(("mqtt_broker", "protocol"), [
+    # Aedes and Moquette speak only 3.1.1: "auto" falls back to it, so their explicit 3.1.1 rows
+    # would repeat the same session on the same protocol (they cost 80 s of make test).
     ("mosquitto", "5"), ("mosquitto", "3.1.1"),
-    ("aedes", "auto"), ("aedes", "3.1.1"),
+    ("aedes", "auto"),
     pytest.param("moquette", "auto", marks=MOQUETTE_LOSES_AT_DISCONNECT),
-    pytest.param("moquette", "3.1.1", marks=MOQUETTE_LOSES_AT_DISCONNECT),
     ("hivemq", "auto"), ("hivemq", "3.1.1"),
 ], indirect=["mqtt_broker"])
 def test_offline_session_drains_with_backpressure_and_manual_acks(mqtt_broker: MqttBrokerUnderTest,

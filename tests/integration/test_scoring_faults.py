@@ -19,7 +19,6 @@ from tests.integration import test_scoring_worker
 from tests.scoring.fleet_data import FleetData
 from tests.scoring.procs import (
     Worker,
-    count_committed,
     offline,
     prediction_keys,
     produce_readings,
@@ -49,18 +48,28 @@ def test_kafka_killed_mid_transaction_loses_and_doubles_nothing(own_stack: Local
     kafka = own_stack.kafka_settings
     settings = TopicSettings(prefix="faults.", partitions=3)
     topics = Topics.from_settings(settings)
-    KafkaAdmin(kafka).ensure_topics(topic_specs(settings))
+    admin = KafkaAdmin(kafka)
+    admin.ensure_topics(topic_specs(settings))
     publish_model(kafka, topics, "pump", pack(bundle))
     produce_readings(kafka, topics, data.readings)
     worker = Worker(kafka, settings, "faulty", tmp_path, *SLOW).start()
+
+    def consumed() -> int:
+        """Readings the worker's committed transactions consumed (one quick admin call: a read
+        of the predictions topic takes long enough for the worker to finish its backlog)."""
+        return sum(lag.committed or 0 for lag in admin.group_lag([topics.telemetry]))
+
     try:
         # Well before the end of the backlog: the worker is still busy with it after this.
-        wait_for(lambda: count_committed(kafka, topics.predictions) >= 0.1 * len(expected), 120,
-                 "the worker to be scoring")
-        before = len(worker.log())
+        wait_for(lambda: consumed() >= 0.05 * len(data.readings), 120, "the worker to be scoring")
+        before, at_kill = len(worker.log()), consumed()
         own_stack.kafka.process.kill()  # kill -9, while the worker has a transaction open
-        wait_for(lambda: not worker.alive() or any(line in worker.log()[before:] for line in _FAILED), 120,
-                 "the worker to find its transaction failed")
+        try:
+            wait_for(lambda: not worker.alive() or any(line in worker.log()[before:] for line in _FAILED), 120,
+                     "the worker to find its transaction failed")
+        except AssertionError as error:
+            raise AssertionError(f"{error} ({at_kill} of {len(data.readings)} readings committed before the kill); "
+                                 f"the worker logged since:\n{worker.log()[before:][-4000:]}") from None
         assert worker.alive(), (worker.proc.returncode if worker.proc else None, worker.log())
         own_stack.kafka.start()
         own_stack.kafka.wait_ready(120)
