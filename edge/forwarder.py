@@ -127,6 +127,7 @@ class Forwarder:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one pump at a time (the thread, or drain after it stopped)
         self.last_delivery = time.monotonic()
+        self._waiting_since = self.last_delivery  # when the records now in flight began to wait
         self._down_since: float | None = None
         self._last_log = 0.0
         self.forwarded = 0
@@ -235,6 +236,8 @@ class Forwarder:
         r = stored.record
         callback = self._callback(stored, size)
         self._sent_upto = stored.id
+        if self.in_flight == 0:  # nothing was waiting: the wait starts now, not at the last delivery
+            self._waiting_since = time.monotonic()
         self.in_flight += 1
         self.in_flight_bytes += size
         try:
@@ -389,7 +392,9 @@ class Forwarder:
                   r.topic, self.dead_letter_after, detail)
 
     def _watch(self, now: float) -> None:
-        waiting = self.in_flight > 0 and now - self.last_delivery > 5.0
+        # Down when Kafka has confirmed nothing for 5 s while records wait: an edge idle for
+        # longer than that is not down when its next record goes out.
+        waiting = self.in_flight > 0 and now - max(self.last_delivery, self._waiting_since) > 5.0
         if waiting:
             if self._down_since is None:
                 self._down_since = self.last_delivery

@@ -3,7 +3,9 @@ letters for records Kafka refuses for good."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import confluent_kafka
 import pytest
@@ -185,3 +187,38 @@ def test_a_fatal_producer_error_rebuilds_the_producer_and_resends_every_row_not_
     values = [int(m.value() or b"") for m in kafka.messages("telemetry")]
     assert sorted(set(values)) == list(range(30)) and values == sorted(values), "every row, in buffer order"
     assert kafka.messages("telemetry.dlq") == []
+
+
+class ReportsOnTheNextPoll(FakeProducer):
+    """Serves each delivery report one poll late, as librdkafka does: the poll right after a
+    produce rarely has its report yet."""
+
+    def __init__(self, kafka: InMemoryKafka) -> None:
+        super().__init__(kafka)
+        self._next: list[Any] = []
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        self._next, self._pending = self._pending, self._next
+        return super().poll(timeout_s)
+
+
+def test_an_edge_idle_for_a_minute_is_not_down_when_its_next_record_goes_out(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    kafka = InMemoryKafka()
+    producer = ReportsOnTheNextPoll(kafka)
+    with Buffer(tmp_path / "o.db") as box, caplog.at_level("WARNING", logger="edge.forwarder"):
+        fwd = Forwarder(box, producer, Topics.from_settings(TopicSettings()), EdgeMetrics())
+        fwd.last_delivery -= 60  # the last record went out a minute ago
+        box.put_many(records(1))
+        fwd.pump()
+        assert fwd.in_flight == 1  # sent, its report not served yet
+        fwd.pump()
+        assert fwd.in_flight == 0 and len(box) == 0
+        # A record that has waited 6 s, with nothing confirmed meanwhile, is an uplink that is down.
+        box.put_many(records(1))
+        fwd.pump()
+        fwd._waiting_since -= 6
+        fwd.last_delivery -= 6
+        fwd._watch(time.monotonic())
+    assert caplog.text.count("uplink down") == 1 and "uplink back" not in caplog.text, caplog.text
+    assert fwd.metrics.uplink_up._value.get() == 0
