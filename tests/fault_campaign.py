@@ -465,7 +465,11 @@ class ScenarioResult:
 
     @property
     def ok(self) -> bool:
-        return (self.readings_lost == 0 and self.predictions_missing == 0 and self.predictions_extra == 0
+        """What the benchmark calls a pass: every published reading acknowledged (a broker that
+        stops acknowledging loses nothing it acknowledged, but stalls the devices), none of them
+        lost, the predictions exactly the reference, the edge's too."""
+        return (self.acked_readings == self.published_readings
+                and self.readings_lost == 0 and self.predictions_missing == 0 and self.predictions_extra == 0
                 and self.edge_readings_lost == 0 and self.edge_predictions_missing == 0
                 and self.edge_predictions_wrong == 0)
 
