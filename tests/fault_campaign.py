@@ -391,8 +391,9 @@ class Run:
         """Of ``lost`` readings, those the Mosquitto of ``home`` acknowledged in its last autosave interval before
         a kill -9: Mosquitto acknowledges a QoS 1 message before it is on disk (it saves every
         ``autosave_interval_s``), so a crash loses what it had not yet passed on or saved. Saving
-        after every change narrows that to an instant, not to nothing: the PUBACK goes out while
-        the packet is handled, the save at the end of that pass of its loop, so what was
+        after every change narrows that to an instant, not to nothing (one acknowledged reading
+        was lost that way in a make test run; the PUBACK presumably goes out while the packet is
+        handled, the save at the end of that pass of its loop; not checked in its source), so what was
         acknowledged in the last ``_SAVED_ON_CHANGE_WINDOW_S`` before the kill counts as the crash's."""
         crashes = [(b, t) for b, t in self.mqtt_crashes if b.settings.home == home]
         if not crashes:
